@@ -27,7 +27,9 @@ class SegmenterConfig:
     variant: str = "full"  # "full" | "prior_only"
     prompt_generator: str | None = None  # trained prompt-generator checkpoint; None = cold start
     neg_stage2_source: str = "query_neg"  # or "support_pos_release" (reference release behaviour)
-    random_weights: bool = False  # build SAM / backbone with random weights (tests, benchmarks)
+    # Random weights, only when asked for (tests, benchmarks, counting parameters); never a fallback.
+    random_sam_weights: bool = False
+    random_backbone_weights: bool = False
     allow_download: bool = True
     cache_dir: str | None = None
     # runtime

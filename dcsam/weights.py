@@ -55,6 +55,8 @@ def _download(url: str, dest: Path, expected_sha256: str | None) -> None:
         if expected_sha256 and not got.startswith(expected_sha256):
             raise CheckpointError(f"checksum mismatch for {url}: got sha256 {got}, expected {expected_sha256}...")
         os.replace(tmp, dest)
+        # Recorded beside the file so a later copy or re-download can be compared with it.
+        (dest.parent / f"{dest.name}.sha256").write_text(f"{got}  {dest.name}\n")
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

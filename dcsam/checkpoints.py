@@ -1,0 +1,49 @@
+"""Our own checkpoint format for trained prompt generators (and the lite engine's head):
+a small file with the weights and the settings they need, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import CheckpointError
+from .io import atomic_write_bytes
+
+FORMAT = "dcsam-checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, kind: str, state_dict: Mapping[str, torch.Tensor], settings: Mapping[str, Any], **extra: Any) -> str:
+    """Write ``{format, kind, settings, state_dict, ...}`` atomically; returns a short content hash."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "kind": kind, "settings": dict(settings), "state_dict": dict(state_dict), **extra}, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a dcsam checkpoint (expected format {FORMAT!r})")
+    if obj.get("kind") != kind:
+        raise CheckpointError(f"{path}: holds a {obj.get('kind')!r} checkpoint, expected {kind!r}")
+    return obj
+
+
+def state_dict_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """Short hash of weights, for model versions that change whenever the weights do."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().view(-1).to(torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:8]

@@ -1,0 +1,144 @@
+"""The ``dcsam`` command line: model-info, predict, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import DcsamError
+
+log = logging.getLogger("dcsam")
+
+
+def _add_model_args(p: argparse.ArgumentParser, engine_default: str = "lite") -> None:
+    env = os.environ.get
+    p.add_argument("--engine", choices=["lite", "dcsam"], default=env("DCSAM_ENGINE", engine_default))
+    p.add_argument("--sam", default=env("DCSAM_SAM", "sam2.1_hiera_t"), help="base model: vit_b|vit_l|vit_h|sam2.1_hiera_{t,s,b+,l}|sam2_hiera_*")
+    p.add_argument("--sam-checkpoint", default=env("DCSAM_SAM_CHECKPOINT"), help="official SAM / SAM 2 checkpoint file")
+    p.add_argument("--backbone", default=env("DCSAM_BACKBONE", "efficientnet_lite0"), help="resnet50_v2|resnet50|vgg16_bn|efficientnet_lite0")
+    p.add_argument("--backbone-weights", default=env("DCSAM_BACKBONE_WEIGHTS"))
+    p.add_argument("--variant", choices=["full", "prior_only"], default="full")
+    p.add_argument("--prompt-generator", default=env("DCSAM_PROMPT_GENERATOR"), help="trained prompt-generator checkpoint (default: training-free cold start)")
+    p.add_argument("--random-weights", choices=["sam", "backbone", "all"], help="use random weights for these parts (testing only)")
+    p.add_argument("--device", default=env("DCSAM_DEVICE", "auto"))
+    p.add_argument("--offline", action="store_true", help="never download weights")
+
+
+def _config(args: argparse.Namespace, **extra):
+    from .config import SegmenterConfig
+
+    rnd = args.random_weights or ""
+    return SegmenterConfig(
+        engine=args.engine, sam=args.sam, sam_checkpoint=args.sam_checkpoint, backbone=args.backbone,
+        backbone_weights=args.backbone_weights, variant=args.variant, prompt_generator=args.prompt_generator,
+        random_sam_weights=rnd in ("sam", "all"), random_backbone_weights=rnd in ("backbone", "all"),
+        allow_download=not args.offline, device=args.device, **extra,
+    )
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from .build import build_dcsam, parameter_counts
+    from .config import SegmenterConfig
+
+    cfg = SegmenterConfig(engine="dcsam", sam=args.sam, backbone=args.backbone, variant=args.variant)
+    counts = parameter_counts(build_dcsam(cfg, meta=True))
+    info = {"sam": args.sam, "backbone": args.backbone, "variant": args.variant, **counts}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:>18}: {v:,}" if isinstance(v, int) else f"{k:>18}: {v}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .api import InContextSegmenter
+    from .io import atomic_write_bytes, write_mask_png
+
+    if len(args.example) != len(args.example_mask):
+        raise DcsamError(f"{len(args.example)} --example but {len(args.example_mask)} --example-mask; give them in pairs")
+    seg = InContextSegmenter.from_config(_config(args))
+    log.info("engine %s, model version %s", seg.engine.name, seg.version)
+    seg.add_examples(args.example, args.example_mask, label=args.label)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for query in tqdm(args.queries, desc="predicting", unit="image", disable=not sys.stderr.isatty()):
+        t0 = time.perf_counter()
+        [pred] = seg.predict([query])
+        record = {"image": str(query), "engine": seg.engine.name, "model_version": seg.version, "seconds": round(time.perf_counter() - t0, 3)}
+        stem = Path(query).stem
+        if pred.error:
+            failures += 1
+            record["error"] = pred.error
+        else:
+            mask = pred.masks[args.label]
+            write_mask_png(out / f"{stem}.png", mask)
+            record.update(label=args.label, score=pred.scores[args.label], width=mask.shape[1], height=mask.shape[0], area=int(mask.sum()))
+        atomic_write_bytes(out / f"{stem}.json", (json.dumps(record, indent=2) + "\n").encode())
+        print(json.dumps(record))
+    return 1 if failures else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .api import InContextSegmenter
+    from .evaluation import evaluate_episodes, format_report, load_episodes
+
+    cfg = _config(args)
+    report = evaluate_episodes(
+        lambda: InContextSegmenter.from_config(cfg), load_episodes(args.episodes),
+        finetune_on=args.finetune_on, progress=not args.json,
+    )
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dcsam", description="In-context segmentation: label one image, segment the rest.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("model-info", help="parameter counts of a DC-SAM configuration")
+    p.add_argument("--sam", default="vit_h")
+    p.add_argument("--backbone", default="resnet50_v2")
+    p.add_argument("--variant", choices=["full", "prior_only"], default="full")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_info)
+
+    p = sub.add_parser("predict", help="segment query images given labelled examples")
+    _add_model_args(p)
+    p.add_argument("--example", action="append", required=True, help="example image (repeat for K shots)")
+    p.add_argument("--example-mask", action="append", required=True, help="mask of the example (same order)")
+    p.add_argument("--label", default="object")
+    p.add_argument("--out", required=True, help="output folder: <query>.png mask and <query>.json scores")
+    p.add_argument("queries", nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="score an engine on an episodes file")
+    _add_model_args(p)
+    p.add_argument("--episodes", required=True, help="JSON list of {support: [...], query: [...]} episodes")
+    p.add_argument("--finetune-on", type=int, default=0, metavar="K", help="fine-tune on the first K queries of each episode first")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (DcsamError, ValueError) as exc:
+        print(f"dcsam: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

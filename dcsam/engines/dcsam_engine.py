@@ -1,0 +1,185 @@
+"""The DC-SAM engine: a trained prompt generator drives SAM; without one, a training-free
+cold start prompts SAM with points and a box read off DC-SAM's prior masks."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..build import build_dcsam
+from ..checkpoints import load_checkpoint, save_checkpoint, state_dict_digest
+from ..config import SegmenterConfig
+from ..errors import CheckpointError
+from ..modeling import DCSAM, QueryFeatures, SupportFeatures
+from .base import Engine, LabelledImage, SegmentResult
+
+log = logging.getLogger(__name__)
+
+PROMPT_GENERATOR_KIND = "dcsam-prompt-generator"
+# Settings a prompt-generator checkpoint must agree with (they change its architecture or inputs).
+ARCH_SETTINGS = ("sam", "backbone", "variant")
+
+
+def save_prompt_generator(path, model: DCSAM, config: SegmenterConfig, **extra: Any) -> str:
+    settings = {k: getattr(config, k) for k in (*ARCH_SETTINGS, "neg_stage2_source")}
+    return save_checkpoint(path, PROMPT_GENERATOR_KIND, model.generator.state_dict(), settings, **extra)
+
+
+def to_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (1, 3, size, size) in [0, 1]; resized on the CPU to bound memory."""
+    h, w = image.shape[:2]
+    interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (size, size), interpolation=interp)
+    return torch.from_numpy(resized).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def upsample_mask(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(1, h, w) logits -> bool (height, width) mask at the image's native size."""
+    up = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)
+    return (up[0, 0] > 0).cpu().numpy()
+
+
+class DCSAMEngine(Engine):
+    name = "dcsam"
+
+    def __init__(self, config: SegmenterConfig) -> None:
+        self.config = config
+        self.device = config.resolved_device()
+        self.dtype = config.resolved_dtype()
+        self.model = build_dcsam(config).to(self.device).eval()
+        self.trained = False
+        self._version_tag = "coldstart"
+        if config.prompt_generator:
+            self.load_prompt_generator(config.prompt_generator)
+        else:
+            log.info("DC-SAM: no trained prompt generator given; using the training-free cold start")
+
+    # -- weights -------------------------------------------------------------------------------
+    def load_prompt_generator(self, path) -> None:
+        ckpt = load_checkpoint(path, PROMPT_GENERATOR_KIND)
+        mismatched = {k: (ckpt["settings"].get(k), getattr(self.config, k)) for k in ARCH_SETTINGS if ckpt["settings"].get(k) != getattr(self.config, k)}
+        if mismatched:
+            raise CheckpointError(f"{path}: trained for other settings (checkpoint vs current): {mismatched}")
+        self.load_trainable_state_dict(ckpt["state_dict"])
+
+    def trainable_state_dict(self) -> dict[str, Any]:
+        return self.model.generator.state_dict() if self.trained else {}
+
+    def load_trainable_state_dict(self, state: Mapping[str, Any]) -> None:
+        from ..weights import load_strict
+
+        load_strict(self.model.generator, state, source="prompt-generator weights")
+        self.trained = True
+        self._version_tag = "pg-" + state_dict_digest(self.model.generator.state_dict())
+
+    @property
+    def version(self) -> str:
+        random = "-random" if self.config.random_sam_weights or self.config.random_backbone_weights else ""
+        return f"dcsam-{self.config.sam}-{self.config.backbone}-{self._version_tag}{random}"
+
+    # -- inference -------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def encode_example(self, example: LabelledImage) -> SupportFeatures:
+        size = self.model.sam.image_size
+        image = to_tensor(example.image, size, self.device)
+        mask = torch.from_numpy(cv2.resize(example.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST))
+        with self._autocast():
+            return self.model.encode_support(image, mask.to(self.device)[None, None].float())
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray], examples: Mapping[str, Sequence[Any]]) -> list[dict[str, SegmentResult]]:
+        size = self.model.sam.image_size
+        batch = torch.cat([to_tensor(img, size, self.device) for img in images])
+        results: list[dict[str, SegmentResult]] = [{} for _ in images]
+        with self._autocast():
+            query = self.model.encode_query(batch)
+            for label, shots in examples.items():
+                support = SupportFeatures.cat(list(shots))
+                if self.trained:
+                    self._predict_trained(images, query, support, label, results)
+                else:
+                    self._predict_cold_start(images, query, support, label, results)
+        return results
+
+    def _predict_trained(self, images, query: QueryFeatures, support: SupportFeatures, label: str, results) -> None:
+        out = self.model.forward_features(query, support.repeat(len(images)))
+        for i, img in enumerate(images):
+            mask = upsample_mask(out["low_res_logits"][i], *img.shape[:2])
+            score = float(out["iou"][i, 0].clamp(0, 1)) if mask.any() else 0.0
+            results[i][label] = SegmentResult(mask, score)
+
+    def _predict_cold_start(self, images, query: QueryFeatures, support: SupportFeatures, label: str, results) -> None:
+        n = len(images)
+        pos, neg = self.model.priors(query, support.repeat(n))
+        for i, img in enumerate(images):
+            prompts = prompts_from_priors(pos[i, 0].float(), neg[i, 0].float(), self.model.sam.image_size)
+            if prompts is None:
+                results[i][label] = SegmentResult(np.zeros(img.shape[:2], bool), 0.0, {"reason": "no foreground prior"})
+                continue
+            coords, labels, box, region = prompts
+            feats = query.sam.select(slice(i, i + 1))
+            logits, iou = self.model.sam.decode_prompts(
+                feats, points=(coords[None].to(self.device), labels[None].to(self.device)), boxes=box[None].to(self.device)
+            )
+            # Pick the candidate that agrees best with the prior region, weighted by SAM's own IoU guess.
+            grid = F.interpolate(logits.float(), size=region.shape, mode="bilinear", align_corners=False)[0] > 0
+            inter = (grid & region).flatten(1).sum(1).float()
+            union = (grid | region).flatten(1).sum(1).float().clamp(min=1)
+            agreement = inter / union
+            quality = agreement * iou[0].float().clamp(0, 1)
+            best = int(quality.argmax())
+            mask = upsample_mask(logits[0, best : best + 1], *img.shape[:2])
+            results[i][label] = SegmentResult(mask, float(quality[best]) if mask.any() else 0.0, {"agreement": float(agreement[best])})
+
+
+def prompts_from_priors(pos: torch.Tensor, neg: torch.Tensor, frame: int, max_pos: int = 3, max_neg: int = 2):
+    """Training-free prompts from the positive / negative priors (g, g) on a grid.
+
+    Foreground where the positive prior beats the negative one; its largest components give a
+    box; peaks of the difference give positive points, peaks of the reverse negative points.
+    Returns (coords (n, 2) in the ``frame``-pixel input, labels (n,), box (4,), region (g, g))
+    or None when no location looks like the example's foreground.
+    """
+    diff = (pos - neg).cpu()
+    region = (diff > 0).numpy().astype(np.uint8)
+    if not region.any():
+        return None
+    count, comp, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = [k + 1 for k in range(count - 1) if areas[k] >= 0.1 * areas.max()]  # drop specks
+    region = np.isin(comp, keep)
+    ys, xs = np.nonzero(region)
+    g = diff.shape[-1]
+    scale = frame / g
+    box = torch.tensor([xs.min() * scale, ys.min() * scale, (xs.max() + 1) * scale, (ys.max() + 1) * scale])
+    pos_pts = _peaks(diff * torch.from_numpy(region), max_pos)
+    neg_pts = _peaks(-diff * torch.from_numpy(~region), max_neg)
+    pts = pos_pts + neg_pts
+    coords = torch.tensor([[(x + 0.5) * scale, (y + 0.5) * scale] for y, x in pts], dtype=torch.float32)
+    labels = torch.tensor([1] * len(pos_pts) + [0] * len(neg_pts), dtype=torch.int64)
+    return coords, labels, box, torch.from_numpy(region)
+
+
+def _peaks(score: torch.Tensor, k: int, radius: int = 6) -> list[tuple[int, int]]:
+    """Up to ``k`` positive local maxima of ``score`` at least ``radius`` cells apart."""
+    s = score.clone()
+    out = []
+    for _ in range(k):
+        idx = int(s.argmax())
+        y, x = divmod(idx, s.shape[1])
+        if s[y, x] <= 0:
+            break
+        out.append((y, x))
+        s[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1] = 0
+    return out
