@@ -10,13 +10,14 @@ class PriorBackbone(nn.Module):
     """A frozen backbone split PFENet-style into mid-level and high-level stages.
 
     Subclasses set ``mid_channels`` (channels of concat(layer2, layer3)), ``high_channels``,
-    ``stride`` (the feature grid DC-SAM works on: input size / stride) and the input
+    ``stride`` (DC-SAM's feature grid is 512 / stride), ``input_size`` and the input
     normalisation ``mean`` / ``std``. Inputs are RGB in [0, 1].
     """
 
     mid_channels: int
     high_channels: int
     stride: int
+    input_size: int = 512  # side of the square input the backbone sees (DC-SAM's 512 by default)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 

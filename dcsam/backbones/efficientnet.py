@@ -42,6 +42,9 @@ class EfficientNetLite0(PriorBackbone):
     mid_channels = 40 + 112
     high_channels = 320
     stride = 8
+    # A light network that gains from seeing SAM's resolution: the thresholded prior on
+    # perseg-mini (example *_00, queries *_01/_02) scores 0.71 mIoU at 512, 0.77 at 768, 0.80 at 1024.
+    input_size = 1024
     mean = (0.5, 0.5, 0.5)
     std = (0.5, 0.5, 0.5)
     stage_channels = (16, 24, 40, 80, 112, 192, 320)  # output of blocks[0..6]

@@ -74,13 +74,14 @@ class DCSAM(nn.Module):
         return F.interpolate(x, size=(self.grid, self.grid), mode="bilinear", align_corners=True)
 
     def _backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=True)
+        size = self.backbone.input_size
+        x = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=True)
         l2, l3 = self.backbone.forward_mid(x)
         return torch.cat([self._to_grid(l2), self._to_grid(l3)], dim=1), l3
 
     @torch.no_grad()
     def encode_query(self, images: torch.Tensor, sam: SamFeatures | None = None) -> QueryFeatures:
-        """images (B, 3, H, W) RGB in [0, 1], any size (resized to 512 and to SAM's 1024)."""
+        """images (B, 3, H, W) RGB in [0, 1], any size (resized to the backbone's and SAM's inputs)."""
         mid, l3 = self._backbone(images)
         return QueryFeatures(mid, self.backbone.forward_high(l3), sam if sam is not None else self.sam.encode(images))
 
@@ -88,7 +89,8 @@ class DCSAM(nn.Module):
     def encode_support(self, images: torch.Tensor, masks: torch.Tensor, sam: SamFeatures | None = None) -> SupportFeatures:
         """images (N, 3, H, W) in [0, 1]; masks (N, 1, H, W) in {0, 1} at the images' size."""
         mid, l3 = self._backbone(images)
-        m = F.interpolate(masks.float(), size=(self.image_size, self.image_size), mode="nearest")
+        size = self.backbone.input_size
+        m = F.interpolate(masks.float(), size=(size, size), mode="nearest")
         return SupportFeatures(
             mid=mid,
             mask=F.interpolate(m, size=(self.grid, self.grid), mode="nearest"),

@@ -1,0 +1,71 @@
+"""Prior backbones: frozen, shapes, and real ImageNet weights for EfficientNet-Lite0."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcsam.backbones import BACKBONES, create_backbone
+from dcsam.errors import CheckpointError
+from dcsam.io import read_image, read_mask
+from dcsam.modeling.prior import masked_high_features, prior_mask
+
+
+@pytest.mark.parametrize("name,mid,grid", [("resnet50_v2", 1536, 64), ("resnet50", 1536, 64), ("vgg16_bn", 768, 32), ("efficientnet_lite0", 152, 64)])
+def test_backbone_frozen_and_shapes(name, mid, grid):
+    bb = create_backbone(name, random_weights=name != "efficientnet_lite0")
+    assert not any(p.requires_grad for p in bb.parameters())
+    bb.train()  # BN must stay in eval mode even when a parent module trains
+    assert not any(m.training for m in bb.modules())
+    assert bb.mid_channels == mid and 512 // bb.stride == grid
+    with torch.no_grad():
+        l2, l3 = bb.forward_mid(torch.rand(1, 3, 512, 512))
+        l4 = bb.forward_high(l3)
+    assert l2.shape[1] + l3.shape[1] == mid
+    assert l4.shape[1] == bb.high_channels
+
+
+def test_weights_without_download_give_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="resnet50_v2.pth.*--backbone-weights"):
+        create_backbone("resnet50_v2", cache_dir=tmp_path, allow_download=False)
+
+
+def test_torchvision_weights_load_from_path(tmp_path):
+    ref = create_backbone("resnet50", random_weights=True)
+    state = {k: v for k, v in ref.state_dict().items()}
+    state["fc.weight"] = torch.zeros(1000, 2048)  # a classifier head in the file is ignored
+    path = tmp_path / "r50.pth"
+    torch.save(state, path)
+    bb = create_backbone("resnet50", weights=path)
+    assert all(torch.equal(bb.state_dict()[k], ref.state_dict()[k]) for k in ref.state_dict())
+
+
+def _tensor(img: np.ndarray, size: int) -> torch.Tensor:
+    return torch.from_numpy(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None].float() / 255
+
+
+def test_efficientnet_weights_are_real_imagenet(data_dir):
+    """With real weights, DC-SAM's thresholded prior already finds PerSeg objects (random: no)."""
+    bb = create_backbone("efficientnet_lite0")
+    size = bb.input_size
+    ious = []
+    root = data_dir / "perseg-mini"
+    for obj in ("cat", "colorful_sneaker", "duck_toy"):
+        mask = read_mask(root / f"{obj}_00.png")
+        m = torch.from_numpy(cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST))[None, None].float()
+        with torch.no_grad():
+            _, l3 = bb.forward_mid(_tensor(read_image(root / f"{obj}_00.jpg"), size))
+            s_pos, s_neg = masked_high_features(bb, l3, m), masked_high_features(bb, l3, 1 - m)
+            for q in ("01", "02"):
+                gt = read_mask(root / f"{obj}_{q}.png")
+                _, ql3 = bb.forward_mid(_tensor(read_image(root / f"{obj}_{q}.jpg"), size))
+                qh = bb.forward_high(ql3)
+                diff = prior_mask(qh, s_pos[:, None]) - prior_mask(qh, s_neg[:, None])
+                pred = F.interpolate(diff, size=gt.shape, mode="bilinear", align_corners=False)[0, 0].numpy() > 0
+                ious.append((pred & gt).sum() / (pred | gt).sum())
+    assert np.mean(ious) >= 0.75, ious
+
+
+def test_registry_names():
+    assert set(BACKBONES) == {"resnet50_v2", "resnet50", "vgg16_bn", "efficientnet_lite0"}

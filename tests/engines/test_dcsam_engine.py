@@ -1,0 +1,74 @@
+"""The DC-SAM engine through the public API: cold start, trained prompt generator, checkpoints."""
+
+import numpy as np
+import pytest
+
+from dcsam import CheckpointError, InContextSegmenter
+from dcsam.engines.dcsam_engine import prompts_from_priors, save_prompt_generator
+
+import torch
+
+
+def synthetic_pair(seed: int):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 60, (200, 240, 3), dtype=np.uint8)
+    mask = np.zeros((200, 240), bool)
+    mask[50:150, 60:170] = True
+    img[mask] = (220, 40, 40)
+    return img, mask
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    seg = InContextSegmenter.from_config(engine="dcsam", sam="sam2.1_hiera_t", random_sam_weights=True)
+    img, mask = synthetic_pair(0)
+    seg.add_examples([img], [mask], label="thing")
+    return seg
+
+
+def test_cold_start_predicts_native_size_masks(segmenter):
+    img, _ = synthetic_pair(1)
+    small = img[:120, :150]
+    preds = segmenter.predict([img, small])
+    assert preds[0].masks["thing"].shape == img.shape[:2]
+    assert preds[1].masks["thing"].shape == small.shape[:2]
+    assert all(0.0 <= p.scores["thing"] <= 1.0 for p in preds)
+    assert segmenter.version.endswith("-coldstart-random")
+
+
+def test_broken_query_fails_alone(segmenter):
+    img, _ = synthetic_pair(2)
+    preds = segmenter.predict([b"not an image", img])
+    assert preds[0].error and "not a readable image" in preds[0].error
+    assert preds[1].error is None and "thing" in preds[1].masks
+
+
+def test_prompts_from_priors_points_and_box():
+    pos = torch.zeros(64, 64)
+    neg = torch.full((64, 64), 0.5)
+    pos[10:30, 20:40] = 0.9
+    coords, labels, box, region = prompts_from_priors(pos, neg, 1024)
+    assert labels[0] == 1 and (labels == 0).any()
+    assert box.tolist() == [20 * 16, 10 * 16, 40 * 16, 30 * 16]
+    x, y = coords[0].tolist()
+    assert 20 * 16 <= x <= 40 * 16 and 10 * 16 <= y <= 30 * 16
+    assert region.sum() == 400
+    assert prompts_from_priors(torch.zeros(64, 64), neg, 1024) is None
+
+
+def test_trained_prompt_generator_round_trip(tmp_path, segmenter):
+    engine = segmenter.engine
+    path = tmp_path / "pg.pt"
+    save_prompt_generator(path, engine.model, engine.config)
+    seg2 = InContextSegmenter.from_config(engine.config, prompt_generator=str(path))
+    assert "-pg-" in seg2.version
+    img, mask = synthetic_pair(0)
+    seg2.add_examples([img], [mask], label="thing")
+    [pred] = seg2.predict([synthetic_pair(3)[0]])
+    assert pred.masks["thing"].shape == (200, 240)
+    with pytest.raises(CheckpointError, match="other settings"):
+        InContextSegmenter.from_config(engine.config, prompt_generator=str(path), variant="prior_only")
+    truncated = tmp_path / "bad.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        InContextSegmenter.from_config(engine.config, prompt_generator=str(truncated))
