@@ -23,6 +23,8 @@ def _add_model_args(p: argparse.ArgumentParser, engine_default: str = "lite") ->
     p.add_argument("--backbone", default=env("DCSAM_BACKBONE", "efficientnet_lite0"), help="resnet50_v2|resnet50|vgg16_bn|efficientnet_lite0")
     p.add_argument("--backbone-weights", default=env("DCSAM_BACKBONE_WEIGHTS"))
     p.add_argument("--variant", choices=["full", "prior_only"], default="full")
+    p.add_argument("--neg-stage2-source", choices=["query_neg", "support_pos_release"], default="query_neg",
+                   help="negative branch stage-2 keys: our default, or the reference release's behaviour")
     p.add_argument("--prompt-generator", default=env("DCSAM_PROMPT_GENERATOR"), help="trained prompt-generator checkpoint (default: training-free cold start)")
     p.add_argument("--random-weights", choices=["sam", "backbone", "all"], help="use random weights for these parts (testing only)")
     p.add_argument("--device", default=env("DCSAM_DEVICE", "auto"))
@@ -36,6 +38,7 @@ def _config(args: argparse.Namespace, **extra):
     return SegmenterConfig(
         engine=args.engine, sam=args.sam, sam_checkpoint=args.sam_checkpoint, backbone=args.backbone,
         backbone_weights=args.backbone_weights, variant=args.variant, prompt_generator=args.prompt_generator,
+        neg_stage2_source=args.neg_stage2_source,
         random_sam_weights=rnd in ("sam", "all"), random_backbone_weights=rnd in ("backbone", "all"),
         allow_download=not args.offline, device=args.device, **extra,
     )
