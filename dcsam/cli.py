@@ -103,6 +103,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from backend.serve import main as serve_main
+
+    return serve_main(args.serve_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsam", description="In-context segmentation: label one image, segment the rest.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -130,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-on", type=int, default=0, metavar="K", help="fine-tune on the first K queries of each episode first")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn); configured by environment variables")
+    p.add_argument("serve_args", nargs=argparse.REMAINDER, help="extra options for the server")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
