@@ -49,9 +49,13 @@ class EfficientNetLite0(PriorBackbone):
     std = (0.5, 0.5, 0.5)
     stage_channels = (16, 24, 40, 80, 112, 192, 320)  # output of blocks[0..6]
 
-    def __init__(self) -> None:
+    def __init__(self, output_stride: int = 32) -> None:
         super().__init__()
-        self.net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, not {output_stride}")
+        # output_stride < 32 dilates the deep blocks (same weights, finer grid, more compute).
+        extra = {} if output_stride == 32 else {"output_stride": output_stride}
+        self.net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="", **extra)
         del self.net.conv_head, self.net.bn2  # unused 1280-channel head
 
     def load_bundled(self, path: Path | None = None) -> None:
@@ -62,6 +66,7 @@ class EfficientNetLite0(PriorBackbone):
         own = self.net.state_dict()
         self.net.load_state_dict(convert_bundled_state_dict(state, own), strict=True)
 
+    @torch.no_grad()
     def forward_blocks(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Every block stage's output (strides 2, 4, 8, 16, 16, 32, 32)."""
         x = self.net.bn1(self.net.conv_stem(self.normalize(images)))

@@ -1,0 +1,412 @@
+"""The SAM-free ``lite`` engine: frozen EfficientNet-Lite0 features, k-NN fore/background matching,
+edge-aware refinement, and an optional small head fine-tuned from a few labelled images.
+
+Pipeline for one query and one label (all switches live in ``config.options``, see ``DEFAULTS``):
+
+1. Dense features of the query at a bounded working resolution (long side ``size``; and
+   optionally more sizes, ``query_sizes``, averaged), stride-8 grid, layers ``layers``.
+2. Positive / negative priors: mean of the ``k`` best cosine similarities to the examples'
+   foreground / background features (``match``); logit = (pos - neg) / ``temperature``.
+3. Optional trained head: a residual on that logit (zero until fine-tuned).
+4. Optional colour model: ``colour`` x the log-ratio of fg/bg colour histograms of the examples.
+5. Refinement (``refine``): ``bilinear`` | ``guided`` (colour guided filter at the working size,
+   coefficients upsampled to full resolution) | ``grabcut`` (GrabCut at the working size, then the
+   guided upsampling); ``components`` drops weak connected components.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import SegmenterConfig
+from ..errors import CheckpointError, InputError
+from ..lite import refine as R
+from ..lite.backbone import lite_backbone
+from ..lite.head import LiteHead
+from ..lite.matching import GRID_STRIDE, MatchBank, dense_features, mask_fraction, priors, resize_image, working_size
+from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "output_stride": 16,  # 16 = last blocks dilated (finer deep features, default); 32 = plain, 8 = slowest
+    "size": 512,  # working long side (features, priors, refinement); full resolution only at the end
+    "query_sizes": None,  # extra test-time sizes for the query, e.g. [384, 512, 640]; None = [size]
+    "layers": [2, 4, 6],  # EfficientNet-Lite0 blocks: 2 = stride 8, 4 = stride 16, 6 = stride 32
+    "match": "knn",  # knn | max | prototype
+    "k": 5,
+    "temperature": 0.05,
+    "colour": 0.0,  # weight of the colour log-likelihood ratio (0 = off), training-free mode
+    "colour_finetuned": 0.5,  # the same weight once the head is fine-tuned (the head learns with it)
+    "refine": "guided",  # bilinear | guided | grabcut
+    "guided_radius": 6,
+    "guided_eps": 1e-3,
+    "grabcut_iters": 3,
+    "components": "weighted",  # none | largest | weighted
+    "keep_ratio": 0.2,
+    "threshold": 0.5,
+    # fine-tuning
+    "hidden": 64,
+    "steps": 300,
+    "lr": 1e-2,
+    "batch": 4,
+    "seed": 0,
+    "memory": True,  # fine-tuning images also join their label's matching memory (saved with the head)
+}
+
+# options a trained head depends on (saved with it, checked on load)
+MEMORY_MAX_BG = 2000  # background features kept per fine-tuning image
+HEAD_OPTIONS = ("output_stride", "size", "layers", "match", "k", "temperature", "colour_finetuned", "hidden")
+
+
+def _int_list(value: Any) -> list[int] | None:
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    elif isinstance(value, (int, float)):
+        value = [value]
+    return [int(v) for v in value]
+
+
+def _normalise_options(o: dict[str, Any]) -> dict[str, Any]:
+    """Accept options as typed values or as strings (e.g. from ``--option layers=2,4,6``)."""
+    o = dict(o)
+    o["layers"] = _int_list(o["layers"]) or list(DEFAULTS["layers"])
+    o["query_sizes"] = _int_list(o["query_sizes"])
+    o["memory"] = str(o["memory"]).lower() not in ("0", "false", "no", "off", "none")
+    for key in ("output_stride", "size", "k", "guided_radius", "grabcut_iters", "hidden", "steps", "batch", "seed"):
+        o[key] = int(o[key])
+    for key in ("temperature", "colour", "colour_finetuned", "guided_eps", "keep_ratio", "threshold", "lr"):
+        o[key] = float(o[key])
+    for key, allowed in (("match", ("knn", "max", "prototype")), ("refine", ("bilinear", "guided", "grabcut")),
+                         ("components", ("none", "largest", "weighted"))):
+        o[key] = str(o[key])
+        if o[key] not in allowed:
+            raise ValueError(f"lite option {key}={o[key]!r}; choose one of {list(allowed)}")
+    if any(i < 0 or i > 6 for i in o["layers"]):
+        raise ValueError(f"lite option layers={o['layers']}: EfficientNet-Lite0 blocks are 0..6")
+    return o
+
+
+@dataclass
+class LiteExample:
+    """What :meth:`LiteEngine.encode_example` caches: matchable features and colour statistics."""
+
+    bank: MatchBank
+    colour: R.ColourModel
+    signature: tuple
+
+
+@dataclass
+class _Query:
+    feats: dict[int, torch.Tensor]  # working long side -> (C, h, w) features
+    base: int  # the working long side of the main grid
+    work_image: np.ndarray  # uint8 RGB at the main working size
+    image: np.ndarray  # the original image
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.feats[self.base].shape[-2:])
+
+
+class LiteEngine(Engine):
+    name = "lite"
+
+    def __init__(self, config: SegmenterConfig):
+        self.config = config
+        unknown = sorted(set(config.options) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown lite option(s) {unknown}; known: {sorted(DEFAULTS)}")
+        self.opts = _normalise_options({**DEFAULTS, **config.options})
+        self.device = config.resolved_device()
+        if config.backbone != "efficientnet_lite0":
+            raise ValueError(f"the lite engine runs on efficientnet_lite0, not backbone {config.backbone!r}")
+        random = bool(getattr(config, "random_backbone_weights", getattr(config, "random_weights", False)))
+        self.backbone = lite_backbone(int(self.opts["output_stride"]), config.backbone_weights, random).to(self.device)
+        stage_channels = self.backbone.stage_channels
+        self.feat_channels = sum(stage_channels[i] for i in self.opts["layers"])
+        self.head = LiteHead(self.feat_channels, int(self.opts["hidden"])).to(self.device)
+        self.head.eval()
+        self.trained = False
+        self.memory: dict[str, list[LiteExample]] = {}  # label -> labelled images seen in fine-tuning
+
+    # -- features -------------------------------------------------------------------------------
+    def _signature(self) -> tuple:
+        o = self.opts
+        return (self.config.backbone, int(o["output_stride"]), int(o["size"]), tuple(o["layers"]))
+
+    def _features(self, image: np.ndarray, long_side: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        size = working_size(*image.shape[:2], long_side)
+        return dense_features(self.backbone, image, size, tuple(self.opts["layers"]), self.device), size
+
+    def encode_example(self, example: LabelledImage) -> LiteExample:
+        image, mask = example.image, example.mask
+        if mask.shape != image.shape[:2]:
+            raise InputError(f"example mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                             f"{image.shape[1]}x{image.shape[0]}")
+        if not mask.any():
+            raise InputError("the example mask is empty: an example needs at least one foreground pixel")
+        feats, size = self._features(image, int(self.opts["size"]))
+        frac = mask_fraction(mask, feats.shape[-2:])
+        bank = MatchBank.from_example(feats, frac)
+        small_mask = cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
+        colour = R.ColourModel().add(resize_image(image, size), small_mask)
+        return LiteExample(bank=bank, colour=colour, signature=self._signature())
+
+    def _encode_query(self, image: np.ndarray) -> _Query:
+        base = int(self.opts["size"])
+        sizes = sorted({base, *[int(s) for s in (self.opts["query_sizes"] or [])]})
+        feats, work = {}, None
+        for s in sizes:
+            feats[s], size = self._features(image, s)
+            if s == base:
+                work = resize_image(image, size)
+        return _Query(feats=feats, base=base, work_image=work, image=image)
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def _prior_maps(self, q: _Query, bank: MatchBank) -> torch.Tensor:
+        """(3, h, w): training-free logit, positive prior, negative prior on the main grid."""
+        o = self.opts
+        grid = q.grid
+        maps = []
+        for s, f in q.feats.items():
+            pos, neg = priors(f, bank, o["match"], int(o["k"]))
+            m = torch.stack([pos, neg])
+            if m.shape[-2:] != grid:
+                m = F.interpolate(m[None], size=grid, mode="bilinear", align_corners=False)[0]
+            maps.append(m)
+        pos, neg = torch.stack(maps).mean(0)
+        logit = (pos - neg) / float(o["temperature"])
+        return torch.stack([logit, pos, neg])
+
+    def _colour_weight(self, trained: bool | None = None) -> float:
+        trained = self.trained if trained is None else trained
+        return float(self.opts["colour_finetuned"] if trained else self.opts["colour"])
+
+    def _head_input(self, prior_maps: torch.Tensor) -> torch.Tensor:
+        return torch.stack([prior_maps[0] * 0.25, prior_maps[1], prior_maps[2]])
+
+    def _grid_logit(self, q: _Query, bank: MatchBank) -> torch.Tensor:
+        pm = self._prior_maps(q, bank)
+        logit = pm[0]
+        if self.trained:
+            with torch.no_grad():
+                logit = logit + self.head(q.feats[q.base][None], self._head_input(pm)[None])[0, 0]
+        return logit
+
+    def _finish(self, q: _Query, logit: torch.Tensor, colour: R.ColourModel | None) -> SegmentResult:
+        o = self.opts
+        wh, ww = q.work_image.shape[:2]
+        z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
+        z = z.cpu().numpy()
+        if colour is not None and self._colour_weight():
+            z = z + self._colour_weight() * colour.log_ratio(q.work_image)
+        prob = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+        method = o["refine"]
+        thr = float(o["threshold"])
+        if method == "bilinear":
+            q_work = prob
+        elif method in ("guided", "grabcut"):
+            guide = R.to_float_rgb(q.work_image)
+            p = prob
+            if method == "grabcut":
+                p = R.grabcut_refine(q.work_image, prob, int(o["grabcut_iters"])).astype(np.float32)
+            a, b = R.guided_coefficients(guide, p, int(o["guided_radius"]), float(o["guided_eps"]))
+            q_work = R.apply_guided(a, b, guide)
+        else:
+            raise ValueError(f"unknown refine {method!r}; use bilinear, guided or grabcut")
+        work_mask = q_work > thr
+        kept = R.filter_components(work_mask, q_work, o["components"], float(o["keep_ratio"]))
+        drop = None
+        if o["components"] != "none" and (work_mask & ~kept).any():
+            drop = cv2.dilate((work_mask & ~kept).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            drop &= ~kept
+        h, w = q.image.shape[:2]
+        if method == "bilinear":
+            mask = R.upsample_linear(q_work, (h, w), drop, thr)
+        else:
+            mask = R.upsample_guided(a, b, q.image, drop, thr)
+        score = float(np.clip(prob[kept], 0, 1).mean()) if kept.any() and mask.any() else 0.0
+        return SegmentResult(mask=mask, score=score, extra={"area": float(mask.mean())})
+
+    def _check(self, ex: Any) -> LiteExample:
+        if not isinstance(ex, LiteExample):
+            raise InputError(f"the lite engine cannot use an example encoded by another engine ({type(ex).__name__})")
+        if ex.signature != self._signature():
+            raise InputError(f"example encoded with lite settings {ex.signature}, engine uses {self._signature()}")
+        return ex
+
+    def predict(self, images: Sequence[np.ndarray], examples: Mapping[str, Sequence[Any]]) -> list[dict[str, SegmentResult]]:
+        prepared = {}
+        for label, exs in examples.items():
+            exs = [self._check(e) for e in exs]
+            if not exs:
+                raise InputError(f"no examples for label {label!r}")
+            exs = exs + self.memory.get(label, [])
+            colour = exs[0].colour.merged([e.colour for e in exs[1:]]) if self._colour_weight() else None
+            prepared[label] = (MatchBank.concat([e.bank for e in exs]), colour)
+        out = []
+        for image in images:
+            q = self._encode_query(image)
+            out.append({label: self._finish(q, self._grid_logit(q, bank), colour)
+                        for label, (bank, colour) in prepared.items()})
+        return out
+
+    # -- learning ------------------------------------------------------------------------------------
+    def _new_head(self) -> LiteHead:
+        return LiteHead(self.feat_channels, int(self.opts["hidden"])).to(self.device)
+
+    def finetune(self, episodes: Sequence[Episode], *, steps: int | None = None,
+                 progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Train the head on every ordered pair (example -> target) of labelled images per episode."""
+        o = self.opts
+        t0 = time.perf_counter()
+        seed = int(o["seed"])
+        rng = np.random.default_rng(seed)
+        samples = []
+        memory_add: dict[str, list[LiteExample]] = {}
+        use_memory = bool(o["memory"])
+        for ep in episodes:
+            items = list(ep.support) + list(ep.query)
+            encoded = []
+            for li in items:
+                ex = self.encode_example(li)  # validates the mask too
+                encoded.append((ex, self._encode_query(li.image), li.mask))
+            known = self.memory.get(ep.label, [])
+            for j, (_, q_j, mask_j) in enumerate(encoded):
+                others = [e for i, (e, _, _) in enumerate(encoded) if i != j]
+                # single example -> target, and (with memory) everything else -> target, as at inference
+                sources = [[e] for e in others]
+                if use_memory and len(others) > 1:
+                    sources.append(others + known)
+                for src in sources:
+                    samples.append(self._training_sample(src, q_j, mask_j))
+            if use_memory:
+                memory_add.setdefault(ep.label, []).extend(e for e, _, _ in encoded[len(ep.support):])
+        if not samples:
+            raise InputError("fine-tuning needs episodes with at least two labelled images (support + query)")
+        total = int(steps if steps is not None else o["steps"])
+        batch = max(1, min(int(o["batch"]), len(samples)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = self.head if self.trained else self._new_head()
+            head.train()
+            optim = torch.optim.AdamW(head.parameters(), lr=float(o["lr"]), weight_decay=1e-4)
+            losses = []
+            for step in range(total):
+                idx = rng.choice(len(samples), batch, replace=False)
+                loss = 0.0
+                for k in idx:
+                    feats, hin, base, offset, target = samples[k]
+                    if rng.random() < 0.5:  # horizontal flip
+                        feats, hin, base, offset, target = (t.flip(-1) for t in (feats, hin, base, offset, target))
+                    z = base + offset + head(feats[None], hin[None])[0, 0]
+                    p = torch.sigmoid(z)
+                    bce = F.binary_cross_entropy_with_logits(z, target)
+                    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+                    loss = loss + bce + dice
+                loss = loss / batch
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                losses.append(float(loss.detach()))
+                if progress is not None:
+                    progress(step + 1, total, {"loss": losses[-1]})
+            head.eval()
+        self.head = head
+        self.trained = True
+        for label, exs in memory_add.items():
+            self.memory.setdefault(label, []).extend(
+                LiteExample(bank=e.bank.subsample_bg(MEMORY_MAX_BG).rounded_to_half(), colour=e.colour,
+                            signature=e.signature) for e in exs)
+        return {
+            "loss_first": losses[0] if losses else None,
+            "loss_last": float(np.mean(losses[-10:])) if losses else None,
+            "steps": total,
+            "pairs": len(samples),
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def _training_sample(self, sources: list[LiteExample], q: _Query, mask: np.ndarray) -> tuple:
+        o = self.opts
+        pm = self._prior_maps(q, MatchBank.concat([e.bank for e in sources]))
+        grid = q.grid
+        offset = np.zeros(grid, np.float32)
+        if self._colour_weight(trained=True):
+            colour = sources[0].colour.merged([e.colour for e in sources[1:]])
+            llr = colour.log_ratio(q.work_image)
+            offset = self._colour_weight(trained=True) * cv2.resize(llr, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+        target = mask_fraction(mask, grid)
+        return (q.feats[q.base], self._head_input(pm), pm[0],
+                torch.from_numpy(offset).to(self.device), torch.from_numpy(target).to(self.device))
+
+    def trainable_state_dict(self) -> dict[str, Any]:
+        if not self.trained:
+            return {}
+        return {
+            "head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()},
+            "feat_channels": self.feat_channels,
+            "options": {k: self.opts[k] for k in HEAD_OPTIONS},
+            "memory": {label: [{"fg": e.bank.fg.detach().cpu().half(), "bg": e.bank.bg.detach().cpu().half()} for e in exs]
+                       for label, exs in self.memory.items()},
+            "format": 1,
+        }
+
+    def load_trainable_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            self.head = self._new_head().eval()
+            self.trained = False
+            self.memory = {}
+            return
+        if "head" not in state:
+            raise CheckpointError("lite head state: no 'head' entry")
+        saved = dict(state.get("options", {}))
+        for key in ("layers", "hidden"):
+            if key in saved and list(np.atleast_1d(saved[key])) != list(np.atleast_1d(self.opts[key])):
+                raise CheckpointError(f"lite head was trained with {key}={saved[key]}, engine uses {self.opts[key]}")
+        for key in HEAD_OPTIONS:
+            if key in saved and saved[key] != self.opts[key]:
+                log.warning("lite head was trained with %s=%r, engine uses %r", key, saved[key], self.opts[key])
+        head = self._new_head()
+        try:
+            head.load_state_dict({k: torch.as_tensor(v) for k, v in state["head"].items()}, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"lite head state does not fit: {exc}") from exc
+        memory = {}
+        for label, banks in dict(state.get("memory") or {}).items():
+            memory[label] = []
+            for b in banks:
+                fg, bg = torch.as_tensor(b["fg"]).float().to(self.device), torch.as_tensor(b["bg"]).float().to(self.device)
+                if fg.ndim != 2 or fg.shape[1] != self.feat_channels or bg.ndim != 2 or bg.shape[1] != self.feat_channels:
+                    raise CheckpointError(f"lite memory for {label!r} does not fit {self.feat_channels}-channel features")
+                # colour statistics are not saved: an empty model adds nothing when merged
+                memory[label].append(LiteExample(MatchBank(fg=fg, bg=bg),
+                                                 R.ColourModel(), self._signature()))
+        self.head = head.eval()
+        self.memory = memory
+        self.trained = True
+
+    @property
+    def version(self) -> str:
+        if not self.trained:
+            return "lite-effl0-base"
+        h = hashlib.sha1()
+        for k, v in sorted(self.head.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        for label in sorted(self.memory):
+            h.update(label.encode())
+            for e in self.memory[label]:
+                h.update(e.bank.fg.detach().cpu().half().numpy().tobytes())
+                h.update(e.bank.bg.detach().cpu().half().numpy().tobytes())
+        return f"lite-effl0-{h.hexdigest()[:10]}"

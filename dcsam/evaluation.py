@@ -1,0 +1,260 @@
+"""Evaluation of any engine on episode files (support images + query images with masks).
+
+An episode file is a JSON list of episodes::
+
+    [{"label": "cat",                                    # optional
+      "support": [{"image": "cat_00.jpg", "mask": "cat_00.png"}],
+      "query":   [{"image": "cat_01.jpg", "mask": "cat_01.png"}, ...]}, ...]
+
+Relative paths are resolved against the file's folder. ``scripts/make_episodes.py`` writes such
+files for the fixtures in ``../shared/data``.
+
+>>> from dcsam.api import InContextSegmenter
+>>> report = evaluate_episodes(lambda: InContextSegmenter.from_config(engine="lite"),
+...                            load_episodes("episodes/perseg-mini.json"))
+>>> print(format_report(report))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+
+from .engines.base import Episode
+from .errors import InputError
+from .io import read_mask
+
+log = logging.getLogger(__name__)
+
+
+# -- episode files -------------------------------------------------------------------------------
+def _parse_item(item: Any, where: str, base: Path) -> dict[str, str]:
+    if not isinstance(item, dict) or not isinstance(item.get("image"), str) or not isinstance(item.get("mask"), str):
+        raise InputError(f"{where}: expected an object with string fields 'image' and 'mask', got {item!r:.120}")
+    out = {}
+    for key in ("image", "mask"):
+        p = Path(item[key]).expanduser()
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            raise InputError(f"{where}.{key}: {p} not found")
+        out[key] = str(p)
+    return out
+
+
+def load_episodes(path: str | Path) -> list[dict]:
+    """Read and check an episode file; returns episodes with absolute paths and a label each."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such episode file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a valid JSON file ({exc})") from exc
+    if not isinstance(data, list) or not data:
+        raise InputError(f"{path}: expected a non-empty JSON list of episodes")
+    base = path.resolve().parent
+    episodes = []
+    for i, ep in enumerate(data):
+        where = f"{path}: episode {i}"
+        if not isinstance(ep, dict):
+            raise InputError(f"{where}: expected an object with 'support' and 'query' lists")
+        unknown = sorted(set(ep) - {"support", "query", "label"})
+        if unknown:
+            raise InputError(f"{where}: unknown field(s) {unknown}")
+        label = ep.get("label", f"episode{i}")
+        if not isinstance(label, str) or not label:
+            raise InputError(f"{where}: 'label' must be a non-empty string")
+        parsed: dict[str, Any] = {"label": label}
+        for part in ("support", "query"):
+            items = ep.get(part)
+            if not isinstance(items, list) or not items:
+                raise InputError(f"{where}: '{part}' must be a non-empty list of {{image, mask}} objects")
+            parsed[part] = [_parse_item(it, f"{where} {part}[{j}]", base) for j, it in enumerate(items)]
+        episodes.append(parsed)
+    return episodes
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def _gt_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    gt = read_mask(path)
+    if gt.shape != shape:
+        warnings.warn(f"{path}: mask is {gt.shape[1]}x{gt.shape[0]} but its image is {shape[1]}x{shape[0]}; "
+                      "resizing the mask (nearest neighbour)", stacklevel=3)
+        gt = cv2.resize(gt.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+    return gt
+
+
+def _counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int, int]:
+    """(fg intersection, fg union, bg intersection, bg union) pixel counts."""
+    inter = int(np.count_nonzero(pred & gt))
+    union = int(np.count_nonzero(pred | gt))
+    total = pred.size
+    bg_inter = total - union
+    bg_union = total - inter
+    return inter, union, bg_inter, bg_union
+
+
+def _iou(inter: int, union: int) -> float:
+    return 1.0 if union == 0 else inter / union
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+def evaluate_episodes(
+    segmenter_factory: Callable[[], Any],
+    episodes: Sequence[dict] | str | Path,
+    finetune_on: int = 0,
+    progress: bool = True,
+    finetune_steps: int | None = None,
+) -> dict[str, Any]:
+    """Score a segmenter on episodes; returns a JSON-serialisable report.
+
+    ``segmenter_factory()`` must return a fresh :class:`dcsam.api.InContextSegmenter` (one per
+    episode, so fine-tuning never leaks across episodes). With ``finetune_on=K`` the first K
+    queries of every episode are used, with the supports, to fine-tune; the rest are scored.
+    ``seconds_per_query`` counts prediction only (no example encoding, no fine-tuning).
+    """
+    from .api import load_example  # late import: api pulls in the engines registry
+
+    if isinstance(episodes, (str, Path)):
+        episodes = load_episodes(episodes)
+    if finetune_on < 0:
+        raise InputError(f"finetune_on must be >= 0, got {finetune_on}")
+    n_total = sum(max(0, len(ep["query"]) - finetune_on) for ep in episodes)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_total, desc="eval", unit="query", file=sys.stderr, dynamic_ncols=True)
+
+    per_episode: list[dict[str, Any]] = []
+    per_class: dict[str, list[int]] = {}  # label -> [inter, union]
+    fb = np.zeros(4, dtype=np.int64)  # fg inter, fg union, bg inter, bg union (all queries)
+    all_ious: list[float] = []
+    predict_seconds = 0.0
+    finetune_seconds = 0.0
+    versions: set[str] = set()
+    try:
+        for ei, ep in enumerate(episodes):
+            label = ep.get("label") or f"episode{ei}"
+            seg = segmenter_factory()
+            seg.add_examples([s["image"] for s in ep["support"]], [s["mask"] for s in ep["support"]], label=label)
+            record: dict[str, Any] = {"label": label}
+            queries = ep["query"]
+            if finetune_on:
+                train_q, queries = queries[:finetune_on], queries[finetune_on:]
+                episode = Episode(
+                    support=[load_example(s["image"], s["mask"]) for s in ep["support"]],
+                    query=[load_example(q["image"], q["mask"]) for q in train_q],
+                    label=label,
+                )
+                t0 = time.perf_counter()
+                figures = seg.finetune([episode], steps=finetune_steps)
+                finetune_seconds += time.perf_counter() - t0
+                record["finetune"] = _jsonable(figures)
+            record["model_version"] = seg.version
+            versions.add(seg.version)
+            ious, scores, names = [], [], []
+            for q in queries:
+                t0 = time.perf_counter()
+                [pred] = seg.predict([q["image"]], labels=[label])
+                predict_seconds += time.perf_counter() - t0
+                if pred.error:
+                    raise InputError(f"episode {ei} ({label}): query {q['image']}: {pred.error}")
+                mask = pred.masks[label]
+                gt = _gt_mask(q["mask"], mask.shape)
+                c = _counts(mask, gt)
+                fb += c
+                acc = per_class.setdefault(label, [0, 0])
+                acc[0] += c[0]
+                acc[1] += c[1]
+                iou = _iou(c[0], c[1])
+                ious.append(round(iou, 6))
+                scores.append(round(float(pred.scores[label]), 6))
+                names.append(Path(q["image"]).name)
+                all_ious.append(iou)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(miou=f"{np.mean(all_ious):.3f}")
+            record.update(queries=names, ious=ious, scores=scores,
+                          mean_iou=float(np.mean(ious)) if ious else None)
+            if not ious:
+                log.warning("episode %d (%s): no query left to score after fine-tuning on %d", ei, label, finetune_on)
+            per_episode.append(record)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    n = len(all_ious)
+    class_iou = {lab: _iou(i, u) for lab, (i, u) in per_class.items()}
+    fg_iou, bg_iou = _iou(int(fb[0]), int(fb[1])), _iou(int(fb[2]), int(fb[3]))
+    return {
+        "episodes": per_episode,
+        "per_class_iou": class_iou,
+        "mean_iou": float(np.mean(all_ious)) if n else None,
+        "class_miou": float(np.mean(list(class_iou.values()))) if class_iou else None,
+        "fb_iou": (fg_iou + bg_iou) / 2 if n else None,
+        "fg_iou": fg_iou if n else None,
+        "bg_iou": bg_iou if n else None,
+        "num_episodes": len(per_episode),
+        "num_queries": n,
+        "finetune_on": finetune_on,
+        "seconds_per_query": predict_seconds / n if n else None,
+        "finetune_seconds": finetune_seconds,
+        "model_versions": sorted(versions),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable text table of :func:`evaluate_episodes`'s report."""
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = []
+    width = max([len("episode")] + [len(str(e["label"])) for e in report["episodes"]])
+    ft = report.get("finetune_on") or 0
+    head = f"{'episode':<{width}}  queries  mean IoU  ious"
+    lines += [head, "-" * len(head)]
+    for e in report["episodes"]:
+        ious = " ".join(f"{v:.3f}" for v in e["ious"])
+        extra = ""
+        if "finetune" in e and isinstance(e["finetune"], dict):
+            f = e["finetune"]
+            if "loss_first" in f and "loss_last" in f:
+                extra = f"  [fine-tuned: loss {f['loss_first']:.3f} -> {f['loss_last']:.3f}]"
+        lines.append(f"{e['label']:<{width}}  {len(e['ious']):>7}  {fmt(e['mean_iou']):>8}  {ious}{extra}")
+    lines.append("")
+    lines.append(f"{'class':<{width}}  IoU (accumulated)")
+    for lab, v in report["per_class_iou"].items():
+        lines.append(f"{lab:<{width}}  {fmt(v)}")
+    lines.append("")
+    spq = report.get("seconds_per_query")
+    lines += [
+        f"queries scored     {report['num_queries']}" + (f" (first {ft} per episode used for fine-tuning)" if ft else ""),
+        f"mean IoU           {fmt(report['mean_iou'])}",
+        f"class mIoU         {fmt(report['class_miou'])}",
+        f"FB-IoU             {fmt(report['fb_iou'])}",
+        f"seconds / query    {'-' if spq is None else f'{spq:.3f}'}",
+    ]
+    if ft:
+        lines.append(f"fine-tune seconds  {report['finetune_seconds']:.1f}")
+    if report.get("model_versions"):
+        lines.append(f"model              {', '.join(report['model_versions'])}")
+    return "\n".join(lines)

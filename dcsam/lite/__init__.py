@@ -1,0 +1,1 @@
+"""Building blocks of the SAM-free ``lite`` engine (see :mod:`dcsam.engines.lite`)."""

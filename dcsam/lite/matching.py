@@ -1,0 +1,127 @@
+"""Dense multi-layer features and training-free foreground / background priors.
+
+Features: several EfficientNet-Lite0 block outputs, resized to one grid (stride 8 of the working
+image), each L2-normalised, concatenated and L2-normalised again, so a dot product is the mean
+cosine similarity over the layers.
+
+Priors (DC-SAM spec section 2.2, made symmetric): for every query position, the mean of its k
+highest cosine similarities to the example's foreground positions (positive prior) and to its
+background positions (negative prior). Their difference over a temperature is the foreground
+logit; ``match="prototype"`` uses the mean foreground / background features instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+GRID_STRIDE = 8
+
+
+def working_size(h: int, w: int, long_side: int, multiple: int = 32) -> tuple[int, int]:
+    """(height, width) with the long side near ``long_side``, both multiples of ``multiple``."""
+    s = long_side / max(h, w)
+    return max(multiple, int(round(h * s / multiple)) * multiple), max(multiple, int(round(w * s / multiple)) * multiple)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+@torch.no_grad()
+def dense_features(backbone, image: np.ndarray, size: tuple[int, int], layers: tuple[int, ...],
+                   device: torch.device) -> torch.Tensor:
+    """(C, h/8, w/8) unit-norm features of uint8 RGB ``image`` resized to ``size``."""
+    img = resize_image(image, size)
+    x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+    blocks = backbone.forward_blocks(x)
+    grid = (size[0] // GRID_STRIDE, size[1] // GRID_STRIDE)
+    parts = []
+    for i in layers:
+        f = blocks[i].float()
+        if f.shape[-2:] != grid:
+            f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
+        parts.append(F.normalize(f, dim=1))
+    return F.normalize(torch.cat(parts, 1), dim=1)[0]
+
+
+def mask_fraction(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Fraction of foreground in each grid cell (area average)."""
+    small = cv2.resize(mask.astype(np.uint8) * 255, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+    return small.astype(np.float32) * (1.0 / 255.0)
+
+
+@dataclass
+class MatchBank:
+    """Foreground and background features of one or more examples (rows are unit vectors)."""
+
+    fg: torch.Tensor  # (Nf, C)
+    bg: torch.Tensor  # (Nb, C)
+
+    @staticmethod
+    def from_example(feats: torch.Tensor, frac: np.ndarray, fg_min: float = 0.5, bg_max: float = 0.5,
+                     max_bg: int = 6000) -> "MatchBank":
+        c = feats.shape[0]
+        flat = feats.reshape(c, -1).T
+        frac_t = torch.from_numpy(frac.ravel()).to(flat.device)
+        fg_sel = frac_t >= fg_min
+        if not bool(fg_sel.any()):  # tiny object: the cells that hold most of it
+            fg_sel = frac_t >= frac_t.max() * 0.5
+        bg_sel = frac_t < bg_max
+        bg = flat[bg_sel]
+        if bg.shape[0] > max_bg:  # bound the memory of huge examples: an even subsample
+            bg = bg[torch.linspace(0, bg.shape[0] - 1, max_bg, device=bg.device).long()]
+        if bg.shape[0] == 0:  # an all-foreground example: no negatives, use a far-away dummy
+            bg = -flat[fg_sel].mean(0, keepdim=True)
+            bg = F.normalize(bg, dim=1)
+        return MatchBank(fg=flat[fg_sel].contiguous(), bg=bg.contiguous())
+
+    def subsample_bg(self, limit: int) -> "MatchBank":
+        if self.bg.shape[0] <= limit:
+            return self
+        idx = torch.linspace(0, self.bg.shape[0] - 1, limit, device=self.bg.device).long()
+        return MatchBank(fg=self.fg, bg=self.bg[idx].contiguous())
+
+    def rounded_to_half(self) -> "MatchBank":
+        """The same bank at float16 precision (how it is saved), so saving changes nothing."""
+        return MatchBank(fg=self.fg.half().float(), bg=self.bg.half().float())
+
+    @staticmethod
+    def concat(banks: list["MatchBank"]) -> "MatchBank":
+        if len(banks) == 1:
+            return banks[0]
+        return MatchBank(fg=torch.cat([b.fg for b in banks]), bg=torch.cat([b.bg for b in banks]))
+
+
+def _topk_mean(q: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    k = max(1, min(k, bank.shape[0]))
+    out = []
+    for s in range(0, q.shape[0], chunk):
+        sim = q[s : s + chunk] @ bank.T
+        out.append(sim.topk(k, dim=1).values.mean(1) if k > 1 else sim.max(1).values)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def priors(query: torch.Tensor, bank: MatchBank, match: str = "knn", k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive and negative priors (each (h, w)) of query features ``(C, h, w)``."""
+    c, h, w = query.shape
+    q = query.reshape(c, -1).T
+    if match == "knn":
+        pos, neg = _topk_mean(q, bank.fg, k), _topk_mean(q, bank.bg, k)
+    elif match == "prototype":
+        pos = q @ F.normalize(bank.fg.mean(0), dim=0)
+        neg = q @ F.normalize(bank.bg.mean(0), dim=0)
+    elif match == "max":  # DC-SAM's prior: max cosine similarity
+        pos, neg = _topk_mean(q, bank.fg, 1), _topk_mean(q, bank.bg, 1)
+    else:
+        raise ValueError(f"unknown match {match!r}; use knn, prototype or max")
+    return pos.reshape(h, w), neg.reshape(h, w)

@@ -1,0 +1,209 @@
+"""Turning a coarse foreground probability into a full-resolution, edge-accurate mask.
+
+* :func:`guided_coefficients` / :func:`apply_guided` - He et al.'s colour guided filter, split so the
+  linear coefficients are computed at a working resolution and applied to the full-resolution
+  image ("fast guided filter"): memory and time stay bounded while edges follow the full image.
+* :func:`grabcut_refine` - an OpenCV GrabCut pass initialised from the probability.
+* :func:`filter_components` - drops weak connected components.
+* :class:`ColourModel` - foreground / background colour histograms and their log-likelihood ratio.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def _box(x: np.ndarray, r: int) -> np.ndarray:
+    return cv2.boxFilter(x, -1, (2 * r + 1, 2 * r + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
+
+
+def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Box-averaged coefficients (A: (h, w, 3), b: (h, w)) of the colour guided filter.
+
+    ``guide`` is float32 RGB in [0, 1], ``p`` the float32 map to filter; the output of the
+    filter is ``sum_c A[..., c] * guide[..., c] + b``, see :func:`apply_guided`.
+    """
+    guide = guide.astype(np.float32, copy=False)
+    p = p.astype(np.float32, copy=False)
+    h, w = p.shape
+    mean_i = _box(guide, radius)  # (h, w, 3)
+    mean_p = _box(p, radius)
+    cov_ip = _box(guide * p[..., None], radius) - mean_i * mean_p[..., None]
+    sigma = np.empty((h, w, 3, 3), np.float32)
+    for a in range(3):
+        for c in range(a, 3):
+            v = _box(guide[..., a] * guide[..., c], radius) - mean_i[..., a] * mean_i[..., c]
+            sigma[..., a, c] = v
+            sigma[..., c, a] = v
+    sigma += eps * np.eye(3, dtype=np.float32)
+    a_coef = np.linalg.solve(sigma.reshape(-1, 3, 3), cov_ip.reshape(-1, 3, 1)).reshape(h, w, 3)
+    b_coef = mean_p - np.einsum("hwc,hwc->hw", a_coef, mean_i)
+    return _box(a_coef, radius), _box(b_coef, radius)
+
+
+def apply_guided(a_coef: np.ndarray, b_coef: np.ndarray, guide: np.ndarray) -> np.ndarray:
+    """Apply guided-filter coefficients to ``guide`` (float32 RGB [0,1]) of the same size."""
+    out = b_coef.copy()
+    for c in range(3):
+        out += a_coef[..., c] * guide[..., c]
+    return out
+
+
+def _strip_maps(h_src: int, w_src: int, h: int, w: int, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+    """cv2.remap maps sampling a (h_src, w_src) map at rows y0..y1 of a (h, w) image (pixel centres)."""
+    xs = ((np.arange(w, dtype=np.float32) + 0.5) * (w_src / w) - 0.5).clip(0, w_src - 1)
+    ys = ((np.arange(y0, y1, dtype=np.float32) + 0.5) * (h_src / h) - 0.5).clip(0, h_src - 1)
+    return np.broadcast_to(xs, (y1 - y0, w)).copy(), np.broadcast_to(ys[:, None], (y1 - y0, w)).copy()
+
+
+def upsample_guided(a_coef: np.ndarray, b_coef: np.ndarray, image: np.ndarray, drop: np.ndarray | None = None,
+                    threshold: float = 0.5, strip_rows: int = 1024) -> np.ndarray:
+    """Full-resolution bool mask ``A . image + b > threshold`` (fast guided filter upsampling).
+
+    ``a_coef``/``b_coef`` come from :func:`guided_coefficients` at a lower resolution; ``image`` is
+    the full-resolution uint8 RGB image. Works in row strips so memory stays bounded for huge
+    images. ``drop`` (bool, low resolution) marks regions forced to background.
+    """
+    h, w = image.shape[:2]
+    hs, ws = b_coef.shape
+    out = np.empty((h, w), bool)
+    coef = np.dstack([a_coef, b_coef[..., None]]).astype(np.float32)
+    drop_u8 = drop.astype(np.uint8) if drop is not None else None
+    for y0 in range(0, h, strip_rows):
+        y1 = min(h, y0 + strip_rows)
+        mx, my = _strip_maps(hs, ws, h, w, y0, y1)
+        c = cv2.remap(coef, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        g = image[y0:y1].astype(np.float32) * (1.0 / 255.0)
+        q = c[..., 3] + c[..., 0] * g[..., 0] + c[..., 1] * g[..., 1] + c[..., 2] * g[..., 2]
+        m = q > threshold
+        if drop_u8 is not None:
+            m &= cv2.remap(drop_u8, mx, my, interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE) == 0
+        out[y0:y1] = m
+    return out
+
+
+def upsample_linear(prob: np.ndarray, shape: tuple[int, int], drop: np.ndarray | None = None,
+                    threshold: float = 0.5, strip_rows: int = 1024) -> np.ndarray:
+    """Full-resolution bool mask of a bilinearly upsampled probability (no edge awareness)."""
+    h, w = shape
+    hs, ws = prob.shape
+    out = np.empty((h, w), bool)
+    p = prob.astype(np.float32)
+    drop_u8 = drop.astype(np.uint8) if drop is not None else None
+    for y0 in range(0, h, strip_rows):
+        y1 = min(h, y0 + strip_rows)
+        mx, my = _strip_maps(hs, ws, h, w, y0, y1)
+        m = cv2.remap(p, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) > threshold
+        if drop_u8 is not None:
+            m &= cv2.remap(drop_u8, mx, my, interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE) == 0
+        out[y0:y1] = m
+    return out
+
+
+def guided_filter(guide: np.ndarray, p: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """Colour guided filter of ``p`` by ``guide`` at the same resolution."""
+    a, b = guided_coefficients(guide, p, radius, eps)
+    return apply_guided(a, b, guide)
+
+
+def to_float_rgb(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) * (1.0 / 255.0)
+
+
+def grabcut_refine(image: np.ndarray, prob: np.ndarray, iterations: int = 3,
+                   sure_fg: float = 0.9, sure_bg: float = 0.1) -> np.ndarray:
+    """One GrabCut run on uint8 RGB ``image`` initialised from ``prob``; returns a bool mask.
+
+    Pixels above ``sure_fg`` (eroded) are fixed foreground, below ``sure_bg`` fixed background,
+    the rest is "probably" foreground / background by the 0.5 threshold.
+    """
+    fg = prob >= 0.5
+    if not fg.any() or fg.all():
+        return fg
+    init = np.where(fg, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    k = np.ones((3, 3), np.uint8)
+    sure_f = cv2.erode((prob >= sure_fg).astype(np.uint8), k, iterations=2) > 0
+    sure_b = cv2.erode((prob <= sure_bg).astype(np.uint8), k, iterations=2) > 0
+    init[sure_f] = cv2.GC_FGD
+    init[sure_b] = cv2.GC_BGD
+    if not (init == cv2.GC_BGD).any() and not (init == cv2.GC_PR_BGD).any():
+        return fg
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), init, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # degenerate colour statistics (e.g. a flat image): keep the input
+        return fg
+    return (init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD)
+
+
+def filter_components(mask: np.ndarray, prob: np.ndarray, mode: str = "weighted", keep_ratio: float = 0.2) -> np.ndarray:
+    """Which pixels of ``mask`` to keep, dropping weak connected components.
+
+    A component's evidence is the sum of ``prob - 0.5`` over it. ``largest``: keep the strongest
+    component only; ``weighted``: keep every component with >= ``keep_ratio`` x the strongest
+    one's evidence; ``none``: keep everything.
+    """
+    if mode == "none" or not mask.any():
+        return mask
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask
+    evidence = np.bincount(labels.ravel(), weights=(prob - 0.5).ravel().astype(np.float64), minlength=n)
+    evidence[0] = -np.inf
+    best = float(evidence[1:].max())
+    if mode == "largest":
+        keep = np.zeros(n, bool)
+        keep[int(np.argmax(evidence))] = True
+    elif mode == "weighted":
+        keep = evidence >= keep_ratio * best
+        keep[0] = False
+    else:
+        raise ValueError(f"unknown component filter {mode!r}; use none, largest or weighted")
+    return keep[labels]
+
+
+class ColourModel:
+    """Foreground / background colour histograms (RGB, ``bins`` per channel) of labelled images."""
+
+    def __init__(self, bins: int = 16):
+        self.bins = bins
+        self.fg = np.zeros(bins**3, np.float64)
+        self.bg = np.zeros(bins**3, np.float64)
+
+    def _index(self, image: np.ndarray) -> np.ndarray:
+        q = (image.astype(np.int32) * self.bins) >> 8
+        return (q[..., 0] * self.bins + q[..., 1]) * self.bins + q[..., 2]
+
+    def add(self, image: np.ndarray, mask: np.ndarray) -> "ColourModel":
+        idx = self._index(image).ravel()
+        m = mask.ravel()
+        n = self.bins**3
+        self.fg += np.bincount(idx[m], minlength=n)
+        self.bg += np.bincount(idx[~m], minlength=n)
+        return self
+
+    def merged(self, others: list["ColourModel"]) -> "ColourModel":
+        out = ColourModel(self.bins)
+        for o in [self, *others]:
+            out.fg += o.fg
+            out.bg += o.bg
+        return out
+
+    def _smoothed(self, hist: np.ndarray) -> np.ndarray:
+        h = hist.reshape(self.bins, self.bins, self.bins)
+        for axis in range(3):  # separable [1, 2, 1] / 4 smoothing along each colour axis
+            p = np.pad(h, [(1, 1) if a == axis else (0, 0) for a in range(3)], mode="edge")
+            sl = lambda a, b: tuple(slice(a, p.shape[i] - b) if i == axis else slice(None) for i in range(3))  # noqa: E731
+            h = 0.25 * p[sl(0, 2)] + 0.5 * p[sl(1, 1)] + 0.25 * p[sl(2, 0)]
+        return h.ravel()
+
+    def log_ratio_table(self, clip: float = 3.0) -> np.ndarray:
+        fg, bg = self._smoothed(self.fg), self._smoothed(self.bg)
+        pf = (fg + 1.0) / (fg.sum() + fg.size)
+        pb = (bg + 1.0) / (bg.sum() + bg.size)
+        return np.clip(np.log(pf / pb), -clip, clip).astype(np.float32)
+
+    def log_ratio(self, image: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
+        table = self.log_ratio_table() if table is None else table
+        return table[self._index(image)]
