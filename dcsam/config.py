@@ -27,6 +27,10 @@ class SegmenterConfig:
     variant: str = "full"  # "full" | "prior_only"
     prompt_generator: str | None = None  # trained prompt-generator checkpoint; None = cold start
     neg_stage2_source: str = "query_neg"  # or "support_pos_release" (reference release behaviour)
+    image_size: int = 512  # DC-SAM's working resolution (masks are scored here in the paper)
+    backbone_input_size: int | None = None  # None: the backbone's own (512; 1024 for efficientnet_lite0)
+    sam_image_size: int | None = None  # None: 1024 (SAM 2 only; smaller for tiny CPU runs)
+    dropout: float = 0.5  # Dropout2d after the mid-level reduction (full variant)
     # Random weights, only when asked for (tests, benchmarks, counting parameters); never a fallback.
     random_sam_weights: bool = False
     random_backbone_weights: bool = False

@@ -59,10 +59,12 @@ SAM_MODELS: dict[str, SamModelSpec] = {
 }
 
 
-def _build_arch(spec: SamModelSpec) -> nn.Module:
+def _build_arch(spec: SamModelSpec, image_size: int | None = None) -> nn.Module:
     if spec.family == "sam1":
         from segment_anything import sam_model_registry
 
+        if image_size not in (None, 1024):
+            raise ValueError("SAM 1 models only run at 1024x1024; sam_image_size applies to SAM 2")
         return sam_model_registry[spec.arch](checkpoint=None)
     from hydra import compose
     from hydra.utils import instantiate
@@ -76,6 +78,8 @@ def _build_arch(spec: SamModelSpec) -> nn.Module:
         "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
         "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
     ]
+    if image_size is not None:
+        overrides.append(f"++model.image_size={image_size}")
     cfg = compose(config_name=spec.arch, overrides=overrides)
     OmegaConf.resolve(cfg)
     return instantiate(cfg.model, _recursive_=True)
@@ -96,29 +100,31 @@ def build_sam_model(
     allow_download: bool = True,
     device: torch.device | str = "cpu",
     meta: bool = False,
+    image_size: int | None = None,
 ) -> nn.Module:
     """Build SAM model ``name`` in eval mode, frozen, with its official weights.
 
     ``meta=True``: architecture only, no weights loaded (for counting parameters); SAM 1 is
     built on the meta device, SAM 2 on the CPU.
     ``random_weights=True`` must be asked for explicitly; it is logged as a warning.
+    ``image_size`` changes SAM 2's input size (default 1024), e.g. for tiny CPU training runs.
     """
     spec = get_spec(name)
     if meta and spec.family == "sam1":  # SAM 2's Hiera calls .item() while building: no meta there
         with torch.device("meta"):
-            model = _build_arch(spec)
+            model = _build_arch(spec, image_size)
         return model.eval().requires_grad_(False)
     if meta or random_weights:
         if not meta:
             log.warning("SAM model %s: RANDOM weights (asked for explicitly)", name)
-        model = _build_arch(spec)
+        model = _build_arch(spec, image_size)
     else:
         path = resolve_weight_file(
             spec.weights, checkpoint, cache_dir=cache_dir or default_cache_dir(),
             allow_download=allow_download, setting="--sam-checkpoint / DCSAM_SAM_CHECKPOINT",
         )
         state = load_state_dict_file(path, key="model" if spec.family == "sam2" else None)
-        model = _build_arch(spec)
+        model = _build_arch(spec, image_size)
         load_strict(model, state, source=f"{path} ({name})")
     return model.to(device).eval().requires_grad_(False)
 

@@ -26,6 +26,13 @@ class QueryFeatures:
     high: torch.Tensor
     sam: SamFeatures
 
+    @staticmethod
+    def cat(items: list["QueryFeatures"]) -> "QueryFeatures":
+        return QueryFeatures(torch.cat([i.mid for i in items]), torch.cat([i.high for i in items]), SamFeatures.cat([i.sam for i in items]))
+
+    def select(self, index) -> "QueryFeatures":
+        return QueryFeatures(self.mid[index], self.high[index], self.sam.select(index))
+
 
 @dataclass
 class SupportFeatures:
@@ -48,6 +55,9 @@ class SupportFeatures:
             torch.cat([i.high_pos for i in items]), torch.cat([i.high_neg for i in items]),
             SamFeatures.cat([i.sam for i in items]),
         )
+
+    def select(self, index) -> "SupportFeatures":
+        return SupportFeatures(self.mid[index], self.mask[index], self.high_pos[index], self.high_neg[index], self.sam.select(index))
 
     def repeat(self, times: int) -> "SupportFeatures":
         """The same K shots for ``times`` queries (K shots stay contiguous per query)."""

@@ -87,6 +87,7 @@ class PromptGenerator(nn.Module):
         num_tokens: int = 25,
         num_heads: int = 4,
         neg_stage2_source: str = "query_neg",
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         if variant not in ("full", "prior_only"):
@@ -97,7 +98,7 @@ class PromptGenerator(nn.Module):
         self.neg_stage2_source = neg_stage2_source
         self.dim = dim
         if variant == "full":
-            self.down = nn.Sequential(nn.Conv2d(mid_channels, dim, 1, bias=False), nn.ReLU(inplace=True), nn.Dropout2d(0.5))
+            self.down = nn.Sequential(nn.Conv2d(mid_channels, dim, 1, bias=False), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
             merge_in = 3 * dim + 1
         else:
             self.down = None

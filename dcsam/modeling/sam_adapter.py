@@ -45,7 +45,7 @@ class SamAdapter(nn.Module):
             raise ValueError(f"unknown SAM family {family!r}")
         self.model = model
         self.family = family
-        self.image_size = 1024
+        self.image_size = int(model.image_encoder.img_size if family == "sam1" else model.image_size)
         self.model.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> "SamAdapter":
@@ -70,7 +70,8 @@ class SamAdapter(nn.Module):
 
     # -- encoding ----------------------------------------------------------------------------
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> (B, 3, 1024, 1024) normalised (aspect not kept, as in DC-SAM)."""
+        """(B, 3, H, W) RGB in [0, 1] -> (B, 3, S, S) normalised, S = SAM's input size (1024 for the
+        official models); the aspect ratio is not kept, as in DC-SAM."""
         x = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=True)
         mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
