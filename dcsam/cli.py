@@ -94,12 +94,74 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .api import InContextSegmenter
     from .evaluation import evaluate_episodes, format_report, load_episodes
 
+    if bool(args.episodes) == bool(args.benchmark):
+        raise DcsamError("give either --episodes FILE or --benchmark coco20i|pascal5i")
+    if args.benchmark:
+        return _eval_benchmark(args)
     cfg = _config(args)
     report = evaluate_episodes(
         lambda: InContextSegmenter.from_config(cfg), load_episodes(args.episodes),
         finetune_on=args.finetune_on, progress=not args.json,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _eval_benchmark(args: argparse.Namespace) -> int:
+    from .build import build_dcsam
+    from .checkpoints import load_checkpoint
+    from .config import SegmenterConfig
+    from .data import build_dataset
+    from .engines.dcsam_engine import ARCH_SETTINGS, PROMPT_GENERATOR_KIND
+    from .training.trainer import dist_setup, evaluate
+    from .weights import load_strict
+
+    if not args.checkpoint or not args.data_root:
+        raise DcsamError("--benchmark needs --checkpoint (a trained prompt generator) and --data-root")
+    ckpt = load_checkpoint(args.checkpoint, PROMPT_GENERATOR_KIND)
+    settings = {k: ckpt["settings"][k] for k in (*ARCH_SETTINGS, "neg_stage2_source") if k in ckpt["settings"]}
+    _, _, device = dist_setup()
+    cfg = SegmenterConfig(engine="dcsam", sam_checkpoint=args.sam_checkpoint, backbone_weights=args.backbone_weights,
+                          allow_download=not args.offline, **settings)
+    model = build_dcsam(cfg).to(device).eval()
+    load_strict(model.generator, ckpt["state_dict"], source=args.checkpoint)
+    dataset = build_dataset({"name": args.benchmark, "root": args.data_root, "fold": args.fold, "shots": args.shots}, "val")
+    summary = evaluate(model, dataset, episodes=args.num_episodes, seed=args.seed, batch_size=args.batch_size, device=device, progress=True)
+    report = {"benchmark": args.benchmark, "fold": args.fold, "shots": args.shots, "checkpoint": args.checkpoint, **summary}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.benchmark} fold {args.fold}, {args.shots}-shot, {summary['episodes']} episodes")
+        for c, iou in summary["class_iou"].items():
+            print(f"  class {c:>3}: IoU {iou:.4f}")
+        print(f"  mIoU {summary['miou']:.4f}   FB-IoU {summary['fb_iou']:.4f}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.config import TrainConfig
+    from .training.presets import preset
+    from .training.trainer import train
+
+    if bool(args.config) == bool(args.preset):
+        raise DcsamError("give either --config FILE or --preset NAME")
+    config = TrainConfig.from_file(args.config) if args.config else preset(args.preset)
+    sets = list(args.set or [])
+    if args.data_root:
+        sets.append(f"dataset.root={args.data_root}")
+    if args.out:
+        sets.append(f"out_dir={args.out}")
+    config = config.with_overrides(sets)
+    result = train(config, resume=args.resume, max_steps=args.max_steps)
+    print(json.dumps({k: v for k, v in result.items() if k != "losses"}))
+    return 0
+
+
+def cmd_convert_reference(args: argparse.Namespace) -> int:
+    from .training.convert import convert_reference
+
+    settings = convert_reference(args.checkpoint, args.out, sam=args.sam, backbone=args.backbone)
+    print(json.dumps({"written": args.out, **settings}))
     return 0
 
 
@@ -132,10 +194,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score an engine on an episodes file")
     _add_model_args(p)
-    p.add_argument("--episodes", required=True, help="JSON list of {support: [...], query: [...]} episodes")
+    p.add_argument("--episodes", help="JSON list of {support: [...], query: [...]} episodes")
     p.add_argument("--finetune-on", type=int, default=0, metavar="K", help="fine-tune on the first K queries of each episode first")
+    p.add_argument("--benchmark", choices=["coco20i", "pascal5i"], help="paper protocol on a standard benchmark")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--checkpoint", help="trained prompt generator (with --benchmark)")
+    p.add_argument("--data-root", help="dataset root (with --benchmark; layouts in the README)")
+    p.add_argument("--num-episodes", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=321)
+    p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="train a DC-SAM prompt generator (run under torchrun for several GPUs)")
+    p.add_argument("--config", help="JSON or YAML training configuration")
+    p.add_argument("--preset", help="named configuration, e.g. pascal5i-fold0-r50-sam or tiny-synthetic-cpu")
+    p.add_argument("--data-root", help="dataset root (sets dataset.root)")
+    p.add_argument("--out", help="run folder (sets out_dir)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set lr=1e-4 --set dataset.fold=2")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule still spans every epoch)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("convert-reference", help="convert a checkpoint trained with the reference DC-SAM scripts")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--sam", help="base model it was trained with (default: inferred, vit_h or sam2.1_hiera_l)")
+    p.add_argument("--backbone", help="prior backbone (default: inferred from the channel count)")
+    p.set_defaults(func=cmd_convert_reference)
 
     p = sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn); configured by environment variables")
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="extra options for the server")

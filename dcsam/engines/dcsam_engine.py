@@ -67,6 +67,7 @@ class DCSAMEngine(Engine):
         if mismatched:
             raise CheckpointError(f"{path}: trained for other settings (checkpoint vs current): {mismatched}")
         self.load_trainable_state_dict(ckpt["state_dict"])
+        self.model.generator.neg_stage2_source = ckpt["settings"].get("neg_stage2_source", self.config.neg_stage2_source)
 
     def trainable_state_dict(self) -> dict[str, Any]:
         return self.model.generator.state_dict() if self.trained else {}
