@@ -116,6 +116,24 @@ class InContextSegmenter:
                 results[i].scores = {lab: float(r.score) for lab, r in out.items()}
         return results
 
+    def refine(
+        self,
+        image: ImageSource,
+        mask: np.ndarray | None = None,
+        *,
+        points: Sequence[tuple[float, float, bool]] = (),
+        box: tuple[float, float, float, float] | None = None,
+        label: str | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """Refine one image's mask with clicks ``(x, y, positive)`` and/or a box (native pixels).
+
+        Starts from ``mask``, else from this segmenter's prediction for ``label`` when it has
+        examples for it. Returns ``(mask, score)``.
+        """
+        from .refine import refine_mask
+
+        return refine_mask(self, image, points, box, label, mask=mask)
+
     # -- learning -----------------------------------------------------------------------------
     def finetune(self, episodes: Sequence[Episode], *, steps: int | None = None, progress: ProgressFn | None = None) -> dict:
         """Fine-tune the engine's trainable part.

@@ -225,13 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert_reference)
 
     p = sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn); configured by environment variables")
-    p.add_argument("serve_args", nargs=argparse.REMAINDER, help="extra options for the server")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, serve_args=[])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "serve":
+        args.serve_args = extra  # everything else goes to the server (e.g. --port 9091 --workers 2)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

@@ -1,0 +1,171 @@
+"""In-context examples per project: the latest accepted annotations of each label of each mask control.
+
+An accepted annotation is a submitted one: not cancelled (drafts are not annotations in Label Studio).
+Their features are computed once and cached per project, in memory, by the project's segmenter. The
+cache is re-checked against Label Studio when a webhook bumped the project's revision (annotation
+created / updated / deleted) and, as a safety net for lost webhooks, at most every
+``DCSAM_EXAMPLES_RECHECK_S`` seconds by comparing the annotations' ids and ``updated_at``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dcsam.api import InContextSegmenter
+from dcsam.errors import DcsamError
+
+from .labelconfig import ControlTag, LabelConfig
+from .media import LabelStudioAccess, LabelStudioError, MediaError, decode_image
+from .model import ModelHolder
+from .outputs import RegionError, annotation_mask, region_labels
+from .state import State
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExampleRef:
+    control: str
+    label: str
+    annotation_id: int
+    task_id: int
+    updated_at: str
+    image_ref: str
+    result: tuple = field(compare=False, hash=False, repr=False)
+
+
+def example_key(control: str, label: str) -> str:
+    """The segmenter's label key for (control, label)."""
+    return f"{control}\x1f{label}"
+
+
+@dataclass
+class ProjectExamples:
+    segmenter: InContextSegmenter | None = None
+    fingerprints: dict[str, tuple] = field(default_factory=dict)  # key -> ((annotation_id, updated_at), ...) tried
+    encoded: set[str] = field(default_factory=set)  # keys with at least one usable example
+    rev_seen: int = -1
+    checked_at: float = float("-inf")
+    synced: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def keys(self) -> list[str]:
+        return sorted(self.encoded)
+
+
+def select_examples(tasks, cfg: LabelConfig, k: int) -> dict[str, list[ExampleRef]]:
+    """The latest ``k`` accepted annotations per (control, label), newest ``updated_at`` first."""
+    found: dict[str, list[ExampleRef]] = {}
+    for task in tasks:
+        for ann in task.get("annotations") or []:
+            if not isinstance(ann, dict) or ann.get("was_cancelled") or ann.get("id") is None:
+                continue
+            result = ann.get("result") or []
+            for control in cfg.mask_controls:
+                image = cfg.images[control.to_name]
+                ref = (task.get("data") or {}).get(image.value_key)
+                labels = set()
+                for region in result:
+                    if isinstance(region, dict) and region.get("from_name") == control.name:
+                        labels.update(lab for lab in region_labels(region, control.type) if lab in control.labels)
+                for label in labels:
+                    found.setdefault(example_key(control.name, label), []).append(ExampleRef(
+                        control.name, label, int(ann["id"]), int(task["id"]), str(ann.get("updated_at") or ""),
+                        ref, tuple(result)))
+    for key, refs in found.items():
+        refs.sort(key=lambda r: (r.updated_at, r.annotation_id), reverse=True)
+        del refs[k:]
+    return found
+
+
+class ExampleManager:
+    def __init__(self, state: State, model: ModelHolder, *, k: int, recheck_s: float, max_pixels: int):
+        self.state = state
+        self.model = model
+        self.k = k
+        self.recheck_s = recheck_s
+        self.max_pixels = max_pixels
+        self._projects: dict[int, ProjectExamples] = {}
+        self._lock = threading.Lock()
+
+    def project(self, project_id: int) -> ProjectExamples:
+        with self._lock:
+            return self._projects.setdefault(project_id, ProjectExamples())
+
+    def forget(self, project_id: int) -> None:
+        with self._lock:
+            self._projects.pop(project_id, None)
+
+    def ensure(self, project_id: int, cfg: LabelConfig, access: LabelStudioAccess | None, *, force: bool = False) -> ProjectExamples:
+        """Bring the project's examples up to date when needed; errors keep the previous examples."""
+        pe = self.project(project_id)
+        with pe.lock:
+            rev = self.state.examples_rev(project_id)
+            due = force or not pe.synced or rev != pe.rev_seen or time.monotonic() - pe.checked_at >= self.recheck_s
+            if not due:
+                return pe
+            if access is None:
+                log.error("project %s: cannot read its annotations: no Label Studio URL/token (set LABEL_STUDIO_URL and "
+                          "LABEL_STUDIO_API_KEY, or connect the model from Label Studio so /setup passes one)", project_id)
+                return pe
+            try:
+                selected = select_examples(access.annotated_tasks(project_id), cfg, self.k)
+            except LabelStudioError as exc:
+                log.error("project %s: listing annotations failed, keeping the previous examples: %s", project_id, exc)
+                return pe
+            if pe.segmenter is None:
+                pe.segmenter = self.model.new_segmenter()
+            wanted_keys = {example_key(c.name, lab) for c in cfg.mask_controls for lab in c.labels}
+            for key in list(pe.fingerprints):
+                if key not in selected or key not in wanted_keys:
+                    pe.segmenter.clear_examples(key)
+                    del pe.fingerprints[key]
+                    pe.encoded.discard(key)
+            controls = {c.name: c for c in cfg.mask_controls}
+            for key, refs in selected.items():
+                fingerprint = tuple((r.annotation_id, r.updated_at) for r in refs)
+                if pe.fingerprints.get(key) == fingerprint:
+                    continue
+                self._encode(project_id, pe, key, controls[refs[0].control], refs, access)
+            pe.rev_seen, pe.checked_at, pe.synced = rev, time.monotonic(), True
+            self.state.set_examples(project_id, [
+                (r.control, r.label, r.annotation_id, r.task_id, r.updated_at)
+                for key, refs in selected.items() if key in pe.encoded for r in refs])
+            n = {key.split("\x1f", 1)[1]: len(refs) for key, refs in selected.items()}
+            log.info("project %s: examples per label %s (latest %d accepted annotations each)", project_id, n or "{}", self.k)
+            return pe
+
+    def _encode(self, project_id: int, pe: ProjectExamples, key: str, control: ControlTag, refs: list[ExampleRef],
+                access: LabelStudioAccess) -> None:
+        images, masks = [], []
+        for ref in refs:
+            try:
+                mask = annotation_mask(control, list(ref.result), ref.label)
+                if mask is None or not mask.any():
+                    raise RegionError("empty mask")
+                image = decode_image(access.fetch(ref.image_ref, ref.task_id), self.max_pixels, f"task {ref.task_id}")
+            except (MediaError, RegionError, LabelStudioError) as exc:
+                log.error("project %s: annotation %s of task %s cannot be an example for %r: %s",
+                          project_id, ref.annotation_id, ref.task_id, ref.label, exc)
+                continue
+            images.append(image)
+            masks.append(mask)
+        with self.model.inference_lock:
+            pe.segmenter.clear_examples(key)
+            if images:
+                try:
+                    pe.segmenter.add_examples(images, [np.asarray(m) for m in masks], label=key)
+                except DcsamError as exc:
+                    log.error("project %s: examples for %r refused by the model: %s", project_id, refs[0].label, exc)
+                    images = []
+        # Remember what was tried, so a broken example is not refetched on every request.
+        pe.fingerprints[key] = tuple((r.annotation_id, r.updated_at) for r in refs)
+        if images:
+            pe.encoded.add(key)
+        else:
+            pe.encoded.discard(key)

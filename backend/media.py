@@ -1,0 +1,255 @@
+"""Access to Label Studio: tokens, the annotations API and task media, with bounded downloads.
+
+* Tokens (a legacy token or a Personal Access Token) are handled by label-studio-sdk's client: a PAT
+  is exchanged for a short-lived access token and refreshed when it expires.
+* Media goes through the SDK's ``get_local_path``: ``/data/upload/...``, ``/data/local-files/?d=...``,
+  cloud URIs (``s3://``, ``gs://``, ``azure-blob://``, presigned through ``/tasks/<id>/presign``) and
+  plain http(s). The SDK adds the token only when the URL's host is the Label Studio host, and
+  ``requests`` drops it on a redirect to another host, so presigned and external URLs never see it.
+* ``/data/local-files/?d=<path>`` is read from ``LOCAL_FILES_DOCUMENT_ROOT`` when the file is there;
+  a path that leaves that folder (``..``, absolute paths, symlinks) is refused, never fetched.
+* Every download is capped (``DCSAM_MAX_DOWNLOAD_MB``) and has a timeout; images are checked against
+  ``DCSAM_MAX_IMAGE_PIXELS`` from their header before they are decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+import threading
+from typing import Any, Iterator
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import requests
+from PIL import Image
+
+from dcsam.errors import InputError
+from dcsam.io import read_image
+
+log = logging.getLogger(__name__)
+
+
+class MediaError(Exception):
+    """A task's media could not be read; that task gets an empty prediction."""
+
+
+class LabelStudioError(Exception):
+    """The Label Studio API refused or failed a call."""
+
+
+class _BoundedSession(requests.Session):
+    """A requests session that refuses bodies larger than ``limit`` bytes and never waits forever."""
+
+    def __init__(self, limit: int, timeout: tuple[float, float] = (5.0, 120.0)):
+        super().__init__()
+        self.limit = limit
+        self.default_timeout = timeout
+
+    def request(self, method, url, **kwargs):  # noqa: D401 - requests API
+        kwargs["stream"] = True
+        kwargs.setdefault("timeout", self.default_timeout)
+        resp = super().request(method, url, **kwargs)
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > self.limit:
+            resp.close()
+            raise MediaError(f"{_safe_url(url)}: {int(length)} bytes is over the limit of {self.limit} (DCSAM_MAX_DOWNLOAD_MB)")
+        buf = bytearray()
+        for chunk in resp.iter_content(1 << 20):
+            buf += chunk
+            if len(buf) > self.limit:
+                resp.close()
+                raise MediaError(f"{_safe_url(url)}: more than {self.limit} bytes (DCSAM_MAX_DOWNLOAD_MB)")
+        resp._content = bytes(buf)  # what resp.content returns
+        resp._content_consumed = True
+        return resp
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its query string (presigned URLs carry signatures)."""
+    parsed = urlparse(str(url))
+    return parsed._replace(query="", fragment="").geturl() if parsed.query else str(url)
+
+
+def resolve_local_file(url: str, root: str) -> str:
+    """The path of ``/data/local-files/?d=<rel>`` under ``root``; refuses anything outside it."""
+    values = parse_qs(urlparse(url).query, keep_blank_values=True).get("d")
+    rel = values[-1] if values else ""
+    if not rel:
+        raise MediaError(f"{url}: local-files URL without a ?d= path")
+    root_real = os.path.realpath(root)
+    # Label Studio treats ?d= as relative to its document root, also with a leading "/".
+    candidate = os.path.realpath(os.path.join(root_real, posixpath.normpath(rel).lstrip("/")))
+    if os.path.commonpath([candidate, root_real]) != root_real or "\x00" in rel:
+        raise MediaError(f"{rel!r} is outside LOCAL_FILES_DOCUMENT_ROOT; refused")
+    return candidate
+
+
+def decode_image(data: bytes, max_pixels: int, what: str = "image") -> np.ndarray:
+    """Decode to uint8 RGB after checking the size from the header (no decode of huge images)."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+    except Image.DecompressionBombError as exc:
+        raise MediaError(f"{what}: image too large ({exc})") from exc
+    except Exception as exc:
+        raise MediaError(f"{what}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    if width * height > max_pixels:
+        raise MediaError(f"{what}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels} "
+                         "(DCSAM_MAX_IMAGE_PIXELS)")
+    try:
+        return read_image(data)
+    except InputError as exc:
+        raise MediaError(f"{what}: {exc}") from exc
+
+
+class LabelStudioAccess:
+    """One Label Studio host and its token (``url`` must include the scheme)."""
+
+    def __init__(self, url: str, api_key: str, *, max_download_bytes: int, local_files_root: str | None = None):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"Label Studio URL {url!r} must start with http:// or https://")
+        self.url = url.rstrip("/")
+        self._api_key = api_key
+        self.max_download_bytes = max_download_bytes
+        self.local_files_root = local_files_root
+        self._client = None
+        self._lock = threading.Lock()
+
+    # -- tokens ------------------------------------------------------------------------------
+    def _sdk(self):
+        with self._lock:
+            if self._client is None:
+                from label_studio_sdk import LabelStudio
+
+                self._client = LabelStudio(base_url=self.url, api_key=self._api_key, timeout=30)
+            return self._client
+
+    def token(self) -> str:
+        """The token to send now: the legacy key, or a fresh access JWT for a Personal Access Token."""
+        try:
+            header = self._sdk()._client_wrapper.get_headers()["Authorization"]
+        except Exception as exc:
+            raise LabelStudioError(f"Label Studio at {self.url} refused the API key ({_describe_exc(exc)}); "
+                                   "check LABEL_STUDIO_API_KEY") from exc
+        return header.split(" ", 1)[1]
+
+    def auth_header(self) -> dict[str, str]:
+        tok = self.token()
+        from label_studio_sdk._extensions.label_studio_tools.core.utils.io import is_jwt_well_formed
+
+        return {"Authorization": ("Bearer " if is_jwt_well_formed(tok) else "Token ") + tok}
+
+    # -- API -------------------------------------------------------------------------------------
+    def api_get(self, path: str, params: dict | None = None) -> Any:
+        url = f"{self.url}/{path.lstrip('/')}"
+        try:
+            resp = requests.get(url, params=params, headers=self.auth_header(), timeout=(5, 60), allow_redirects=False)
+        except requests.RequestException as exc:
+            raise LabelStudioError(f"GET {url}: {_describe_exc(exc)}") from exc
+        if resp.status_code == 401:
+            raise LabelStudioError(f"GET {url}: 401 unauthorized ({resp.text[:200]}); with Label Studio >= 1.20 legacy "
+                                   "tokens are often disabled: set LABEL_STUDIO_API_KEY to a Personal Access Token")
+        if resp.status_code != 200:
+            raise LabelStudioError(f"GET {url}: HTTP {resp.status_code} {resp.text[:200]}")
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise LabelStudioError(f"GET {url}: not JSON") from exc
+
+    def annotated_tasks(self, project_id: int, page_size: int = 100) -> Iterator[dict]:
+        """Every task of the project with at least one submitted (non-cancelled) annotation."""
+        query = json.dumps({"filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}})
+        page, seen = 1, 0
+        while True:
+            body = self.api_get("/api/tasks", {"project": project_id, "fields": "all", "query": query,
+                                               "page": page, "page_size": page_size})
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
+            if not tasks:
+                return
+            for task in tasks:
+                yield task
+            seen += len(tasks)
+            total = body.get("total") if isinstance(body, dict) else None
+            if total is not None and seen >= total or len(tasks) < page_size:
+                return
+            page += 1
+
+    # -- media -----------------------------------------------------------------------------------
+    def fetch(self, ref: str, task_id: int | None = None) -> bytes:
+        return fetch_media(ref, task_id, access=self, max_bytes=self.max_download_bytes, local_files_root=self.local_files_root)
+
+
+def _describe_exc(exc: BaseException) -> str:
+    text = str(exc)
+    body = getattr(exc, "body", None)
+    if body:
+        text = f"{getattr(exc, 'status_code', '')} {body}"
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def fetch_media(ref: Any, task_id: int | None, *, access: LabelStudioAccess | None, max_bytes: int,
+                local_files_root: str | None) -> bytes:
+    """The bytes behind a task's data value (see the module docstring for the kinds of reference)."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise MediaError(f"task data value {ref!r} is not a media reference")
+    ref = ref.strip()
+    if ref.startswith("data:"):
+        head, _, payload = ref.partition(",")
+        if ";base64" not in head or len(payload) * 3 // 4 > max_bytes:
+            raise MediaError("data URL is not base64 or is over DCSAM_MAX_DOWNLOAD_MB")
+        try:
+            return base64.b64decode(payload, validate=False)
+        except (binascii.Error, ValueError) as exc:
+            raise MediaError(f"data URL cannot be decoded ({exc})") from exc
+    is_local_files = ref.startswith("/data/") and "?d=" in ref
+    if is_local_files and local_files_root:
+        path = resolve_local_file(ref, local_files_root)
+        if os.path.isfile(path):
+            size = os.path.getsize(path)
+            if size > max_bytes:
+                raise MediaError(f"{path}: {size} bytes is over the limit of {max_bytes} (DCSAM_MAX_DOWNLOAD_MB)")
+            with open(path, "rb") as fh:
+                return fh.read()
+        log.info("local file %s is not under LOCAL_FILES_DOCUMENT_ROOT; asking Label Studio for it", path)
+    elif not ref.startswith(("http://", "https://")) and access is None:
+        raise MediaError(f"{_safe_url(ref)}: needs Label Studio access; set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    from label_studio_sdk._extensions.label_studio_tools.core.utils import io as sdk_io
+
+    hostname = access.url if access else None
+    token = access.token() if access else None
+    scratch = tempfile.mkdtemp(prefix="dcsam-media-")
+    try:
+        with sdk_io.http_session(_BoundedSession(max_bytes)):
+            try:
+                path = sdk_io.get_local_path(
+                    ref,
+                    cache_dir=scratch,
+                    hostname=hostname or "",
+                    access_token=token or "",
+                    # a folder that does not exist: never read another Label Studio's media from disk
+                    image_dir=os.path.join(scratch, "no-local-media"),
+                    task_id=task_id,
+                )
+            except MediaError:
+                raise
+            except requests.HTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else "?"
+                hint = " (token refused: use a Personal Access Token?)" if status == 401 else ""
+                raise MediaError(f"{_safe_url(ref)}: HTTP {status}{hint}") from exc
+            except Exception as exc:
+                raise MediaError(f"{_safe_url(ref)}: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        if os.path.getsize(path) > max_bytes:
+            raise MediaError(f"{_safe_url(ref)}: over the limit of {max_bytes} bytes (DCSAM_MAX_DOWNLOAD_MB)")
+        with open(path, "rb") as fh:
+            return fh.read()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

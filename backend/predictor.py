@@ -1,0 +1,208 @@
+"""/predict: batch pre-annotation from the project's examples, and interactive refinement from a context.
+
+Protocol handling only: every model call goes through ``dcsam.api.InContextSegmenter`` (and the
+refinement entry point); media and outputs live in :mod:`backend.media` and :mod:`backend.outputs`.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from dcsam.errors import DcsamError
+
+from .examples import ExampleManager, example_key
+from .labelconfig import ControlTag, LabelConfig
+from .media import LabelStudioAccess, LabelStudioError, MediaError, decode_image, fetch_media
+from .model import ModelHolder
+from .outputs import output_for, region_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskOutcome:
+    prediction: dict
+    error: str | None = None
+
+
+def empty_prediction(version: str) -> dict:
+    return {"result": [], "score": 0.0, "model_version": version}
+
+
+class Predictor:
+    def __init__(self, *, model: ModelHolder, examples: ExampleManager, version: str, batch_size: int,
+                 min_score: float, max_pixels: int, max_download_bytes: int, local_files_root: str | None,
+                 on_task_error: Callable[[str], None] | None = None):
+        self.model = model
+        self.examples = examples
+        self.version = version
+        self.batch_size = max(1, batch_size)
+        self.min_score = min_score
+        self.max_pixels = max_pixels
+        self.max_download_bytes = max_download_bytes
+        self.local_files_root = local_files_root
+        self.on_task_error = on_task_error or (lambda kind: None)
+
+    # -- media -------------------------------------------------------------------------------
+    def _load(self, task: dict, key: str, access: LabelStudioAccess | None) -> np.ndarray:
+        data = task.get("data")
+        if not isinstance(data, dict) or key not in data:
+            raise MediaError(f"task {task.get('id')}: data has no {key!r} field")
+        raw = fetch_media(data[key], task.get("id"), access=access, max_bytes=self.max_download_bytes,
+                          local_files_root=self.local_files_root)
+        return decode_image(raw, self.max_pixels, f"task {task.get('id')}")
+
+    # -- batch -------------------------------------------------------------------------------
+    def predict_tasks(self, project_id: int | None, tasks: list[dict], cfg: LabelConfig,
+                      access: LabelStudioAccess | None) -> list[dict]:
+        """One prediction per task, in order; a task whose image fails gets an empty one (logged)."""
+        results = [empty_prediction(self.version) for _ in tasks]
+        if project_id is None:
+            log.error("/predict without a project id: cannot find examples; returning %d empty predictions", len(tasks))
+            return results
+        pe = self.examples.ensure(project_id, cfg, access)
+        keys = set(pe.keys())
+        # (control, key) per image tag that has examples
+        plan: dict[str, list[tuple[ControlTag, str, str]]] = {}
+        for control in cfg.mask_controls:
+            for label in control.labels:
+                key = example_key(control.name, label)
+                if key in keys:
+                    plan.setdefault(control.to_name, []).append((control, label, key))
+        if not plan:
+            labels = sorted({lab for c in cfg.mask_controls for lab in c.labels})
+            log.warning("project %s has no accepted annotation with any of the labels %s yet: returning %d empty "
+                        "predictions. Annotate one image (and submit it), then retrieve predictions again.",
+                        project_id, labels, len(tasks))
+            return results
+        for image_name, wanted in plan.items():
+            value_key = cfg.images[image_name].value_key
+            for start in range(0, len(tasks), self.batch_size):
+                chunk = list(range(start, min(start + self.batch_size, len(tasks))))
+                with ThreadPoolExecutor(max_workers=min(4, len(chunk))) as pool:
+                    loaded = list(pool.map(lambda i: self._try_load(tasks[i], value_key, access), chunk))
+                ok = [(i, img) for i, (img, err) in zip(chunk, loaded) if img is not None]
+                for i, (img, err) in zip(chunk, loaded):
+                    if err:
+                        log.error("task %s: no prediction: %s", tasks[i].get("id"), err)
+                        self.on_task_error("media")
+                if not ok:
+                    continue
+                try:
+                    with self.model.inference_lock:
+                        preds = pe.segmenter.predict([img for _, img in ok], labels=[key for _, _, key in wanted])
+                except DcsamError as exc:
+                    log.error("project %s: the model refused tasks %s: %s", project_id, [tasks[i].get("id") for i, _ in ok], exc)
+                    self.on_task_error("model")
+                    continue
+                for (i, _), pred in zip(ok, preds):
+                    if pred.error:
+                        log.error("task %s: %s", tasks[i].get("id"), pred.error)
+                        self.on_task_error("model")
+                        continue
+                    for control, label, key in wanted:
+                        mask, score = pred.masks.get(key), float(pred.scores.get(key, 0.0))
+                        if mask is None or score < self.min_score:
+                            continue
+                        region = output_for(control).region(mask, label, score)
+                        if region is not None:
+                            results[i]["result"].append(region)
+        for pred in results:
+            scores = [r["score"] for r in pred["result"] if "score" in r]
+            pred["score"] = float(np.mean(scores)) if scores else 0.0
+        return results
+
+    def _try_load(self, task: dict, value_key: str, access) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return self._load(task, value_key, access), None
+        except (MediaError, LabelStudioError) as exc:
+            return None, str(exc)
+        except Exception as exc:  # a broken image must not fail the batch
+            return None, f"{type(exc).__name__}: {exc}"
+
+    # -- interactive -------------------------------------------------------------------------
+    def predict_interactive(self, project_id: int | None, task: dict, context: dict, cfg: LabelConfig,
+                            access: LabelStudioAccess | None) -> dict:
+        """Refine the task's mask with the smart-tool prompts; one region for the target mask control."""
+        prompts = [r for r in (context.get("result") or []) if isinstance(r, dict)
+                   and str(r.get("type", "")).lower() in ("keypointlabels", "keypoint", "rectanglelabels", "rectangle")]
+        if not prompts:
+            log.info("task %s: interactive context without keypoint / rectangle prompts; nothing to do", task.get("id"))
+            return empty_prediction(self.version)
+        to_name = prompts[-1].get("to_name")
+        label = None
+        for region in reversed(prompts):
+            labels = region_labels(region, str(region.get("type", "")).lower())
+            if labels:
+                label = labels[0]
+                break
+        candidates = [c for c in cfg.mask_controls if c.to_name == to_name] or cfg.mask_controls
+        target = next((c for c in candidates if label in c.labels), candidates[0])
+        if label not in target.labels:
+            log.info("interactive label %r is not a label of <%s name=%s>; using %r", label, target.type, target.name,
+                     target.labels[0])
+            label = target.labels[0]
+        try:
+            image = self._load(task, cfg.images[target.to_name].value_key, access)
+        except (MediaError, LabelStudioError) as exc:
+            log.error("task %s: interactive prediction impossible: %s", task.get("id"), exc)
+            self.on_task_error("media")
+            return empty_prediction(self.version)
+        height, width = image.shape[:2]
+        points, box = [], None
+        for region in prompts:
+            value = region.get("value") or {}
+            try:
+                x = float(value["x"]) / 100.0 * width
+                y = float(value["y"]) / 100.0 * height
+            except (KeyError, TypeError, ValueError):
+                log.warning("task %s: ignoring a prompt without x/y: %s", task.get("id"), region.get("id"))
+                continue
+            kind = str(region.get("type", "")).lower()
+            if kind.startswith("rectangle"):
+                try:
+                    w = float(value.get("width", 0)) / 100.0 * width
+                    h = float(value.get("height", 0)) / 100.0 * height
+                except (TypeError, ValueError):
+                    continue
+                box = (x, y, x + w, y + h)
+            else:
+                positive = region.get("is_positive")
+                points.append((x, y, True if positive is None else bool(positive)))
+        if not points and box is None:
+            return empty_prediction(self.version)
+        key = example_key(target.name, label)
+        segmenter = None
+        if project_id is not None:
+            try:
+                pe = self.examples.ensure(project_id, cfg, access)
+                if key in pe.keys():
+                    segmenter = pe.segmenter
+            except Exception as exc:  # examples are a bonus here: prompts alone still work
+                log.error("project %s: examples unavailable for interactive refinement: %s", project_id, exc)
+        if segmenter is None:
+            log.info("task %s: no examples for %r; refining from the prompts alone", task.get("id"), label)
+            segmenter = self.model.new_segmenter()
+        try:
+            with self.model.inference_lock:
+                start, start_score = None, 1.0
+                if key in segmenter.labels:
+                    pred = segmenter.predict([image], labels=[key])[0]
+                    start, start_score = pred.masks.get(key), float(pred.scores.get(key, 1.0))
+                mask, score = refine(segmenter, image, start, points, box, key)
+                score = float(score) * start_score
+        except DcsamError as exc:
+            log.error("task %s: interactive refinement failed: %s", task.get("id"), exc)
+            self.on_task_error("model")
+            return empty_prediction(self.version)
+        region = output_for(target).region(np.asarray(mask, bool), label, float(score))
+        return {"result": [region] if region else [], "score": float(score) if region else 0.0, "model_version": self.version}
+
+
+def refine(segmenter, image: np.ndarray, mask: np.ndarray | None, points: list, box: Any, key: str):
+    return segmenter.refine(image, mask, points=points, box=box, label=key)

@@ -1,0 +1,130 @@
+"""``dcsam serve``: the backend under gunicorn.
+
+* ``PORT`` (9090), ``WORKERS`` (1), ``THREADS`` (8); flags override them.
+* ``DCSAM_ENGINE=auto`` is resolved once here, before the workers start (a SAM checkpoint download,
+  when allowed, happens now, not inside a request); the workers get the decision through the environment.
+* The model is loaded once per worker process, after the fork, by a warm-up thread (``DCSAM_WARMUP``,
+  on by default here) or by the first request that needs it; /health and /setup never load it.
+* ``--preload`` (import the app in the master) is used only with ``DCSAM_DEVICE=cpu``: forking after
+  CUDA was touched breaks CUDA in the workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .settings import ENV_DOC, BackendSettings
+
+log = logging.getLogger("backend.serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env_help = "\n".join(f"  {k:<34} {v}" for k, v in ENV_DOC.items())
+    parser = argparse.ArgumentParser(
+        prog="dcsam serve", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the Label Studio ML backend (gunicorn + Flask).",
+        epilog="Configured by environment variables:\n" + env_help)
+    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="bind address (default 0.0.0.0)")
+    parser.add_argument("-p", "--port", type=int, default=None, help="port (default $PORT or 9090)")
+    parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default $WORKERS or 1)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per worker (default $THREADS or 8)")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument("--check", action="store_true", help="resolve the settings and the engine, print them, exit")
+    return parser
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"dcsam serve: {name}={raw!r} is not an integer") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
+    if argv[:1] == ["--"]:  # `dcsam serve -- --port 9091`: argparse.REMAINDER keeps the separator
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    port = args.port if args.port is not None else _int_env("PORT", 9090)
+    workers = args.workers if args.workers is not None else _int_env("WORKERS", 1)
+    threads = args.threads if args.threads is not None else _int_env("THREADS", 8)
+    if workers < 1 or threads < 1 or not (0 < port < 65536):
+        print("dcsam serve: WORKERS and THREADS must be >= 1 and PORT in 1..65535", file=sys.stderr)
+        return 2
+    os.environ.setdefault("DCSAM_WARMUP", "1")
+    try:
+        settings = BackendSettings.from_env()
+        from .engine_select import choose_engine, model_version
+
+        choice = choose_engine(settings, try_download=True)
+    except ValueError as exc:
+        print(f"dcsam serve: error: {exc}", file=sys.stderr)
+        return 2
+    from .app import CHOICE_ENV
+
+    os.environ[CHOICE_ENV] = json.dumps({"engine": choice.engine, "sam_checkpoint": choice.sam_checkpoint,
+                                         "reason": choice.reason})
+    version = model_version(settings, choice)
+    preload = settings.device == "cpu"
+    log.info("serving on %s:%d, %d worker(s) x %d thread(s), engine %s (%s), model_version %s%s", args.host, port,
+             workers, threads, choice.engine, choice.reason, version, ", --preload" if preload else "")
+    if args.check:
+        print(json.dumps({"engine": choice.engine, "reason": choice.reason, "model_version": version, "port": port,
+                          "workers": workers, "threads": threads, "preload": preload}, indent=2))
+        return 0
+
+    from gunicorn.app.base import BaseApplication
+
+    def post_worker_init(worker) -> None:
+        if os.environ.get("DCSAM_WARMUP", "1") not in ("0", "false", "False", "no"):
+            backend = worker.wsgi.extensions.get("dcsam_backend") if hasattr(worker.wsgi, "extensions") else None
+            if backend is not None:
+                backend.model.start_warmup()
+
+    class _App(BaseApplication):
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{args.host}:{port}",
+                "workers": workers,
+                "threads": threads,
+                "worker_class": "gthread",
+                "timeout": 0,  # predictions may take long; LS has its own timeouts
+                "graceful_timeout": 30,
+                "preload_app": preload,
+                "post_worker_init": post_worker_init,
+                "accesslog": "-" if level <= logging.DEBUG else None,
+                "errorlog": "-",
+                "loglevel": str(args.log_level).lower(),
+                "proc_name": "dcsam-backend",
+            }
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24: one shared socket path by default
+                options["control_socket_disable"] = True
+            for key, value in options.items():
+                if value is not None:
+                    self.cfg.set(key, value)
+
+        def load(self):
+            from .app import create_app
+
+            return create_app(BackendSettings.from_env())
+
+    try:
+        _App().run()
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,147 @@
+"""Interactive refinement with clicks and a box, engine-agnostic (``InContextSegmenter.refine``):
+the in-context prediction (when the label has examples) seeds a GrabCut that the prompts steer.
+
+* positive points: hard foreground discs; the result keeps only the connected parts that contain one;
+* negative points: hard background discs;
+* a box: everything outside it is background; without a prediction, its inside is the first guess;
+* no prediction and no box: the first guess is a disc around each positive point.
+
+GrabCut runs at a bounded working size (long side ``work_size``), so any image costs about the same.
+The score is the model's score (1 without a prediction) times the fraction of prompts the mask obeys.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .io import ImageSource, read_image
+
+Point = tuple[float, float, bool]  # (x, y) in pixels of the native image, positive?
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+def refine_mask(
+    segmenter,
+    image: ImageSource,
+    points: Sequence[Point] = (),
+    box: Box | None = None,
+    label: str | None = None,
+    mask: np.ndarray | None = None,
+    *,
+    work_size: int = 512,
+    iterations: int = 4,
+) -> tuple[np.ndarray, float]:
+    """Return ``(mask bool HxW, score)`` for ``image`` refined by ``points`` / ``box``.
+
+    ``mask`` is a starting mask; without one, and when ``segmenter`` has examples for ``label``,
+    the segmenter's prediction is the start.
+    """
+    img = read_image(image)
+    height, width = img.shape[:2]
+    score = 1.0
+    if mask is None and segmenter is not None and label is not None and label in getattr(segmenter, "labels", []):
+        pred = segmenter.predict([img], labels=[label])[0]
+        mask, score = pred.masks.get(label), float(pred.scores.get(label, 1.0))
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (height, width):
+            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {width}x{height}")
+    points = [(float(x), float(y), bool(pos)) for x, y, pos in points]
+    if not points and box is None:
+        return (mask.copy() if mask is not None else np.zeros((height, width), bool)), (score if mask is not None else 0.0)
+    if mask is not None and mask.any():
+        # A prediction that already obeys every prompt is kept as it is (full resolution, no drift).
+        kept = mask if box is None else mask & _box_mask(box, height, width)
+        inside = kept.sum() / max(1, mask.sum())
+        if inside >= 0.95 and kept.any() and all(_at(kept, x, y) == pos for x, y, pos in points):
+            return kept, score
+
+    scale = min(1.0, work_size / max(height, width))
+    sw, sh = max(1, round(width * scale)), max(1, round(height * scale))
+    small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else img.copy()
+    radius = max(2, round(0.012 * max(sw, sh)))
+
+    gc = np.full((sh, sw), cv2.GC_PR_BGD, np.uint8)
+    if mask is not None and mask.any():
+        start = cv2.resize(mask.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
+    else:
+        start = np.zeros((sh, sw), bool)
+    box_px = None
+    if box is not None:
+        x0, y0, x1, y1 = box
+        bx0, bx1 = sorted((int(np.floor(x0 * scale)), int(np.ceil(x1 * scale))))
+        by0, by1 = sorted((int(np.floor(y0 * scale)), int(np.ceil(y1 * scale))))
+        bx0, by0 = max(0, bx0), max(0, by0)
+        bx1, by1 = min(sw, max(bx1, bx0 + 1)), min(sh, max(by1, by0 + 1))
+        box_px = (bx0, by0, bx1, by1)
+        inside = np.zeros((sh, sw), bool)
+        inside[by0:by1, bx0:bx1] = True
+        start = start & inside
+        if not start.any():
+            start = inside.copy()
+    positives = [(x * scale, y * scale) for x, y, pos in points if pos]
+    negatives = [(x * scale, y * scale) for x, y, pos in points if not pos]
+    if not start.any() and positives:
+        seed_r = max(radius * 2, round(0.15 * min(sw, sh)))
+        for x, y in positives:
+            cv2.circle(start.view(np.uint8), (round(x), round(y)), seed_r, 1, -1)
+    gc[start] = cv2.GC_PR_FGD
+    if box_px is not None:
+        outside = np.ones((sh, sw), bool)
+        outside[box_px[1]:box_px[3], box_px[0]:box_px[2]] = False
+        gc[outside] = cv2.GC_BGD
+    fg = np.zeros((sh, sw), np.uint8)
+    for x, y in positives:
+        cv2.circle(fg, (round(x), round(y)), radius, 1, -1)
+    bg = np.zeros((sh, sw), np.uint8)
+    for x, y in negatives:
+        cv2.circle(bg, (round(x), round(y)), radius, 1, -1)
+    gc[fg > 0] = cv2.GC_FGD
+    gc[bg > 0] = cv2.GC_BGD
+
+    has_fg = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD)).any()
+    has_bg = np.isin(gc, (cv2.GC_BGD, cv2.GC_PR_BGD)).any()
+    if has_fg and has_bg:
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        try:
+            cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:
+            pass  # degenerate colour models: keep the seeds as they are
+    out = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    if positives and out.any():
+        n, comp = cv2.connectedComponents(out, connectivity=8)
+        keep = {comp[min(sh - 1, max(0, round(y))), min(sw - 1, max(0, round(x)))] for x, y in positives} - {0}
+        if keep:
+            out = np.isin(comp, list(keep)).astype(np.uint8)
+    if scale < 1:
+        out = cv2.resize(out * 255, (width, height), interpolation=cv2.INTER_LINEAR) > 127
+    else:
+        out = out > 0
+    if mask is not None and mask.any():
+        # where GrabCut agrees with the prediction at the working size, keep the full-resolution prediction
+        start_small = cv2.resize(mask.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
+        out_small = cv2.resize(out.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
+        changed = cv2.dilate((start_small != out_small).astype(np.uint8), np.ones((3, 3), np.uint8))
+        changed = cv2.resize(changed, (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        out = np.where(changed, out, mask)
+    if box is not None:
+        out &= _box_mask(box, height, width)
+    obeyed = [_at(out, x, y) == pos for x, y, pos in points]
+    consistency = (sum(obeyed) / len(obeyed)) if obeyed else 1.0
+    return out, (score * consistency if out.any() else 0.0)
+
+
+def _box_mask(box: Box, height: int, width: int) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    clip = np.zeros((height, width), bool)
+    clip[max(0, int(np.floor(min(y0, y1)))):max(0, int(np.ceil(max(y0, y1)))),
+         max(0, int(np.floor(min(x0, x1)))):max(0, int(np.ceil(max(x0, x1))))] = True
+    return clip
+
+
+def _at(mask: np.ndarray, x: float, y: float) -> bool:
+    h, w = mask.shape
+    return bool(mask[min(h - 1, max(0, round(y))), min(w - 1, max(0, round(x)))])
