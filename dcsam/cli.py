@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn); configured by environment variables")
     p.set_defaults(func=cmd_serve, serve_args=[])
+
+    from .bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
