@@ -113,6 +113,7 @@ def evaluate_episodes(
     finetune_on: int = 0,
     progress: bool = True,
     finetune_steps: int | None = None,
+    baseline: bool | None = None,
 ) -> dict[str, Any]:
     """Score a segmenter on episodes; returns a JSON-serialisable report.
 
@@ -120,6 +121,11 @@ def evaluate_episodes(
     episode, so fine-tuning never leaks across episodes). With ``finetune_on=K`` the first K
     queries of every episode are used, with the supports, to fine-tune; the rest are scored.
     ``seconds_per_query`` counts prediction only (no example encoding, no fine-tuning).
+
+    ``baseline`` (default: on whenever ``finetune_on > 0``) also scores the same remaining queries
+    with the model *before* fine-tuning (the training-free / as-loaded model), so one report holds
+    both: ``baseline_mean_iou``, ``baseline_class_miou``, ``baseline_fb_iou`` and ``improvement``
+    (fine-tuned minus baseline mean IoU), plus ``baseline_ious`` per episode.
     """
     from .api import load_example  # late import: api pulls in the engines registry
 
@@ -127,7 +133,8 @@ def evaluate_episodes(
         episodes = load_episodes(episodes)
     if finetune_on < 0:
         raise InputError(f"finetune_on must be >= 0, got {finetune_on}")
-    n_total = sum(max(0, len(ep["query"]) - finetune_on) for ep in episodes)
+    baseline = bool(finetune_on) if baseline is None else bool(baseline and finetune_on)
+    n_total = sum(max(0, len(ep["query"]) - finetune_on) for ep in episodes) * (2 if baseline else 1)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -141,6 +148,7 @@ def evaluate_episodes(
     predict_seconds = 0.0
     finetune_seconds = 0.0
     versions: set[str] = set()
+    base = _Scores() if baseline else None
     try:
         for ei, ep in enumerate(episodes):
             label = ep.get("label") or f"episode{ei}"
@@ -150,6 +158,19 @@ def evaluate_episodes(
             queries = ep["query"]
             if finetune_on:
                 train_q, queries = queries[:finetune_on], queries[finetune_on:]
+                if base is not None:  # the same queries, before fine-tuning
+                    b_ious = []
+                    for q in queries:
+                        [pred] = seg.predict([q["image"]], labels=[label])
+                        if pred.error:
+                            raise InputError(f"episode {ei} ({label}): query {q['image']}: {pred.error}")
+                        mask = pred.masks[label]
+                        b_ious.append(round(base.add(label, mask, _gt_mask(q["mask"], mask.shape)), 6))
+                        if bar is not None:
+                            bar.update(1)
+                    record["baseline_version"] = seg.version
+                    record["baseline_ious"] = b_ious
+                    record["baseline_mean_iou"] = float(np.mean(b_ious)) if b_ious else None
                 episode = Episode(
                     support=[load_example(s["image"], s["mask"]) for s in ep["support"]],
                     query=[load_example(q["image"], q["mask"]) for q in train_q],
@@ -195,6 +216,11 @@ def evaluate_episodes(
     n = len(all_ious)
     class_iou = {lab: _iou(i, u) for lab, (i, u) in per_class.items()}
     fg_iou, bg_iou = _iou(int(fb[0]), int(fb[1])), _iou(int(fb[2]), int(fb[3]))
+    extra: dict[str, Any] = {}
+    if base is not None:
+        extra = base.summary()
+        if n and extra["baseline_mean_iou"] is not None:
+            extra["improvement"] = float(np.mean(all_ious)) - extra["baseline_mean_iou"]
     return {
         "episodes": per_episode,
         "per_class_iou": class_iou,
@@ -209,7 +235,37 @@ def evaluate_episodes(
         "seconds_per_query": predict_seconds / n if n else None,
         "finetune_seconds": finetune_seconds,
         "model_versions": sorted(versions),
+        **extra,
     }
+
+
+class _Scores:
+    """Accumulates IoU figures of one model (used for the pre-fine-tuning baseline)."""
+
+    def __init__(self) -> None:
+        self.ious: list[float] = []
+        self.per_class: dict[str, list[int]] = {}
+        self.fb = np.zeros(4, dtype=np.int64)
+
+    def add(self, label: str, pred: np.ndarray, gt: np.ndarray) -> float:
+        c = _counts(pred, gt)
+        self.fb += c
+        acc = self.per_class.setdefault(label, [0, 0])
+        acc[0] += c[0]
+        acc[1] += c[1]
+        self.ious.append(_iou(c[0], c[1]))
+        return self.ious[-1]
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.ious)
+        class_iou = {lab: _iou(i, u) for lab, (i, u) in self.per_class.items()}
+        fb = self.fb
+        return {
+            "baseline_mean_iou": float(np.mean(self.ious)) if n else None,
+            "baseline_per_class_iou": class_iou,
+            "baseline_class_miou": float(np.mean(list(class_iou.values()))) if class_iou else None,
+            "baseline_fb_iou": (_iou(int(fb[0]), int(fb[1])) + _iou(int(fb[2]), int(fb[3]))) / 2 if n else None,
+        }
 
 
 def _jsonable(value: Any) -> Any:
@@ -230,7 +286,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = []
     width = max([len("episode")] + [len(str(e["label"])) for e in report["episodes"]])
     ft = report.get("finetune_on") or 0
-    head = f"{'episode':<{width}}  queries  mean IoU  ious"
+    has_base = "baseline_mean_iou" in report
+    head = f"{'episode':<{width}}  queries  mean IoU" + ("  baseline" if has_base else "") + "  ious"
     lines += [head, "-" * len(head)]
     for e in report["episodes"]:
         ious = " ".join(f"{v:.3f}" for v in e["ious"])
@@ -239,11 +296,13 @@ def format_report(report: dict[str, Any]) -> str:
             f = e["finetune"]
             if "loss_first" in f and "loss_last" in f:
                 extra = f"  [fine-tuned: loss {f['loss_first']:.3f} -> {f['loss_last']:.3f}]"
-        lines.append(f"{e['label']:<{width}}  {len(e['ious']):>7}  {fmt(e['mean_iou']):>8}  {ious}{extra}")
+        b = f"  {fmt(e.get('baseline_mean_iou')):>8}" if has_base else ""
+        lines.append(f"{e['label']:<{width}}  {len(e['ious']):>7}  {fmt(e['mean_iou']):>8}{b}  {ious}{extra}")
     lines.append("")
-    lines.append(f"{'class':<{width}}  IoU (accumulated)")
+    lines.append(f"{'class':<{width}}  IoU (accumulated)" + ("  baseline" if has_base else ""))
     for lab, v in report["per_class_iou"].items():
-        lines.append(f"{lab:<{width}}  {fmt(v)}")
+        b = f"  {fmt(report['baseline_per_class_iou'].get(lab)):>8}" if has_base else ""
+        lines.append(f"{lab:<{width}}  {fmt(v):>17}{b}")
     lines.append("")
     spq = report.get("seconds_per_query")
     lines += [
@@ -253,6 +312,14 @@ def format_report(report: dict[str, Any]) -> str:
         f"FB-IoU             {fmt(report['fb_iou'])}",
         f"seconds / query    {'-' if spq is None else f'{spq:.3f}'}",
     ]
+    if has_base:
+        imp = report.get("improvement")
+        lines[-4:-1] = [
+            f"mean IoU           {fmt(report['mean_iou'])}  (before fine-tuning {fmt(report['baseline_mean_iou'])}, "
+            f"{'change -' if imp is None else f'change {imp * 100:+.1f} points'})",
+            f"class mIoU         {fmt(report['class_miou'])}  (before fine-tuning {fmt(report['baseline_class_miou'])})",
+            f"FB-IoU             {fmt(report['fb_iou'])}  (before fine-tuning {fmt(report['baseline_fb_iou'])})",
+        ]
     if ft:
         lines.append(f"fine-tune seconds  {report['finetune_seconds']:.1f}")
     if report.get("model_versions"):

@@ -151,6 +151,23 @@ def test_finetune_on_first_queries(episode_file):
     assert "fine-tuned" in format_report(report)
 
 
+def test_finetune_report_compares_with_the_model_before_fine_tuning(episode_file):
+    report = evaluate_episodes(lambda: InContextSegmenter(StubEngine()), episode_file, finetune_on=1, progress=False)
+    # the stub predicts the same before and after fine-tuning: same figures, zero change
+    assert report["episodes"][0]["baseline_ious"] == [0.5] and report["episodes"][0]["baseline_version"] == "stub-0"
+    assert report["baseline_mean_iou"] == report["mean_iou"] == 0.5
+    assert report["baseline_fb_iou"] == report["fb_iou"] and report["baseline_class_miou"] == report["class_miou"]
+    assert report["improvement"] == 0.0
+    text = format_report(report)
+    assert "before fine-tuning 0.5000" in text and "change +0.0 points" in text
+    json.dumps(report)
+    off = evaluate_episodes(lambda: InContextSegmenter(StubEngine()), episode_file, finetune_on=1, progress=False,
+                            baseline=False)
+    assert "baseline_mean_iou" not in off and "baseline_ious" not in off["episodes"][0]
+    plain = evaluate_episodes(lambda: InContextSegmenter(StubEngine()), episode_file, progress=False)
+    assert "baseline_mean_iou" not in plain  # nothing to compare without fine-tuning
+
+
 @pytest.mark.skipif(not (DATA / "perseg-mini").is_dir(), reason=f"fixture data not found at {DATA}")
 def test_lite_engine_on_one_perseg_episode(tmp_path):
     root = (DATA / "perseg-mini").resolve()

@@ -11,7 +11,10 @@ Pipeline for one query and one label (all switches live in ``config.options``, s
 4. Optional colour model: ``colour`` x the log-ratio of fg/bg colour histograms of the examples.
 5. Refinement (``refine``): ``bilinear`` | ``guided`` (colour guided filter at the working size,
    coefficients upsampled to full resolution) | ``grabcut`` (GrabCut at the working size, then the
-   guided upsampling); ``components`` drops weak connected components.
+   guided upsampling); ``components`` drops weak connected components. Once fine-tuned, a label
+   whose labelled masks (supports and fine-tuning images) were all one object keeps only the
+   most confident component of its predictions (``single_instance``): a learnt "one instance" cue that
+   removes look-alike distractors (e.g. a second car of the same colour).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "guided_radius": 6,
     "guided_eps": 1e-3,
     "grabcut_iters": 3,
-    "components": "weighted",  # none | largest | weighted
+    "components": "weighted",  # none | largest | weighted | confident
     "keep_ratio": 0.2,
     "threshold": 0.5,
     # fine-tuning
@@ -61,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     "batch": 4,
     "seed": 0,
     "memory": True,  # fine-tuning images also join their label's matching memory (saved with the head)
+    # fine-tuned mode: if every labelled mask of a label (supports + fine-tuning images) is one
+    # object (one connected component), keep only the most confident component of its predictions
+    "single_instance": True,
 }
 
 # options a trained head depends on (saved with it, checked on load)
@@ -78,18 +84,34 @@ def _int_list(value: Any) -> list[int] | None:
     return [int(v) for v in value]
 
 
+def _is_single_object(mask: np.ndarray, min_share: float = 0.05, long_side: int = 256) -> bool:
+    """True if ``mask`` is one object: one connected component holding all but specks (each other
+    component under ``min_share`` of the foreground), judged at a small size."""
+    h, w = mask.shape[:2]
+    s = min(1.0, long_side / max(h, w))
+    m = mask.astype(np.uint8)
+    if s < 1.0:
+        m = cv2.resize(m, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_NEAREST)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if n <= 1:
+        return False
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    return int((areas >= min_share * areas.sum()).sum()) == 1
+
+
 def _normalise_options(o: dict[str, Any]) -> dict[str, Any]:
     """Accept options as typed values or as strings (e.g. from ``--option layers=2,4,6``)."""
     o = dict(o)
     o["layers"] = _int_list(o["layers"]) or list(DEFAULTS["layers"])
     o["query_sizes"] = _int_list(o["query_sizes"])
-    o["memory"] = str(o["memory"]).lower() not in ("0", "false", "no", "off", "none")
+    for key in ("memory", "single_instance"):
+        o[key] = str(o[key]).lower() not in ("0", "false", "no", "off", "none")
     for key in ("output_stride", "size", "k", "guided_radius", "grabcut_iters", "hidden", "steps", "batch", "seed"):
         o[key] = int(o[key])
     for key in ("temperature", "colour", "colour_finetuned", "guided_eps", "keep_ratio", "threshold", "lr"):
         o[key] = float(o[key])
     for key, allowed in (("match", ("knn", "max", "prototype")), ("refine", ("bilinear", "guided", "grabcut")),
-                         ("components", ("none", "largest", "weighted"))):
+                         ("components", ("none", "largest", "weighted", "confident"))):
         o[key] = str(o[key])
         if o[key] not in allowed:
             raise ValueError(f"lite option {key}={o[key]!r}; choose one of {list(allowed)}")
@@ -139,6 +161,7 @@ class LiteEngine(Engine):
         self.head.eval()
         self.trained = False
         self.memory: dict[str, list[LiteExample]] = {}  # label -> labelled images seen in fine-tuning
+        self.single_instance: dict[str, bool] = {}  # label -> all its labelled masks were one object
 
     # -- features -------------------------------------------------------------------------------
     def _signature(self) -> tuple:
@@ -204,8 +227,15 @@ class LiteEngine(Engine):
                 logit = logit + self.head(q.feats[q.base][None], self._head_input(pm)[None])[0, 0]
         return logit
 
-    def _finish(self, q: _Query, logit: torch.Tensor, colour: R.ColourModel | None) -> SegmentResult:
+    def _components_mode(self, label: str) -> str:
+        if self.trained and self.opts["single_instance"] and self.single_instance.get(label, False):
+            return "confident"
+        return str(self.opts["components"])
+
+    def _finish(self, q: _Query, logit: torch.Tensor, colour: R.ColourModel | None,
+                components: str | None = None) -> SegmentResult:
         o = self.opts
+        components = str(o["components"]) if components is None else components
         wh, ww = q.work_image.shape[:2]
         z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
         z = z.cpu().numpy()
@@ -226,9 +256,9 @@ class LiteEngine(Engine):
         else:
             raise ValueError(f"unknown refine {method!r}; use bilinear, guided or grabcut")
         work_mask = q_work > thr
-        kept = R.filter_components(work_mask, q_work, o["components"], float(o["keep_ratio"]))
+        kept = R.filter_components(work_mask, q_work, components, float(o["keep_ratio"]))
         drop = None
-        if o["components"] != "none" and (work_mask & ~kept).any():
+        if components != "none" and (work_mask & ~kept).any():
             drop = cv2.dilate((work_mask & ~kept).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
             drop &= ~kept
         h, w = q.image.shape[:2]
@@ -258,7 +288,7 @@ class LiteEngine(Engine):
         out = []
         for image in images:
             q = self._encode_query(image)
-            out.append({label: self._finish(q, self._grid_logit(q, bank), colour)
+            out.append({label: self._finish(q, self._grid_logit(q, bank), colour, self._components_mode(label))
                         for label, (bank, colour) in prepared.items()})
         return out
 
@@ -275,9 +305,11 @@ class LiteEngine(Engine):
         rng = np.random.default_rng(seed)
         samples = []
         memory_add: dict[str, list[LiteExample]] = {}
+        single: dict[str, bool] = {}
         use_memory = bool(o["memory"])
         for ep in episodes:
             items = list(ep.support) + list(ep.query)
+            single[ep.label] = single.get(ep.label, True) and all(_is_single_object(li.mask) for li in items)
             encoded = []
             for li in items:
                 ex = self.encode_example(li)  # validates the mask too
@@ -325,6 +357,8 @@ class LiteEngine(Engine):
             head.eval()
         self.head = head
         self.trained = True
+        for label, flag in single.items():
+            self.single_instance[label] = self.single_instance.get(label, True) and flag
         for label, exs in memory_add.items():
             self.memory.setdefault(label, []).extend(
                 LiteExample(bank=e.bank.subsample_bg(MEMORY_MAX_BG).rounded_to_half(), colour=e.colour,
@@ -359,6 +393,7 @@ class LiteEngine(Engine):
             "options": {k: self.opts[k] for k in HEAD_OPTIONS},
             "memory": {label: [{"fg": e.bank.fg.detach().cpu().half(), "bg": e.bank.bg.detach().cpu().half()} for e in exs]
                        for label, exs in self.memory.items()},
+            "single_instance": dict(self.single_instance),
             "format": 1,
         }
 
@@ -367,6 +402,7 @@ class LiteEngine(Engine):
             self.head = self._new_head().eval()
             self.trained = False
             self.memory = {}
+            self.single_instance = {}
             return
         if "head" not in state:
             raise CheckpointError("lite head state: no 'head' entry")
@@ -394,6 +430,7 @@ class LiteEngine(Engine):
                                                  R.ColourModel(), self._signature()))
         self.head = head.eval()
         self.memory = memory
+        self.single_instance = {str(k): bool(v) for k, v in dict(state.get("single_instance") or {}).items()}
         self.trained = True
 
     @property
@@ -404,6 +441,8 @@ class LiteEngine(Engine):
         for k, v in sorted(self.head.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        for label in sorted(self.single_instance):
+            h.update(f"{label}={self.single_instance[label]}".encode())
         for label in sorted(self.memory):
             h.update(label.encode())
             for e in self.memory[label]:

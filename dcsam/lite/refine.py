@@ -142,7 +142,9 @@ def filter_components(mask: np.ndarray, prob: np.ndarray, mode: str = "weighted"
 
     A component's evidence is the sum of ``prob - 0.5`` over it. ``largest``: keep the strongest
     component only; ``weighted``: keep every component with >= ``keep_ratio`` x the strongest
-    one's evidence; ``none``: keep everything.
+    one's evidence; ``confident``: of the components ``weighted`` would keep, only the one with the
+    highest mean probability (one object expected: a big but less certain look-alike loses);
+    ``none``: keep everything.
     """
     if mode == "none" or not mask.any():
         return mask
@@ -158,8 +160,15 @@ def filter_components(mask: np.ndarray, prob: np.ndarray, mode: str = "weighted"
     elif mode == "weighted":
         keep = evidence >= keep_ratio * best
         keep[0] = False
+    elif mode == "confident":
+        candidates = evidence >= keep_ratio * best
+        candidates[0] = False
+        area = np.bincount(labels.ravel(), minlength=n).astype(np.float64)
+        mean = np.bincount(labels.ravel(), weights=prob.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
+        keep = np.zeros(n, bool)
+        keep[int(np.argmax(np.where(candidates, mean, -np.inf)))] = True
     else:
-        raise ValueError(f"unknown component filter {mode!r}; use none, largest or weighted")
+        raise ValueError(f"unknown component filter {mode!r}; use none, largest, weighted or confident")
     return keep[labels]
 
 

@@ -90,6 +90,17 @@ def test_component_filter_drops_weak_blobs():
     assert R.filter_components(mask, prob, "largest").sum() == 400
 
 
+def test_confident_component_filter_prefers_the_surer_object_over_a_bigger_lookalike():
+    mask = np.zeros((60, 90), bool)
+    mask[5:25, 5:25] = True  # the object: 400 px, p = 0.95 (evidence 180)
+    mask[20:50, 50:80] = True  # a look-alike: 900 px, p = 0.75 (evidence 225)
+    prob = np.where(mask, 0.75, 0.1).astype(np.float32)
+    prob[5:25, 5:25] = 0.95
+    assert R.filter_components(mask, prob, "largest")[30, 60]  # the bigger evidence wins "largest"
+    kept = R.filter_components(mask, prob, "confident")
+    assert kept[10, 10] and not kept[30, 60] and kept.sum() == 400
+
+
 def test_colour_model_prefers_foreground_colours():
     img, mask = _scene(0)
     table = R.ColourModel().add(img, mask).log_ratio_table()
@@ -169,6 +180,64 @@ def test_finetune_lowers_loss_is_deterministic_and_round_trips(engine):
     assert engine.version == version
     np.testing.assert_array_equal(engine.predict([q_img], {"x": [ex]})[0]["x"].mask, before)
     engine.load_trainable_state_dict({})
+
+
+def test_single_object_check():
+    from dcsam.engines.lite import _is_single_object
+
+    yy, xx = np.mgrid[:120, :160]
+    disc = (yy - 60) ** 2 + (xx - 50) ** 2 <= 30**2
+    other = (yy - 60) ** 2 + (xx - 125) ** 2 <= 25**2
+    speck = (yy - 5) ** 2 + (xx - 150) ** 2 <= 2**2
+    assert _is_single_object(disc)
+    assert _is_single_object(disc | speck)  # specks do not count as objects
+    assert not _is_single_object(disc | other)
+    assert not _is_single_object(np.zeros((50, 50), bool))
+
+
+def test_finetuned_single_object_labels_keep_one_component(engine):
+    engine.load_trainable_state_dict({})
+    assert engine._components_mode("disc") == engine.opts["components"]  # training-free: unchanged
+    episode = _tiny_episode()
+    engine.finetune([episode], steps=3)
+    assert engine.single_instance == {"disc": True}
+    assert engine._components_mode("disc") == "confident"
+    assert engine._components_mode("unseen") == engine.opts["components"]
+    state = engine.trainable_state_dict()
+    engine.load_trainable_state_dict({})
+    assert engine.single_instance == {}
+    engine.load_trainable_state_dict(state)
+    assert engine._components_mode("disc") == "confident"
+
+    # a label whose labelled masks hold two objects keeps the usual component filter
+    engine.load_trainable_state_dict({})
+    two = [LabelledImage(img, m | np.roll(m, 60, axis=1)) for img, m in (_scene(30 + i, size=160, centre=(80, 45),
+                                                                          radius=20) for i in range(2))]
+    engine.finetune([Episode(support=two[:1], query=two[1:], label="pair")], steps=3)
+    assert engine.single_instance == {"pair": False}
+    assert engine._components_mode("pair") == engine.opts["components"]
+    engine.load_trainable_state_dict({})
+
+
+def test_folded_batchnorm_backbone_computes_the_same_features():
+    import copy
+
+    from dcsam.lite.backbone import fold_batchnorms, lite_backbone
+
+    torch.manual_seed(0)
+    net = lite_backbone(16, random_weights=True, fold_batchnorm=False)
+    for m in net.modules():  # non-trivial statistics, so the folding has something to do
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    folded = copy.deepcopy(net)
+    assert fold_batchnorms(folded) == 48
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(1, 3, 64, 96)
+    for a, b in zip(net.forward_blocks(x), folded.forward_blocks(x)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
 
 
 def test_finetune_needs_two_labelled_images(engine):
