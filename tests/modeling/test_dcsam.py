@@ -1,5 +1,7 @@
 """DC-SAM model: shapes (spec §10), K-shot, gradients, the release switch, and SAM decoding."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -120,6 +122,7 @@ def test_sam1_batched_decoder_equals_per_sample_upstream():
 
     torch.manual_seed(0)
     holder = torch.nn.Module()
+    holder.image_encoder = SimpleNamespace(img_size=1024)  # only its input size is read
     holder.prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16)
     holder.mask_decoder = MaskDecoder(
         num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
