@@ -3,8 +3,14 @@
     GET  /health, GET /       instant; never waits for the model
     POST /setup               validates the label config, returns model_version (no model load)
     POST /predict             one prediction per task, in order; or interactive refinement (params.context)
-    POST /webhook             acknowledged at once; examples are re-synced in the background
-    GET  /versions            {"versions": [...]}; the current one first
+    POST /webhook             acknowledged at once; examples are re-synced in the background;
+                              START_TRAINING (and every DCSAM_TRAIN_EVERY annotations) queues a fine-tune
+    GET  /versions            {"versions": [...]}; the current one first (?project=ID: that project's)
+    POST /versions/<v>/activate   serve an earlier (or the base) version for its project: rollback
+    GET  /jobs, GET /jobs/<id>    background jobs: state, progress, figures
+    POST /jobs/<id>/cancel        cancel a queued or running job
+    POST /jobs/preannotate        {"project": ID}: pre-annotate every task lacking a prediction of the version
+    POST /jobs/train              {"project": ID}: fine-tune now (as START_TRAINING)
     GET  /metrics             Prometheus text
 
 Build it with :func:`create_app`; ``dcsam serve`` runs it under gunicorn (see :mod:`backend.serve`).
@@ -25,13 +31,17 @@ from flask import Flask, Response, jsonify, request
 
 from .engine_select import EngineChoice, choose_engine, model_version, segmenter_config
 from .examples import ExampleManager
+from .jobs import FINAL, JobRunner, JobStore
 from .labelconfig import LabelConfig, LabelConfigError, parse_label_config
 from .media import LabelStudioAccess
 from .metrics import Metrics
-from .model import ModelHolder, SegmenterFactory
+from .model import BASE_TAG, ModelHolder, SegmenterFactory
+from .preannotate import Ledger, run_preannotate
 from .predictor import Predictor
 from .settings import BackendSettings
 from .state import State, parse_project_id
+from .training import run_train
+from .versions import VersionError, VersionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +85,12 @@ class Backend:
         self.state.record_version(self.version, self.choice.engine, {"reason": self.choice.reason,
                                                                      "config": self.config.to_dict()})
         self.model = ModelHolder(self.config, segmenter_factory)
+        self.versions = VersionRegistry(self.state, settings.model_dir, self.version, self.choice.engine)
+        self.ledger = Ledger(self.state)
+        self.job_store = JobStore(self.state)
+        self.runner = JobRunner(self.job_store, {"preannotate": lambda ctx: run_preannotate(self, ctx),
+                                                 "train": lambda ctx: run_train(self, ctx)})
+        self.hooks: dict = {}  # test hooks (e.g. "after_import": simulate a crash)
         self.metrics = Metrics()
         self._describe_metrics()
         self.examples = ExampleManager(self.state, self.model, k=settings.examples_per_label,
@@ -83,7 +99,8 @@ class Backend:
             model=self.model, examples=self.examples, version=self.version, batch_size=settings.batch_size,
             min_score=settings.min_score, max_pixels=settings.max_image_pixels,
             max_download_bytes=settings.max_download_bytes, local_files_root=settings.local_files_root,
-            on_task_error=lambda kind: self.metrics.inc("dcsam_task_errors_total", kind=kind))
+            on_task_error=lambda kind: self.metrics.inc("dcsam_task_errors_total", kind=kind),
+            version_for=self.version_for, prepare=self.prepare)
         self._env_access = None
         if settings.label_studio_url and settings.label_studio_api_key:
             self._env_access = LabelStudioAccess(settings.label_studio_url, settings.label_studio_api_key,
@@ -113,6 +130,47 @@ class Backend:
         m.describe("dcsam_webhook_events_total", "counter", "webhook events by action")
         m.describe("dcsam_model_loaded", "gauge", "1 once this process has loaded the model")
         m.describe("dcsam_model_loads_total", "counter", "model loads in this process (1 expected)")
+        m.describe("dcsam_preannotate_tasks_total", "counter", "tasks handled by pre-annotation jobs, by outcome")
+        m.describe("dcsam_preannotate_tasks_per_second", "gauge", "throughput of the latest pre-annotation job run")
+        m.describe("dcsam_preannotate_import_retries_total", "counter", "retried predictions imports")
+        m.describe("dcsam_jobs", "gauge", "background jobs by kind and state (from the job table)")
+        m.describe("dcsam_job_progress", "gauge", "progress (0..1) of the queued and running jobs")
+
+    # -- model versions --------------------------------------------------------------------------
+    def version_for(self, project_id: int | None) -> str:
+        """The project's model_version: its active fine-tuned version, else the base one."""
+        return self.versions.active(project_id)
+
+    def prepare(self, project_id: int | None) -> None:
+        """Put the project's weights into the engine (call with the inference lock held)."""
+        version = self.version_for(project_id)
+        tag = BASE_TAG if version == self.version else version
+        self.model.use_weights(tag, lambda: self.versions.trainable_state(version))
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def submit_preannotate(self, project_id: int, *, reason: str = "", params: dict | None = None) -> int:
+        """Queue a pre-annotation of the project, unless one is queued already (its id is returned)."""
+        existing = self.job_store.open_job("preannotate", project_id)
+        if existing is not None and existing["status"] == "queued":
+            return existing["id"]
+        if existing is not None and existing["params"].get("version") == self.version_for(project_id):
+            return existing["id"]  # running for the current version: it covers every task
+        job = self.job_store.add("preannotate", project_id, params or {}, message=reason)
+        self.runner.start()
+        self.runner.wake()
+        return job
+
+    def submit_train(self, project_id: int, *, reason: str = "", delay_s: float = 0.0) -> int:
+        """Queue a fine-tune; a queued one is reused (and postponed by ``delay_s``: debouncing)."""
+        existing = self.job_store.open_job("train", project_id)
+        run_after = time.time() + delay_s
+        if existing is not None and existing["status"] == "queued":
+            self.job_store.postpone(existing["id"], run_after)
+            return existing["id"]
+        job = self.job_store.add("train", project_id, {}, run_after=run_after, message=reason)
+        self.runner.start()
+        self.runner.wake()
+        return job
 
     # -- Label Studio access -------------------------------------------------------------------
     def access_for(self, project_id: int | None) -> LabelStudioAccess | None:
@@ -223,6 +281,10 @@ def create_app(settings: BackendSettings | None = None, *, segmenter_factory: Se
     m = backend.metrics
 
     @app.before_request
+    def _start_jobs():
+        backend.runner.start()  # idempotent; here so that it runs in the serving process, after any fork
+
+    @app.before_request
     def _check_auth():
         if request.endpoint == "webhook":
             if not _webhook_ok(settings):
@@ -287,7 +349,7 @@ def create_app(settings: BackendSettings | None = None, *, segmenter_factory: Se
                 hostname=hostname.rstrip("/") if ok_host and token else None,
                 access_token=token if ok_host and isinstance(token, str) and token else None,
                 extra_params=body.get("extra_params"))
-        return jsonify({"model_version": backend.version})
+        return jsonify({"model_version": backend.version_for(project_id)})
 
     @app.post("/predict")
     def predict():
@@ -302,7 +364,7 @@ def create_app(settings: BackendSettings | None = None, *, segmenter_factory: Se
             project_id = parse_project_id(tasks[0].get("project"))
         cfg = backend.label_config(project_id, body.get("label_config"))
         if not tasks:
-            return jsonify({"results": [], "model_version": backend.version})
+            return jsonify({"results": [], "model_version": backend.version_for(project_id)})
         access = backend.access_for(project_id)
         context = params.get("context") if isinstance(params.get("context"), dict) else None
         if context and context.get("result"):
@@ -312,7 +374,7 @@ def create_app(settings: BackendSettings | None = None, *, segmenter_factory: Se
         m.inc("dcsam_predictions_total", len(results))
         m.inc("dcsam_regions_total", sum(len(r["result"]) for r in results))
         m.inc("dcsam_predict_seconds_total", time.monotonic() - t0)
-        return jsonify({"results": results, "model_version": backend.version})
+        return jsonify({"results": results, "model_version": backend.version_for(project_id)})
 
     @app.post("/webhook")
     def webhook():
@@ -343,25 +405,122 @@ def create_app(settings: BackendSettings | None = None, *, segmenter_factory: Se
             backend.state.bump_examples_rev(project_id)
             return jsonify({"status": "ok", "action": action})
         if action == "START_TRAINING":
-            job = backend.state.add_job("train", project_id, "skipped",
-                                        "fine-tuning from Label Studio is not part of this backend yet; examples are "
-                                        "refreshed from the latest annotations instead")
             backend.state.bump_examples_rev(project_id)
-            backend.enqueue("sync_examples", project_id, "START_TRAINING")
+            job = backend.submit_train(project_id, reason="START_TRAINING")
             return jsonify({"status": "ok", "action": action, "job": job})
         rev = backend.state.bump_examples_rev(project_id)
         job = backend.enqueue("sync_examples", project_id, action)
-        return jsonify({"status": "ok", "action": action, "examples_rev": rev, "job": job})
+        out = {"status": "ok", "action": action, "examples_rev": rev, "job": job}
+        if settings.train_every and action in ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
+                                               "ANNOTATIONS_UPDATED"):
+            annotation = body.get("annotation")
+            if not (isinstance(annotation, dict) and annotation.get("was_cancelled")):
+                n = backend.state.bump_annotation_counter(project_id)
+                if n >= settings.train_every:
+                    out["train_job"] = backend.submit_train(
+                        project_id, reason=f"{n} new accepted annotation(s)", delay_s=settings.train_debounce_s)
+        return jsonify(out)
+
+    def _project_arg(body: dict | None = None, required: bool = True) -> int | None:
+        raw = (body or {}).get("project", request.args.get("project"))
+        if raw is None:
+            if required:
+                raise BadRequest("say which project: {\"project\": ID} (or ?project=ID)")
+            return None
+        project_id = parse_project_id(raw)
+        if project_id is None or project_id == 0:
+            raise BadRequest(f"project must be a positive integer id, got {raw!r}")
+        return project_id
 
     @app.get("/versions")
     def versions():
-        others = [v for v in backend.state.versions() if v != backend.version]
-        return jsonify({"versions": [backend.version] + others, "model_version": backend.version})
+        project_id = _project_arg(required=False)
+        if project_id is not None:
+            current = backend.version_for(project_id)
+            mine = [v["version"] for v in backend.versions.project_versions(project_id)]
+            rest = [v for v in mine + [backend.version] if v != current]
+            return jsonify({"versions": [current] + rest, "model_version": current, "project": project_id,
+                            "details": backend.versions.project_versions(project_id)})
+        others = [v for v in backend.versions.all_versions() + backend.state.versions() if v != backend.version]
+        return jsonify({"versions": [backend.version] + list(dict.fromkeys(others)), "model_version": backend.version})
+
+    @app.post("/versions/<version>/activate")
+    def activate_version(version: str):
+        body = _json_body() if request.get_data(cache=True) else {}
+        project_id = _project_arg(body, required=False)
+        previous = backend.version_for(project_id) if project_id is not None else None
+        try:
+            project_id, version = backend.versions.activate(project_id, version)
+        except VersionError as exc:
+            raise BadRequest(str(exc)) from None
+        previous = previous or backend.version_for(project_id)
+        with backend.model.inference_lock:
+            backend.model.forget_weights()
+        return jsonify({"project": project_id, "model_version": version, "previous": previous})
+
+    @app.get("/jobs")
+    def list_jobs():
+        project_id = _project_arg(required=False)
+        status = request.args.get("status")
+        kind = request.args.get("kind")
+        try:
+            limit = int(request.args.get("limit", 50))
+        except ValueError:
+            raise BadRequest("limit must be an integer") from None
+        if not 1 <= limit <= 1000:
+            raise BadRequest("limit must be between 1 and 1000")
+        return jsonify({"jobs": backend.job_store.list(limit=limit, project_id=project_id, status=status, kind=kind)})
+
+    @app.get("/jobs/<int:job_id>")
+    def get_job(job_id: int):
+        job = backend.job_store.get(job_id)
+        if job is None:
+            return jsonify({"status": 404, "detail": f"no job {job_id}"}), 404
+        return jsonify(job)
+
+    @app.post("/jobs/<int:job_id>/cancel")
+    def cancel_job(job_id: int):
+        job = backend.job_store.get(job_id)
+        if job is None:
+            return jsonify({"status": 404, "detail": f"no job {job_id}"}), 404
+        if job["status"] in FINAL:
+            return jsonify({**job, "detail": f"job {job_id} is already {job['status']}"}), 409
+        return jsonify(backend.job_store.request_cancel(job_id))
+
+    @app.post("/jobs/preannotate")
+    def start_preannotate():
+        body = _json_body()
+        project_id = _project_arg(body)
+        params = {}
+        if body.get("page_size") is not None:
+            size = body["page_size"]
+            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1000:
+                raise BadRequest("page_size must be an integer between 1 and 1000")
+            params["page_size"] = size
+        job = backend.submit_preannotate(project_id, reason="POST /jobs/preannotate", params=params)
+        return jsonify(backend.job_store.get(job)), 202
+
+    @app.post("/jobs/train")
+    def start_train():
+        body = _json_body()
+        project_id = _project_arg(body)
+        job = backend.submit_train(project_id, reason="POST /jobs/train")
+        return jsonify(backend.job_store.get(job)), 202
 
     @app.get("/metrics")
     def metrics():
         m.set("dcsam_model_loaded", 1.0 if backend.model.loaded else 0.0)
         m.set("dcsam_model_loads_total", float(backend.model.loads))
+        m.clear("dcsam_job_progress")
+        m.clear("dcsam_jobs")
+        for job in backend.job_store.list(limit=1000, status="running") + backend.job_store.list(limit=1000,
+                                                                                                  status="queued"):
+            m.set("dcsam_job_progress", job["progress_done"] / max(1, job["progress_total"] or 0), job=str(job["id"]),
+                  kind=job["kind"], project=str(job["project_id"]), state=job["status"])
+        counts = {(r[0], r[1]): r[2] for r in backend.state._query(
+            "SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status")}
+        for (kind, status), n in counts.items():
+            m.set("dcsam_jobs", float(n), kind=kind, state=status)
         return Response(m.render(), mimetype="text/plain; version=0.0.4")
 
     return app

@@ -31,6 +31,11 @@ class Metrics:
         with self._lock:
             self._counters[name][tuple(sorted(labels.items()))] = value
 
+    def clear(self, name: str) -> None:
+        """Drop every series of ``name`` (gauges rebuilt from a table on each scrape)."""
+        with self._lock:
+            self._counters.pop(name, None)
+
     def value(self, name: str, **labels: str) -> float:
         with self._lock:
             return self._counters.get(name, {}).get(tuple(sorted(labels.items())), 0.0)

@@ -16,6 +16,22 @@ from dcsam.config import SegmenterConfig
 
 log = logging.getLogger(__name__)
 
+BASE_TAG = "\x00base"
+
+
+def _clone_state(state):
+    """A deep copy of a (nested) state dict: tensors cloned, containers copied."""
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _clone_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_clone_state(v) for v in state)
+    return state
+
+
 SegmenterFactory = Callable[[SegmenterConfig], InContextSegmenter]
 
 
@@ -33,6 +49,9 @@ class ModelHolder:
         self.load_error: str | None = None
         self.load_seconds: float | None = None
         self.loads = 0  # how many times this process built the model (must stay <= 1)
+        # which trainable weights the engine holds now: a model_version, or None = unknown (reload before use)
+        self.weights_tag: str | None = None
+        self.base_state: dict | None = None  # the engine's trainable weights as loaded (base model_version)
 
     @property
     def loaded(self) -> bool:
@@ -53,11 +72,30 @@ class ModelHolder:
                     log.error("could not load the %s engine: %s", self.config.engine, self.load_error)
                     raise
                 self.loads += 1
+                self.base_state = _clone_state(base.engine.trainable_state_dict())
+                self.weights_tag = BASE_TAG
                 self.load_seconds = time.monotonic() - t0
                 self.load_error = None
                 self._base = base
                 log.info("engine %s loaded in %.1f s (weights %s)", self.config.engine, self.load_seconds, base.version)
         return self._base
+
+    def use_weights(self, tag: str, load: Callable[[], dict | None]) -> None:
+        """Make the engine hold the trainable weights ``tag`` (``load()`` gives them; None = the base ones).
+
+        Call with :attr:`inference_lock` held. A no-op when the engine already holds them.
+        """
+        engine = self.base().engine
+        if tag == self.weights_tag:
+            return
+        self.weights_tag = None
+        state = load()
+        engine.load_trainable_state_dict(self.base_state if state is None else state)
+        self.weights_tag = tag
+
+    def forget_weights(self) -> None:
+        """The engine's weights were changed in place (training): reload before the next use."""
+        self.weights_tag = None
 
     def new_segmenter(self) -> InContextSegmenter:
         """A segmenter with its own examples that shares the loaded engine (one per project)."""

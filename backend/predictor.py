@@ -37,10 +37,16 @@ def empty_prediction(version: str) -> dict:
 class Predictor:
     def __init__(self, *, model: ModelHolder, examples: ExampleManager, version: str, batch_size: int,
                  min_score: float, max_pixels: int, max_download_bytes: int, local_files_root: str | None,
-                 on_task_error: Callable[[str], None] | None = None):
+                 on_task_error: Callable[[str], None] | None = None,
+                 version_for: Callable[[int | None], str] | None = None,
+                 prepare: Callable[[int | None], None] | None = None):
         self.model = model
         self.examples = examples
         self.version = version
+        # the project's model_version, and a hook run under the inference lock before each model call that
+        # puts the project's fine-tuned weights into the engine (see backend.versions)
+        self.version_for = version_for or (lambda project_id: self.version)
+        self.prepare = prepare or (lambda project_id: None)
         self.batch_size = max(1, batch_size)
         self.min_score = min_score
         self.max_pixels = max_pixels
@@ -61,49 +67,80 @@ class Predictor:
     def predict_tasks(self, project_id: int | None, tasks: list[dict], cfg: LabelConfig,
                       access: LabelStudioAccess | None) -> list[dict]:
         """One prediction per task, in order; a task whose image fails gets an empty one (logged)."""
-        results = [empty_prediction(self.version) for _ in tasks]
-        if project_id is None:
-            log.error("/predict without a project id: cannot find examples; returning %d empty predictions", len(tasks))
-            return results
+        return [o.prediction for o in self.predict_outcomes(project_id, tasks, cfg, access)]
+
+    def plan(self, project_id: int, cfg: LabelConfig, access: LabelStudioAccess | None,
+             ) -> tuple[object, dict[str, list[tuple[ControlTag, str, str]]]]:
+        """The project's examples and, per image tag, the (control, label, key) that have examples."""
         pe = self.examples.ensure(project_id, cfg, access)
         keys = set(pe.keys())
-        # (control, key) per image tag that has examples
         plan: dict[str, list[tuple[ControlTag, str, str]]] = {}
         for control in cfg.mask_controls:
             for label in control.labels:
                 key = example_key(control.name, label)
                 if key in keys:
                     plan.setdefault(control.to_name, []).append((control, label, key))
+        return pe, plan
+
+    def load_many(self, tasks: list[dict], value_keys: list[str], access: LabelStudioAccess | None,
+                  pool: ThreadPoolExecutor) -> dict[tuple[int, str], tuple[np.ndarray | None, str | None]]:
+        """Download and decode every task's image(s) with ``pool``: {(index, value key): (image, error)}."""
+        futures = {(i, key): pool.submit(self._try_load, task, key, access)
+                   for i, task in enumerate(tasks) for key in value_keys}
+        return {k: f.result() for k, f in futures.items()}
+
+    def predict_outcomes(self, project_id: int | None, tasks: list[dict], cfg: LabelConfig,
+                         access: LabelStudioAccess | None, *, preloaded: dict | None = None,
+                         planned: tuple | None = None) -> list[TaskOutcome]:
+        """Like :meth:`predict_tasks`, with each task's error (None when it was predicted)."""
+        version = self.version_for(project_id)
+        results = [TaskOutcome(empty_prediction(version)) for _ in tasks]
+        if project_id is None:
+            log.error("/predict without a project id: cannot find examples; returning %d empty predictions", len(tasks))
+            for o in results:
+                o.error = "no project id"
+            return results
+        pe, plan = planned or self.plan(project_id, cfg, access)
         if not plan:
             labels = sorted({lab for c in cfg.mask_controls for lab in c.labels})
             log.warning("project %s has no accepted annotation with any of the labels %s yet: returning %d empty "
                         "predictions. Annotate one image (and submit it), then retrieve predictions again.",
                         project_id, labels, len(tasks))
+            for o in results:
+                o.error = "no examples"
             return results
         for image_name, wanted in plan.items():
             value_key = cfg.images[image_name].value_key
             for start in range(0, len(tasks), self.batch_size):
                 chunk = list(range(start, min(start + self.batch_size, len(tasks))))
-                with ThreadPoolExecutor(max_workers=min(4, len(chunk))) as pool:
-                    loaded = list(pool.map(lambda i: self._try_load(tasks[i], value_key, access), chunk))
+                if preloaded is not None:
+                    loaded = [preloaded.get((i, value_key)) or (None, "not downloaded") for i in chunk]
+                else:
+                    with ThreadPoolExecutor(max_workers=min(4, len(chunk))) as pool:
+                        loaded = list(pool.map(lambda i: self._try_load(tasks[i], value_key, access), chunk))
                 ok = [(i, img) for i, (img, err) in zip(chunk, loaded) if img is not None]
                 for i, (img, err) in zip(chunk, loaded):
                     if err:
                         log.error("task %s: no prediction: %s", tasks[i].get("id"), err)
                         self.on_task_error("media")
+                        results[i].error = err
                 if not ok:
                     continue
                 try:
                     with self.model.inference_lock:
+                        self.prepare(project_id)
                         preds = pe.segmenter.predict([img for _, img in ok], labels=[key for _, _, key in wanted])
                 except DcsamError as exc:
                     log.error("project %s: the model refused tasks %s: %s", project_id, [tasks[i].get("id") for i, _ in ok], exc)
                     self.on_task_error("model")
+                    for i, _ in ok:
+                        results[i].error = f"model: {exc}"
                     continue
                 for (i, _), pred in zip(ok, preds):
                     if pred.error:
                         log.error("task %s: %s", tasks[i].get("id"), pred.error)
                         self.on_task_error("model")
+                        results[i].error = pred.error
                         continue
                     for control, label, key in wanted:
                         mask, score = pred.masks.get(key), float(pred.scores.get(key, 0.0))
@@ -111,8 +148,8 @@ class Predictor:
                             continue
                         region = output_for(control).region(mask, label, score)
                         if region is not None:
-                            results[i]["result"].append(region)
-        for pred in results:
+                            results[i].prediction["result"].append(region)
+        for pred in (o.prediction for o in results):
             scores = [r["score"] for r in pred["result"] if "score" in r]
             pred["score"] = float(np.mean(scores)) if scores else 0.0
         return results
@@ -133,7 +170,7 @@ class Predictor:
                    and str(r.get("type", "")).lower() in ("keypointlabels", "keypoint", "rectanglelabels", "rectangle")]
         if not prompts:
             log.info("task %s: interactive context without keypoint / rectangle prompts; nothing to do", task.get("id"))
-            return empty_prediction(self.version)
+            return empty_prediction(self.version_for(project_id))
         to_name = prompts[-1].get("to_name")
         label = None
         for region in reversed(prompts):
@@ -152,7 +189,7 @@ class Predictor:
         except (MediaError, LabelStudioError) as exc:
             log.error("task %s: interactive prediction impossible: %s", task.get("id"), exc)
             self.on_task_error("media")
-            return empty_prediction(self.version)
+            return empty_prediction(self.version_for(project_id))
         height, width = image.shape[:2]
         points, box = [], None
         for region in prompts:
@@ -175,7 +212,7 @@ class Predictor:
                 positive = region.get("is_positive")
                 points.append((x, y, True if positive is None else bool(positive)))
         if not points and box is None:
-            return empty_prediction(self.version)
+            return empty_prediction(self.version_for(project_id))
         key = example_key(target.name, label)
         segmenter = None
         if project_id is not None:
@@ -190,6 +227,7 @@ class Predictor:
             segmenter = self.model.new_segmenter()
         try:
             with self.model.inference_lock:
+                self.prepare(project_id)
                 start, start_score = None, 1.0
                 if key in segmenter.labels:
                     pred = segmenter.predict([image], labels=[key])[0]
@@ -199,9 +237,9 @@ class Predictor:
         except DcsamError as exc:
             log.error("task %s: interactive refinement failed: %s", task.get("id"), exc)
             self.on_task_error("model")
-            return empty_prediction(self.version)
+            return empty_prediction(self.version_for(project_id))
         region = output_for(target).region(np.asarray(mask, bool), label, float(score))
-        return {"result": [region] if region else [], "score": float(score) if region else 0.0, "model_version": self.version}
+        return {"result": [region] if region else [], "score": float(score) if region else 0.0, "model_version": self.version_for(project_id)}
 
 
 def refine(segmenter, image: np.ndarray, mask: np.ndarray | None, points: list, box: Any, key: str):

@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             backend = worker.wsgi.extensions.get("dcsam_backend") if hasattr(worker.wsgi, "extensions") else None
             if backend is not None:
                 backend.model.start_warmup()
+        backend = worker.wsgi.extensions.get("dcsam_backend") if hasattr(worker.wsgi, "extensions") else None
+        if backend is not None:
+            backend.runner.start()  # resumes jobs a killed process left behind, without waiting for a request
 
     class _App(BaseApplication):
         def load_config(self) -> None:

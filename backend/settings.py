@@ -41,6 +41,16 @@ ENV_DOC: dict[str, str] = {
     "DCSAM_MAX_DOWNLOAD_MB": "refuse (per task) media files larger than this (default 256)",
     "DCSAM_WEBHOOK_SECRET": "shared secret for /webhook: header X-Webhook-Secret or query ?token=",
     "DCSAM_WARMUP": "1/0: load the model in the background when a worker starts (default 1 under `dcsam serve`)",
+    "DCSAM_TRAIN_EVERY": "fine-tune after this many new accepted annotations of a project (default 0: only on Start Training)",
+    "DCSAM_TRAIN_DEBOUNCE_S": "wait this long after the last annotation before an automatic fine-tune starts (default 60)",
+    "DCSAM_TRAIN_STEPS": "optimisation steps per fine-tune (default: the engine's own: lite 300, dcsam 100)",
+    "DCSAM_TRAIN_MIN_GAIN": "promote a fine-tune only if validation mIoU rises by more than this (default 0)",
+    "DCSAM_TRAIN_FOLDS": "cross-validation folds that score a fine-tune before it is promoted (default 4, at least 2)",
+    "DCSAM_PREANNOTATE_AFTER_TRAIN": "1/0: pre-annotate the whole project after a promoted fine-tune (default 1)",
+    "DCSAM_PREANNOTATE_CHUNK": "tasks per page and per predictions import of a pre-annotation job (default 100)",
+    "DCSAM_PREANNOTATE_IO_THREADS": "concurrent downloads / Label Studio calls of a job (default 8)",
+    "DCSAM_PREANNOTATE_RETRIES": "retries of a failed predictions import, exponential backoff (default 5)",
+    "DCSAM_PREANNOTATE_BACKOFF_S": "first retry delay, doubled each time, at most 60 s (default 1)",
 }
 
 
@@ -104,6 +114,18 @@ class BackendSettings:
     max_image_pixels: int = 100_000_000
     max_download_bytes: int = 256 * 1024 * 1024
     warmup: bool = False
+    # background jobs
+    train_every: int = 0
+    train_debounce_s: float = 60.0
+    train_steps: int | None = None
+    train_folds: int = 4
+    train_min_gain: float = 0.0
+    preannotate_after_train: bool = True
+    preannotate_chunk: int = 100
+    preannotate_io_threads: int = 8
+    preannotate_retries: int = 5
+    preannotate_backoff_s: float = 1.0
+    preannotate_import_timeout_s: float = 120.0
 
     @property
     def basic_auth(self) -> bool:
@@ -152,4 +174,14 @@ class BackendSettings:
             max_image_pixels=_number(env, "DCSAM_MAX_IMAGE_PIXELS", 100_000_000, int, 1),
             max_download_bytes=int(_number(env, "DCSAM_MAX_DOWNLOAD_MB", 256.0, float, 0) * 1024 * 1024),
             warmup=_bool(_env(env, "DCSAM_WARMUP"), False),
+            train_every=_number(env, "DCSAM_TRAIN_EVERY", 0, int, 0),
+            train_debounce_s=_number(env, "DCSAM_TRAIN_DEBOUNCE_S", 60.0, float, 0),
+            train_steps=_number(env, "DCSAM_TRAIN_STEPS", None, int, 1),
+            train_folds=_number(env, "DCSAM_TRAIN_FOLDS", 4, int, 2),
+            train_min_gain=_number(env, "DCSAM_TRAIN_MIN_GAIN", 0.0, float, -1.0),
+            preannotate_after_train=_bool(_env(env, "DCSAM_PREANNOTATE_AFTER_TRAIN"), True),
+            preannotate_chunk=_number(env, "DCSAM_PREANNOTATE_CHUNK", 100, int, 1),
+            preannotate_io_threads=_number(env, "DCSAM_PREANNOTATE_IO_THREADS", 8, int, 1),
+            preannotate_retries=_number(env, "DCSAM_PREANNOTATE_RETRIES", 5, int, 0),
+            preannotate_backoff_s=_number(env, "DCSAM_PREANNOTATE_BACKOFF_S", 1.0, float, 0),
         )

@@ -50,7 +50,42 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     finished_at REAL
 );
+CREATE TABLE IF NOT EXISTS model_versions (
+    version TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    parent TEXT,
+    path TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    figures TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS active_versions (project_id INTEGER PRIMARY KEY, version TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS preannotated (
+    project_id INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    job_id INTEGER,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project_id, version, task_id)
+);
+CREATE TABLE IF NOT EXISTS annotation_counters (project_id INTEGER PRIMARY KEY, new_annotations INTEGER NOT NULL DEFAULT 0,
+                                                last_event REAL NOT NULL DEFAULT 0);
 """
+
+# columns added to ``jobs`` after the first release of this schema (migrated in place)
+JOB_COLUMNS = {
+    "params": "TEXT NOT NULL DEFAULT '{}'",
+    "progress_done": "INTEGER NOT NULL DEFAULT 0",
+    "progress_total": "INTEGER",
+    "figures": "TEXT NOT NULL DEFAULT '{}'",
+    "started_at": "REAL",
+    "updated_at": "REAL",
+    "owner": "TEXT",
+    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+    "run_after": "REAL NOT NULL DEFAULT 0",
+    "restarts": "INTEGER NOT NULL DEFAULT 0",
+}
 
 
 def parse_project_id(value: Any) -> int | None:
@@ -77,6 +112,11 @@ class State:
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._local = threading.local()
         self._con().executescript(SCHEMA)
+        with self._tx() as con:
+            have = {r[1] for r in con.execute("PRAGMA table_info(jobs)").fetchall()}
+            for name, decl in JOB_COLUMNS.items():
+                if name not in have:
+                    con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -195,3 +235,18 @@ class State:
         rows = self._query("SELECT id, kind, project_id, status, message, created_at, finished_at FROM jobs "
                            "ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(zip(("id", "kind", "project_id", "status", "message", "created_at", "finished_at"), r)) for r in rows]
+
+    # -- annotation counters (automatic fine-tuning) ------------------------------------------
+    def bump_annotation_counter(self, project_id: int, n: int = 1) -> int:
+        now = time.time()
+        with self._tx() as con:
+            con.execute("INSERT INTO annotation_counters(project_id, new_annotations, last_event) VALUES(?, 0, ?) "
+                        "ON CONFLICT(project_id) DO NOTHING", (project_id, now))
+            con.execute("UPDATE annotation_counters SET new_annotations=new_annotations+?, last_event=? WHERE project_id=?",
+                        (n, now, project_id))
+            return con.execute("SELECT new_annotations FROM annotation_counters WHERE project_id=?",
+                               (project_id,)).fetchone()[0]
+
+    def reset_annotation_counter(self, project_id: int) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE annotation_counters SET new_annotations=0 WHERE project_id=?", (project_id,))

@@ -171,6 +171,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_main(args.serve_args)
 
 
+def cmd_preannotate(args: argparse.Namespace) -> int:
+    from backend.cli_preannotate import main as preannotate_main
+
+    return preannotate_main(args.serve_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsam", description="In-context segmentation: label one image, segment the rest.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -227,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn); configured by environment variables")
     p.set_defaults(func=cmd_serve, serve_args=[])
 
+    # its options (--project ID, --backend URL, ...) are parsed by backend.cli_preannotate
+    p = sub.add_parser("preannotate", add_help=False,
+                       help="pre-annotate a whole Label Studio project in a running backend, with a progress bar")
+    p.set_defaults(func=cmd_preannotate, serve_args=[])
+
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
@@ -236,10 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "serve":
+    passthrough = ("serve", "preannotate")  # their own parsers take the rest (e.g. --port 9091, --project 3)
+    if extra and args.command not in passthrough:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "serve":
-        args.serve_args = extra  # everything else goes to the server (e.g. --port 9091 --workers 2)
+    if args.command in passthrough:
+        args.serve_args = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

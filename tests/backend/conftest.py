@@ -128,3 +128,18 @@ def data_url_png(mask: np.ndarray) -> str:
     rgba = np.zeros((*mask.shape, 4), np.uint8)
     rgba[..., 3] = mask.astype(np.uint8) * 255
     return "data:image/png;base64," + base64.b64encode(image_bytes(rgba, "PNG")).decode()
+
+
+# -- a real Label Studio for the end-to-end modules (one per module, fresh data dir) ----------------
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, request) -> Path:
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+def ls(workdir):
+    from .ls_harness import LabelStudio
+
+    server = LabelStudio(workdir)
+    yield server
+    server.close()

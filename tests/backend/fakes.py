@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 import uuid
@@ -65,9 +66,16 @@ class FakeLabelStudio:
     presign_target: str | None = None  # base URL that presign redirects to
     refreshes: int = 0
     access_tokens: set[str] = field(default_factory=set)
+    # pre-annotation jobs: predictions, label configs, injected import failures
+    predictions: list[dict] = field(default_factory=list)
+    label_configs: dict[int, str] = field(default_factory=dict)
+    fail_imports: int = 0  # the next N imports answer 500 without storing anything
+    fail_after_store: int = 0  # the next N imports store the predictions, then answer 500 (a lost response)
+    imports: int = 0
 
     def start(self) -> "FakeLabelStudio":
         app = Flask("fake-ls")
+        self._lock = threading.Lock()
 
         def authorised() -> bool:
             header = request.headers.get("Authorization", "")
@@ -102,10 +110,65 @@ class FakeLabelStudio:
             page = int(request.args.get("page", 1))
             size = int(request.args.get("page_size", 100))
             chosen = [t for t in self.tasks if str(t.get("project")) == request.args.get("project")]
+            query = json.loads(request.args.get("query") or "{}")
+            for item in (query.get("filters") or {}).get("items", []):
+                if item["filter"] == "filter:tasks:id" and item["operator"] == "greater":
+                    chosen = [t for t in chosen if t["id"] > item["value"]]
+                elif item["filter"] == "filter:tasks:total_annotations" and item["operator"] == "greater":
+                    chosen = [t for t in chosen if len(t.get("annotations") or []) > item["value"]]
+                else:
+                    return jsonify({"detail": f"fake: unsupported filter {item}"}), 400
+            if query.get("ordering") == ["tasks:id"]:
+                chosen = sorted(chosen, key=lambda t: t["id"])
             chunk = chosen[(page - 1) * size: page * size]
             if not chunk and page > 1:
                 return jsonify({"detail": "Invalid page."}), 404
+            with self._lock:
+                counts = {}
+                for pred in self.predictions:
+                    counts[pred["task"]] = counts.get(pred["task"], 0) + 1
+            chunk = [{**t, "total_predictions": counts.get(t["id"], 0)} for t in chunk]
+            if request.args.get("include"):
+                keys = request.args["include"].split(",")
+                chunk = [{k: t[k] for k in keys if k in t} for t in chunk]
             return jsonify({"total": len(chosen), "total_annotations": 0, "total_predictions": 0, "tasks": chunk})
+
+        @app.get("/api/projects/<int:project_id>")
+        def project(project_id):
+            if not authorised():
+                return jsonify({"detail": "unauthorised"}), 401
+            if project_id not in self.label_configs:
+                return jsonify({"detail": "Not found."}), 404
+            return jsonify({"id": project_id, "label_config": self.label_configs[project_id]})
+
+        @app.get("/api/predictions")
+        def list_predictions():
+            if not authorised():
+                return jsonify({"detail": "unauthorised"}), 401
+            task = request.args.get("task")
+            with self._lock:
+                return jsonify([p for p in self.predictions if task is None or str(p["task"]) == task])
+
+        @app.post("/api/projects/<int:project_id>/import/predictions")
+        def import_predictions(project_id):
+            if not authorised():
+                return jsonify({"detail": "unauthorised"}), 401
+            body = request.get_json()
+            with self._lock:
+                self.imports += 1
+                if self.fail_imports > 0:
+                    self.fail_imports -= 1
+                    return jsonify({"detail": "injected failure"}), 500
+                known = {t["id"] for t in self.tasks if t.get("project") == project_id}
+                for item in body:
+                    if item["task"] not in known:
+                        return jsonify({"detail": f"task {item['task']} not in project"}), 400
+                for item in body:
+                    self.predictions.append({**item, "id": len(self.predictions) + 1, "project": project_id})
+                if self.fail_after_store > 0:
+                    self.fail_after_store -= 1
+                    return jsonify({"detail": "injected failure after storing"}), 500
+            return jsonify({"created": len(body)}), 201
 
         @app.get("/storage-data/uploaded/")
         def storage_proxy():
@@ -139,6 +202,13 @@ class FakeLabelStudio:
 
     def close(self) -> None:
         self._server.close()
+
+    def predictions_per_task(self, version: str | None = None) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for pred in self.predictions:
+            if version is None or pred.get("model_version") == version:
+                counts[pred["task"]] = counts.get(pred["task"], 0) + 1
+        return counts
 
     def auth_headers_for(self, prefix: str) -> list[str | None]:
         return [r.authorization for r in self.requests if r.path.startswith(prefix)]

@@ -141,8 +141,8 @@ class LabelStudio:
     def create_project(self, title: str, config: str) -> int:
         return self.call("POST", "/api/projects", json={"title": title, "label_config": config}).json()["id"]
 
-    def upload(self, project: int, paths: list[Path]) -> dict[str, dict]:
-        """Import image files (each under its own field name); returns {file stem: task}."""
+    def _import(self, project: int, paths: list[Path]) -> None:
+        """Import image files (each under its own field name) in one request."""
         handles = [open(p, "rb") for p in paths]
         try:
             files = {f"file{i}": (p.name, fh, "image/jpeg") for i, (p, fh) in enumerate(zip(paths, handles))}
@@ -151,12 +151,19 @@ class LabelStudio:
             for fh in handles:
                 fh.close()
         assert r.json()["task_count"] == len(paths)
-        tasks = self.call("GET", "/api/tasks", params={"project": project, "page_size": 100}).json()["tasks"]
+
+    def _tasks_by_stem(self, project: int) -> dict[str, dict]:
+        """{uploaded file stem: task} for the whole project (Label Studio prefixes uploads with 8 hex digits)."""
         out = {}
-        for t in tasks:
+        for t in self.all_tasks(project):
             name = re.sub(r"^[0-9a-f]{8}-", "", t["data"]["image"].rsplit("/", 1)[-1])
             out[name.rsplit(".", 1)[0]] = t
         return out
+
+    def upload(self, project: int, paths: list[Path]) -> dict[str, dict]:
+        """Import a few image files; returns {file stem: task}."""
+        self._import(project, paths)
+        return self._tasks_by_stem(project)
 
     def annotate(self, task_id: int, result: list) -> dict:
         return self.call("POST", f"/api/tasks/{task_id}/annotations", json={"result": result}).json()
@@ -172,16 +179,37 @@ class LabelStudio:
     def predictions(self, task_id: int) -> list[dict]:
         return self.call("GET", "/api/predictions", params={"task": task_id}).json()
 
+    def upload_many(self, project: int, paths: list[Path], batch: int = 100) -> dict[str, int]:
+        """Import many image files in batches; returns {file stem: task id} for the whole project."""
+        for start in range(0, len(paths), batch):
+            self._import(project, paths[start:start + batch])
+        return {stem: t["id"] for stem, t in self._tasks_by_stem(project).items()}
+
+    def all_tasks(self, project: int) -> list[dict]:
+        out, page = [], 1
+        while True:
+            r = self.call("GET", "/api/tasks", params={"project": project, "page_size": 100, "page": page,
+                                                       "include": "id,data,total_predictions"}, expect=(200, 404))
+            tasks = r.json().get("tasks", []) if r.status_code == 200 else []
+            out.extend(tasks)
+            if len(tasks) < 100:
+                return out
+            page += 1
+
+    def project_predictions(self, project: int) -> list[dict]:
+        return self.call("GET", "/api/predictions", params={"project": project}).json()
+
 
 class Backend:
     """`dcsam serve` as a subprocess (gunicorn), with its own MODEL_DIR."""
 
-    def __init__(self, workdir: Path, name: str, **env: str):
-        self.port = free_port()
+    def __init__(self, workdir: Path, name: str, *, model_dir: Path | None = None, port: int | None = None, **env: str):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"backend-{name}.log"
+        self.model_dir = model_dir or workdir / f"model-{name}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DCSAM_", "LABEL_STUDIO_", "BASIC_AUTH"))}
-        full_env.update({"PORT": str(self.port), "MODEL_DIR": str(workdir / f"model-{name}"), "WORKERS": "1",
+        full_env.update({"PORT": str(self.port), "MODEL_DIR": str(self.model_dir), "WORKERS": "1",
                          "THREADS": "4", "DCSAM_DEVICE": "cpu", "LOG_LEVEL": "INFO", "HOST": "127.0.0.1"})
         full_env.update(env)
         with open(self.log, "wb") as fh:
@@ -195,6 +223,28 @@ class Backend:
 
     def get(self, path: str) -> requests.Response:
         return requests.get(self.url + path, timeout=30)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return requests.post(self.url + path, timeout=30, **kw)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (gunicorn master and workers): no shutdown code runs."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+    def wait_job(self, job_id: int, timeout: float, until=None) -> dict:
+        """Poll GET /jobs/<id> until it is final (or ``until(job)`` holds)."""
+        deadline = time.monotonic() + timeout
+        job = {}
+        while time.monotonic() < deadline:
+            job = self.get(f"/jobs/{job_id}").json()
+            if job.get("status") in ("done", "failed", "cancelled", "interrupted", "skipped") or (until and until(job)):
+                return job
+            time.sleep(0.5)
+        raise AssertionError(f"job {job_id} not finished after {timeout} s: {job}\n{self.log.read_text()[-3000:]}")
 
     def close(self) -> None:
         stop(self.proc)

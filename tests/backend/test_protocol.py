@@ -231,9 +231,10 @@ def test_start_training_is_acknowledged_and_recorded(harness_factory):
     h = harness_factory()
     r = h.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7, "label_config": BRUSH_CONFIG}})
     assert r.status_code == 200
-    assert h.backend.wait_for_jobs(30)
-    kinds = {j["kind"]: j["status"] for j in h.backend.state.jobs()}
-    assert kinds["train"] == "skipped"
+    assert h.backend.wait_for_jobs(30) and h.backend.runner.wait_idle(30)
+    [train] = h.backend.job_store.list(kind="train")
+    # queued as a fine-tune (backend/training.py); without a Label Studio URL/token it cannot read annotations
+    assert r.json["job"] == train["id"] and train["status"] == "failed" and "Label Studio URL/token" in train["message"]
 
 
 # -- auth ---------------------------------------------------------------------------------------

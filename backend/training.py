@@ -1,0 +1,284 @@
+"""Fine-tuning from the project's accepted annotations, as a background job.
+
+Triggered by ``START_TRAINING`` on ``/webhook`` (Label Studio's "Start Training", ``POST /api/ml/{id}/train``),
+by ``POST /jobs/train``, and after ``DCSAM_TRAIN_EVERY`` new accepted annotations (debounced by
+``DCSAM_TRAIN_DEBOUNCE_S``).
+
+1. Every task's latest accepted (submitted, not cancelled) annotation gives one labelled image per
+   (mask control, label) it contains.
+2. The tasks go into ``DCSAM_TRAIN_FOLDS`` (4) cross-validation folds, stratified by label. Episodes
+   share a label and their images are different tasks: groups of up to K+1 training tasks
+   (K = ``DCSAM_EXAMPLES_PER_LABEL``), K supports and the rest queries.
+3. For each fold: validation IoU of each held-out (task, label) with the serving weights (examples: the
+   label's latest K training tasks, as when serving), then the engine's trainable part (lite: its head
+   and matching memory; dcsam: the prompt generator) is fine-tuned from the serving weights on the other
+   folds and scored again. Every annotated task is validated once, so the decision does not hang on
+   which few tasks a single hold-out split happened to pick.
+4. Only a better pooled score (by more than ``DCSAM_TRAIN_MIN_GAIN``, default 0) is promoted: the engine
+   is fine-tuned once more on every annotation, written as a new checkpoint with a new ``model_version``.
+   The figures are kept in the job record either way.
+
+All of it holds the inference lock (one writer to the accelerator); the engine's weights are marked stale
+afterwards, so the next request reloads the project's active version: a failed or cancelled run never
+leaves its weights in the serving model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dcsam.api import InContextSegmenter
+from dcsam.engines.base import Episode, LabelledImage
+from dcsam.errors import DcsamError
+
+from .examples import example_key
+from .jobs import JobContext, JobError
+from .media import LabelStudioError, MediaError, decode_image
+from .outputs import RegionError, annotation_mask, region_labels
+from .preannotate import project_access, project_config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import Backend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    task_id: int
+    key: str
+    image: np.ndarray
+    mask: np.ndarray
+    updated_at: str
+
+
+def _task_rank(project_id: int, task_id: int) -> str:
+    return hashlib.sha1(f"{project_id}:{task_id}".encode()).hexdigest()
+
+
+def collect(backend: "Backend", project_id: int, cfg, access, ctx: JobContext) -> list[Item]:
+    """One labelled image per (task, control, label) from each task's latest accepted annotation."""
+    wanted: list[tuple[int, str, str, object, str, list]] = []  # task, key, ref, control, updated, result
+    for task in access.annotated_tasks(project_id):
+        anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")
+                and a.get("result")]
+        if not anns:
+            continue
+        ann = max(anns, key=lambda a: (str(a.get("updated_at") or ""), a.get("id") or 0))
+        for control in cfg.mask_controls:
+            ref = (task.get("data") or {}).get(cfg.images[control.to_name].value_key)
+            labels = set()
+            for region in ann["result"]:
+                if isinstance(region, dict) and region.get("from_name") == control.name:
+                    labels.update(lab for lab in region_labels(region, control.type) if lab in control.labels)
+            for label in sorted(labels):
+                wanted.append((int(task["id"]), example_key(control.name, label), ref, control, label,
+                               list(ann["result"]), str(ann.get("updated_at") or "")))
+    ctx.check_cancel()
+    images: dict[int, np.ndarray | None] = {}
+
+    def load(task_id: int, ref):
+        try:
+            return task_id, decode_image(access.fetch(ref, task_id), backend.settings.max_image_pixels, f"task {task_id}")
+        except (MediaError, LabelStudioError) as exc:
+            log.error("project %s: task %s cannot be used for training: %s", project_id, task_id, exc)
+            return task_id, None
+
+    refs = {w[0]: w[2] for w in wanted}
+    with ThreadPoolExecutor(max_workers=backend.settings.preannotate_io_threads) as pool:
+        images = dict(pool.map(lambda kv: load(*kv), refs.items()))
+    items = []
+    for task_id, key, _ref, control, label, result, updated in wanted:
+        image = images.get(task_id)
+        if image is None:
+            continue
+        try:
+            mask = annotation_mask(control, result, label)
+        except RegionError as exc:
+            log.error("project %s: task %s, label %r: unusable region: %s", project_id, task_id, label, exc)
+            continue
+        if mask is None or not mask.any():
+            continue
+        if mask.shape != image.shape[:2]:
+            import cv2
+
+            mask = cv2.resize(mask.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        items.append(Item(task_id, key, image, mask, updated))
+    return items
+
+
+def assign_folds(project_id: int, items: list[Item], folds: int) -> dict[int, int | None]:
+    """Cross-validation folds by task, stratified by label: {task id: fold, or None = always trained on}.
+
+    A task is wholly in one fold. Each label's tasks are spread evenly over the folds, and a task is
+    held out only where every one of its labels keeps at least two training tasks in that fold (a
+    label with fewer than three tasks is never held out). The order is a hash of (project, task):
+    deterministic, and unrelated to upload order.
+    """
+    by_task: dict[int, set[str]] = {}
+    for it in items:
+        by_task.setdefault(it.task_id, set()).add(it.key)
+    order = sorted(by_task, key=lambda t: _task_rank(project_id, t))
+    tasks_of: dict[str, int] = {}
+    for keys in by_task.values():
+        for k in keys:
+            tasks_of[k] = tasks_of.get(k, 0) + 1
+    held: dict[tuple[str, int], int] = {}
+    out: dict[int, int | None] = {}
+    for task_id in order:
+        keys = by_task[task_id]
+        fits = [f for f in range(folds) if all(tasks_of[k] - held.get((k, f), 0) - 1 >= 2 for k in keys)]
+        fold = min(fits, key=lambda f: (sum(held.get((k, f), 0) for k in keys), f)) if fits else None
+        out[task_id] = fold
+        if fold is not None:
+            for k in keys:
+                held[(k, fold)] = held.get((k, fold), 0) + 1
+    return out
+
+
+def split(items: list[Item], fold_of: dict[int, int | None], fold: int) -> tuple[list[Item], list[Item]]:
+    """(train, validation) items for one fold."""
+    return ([it for it in items if fold_of[it.task_id] != fold], [it for it in items if fold_of[it.task_id] == fold])
+
+
+def episodes(project_id: int, train: list[Item], k: int) -> list[Episode]:
+    by_key: dict[str, list[Item]] = {}
+    for it in train:
+        by_key.setdefault(it.key, []).append(it)
+    out = []
+    for key, its in sorted(by_key.items()):
+        if len(its) < 2:
+            continue
+        its = sorted(its, key=lambda i: _task_rank(project_id, i.task_id))
+        size = k + 1
+        groups = [its[i:i + size] for i in range(0, len(its), size)]
+        if len(groups) > 1 and len(groups[-1]) < 2:
+            groups[-2].extend(groups.pop())
+        for g in groups:
+            n_support = max(1, min(k, len(g) - 1))
+            out.append(Episode(support=[LabelledImage(i.image, i.mask) for i in g[:n_support]],
+                               query=[LabelledImage(i.image, i.mask) for i in g[n_support:]], label=key))
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def validation_ious(backend: "Backend", train: list[Item], val: list[Item], k: int, ctx: JobContext) -> list[float]:
+    """IoU of each validation (task, label) pair; its examples are the label's latest K training tasks.
+
+    Call with the inference lock held and the weights to score in the engine.
+    """
+    seg = InContextSegmenter(backend.model.base().engine, backend.model.base().config)
+    by_key: dict[str, list[Item]] = {}
+    for it in train:
+        by_key.setdefault(it.key, []).append(it)
+    scores = []
+    for key in sorted({it.key for it in val}):
+        support = sorted(by_key.get(key, []), key=lambda i: (i.updated_at, i.task_id), reverse=True)[:k]
+        if not support:
+            continue
+        seg.clear_examples()
+        seg.add_examples([i.image for i in support], [i.mask for i in support], label=key)
+        queries = [it for it in val if it.key == key]
+        preds = seg.predict([q.image for q in queries], labels=[key])
+        for q, p in zip(queries, preds):
+            ctx.check_cancel()
+            mask = p.masks.get(key)
+            scores.append(_iou(mask, q.mask) if mask is not None else 0.0)
+    return scores
+
+
+def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
+    project_id, access = project_access(backend, ctx, "training")
+    s = backend.settings
+    k = s.examples_per_label
+    backend.state.reset_annotation_counter(project_id)
+    cfg = project_config(backend, project_id, access)
+    t0 = time.monotonic()
+    ctx.report(message="collecting accepted annotations", force=True)
+    items = collect(backend, project_id, cfg, access, ctx)
+    fold_of = assign_folds(project_id, items, s.train_folds)
+    folds = [f for f in range(s.train_folds) if any(fold == f for fold in fold_of.values())]
+    all_episodes = episodes(project_id, items, k)
+    n_tasks = len(fold_of)
+    figures: dict = {"annotated_tasks": n_tasks, "labels": len({i.key for i in items}), "folds": len(folds),
+                     "val_tasks": sum(fold is not None for fold in fold_of.values()), "episodes": len(all_episodes)}
+    if not folds:
+        raise JobError(f"project {project_id}: not enough accepted annotations to fine-tune and validate "
+                       f"({n_tasks} usable task(s)): a label needs at least 3 annotated tasks (2 to train, 1 to "
+                       f"validate); {figures}")
+    parent = backend.version_for(project_id)
+    figures["parent_version"] = parent
+    runs = len(folds) + 1  # one fine-tune per fold to score the procedure, then the one that is kept
+    candidate = None
+    with backend.model.inference_lock:
+        engine = backend.model.base().engine
+        try:
+            def finetune(eps: list[Episode], run: int) -> dict:
+                backend.prepare(project_id)  # every run starts from the serving weights
+                backend.model.forget_weights()  # from here on the engine holds a candidate's weights
+
+                def progress(step: int, total: int, figs: dict) -> None:
+                    ctx.check_cancel()
+                    ctx.report(done=run * total + step, total=runs * total, figures={**figures, "loss": figs.get("loss")})
+
+                try:
+                    return engine.finetune(eps, steps=s.train_steps, progress=progress)
+                except NotImplementedError as exc:
+                    raise JobError(f"{exc}: this engine has no trainable part to fine-tune") from exc
+                except DcsamError as exc:
+                    raise JobError(f"fine-tuning refused: {exc}") from exc
+
+            before, after, per_fold = [], [], []
+            for run, fold in enumerate(folds):
+                train, val = split(items, fold_of, fold)
+                ctx.report(message=f"fold {run + 1}/{len(folds)}: scoring the serving model", force=True)
+                backend.prepare(project_id)
+                b = validation_ious(backend, train, val, k, ctx)
+                ctx.report(message=f"fold {run + 1}/{len(folds)}: fine-tuning", force=True)
+                finetune(episodes(project_id, train, k), run)
+                a = validation_ious(backend, train, val, k, ctx)
+                before += b
+                after += a
+                per_fold.append({"val_tasks": len({i.task_id for i in val}), "before": round(float(np.mean(b)), 4),
+                                 "after": round(float(np.mean(a)), 4)})
+            if not before:
+                raise JobError("no validation pair: every validation label lacks training examples")
+            figures.update(val_pairs=len(before), val_miou_before=round(float(np.mean(before)), 4),
+                           val_miou_after=round(float(np.mean(after)), 4), per_fold=per_fold, min_gain=s.train_min_gain)
+            if float(np.mean(after)) - float(np.mean(before)) > s.train_min_gain:
+                ctx.report(figures=figures, message="fine-tuning on every accepted annotation", force=True)
+                train_figs = finetune(all_episodes, len(folds))
+                figures["train"] = {key: v for key, v in (train_figs or {}).items() if not isinstance(v, (dict, list))}
+                from .model import _clone_state
+
+                candidate = _clone_state(engine.trainable_state_dict())
+        finally:
+            backend.model.forget_weights()
+    figures["seconds"] = round(time.monotonic() - t0, 2)
+    if candidate is None:
+        figures["promoted"] = False
+        return "done", (f"not promoted: cross-validated mIoU {figures['val_miou_before']:.4f} -> "
+                        f"{figures['val_miou_after']:.4f} (a gain of more than {s.train_min_gain:g} is needed); "
+                        f"still serving {parent}"), figures
+    ctx.check_cancel()
+    version = backend.versions.promote(project_id, candidate, figures, parent)
+    figures["promoted"] = True
+    figures["new_version"] = version
+    msg = (f"promoted {version}: cross-validated mIoU {figures['val_miou_before']:.4f} -> "
+           f"{figures['val_miou_after']:.4f}")
+    if s.preannotate_after_train:
+        job = backend.submit_preannotate(project_id, reason=f"after training job {ctx.id}")
+        figures["preannotate_job"] = job
+        msg += f"; pre-annotation job {job} queued"
+    return "done", msg, figures

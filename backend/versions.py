@@ -1,0 +1,129 @@
+"""Fine-tuned model versions per project: checkpoints under ``MODEL_DIR/<project>/``, one active each.
+
+* A project with no fine-tuned version serves the base weights, announced as the base ``model_version``.
+* A promoted fine-tune writes ``MODEL_DIR/<project>/<version>.pt`` atomically (``dcsam.checkpoints``),
+  then records it and makes it active in one SQLite transaction; a crash in between leaves at most an
+  unreferenced file, never a half-written active checkpoint.
+* Rolling back is :meth:`VersionRegistry.activate` with an earlier version (or the base one).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from dcsam.checkpoints import load_checkpoint, save_checkpoint
+
+from .state import State
+
+CHECKPOINT_KIND = "backend-trainable-state"
+
+
+class VersionError(Exception):
+    pass
+
+
+class VersionRegistry:
+    def __init__(self, state: State, model_dir: Path, base_version: str, engine: str):
+        self.state = state
+        self.dir = Path(model_dir)
+        self.base_version = base_version
+        self.engine = engine
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- queries ------------------------------------------------------------------------------------
+    def active(self, project_id: int | None) -> str:
+        if project_id is None:
+            return self.base_version
+        rows = self.state._query("SELECT version FROM active_versions WHERE project_id=?", (project_id,))
+        return rows[0][0] if rows else self.base_version
+
+    def info(self, version: str) -> dict | None:
+        rows = self.state._query("SELECT version, project_id, parent, path, digest, figures, created_at FROM "
+                                 "model_versions WHERE version=?", (version,))
+        if not rows:
+            return None
+        out = dict(zip(("version", "project_id", "parent", "path", "digest", "figures", "created_at"), rows[0]))
+        out["figures"] = json.loads(out["figures"] or "{}")
+        return out
+
+    def project_versions(self, project_id: int) -> list[dict]:
+        rows = self.state._query("SELECT version FROM model_versions WHERE project_id=? ORDER BY created_at DESC",
+                                 (project_id,))
+        return [self.info(r[0]) for r in rows]
+
+    def all_versions(self) -> list[str]:
+        return [r[0] for r in self.state._query("SELECT version FROM model_versions ORDER BY created_at DESC")]
+
+    def trainable_state(self, version: str) -> dict | None:
+        """The saved trainable weights of a fine-tuned version (None = the base weights)."""
+        if version == self.base_version:
+            return None
+        with self._lock:
+            if version in self._cache:
+                self._cache.move_to_end(version)
+                return self._cache[version]
+        info = self.info(version)
+        if info is None:
+            raise VersionError(f"unknown model version {version!r}")
+        obj = load_checkpoint(info["path"], CHECKPOINT_KIND)
+        state = obj["state_dict"]
+        with self._lock:
+            self._cache[version] = state
+            while len(self._cache) > 4:
+                self._cache.popitem(last=False)
+        return state
+
+    # -- changes ------------------------------------------------------------------------------------
+    def next_version(self, project_id: int) -> str:
+        n = len(self.state._query("SELECT 1 FROM model_versions WHERE project_id=?", (project_id,))) + 1
+        while True:
+            version = f"{self.base_version}-p{project_id}-ft{n}"
+            if self.info(version) is None:
+                return version
+            n += 1
+
+    def promote(self, project_id: int, trainable_state: dict[str, Any], figures: dict, parent: str) -> str:
+        """Write the checkpoint atomically, record it and make it the project's active version."""
+        version = self.next_version(project_id)
+        folder = self.dir / str(int(project_id))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{version}.pt"
+        digest = save_checkpoint(path, CHECKPOINT_KIND, trainable_state, {"engine": self.engine, "base": self.base_version},
+                                 version=version, parent=parent, project=int(project_id))
+        now = time.time()
+        with self.state._tx() as con:
+            con.execute("INSERT INTO model_versions(version, project_id, parent, path, digest, figures, created_at) "
+                        "VALUES(?, ?, ?, ?, ?, ?, ?)",
+                        (version, project_id, parent, str(path), digest, json.dumps(figures, default=str), now))
+            con.execute("INSERT INTO active_versions(project_id, version, updated_at) VALUES(?, ?, ?) "
+                        "ON CONFLICT(project_id) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
+                        (project_id, version, now))
+        return version
+
+    def activate(self, project_id: int | None, version: str) -> tuple[int, str]:
+        """Serve ``version`` for its project (the base version needs ``project_id``); returns (project, version)."""
+        if version == self.base_version:
+            if project_id is None:
+                raise VersionError(f"{version} is the base version of every project: say which project "
+                                   "(?project=ID or {\"project\": ID})")
+        else:
+            info = self.info(version)
+            if info is None:
+                raise VersionError(f"unknown model version {version!r}; see GET /versions")
+            if project_id is not None and info["project_id"] != project_id:
+                raise VersionError(f"{version} belongs to project {info['project_id']}, not {project_id}")
+            project_id = info["project_id"]
+            if not Path(info["path"]).is_file():
+                raise VersionError(f"{version}: its checkpoint {info['path']} is missing")
+            self.trainable_state(version)  # readable before it becomes active
+        with self.state._tx() as con:
+            con.execute("INSERT INTO active_versions(project_id, version, updated_at) VALUES(?, ?, ?) "
+                        "ON CONFLICT(project_id) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
+                        (project_id, version, time.time()))
+        return project_id, version

@@ -1,0 +1,407 @@
+"""Background jobs (backend/jobs.py, preannotate.py, training.py, versions.py) against the fake Label Studio."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from .conftest import BRUSH_CONFIG, BackendHarness, annotated_task, brush_region
+from .fakes import image_bytes
+
+
+class Crash(BaseException):
+    """Kills the job thread the way SIGKILL kills a process: no bookkeeping, no except clause runs."""
+
+
+def _scene(i: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(i)
+    img = (rng.random((size, size, 3)) * 60 + 40).astype(np.uint8)
+    mask = np.zeros((size, size), bool)
+    y, x = 20 + i % 30, 15 + (i * 7) % 40
+    mask[y:y + 30, x:x + 35] = True
+    img[mask] = (200, 60, 50)
+    return img, mask
+
+
+def _project(fake_ls, project: int, n: int, *, annotated: int = 1) -> list[int]:
+    """n tasks (ids project*1000+1..), the first ``annotated`` of them with a brush annotation."""
+    ids = []
+    fake_ls.label_configs[project] = BRUSH_CONFIG
+    for i in range(n):
+        task_id = project * 1000 + i + 1
+        img, mask = _scene(i)
+        path = f"/data/upload/{project}/t{task_id}.jpg"
+        fake_ls.files[path] = image_bytes(img)
+        if i < annotated:
+            fake_ls.tasks.append(annotated_task(task_id, project, path, [brush_region(mask, "cat")]))
+        else:
+            fake_ls.tasks.append({"id": task_id, "project": project, "data": {"image": path}, "annotations": []})
+        ids.append(task_id)
+    return ids
+
+
+@pytest.fixture()
+def jobs_harness(tmp_path, lite_base, fake_ls):
+    made = []
+
+    def make(**env: str) -> BackendHarness:
+        base = {"LABEL_STUDIO_URL": fake_ls.url, "LABEL_STUDIO_API_KEY": fake_ls.api_key, "DCSAM_PREANNOTATE_CHUNK": "4",
+                "DCSAM_PREANNOTATE_BACKOFF_S": "0", "DCSAM_TRAIN_STEPS": "4", "DCSAM_PREANNOTATE_AFTER_TRAIN": "0"}
+        base.update(env)
+        h = BackendHarness(tmp_path, lite_base, **base)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.backend.runner.stop()
+    lite_base.engine.load_trainable_state_dict({})  # the session engine is shared: leave it untrained
+
+
+def _run(h: BackendHarness, project: int, **body) -> dict:
+    r = h.client.post("/jobs/preannotate", json={"project": project, **body})
+    assert r.status_code == 202, r.json
+    assert h.backend.runner.wait_idle(120)
+    return h.client.get(f"/jobs/{r.json['id']}").json
+
+
+def test_preannotate_predicts_every_task_exactly_once(jobs_harness, fake_ls):
+    ids = _project(fake_ls, 3, 11)
+    h = jobs_harness()
+    job = _run(h, 3)
+    version = h.backend.version
+    assert job["status"] == "done", job
+    assert fake_ls.predictions_per_task(version) == {t: 1 for t in ids}
+    assert job["progress_done"] == job["progress_total"] == 11
+    assert job["figures"]["imported"] == 11 and job["figures"]["failed"] == 0 and job["figures"]["tasks_per_second"] > 0
+    assert fake_ls.imports == 3  # pages of 4: one import per page
+    regions = [p for p in fake_ls.predictions if p["result"]]
+    assert len(regions) >= 8  # the red square is found on most tasks
+    metrics = h.client.get("/metrics").get_data(as_text=True)
+    assert 'dcsam_preannotate_tasks_total{outcome="imported",project="3"} 11' in metrics
+    assert "dcsam_preannotate_tasks_per_second" in metrics and 'dcsam_jobs{kind="preannotate",state="done"} 1' in metrics
+    # a second run finds nothing to do
+    again = _run(h, 3)
+    assert again["status"] == "done" and again["figures"]["imported"] == 0 and again["figures"]["existing"] == 11
+    assert fake_ls.predictions_per_task(version) == {t: 1 for t in ids}
+
+
+def test_crash_between_import_and_bookkeeping_resumes_without_duplicates(jobs_harness, fake_ls):
+    ids = _project(fake_ls, 4, 10)
+    h = jobs_harness()
+    calls = []
+
+    def crash_on_second(ctx, task_ids):
+        calls.append(task_ids)
+        if len(calls) == 2:
+            raise Crash("simulated SIGKILL after the import, before the ledger")
+
+    h.backend.hooks["after_import"] = crash_on_second
+    r = h.client.post("/jobs/preannotate", json={"project": 4})
+    job_id = r.json["id"]
+    deadline = time.monotonic() + 60
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    h.backend.runner._thread.join(30)
+    assert not h.backend.runner._thread.is_alive()
+    version = h.backend.version
+    assert h.backend.job_store.get(job_id)["status"] == "running"  # as a killed process leaves it
+    assert len(fake_ls.predictions) == 8  # two pages imported, the second one not booked
+    # "restart": a new app on the same MODEL_DIR; its runner finds the job orphaned and resumes it
+    h2 = jobs_harness()
+    h2.client.get("/health")
+    assert h2.backend.runner.wait_idle(120)
+    job = h2.client.get(f"/jobs/{job_id}").json
+    assert job["status"] == "done" and job["restarts"] == 1, job
+    assert fake_ls.predictions_per_task(version) == {t: 1 for t in ids}
+    assert job["figures"]["imported"] == 6 and job["figures"]["existing"] == 4 and job["progress_done"] == 10
+
+
+def test_import_retries_never_duplicate(jobs_harness, fake_ls):
+    ids = _project(fake_ls, 5, 6)
+    fake_ls.fail_imports = 1  # refused: nothing stored
+    fake_ls.fail_after_store = 1  # stored, but the answer is lost
+    h = jobs_harness()
+    job = _run(h, 5)
+    assert job["status"] == "done", job
+    assert fake_ls.predictions_per_task(h.backend.version) == {t: 1 for t in ids}
+    assert h.backend.metrics.value("dcsam_preannotate_import_retries_total", project="5") == 2
+
+
+def test_import_gives_up_after_the_retries(jobs_harness, fake_ls):
+    _project(fake_ls, 6, 5)
+    fake_ls.fail_imports = 100
+    h = jobs_harness(DCSAM_PREANNOTATE_RETRIES="2")
+    job = _run(h, 6)
+    assert job["status"] == "failed" and "failed 3 time(s)" in job["message"] and "injected failure" in job["message"]
+    assert fake_ls.predictions == []
+
+
+def test_failed_media_is_reported_not_imported(jobs_harness, fake_ls):
+    ids = _project(fake_ls, 7, 6)
+    del fake_ls.files[f"/data/upload/7/t{ids[3]}.jpg"]
+    h = jobs_harness()
+    job = _run(h, 7)
+    assert job["status"] == "done" and job["figures"]["failed"] == 1 and job["figures"]["failed_ids"] == [ids[3]]
+    assert sorted(fake_ls.predictions_per_task()) == [t for t in ids if t != ids[3]]
+    assert "1 failed" in job["message"]
+
+
+def test_preannotate_without_examples_fails_clearly(jobs_harness, fake_ls):
+    _project(fake_ls, 8, 4, annotated=0)
+    h = jobs_harness()
+    job = _run(h, 8)
+    assert job["status"] == "failed" and "no accepted annotation" in job["message"]
+
+
+def test_cancel_a_running_preannotation(jobs_harness, fake_ls):
+    ids = _project(fake_ls, 9, 10)
+    h = jobs_harness()
+    h.backend.hooks["after_import"] = lambda ctx, task_ids: h.client.post(f"/jobs/{ctx.id}/cancel")
+    job = _run(h, 9)
+    assert job["status"] == "cancelled" and job["cancel_requested"]
+    assert len(fake_ls.predictions) == 4  # the first page; it stopped before the second
+    h.backend.hooks.clear()
+    job = _run(h, 9)
+    assert job["status"] == "done"
+    assert fake_ls.predictions_per_task(h.backend.version) == {t: 1 for t in ids}
+    r = h.client.post(f"/jobs/{job['id']}/cancel")
+    assert r.status_code == 409 and "already done" in r.json["detail"]
+
+
+def test_job_endpoints_reject_bad_input(jobs_harness):
+    h = jobs_harness()
+    assert h.client.post("/jobs/preannotate", json={}).status_code == 400
+    for bad in ("abc", -3, 0, True):
+        r = h.client.post("/jobs/preannotate", json={"project": bad})
+        assert r.status_code == 400 and "project" in r.json["detail"], bad
+    assert h.client.post("/jobs/preannotate", json={"project": 1, "page_size": 0}).status_code == 400
+    assert h.client.post("/jobs/preannotate", data="nope", content_type="application/json").status_code == 400
+    assert h.client.get("/jobs/12345").status_code == 404
+    assert h.client.post("/jobs/12345/cancel").status_code == 404
+    assert h.client.get("/jobs?limit=x").status_code == 400
+    assert h.client.post("/versions/nope/activate", json={"project": 1}).status_code == 400
+    r = h.client.post(f"/versions/{h.backend.version}/activate", json={})
+    assert r.status_code == 400 and "which project" in r.json["detail"]
+
+
+def test_jobs_endpoints_honour_basic_auth(jobs_harness):
+    h = jobs_harness(BASIC_AUTH_USER="u", BASIC_AUTH_PASS="pw")
+    for method, path in (("get", "/jobs"), ("get", "/jobs/1"), ("post", "/jobs/1/cancel"), ("post", "/jobs/preannotate"),
+                         ("post", "/jobs/train"), ("post", "/versions/x/activate")):
+        assert getattr(h.client, method)(path, json={"project": 1}).status_code == 401, path
+    cred = {"Authorization": "Basic " + base64.b64encode(b"u:pw").decode()}
+    assert h.client.get("/jobs", headers=cred).status_code == 200
+
+
+def test_cancelling_a_queued_job_is_immediate(jobs_harness):
+    h = jobs_harness()
+    job = h.backend.job_store.add("train", 11, {}, run_after=time.time() + 3600)
+    r = h.client.post(f"/jobs/{job}/cancel")
+    assert r.status_code == 200 and r.json["status"] == "cancelled"
+
+
+# -- fine-tuning ------------------------------------------------------------------------------------------
+def _train_project(fake_ls, perseg, project: int) -> None:
+    fake_ls.label_configs[project] = BRUSH_CONFIG
+    for i, name in enumerate(("cat_00", "cat_01", "cat_02", "duck_toy_00", "duck_toy_01")):
+        img, mask = perseg[name]
+        path = f"/data/upload/{project}/{name}.jpg"
+        fake_ls.files[path] = image_bytes(img)
+        label = "cat" if name.startswith("cat") else "duck"
+        fake_ls.tasks.append(annotated_task(project * 1000 + i + 1, project, path, [brush_region(mask, label)]))
+
+
+def _train(h: BackendHarness, project: int) -> dict:
+    r = h.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project}})
+    assert r.status_code == 200
+    assert h.backend.runner.wait_idle(300)
+    return h.client.get(f"/jobs/{r.json['job']}").json
+
+
+def test_training_promotes_only_a_better_model_and_rolls_back(jobs_harness, fake_ls, perseg, monkeypatch):
+    import backend.training as training
+
+    _train_project(fake_ls, perseg, 12)
+    h = jobs_harness()
+    base = h.backend.version
+    scores = itertools.cycle([[0.50], [0.62]])  # per fold: the serving model, then the fine-tuned one
+    monkeypatch.setattr(training, "validation_ious", lambda *a, **k: next(scores))
+    job = _train(h, 12)
+    assert job["status"] == "done", job
+    f = job["figures"]
+    assert f["promoted"] and f["val_miou_before"] == 0.5 and f["val_miou_after"] == 0.62
+    assert f["folds"] == f["val_tasks"] == 3 and f["val_pairs"] == 3 and f["train"]["steps"] == 4  # cat: 3 folds
+    new = f["new_version"]
+    assert new.startswith(base) and new != base
+    assert h.setup(12, BRUSH_CONFIG).json["model_version"] == new
+    assert h.setup(13, BRUSH_CONFIG).json["model_version"] == base  # other projects keep the base weights
+    versions = h.client.get("/versions?project=12").json
+    assert versions["versions"][0] == new and base in versions["versions"]
+    assert (h.settings.model_dir / "12" / f"{new}.pt").is_file()
+    # the engine serves the new weights for project 12
+    with h.backend.model.inference_lock:
+        h.backend.prepare(12)
+        assert h.backend.model.base().engine.trained
+    # not better: recorded, not promoted
+    scores2 = itertools.cycle([[0.70], [0.60]])
+    monkeypatch.setattr(training, "validation_ious", lambda *a, **k: next(scores2))
+    job2 = _train(h, 12)
+    assert job2["status"] == "done" and not job2["figures"]["promoted"] and "not promoted" in job2["message"]
+    assert job2["figures"]["val_miou_before"] == 0.7 and job2["figures"]["val_miou_after"] == 0.6
+    assert h.setup(12, BRUSH_CONFIG).json["model_version"] == new
+    # rollback is one call
+    r = h.client.post(f"/versions/{base}/activate", json={"project": 12})
+    assert r.status_code == 200 and r.json == {"project": 12, "model_version": base, "previous": new}
+    assert h.setup(12, BRUSH_CONFIG).json["model_version"] == base
+    with h.backend.model.inference_lock:
+        h.backend.prepare(12)
+        assert not h.backend.model.base().engine.trained
+    r = h.client.post(f"/versions/{new}/activate")
+    assert r.status_code == 200 and r.json["project"] == 12
+    assert h.setup(12, BRUSH_CONFIG).json["model_version"] == new
+
+
+def test_cancelled_or_failed_training_leaves_the_serving_model(jobs_harness, fake_ls, perseg, monkeypatch):
+    import backend.training as training
+
+    _train_project(fake_ls, perseg, 14)
+    h = jobs_harness(DCSAM_TRAIN_STEPS="50")
+    base = h.backend.version
+    monkeypatch.setattr(training, "validation_ious", lambda *a, **k: [0.1])  # any run would be promoted
+
+    def cancel_at_step(step, total, figs):
+        if step == 3:
+            h.backend.job_store.request_cancel(h.backend.runner.current)
+    engine = h.backend.model.base().engine
+    orig = engine.finetune
+    monkeypatch.setattr(engine, "finetune", lambda eps, steps=None, progress=None: orig(
+        eps, steps=steps, progress=lambda s, t, f: (cancel_at_step(s, t, f), progress(s, t, f))))
+    job = _train(h, 14)
+    assert job["status"] == "cancelled", job
+    assert h.setup(14, BRUSH_CONFIG).json["model_version"] == base
+    with h.backend.model.inference_lock:
+        h.backend.prepare(14)
+        assert not engine.trained  # the half-trained head was dropped
+    monkeypatch.setattr(engine, "finetune", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    job = _train(h, 14)
+    assert job["status"] == "failed" and "out of memory" in job["message"]
+    assert h.setup(14, BRUSH_CONFIG).json["model_version"] == base
+
+
+def test_training_needs_enough_annotations(jobs_harness, fake_ls):
+    _project(fake_ls, 15, 4, annotated=2)
+    h = jobs_harness()
+    job = _train(h, 15)
+    assert job["status"] == "failed" and "at least 3 annotated tasks" in job["message"]
+
+
+def test_real_fine_tune_scores_before_and_after(jobs_harness, fake_ls, perseg):
+    _train_project(fake_ls, perseg, 16)
+    h = jobs_harness(DCSAM_TRAIN_STEPS="6")
+    job = _train(h, 16)
+    f = job["figures"]
+    assert job["status"] == "done", job
+    assert 0 <= f["val_miou_before"] <= 1 and 0 <= f["val_miou_after"] <= 1
+    assert f["promoted"] == (f["val_miou_after"] > f["val_miou_before"])
+    assert (h.setup(16, BRUSH_CONFIG).json["model_version"] != h.backend.version) == f["promoted"]
+
+
+def test_training_folds_are_by_task_and_stratified_by_label():
+    from backend.training import Item, assign_folds, split
+
+    pixel, mask = np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool)
+    items = [Item(t, "tag\x1fcat", pixel, mask, "") for t in range(1, 9)]
+    items += [Item(t, "tag\x1fdog", pixel, mask, "") for t in range(11, 15)]
+    items += [Item(20, "tag\x1fcat", pixel, mask, ""), Item(20, "tag\x1fdog", pixel, mask, "")]
+    items += [Item(t, "tag\x1fbird", pixel, mask, "") for t in (31, 32)]  # too few to validate
+    for project in range(1, 6):
+        fold_of = assign_folds(project, items, 4)
+        assert fold_of[31] is None and fold_of[32] is None
+        for label, n in (("cat", 9), ("dog", 5)):
+            tasks = {i.task_id for i in items if i.key == f"tag\x1f{label}"}
+            sizes = sorted(sum(fold_of[t] == f for t in tasks) for f in range(4))
+            assert sizes[-1] - sizes[0] <= 1 and sum(sizes) == n, (project, label, sizes)  # spread evenly
+        for fold in range(4):
+            train, val = split(items, fold_of, fold)
+            assert not {i.task_id for i in train} & {i.task_id for i in val}
+            for label in ("cat", "dog", "bird"):  # every label keeps two tasks to train on
+                assert len({i.task_id for i in train if i.key == f"tag\x1f{label}"}) >= 2
+    assert assign_folds(1, items, 4) == assign_folds(1, items, 4)
+    assert set(assign_folds(1, items[:2], 4).values()) == {None}  # too few tasks to hold any out
+
+
+def test_automatic_training_after_n_annotations_is_debounced(jobs_harness, fake_ls):
+    h = jobs_harness(DCSAM_TRAIN_EVERY="3", DCSAM_TRAIN_DEBOUNCE_S="3600")
+    ev = {"action": "ANNOTATION_CREATED", "project": {"id": 17}, "annotation": {"id": 1, "was_cancelled": False}}
+    out = [h.client.post("/webhook", json=ev).json for _ in range(2)]
+    assert all("train_job" not in o for o in out)
+    third = h.client.post("/webhook", json=ev).json
+    fourth = h.client.post("/webhook", json=ev).json
+    assert third["train_job"] == fourth["train_job"]  # debounced into one queued job
+    [job] = h.backend.job_store.list(kind="train")
+    assert job["status"] == "queued" and job["run_after"] > time.time() + 3000
+    cancelled = {**ev, "annotation": {"id": 2, "was_cancelled": True}}
+    assert "train_job" not in h.client.post("/webhook", json=cancelled).json
+
+
+def test_cli_preannotate_follows_the_job(jobs_harness, fake_ls, capsys):
+    from backend.cli_preannotate import main
+
+    from .fakes import _Server
+
+    ids = _project(fake_ls, 18, 6)
+    h = jobs_harness()
+    server = _Server(h.app)
+    try:
+        assert main(["--project", "18", "--backend", server.url, "--poll", "0.1"]) == 0
+        err = capsys.readouterr().err
+        assert "done: 6 prediction(s)" in err
+        assert fake_ls.predictions_per_task(h.backend.version) == {t: 1 for t in ids}
+        assert main(["--project", "0", "--backend", server.url]) == 2
+        from dcsam.cli import main as dcsam_main  # `dcsam preannotate` hands its arguments to the same parser
+
+        assert dcsam_main(["preannotate", "--project", "18", "--backend", server.url, "--no-wait"]) == 0
+        assert dcsam_main(["preannotate", "--project", "-1"]) == 2
+        assert main(["--project", "18", "--backend", "ftp://x"]) == 2
+        assert main(["--project", "18", "--backend", "http://127.0.0.1:1"]) == 2
+        assert "cannot reach the backend" in capsys.readouterr().err
+    finally:
+        server.close()
+
+
+def test_jobs_of_a_process_that_dies_later_are_recovered(jobs_harness, fake_ls):
+    """The owner is alive when the runner starts (e.g. a killed worker not yet reaped), and dies afterwards."""
+    import socket
+    import subprocess
+    import sys
+
+    from backend.jobs import _pid_alive
+
+    ids = _project(fake_ls, 19, 5)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    h = jobs_harness()
+    h.backend.runner.recheck_s = 0.2
+    job_id = h.backend.job_store.add("preannotate", 19, {})
+    with h.backend.state._tx() as con:
+        con.execute("UPDATE jobs SET status='running', owner=? WHERE id=?", (f"{socket.gethostname()}:{child.pid}:x", job_id))
+    h.client.get("/health")  # starts the runner: the owner is alive, the job is left alone
+    time.sleep(0.5)
+    assert h.backend.job_store.get(job_id)["status"] == "running"
+    child.kill()
+    deadline = time.monotonic() + 10
+    while _pid_alive(child.pid) and time.monotonic() < deadline:  # a zombie until reaped: already dead for us
+        time.sleep(0.05)
+    assert not _pid_alive(child.pid)
+    child.wait()
+    deadline = time.monotonic() + 60
+    while h.backend.job_store.get(job_id)["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert h.backend.runner.wait_idle(120)
+    job = h.backend.job_store.get(job_id)
+    assert job["status"] == "done" and job["restarts"] == 1, job
+    assert fake_ls.predictions_per_task(h.backend.version) == {t: 1 for t in ids}
