@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any, Mapping, Sequence
 
 import cv2
@@ -15,9 +16,9 @@ import torch.nn.functional as F
 from ..build import build_dcsam
 from ..checkpoints import load_checkpoint, save_checkpoint, state_dict_digest
 from ..config import SegmenterConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 from ..modeling import DCSAM, QueryFeatures, SupportFeatures
-from .base import Engine, LabelledImage, SegmentResult
+from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class DCSAMEngine(Engine):
     def load_trainable_state_dict(self, state: Mapping[str, Any]) -> None:
         from ..weights import load_strict
 
+        if not state:  # no trained prompt generator: back to the cold start
+            self.trained = False
+            self._version_tag = "coldstart"
+            return
         load_strict(self.model.generator, state, source="prompt-generator weights")
         self.trained = True
         self._version_tag = "pg-" + state_dict_digest(self.model.generator.state_dict())
@@ -83,6 +88,70 @@ class DCSAMEngine(Engine):
     def version(self) -> str:
         random = "-random" if self.config.random_sam_weights or self.config.random_backbone_weights else ""
         return f"dcsam-{self.config.sam}-{self.config.backbone}-{self._version_tag}{random}"
+
+    # -- fine-tuning -----------------------------------------------------------------------------
+    def finetune(self, episodes: Sequence[Episode], *, steps: int | None = None,
+                 progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Fine-tune the trained prompt generator on episodes; SAM and the backbone stay frozen.
+
+        Every labelled image of an episode is a query once, with the episode's other images (at most
+        as many as it has supports) as its shots. Each image is encoded once (frozen features).
+        Options (``config.options``): ``finetune_steps`` (100), ``finetune_lr`` (1e-5: a small step away
+        from the trained weights), ``seed`` (0).
+        """
+        from ..training.metrics import bce_dice_loss
+
+        if not self.trained:
+            raise InputError("the cold start has no trained prompt generator to fine-tune: train one with "
+                             "`dcsam train` and serve it (prompt_generator / DCSAM_PROMPT_GENERATOR) first")
+        t0 = time.perf_counter()
+        size = self.model.sam.image_size
+        samples: list[tuple[SupportFeatures, QueryFeatures, torch.Tensor]] = []
+        for ep in episodes:
+            items = [*ep.support, *ep.query]
+            shots = max(1, len(ep.support))
+            encoded = []
+            for li in items:
+                support = self.encode_example(li)
+                with torch.no_grad(), self._autocast():
+                    query = self.model.encode_query(to_tensor(li.image, size, self.device), sam=support.sam)
+                target = cv2.resize(li.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+                encoded.append((support, query, torch.from_numpy(target).to(self.device)[None, None].float()))
+            for j, (_, query, target) in enumerate(encoded):
+                others = [sup for i, (sup, _, _) in enumerate(encoded) if i != j][:shots]
+                if others:
+                    samples.append((SupportFeatures.cat(others), query, target))
+        if not samples:
+            raise InputError("fine-tuning needs episodes with at least two labelled images (support + query)")
+        opts = self.config.options
+        total = int(steps if steps is not None else opts.get("finetune_steps", 100))
+        rng = np.random.default_rng(int(opts.get("seed", 0)))
+        generator = self.model.generator
+        optimizer = torch.optim.AdamW([p for p in generator.parameters()], lr=float(opts.get("finetune_lr", 1e-5)),
+                                      weight_decay=1e-6)
+        losses = []
+        generator.train()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(opts.get("seed", 0)))
+                for step in range(total):
+                    support, query, target = samples[int(rng.integers(len(samples)))]
+                    with self._autocast():
+                        out = self.model.forward_features(query, support)
+                    logits = out["logits"].float()
+                    loss = bce_dice_loss(logits, F.interpolate(target, size=logits.shape[-2:], mode="nearest")[:, 0])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+                    if progress is not None:
+                        progress(step + 1, total, {"loss": losses[-1]})
+        finally:
+            generator.eval()
+        self._version_tag = "pg-" + state_dict_digest(generator.state_dict())
+        return {"loss_first": losses[0] if losses else None,
+                "loss_last": float(np.mean(losses[-10:])) if losses else None,
+                "steps": total, "pairs": len(samples), "seconds": time.perf_counter() - t0}
 
     # -- inference -------------------------------------------------------------------------------
     def _autocast(self):

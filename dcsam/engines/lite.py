@@ -35,7 +35,7 @@ from ..errors import CheckpointError, InputError
 from ..lite import refine as R
 from ..lite.backbone import lite_backbone
 from ..lite.head import LiteHead
-from ..lite.matching import GRID_STRIDE, MatchBank, dense_features, mask_fraction, priors, resize_image, working_size
+from ..lite.matching import MatchBank, dense_features, mask_fraction, priors, resize_image, working_size
 from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,13 @@ DEFAULTS: dict[str, Any] = {
 
 # options a trained head depends on (saved with it, checked on load)
 MEMORY_MAX_BG = 2000  # background features kept per fine-tuning image
+MEMORY_MAX_PER_LABEL = 64  # newest fine-tuning images kept per label (matching cost grows with the memory)
 HEAD_OPTIONS = ("output_stride", "size", "layers", "match", "k", "temperature", "colour_finetuned", "hidden")
+
+
+def _bank_key(bank: MatchBank) -> str:
+    """Identity of a memory entry: its foreground features at the precision they are saved in."""
+    return hashlib.sha1(bank.fg.detach().half().cpu().numpy().tobytes()).hexdigest()
 
 
 def _int_list(value: Any) -> list[int] | None:
@@ -360,9 +366,17 @@ class LiteEngine(Engine):
         for label, flag in single.items():
             self.single_instance[label] = self.single_instance.get(label, True) and flag
         for label, exs in memory_add.items():
-            self.memory.setdefault(label, []).extend(
-                LiteExample(bank=e.bank.subsample_bg(MEMORY_MAX_BG).rounded_to_half(), colour=e.colour,
-                            signature=e.signature) for e in exs)
+            kept = self.memory.setdefault(label, [])
+            # fine-tuning again from a fine-tuned state sees the same images again: keep each one once
+            seen = {_bank_key(e.bank) for e in kept}
+            for e in exs:
+                entry = LiteExample(bank=e.bank.subsample_bg(MEMORY_MAX_BG).rounded_to_half(), colour=e.colour,
+                                    signature=e.signature)
+                key = _bank_key(entry.bank)
+                if key not in seen:
+                    seen.add(key)
+                    kept.append(entry)
+            del kept[:-MEMORY_MAX_PER_LABEL]
         return {
             "loss_first": losses[0] if losses else None,
             "loss_last": float(np.mean(losses[-10:])) if losses else None,
@@ -372,7 +386,6 @@ class LiteEngine(Engine):
         }
 
     def _training_sample(self, sources: list[LiteExample], q: _Query, mask: np.ndarray) -> tuple:
-        o = self.opts
         pm = self._prior_maps(q, MatchBank.concat([e.bank for e in sources]))
         grid = q.grid
         offset = np.zeros(grid, np.float32)

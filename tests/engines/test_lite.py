@@ -179,6 +179,8 @@ def test_finetune_lowers_loss_is_deterministic_and_round_trips(engine):
     engine.load_trainable_state_dict(state)
     assert engine.version == version
     np.testing.assert_array_equal(engine.predict([q_img], {"x": [ex]})[0]["x"].mask, before)
+    engine.finetune([episode], steps=2)  # again from the loaded state: the same images join the memory once
+    assert len(engine.trainable_state_dict()["memory"]["disc"]) == 2
     engine.load_trainable_state_dict({})
 
 
