@@ -12,11 +12,12 @@ by ``POST /jobs/train``, and after ``DCSAM_TRAIN_EVERY`` new accepted annotation
 3. For each fold: validation IoU of each held-out (task, label) with the serving weights (examples: the
    label's latest K training tasks, as when serving), then the engine's trainable part (lite: its head
    and matching memory; dcsam: the prompt generator) is fine-tuned from the serving weights on the other
-   folds and scored again. Every annotated task is validated once, so the decision does not hang on
-   which few tasks a single hold-out split happened to pick.
+   folds and scored again, once per step count the engine offers (lite: 0 steps, i.e. memory and
+   single-object rule only, and its default; ``DCSAM_TRAIN_STEPS`` fixes one). Every annotated task is
+   validated once, so the decision does not hang on which few tasks a single hold-out split picked.
 4. Only a better pooled score (by more than ``DCSAM_TRAIN_MIN_GAIN``, default 0) is promoted: the engine
-   is fine-tuned once more on every annotation, written as a new checkpoint with a new ``model_version``.
-   The figures are kept in the job record either way.
+   is fine-tuned once more on every annotation with the best step count and written as a new checkpoint
+   with a new ``model_version``. The figures are kept in the job record either way.
 
 All of it holds the inference lock (one writer to the accelerator); the engine's weights are marked stale
 afterwards, so the next request reloads the project's active version: a failed or cancelled run never
@@ -198,6 +199,10 @@ def validation_ious(backend: "Backend", train: list[Item], val: list[Item], k: i
     return scores
 
 
+def _steps_name(steps: int | None) -> str:
+    return "default steps" if steps is None else f"{steps} steps"
+
+
 def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
     project_id, access = project_access(backend, ctx, "training")
     s = backend.settings
@@ -219,46 +224,64 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
                        f"validate); {figures}")
     parent = backend.version_for(project_id)
     figures["parent_version"] = parent
-    runs = len(folds) + 1  # one fine-tune per fold to score the procedure, then the one that is kept
+    engine = backend.model.base().engine
+    # step counts to compare (the engine's choices, or the one DCSAM_TRAIN_STEPS sets)
+    choices = [s.train_steps] if s.train_steps is not None else engine.finetune_step_choices()
+    runs = len(folds) * len(choices) + 1  # each choice fine-tuned once per fold, then the kept one on everything
+    done_runs = 0
     candidate = None
     with backend.model.inference_lock:
-        engine = backend.model.base().engine
         try:
-            def finetune(eps: list[Episode], run: int) -> dict:
+            def finetune(eps: list[Episode], steps: int | None) -> dict:
+                nonlocal done_runs
                 backend.prepare(project_id)  # every run starts from the serving weights
                 backend.model.forget_weights()  # from here on the engine holds a candidate's weights
 
                 def progress(step: int, total: int, figs: dict) -> None:
                     ctx.check_cancel()
-                    ctx.report(done=run * total + step, total=runs * total, figures={**figures, "loss": figs.get("loss")})
+                    ctx.report(figures={**figures, "run": done_runs + 1, "step": step, "steps": total,
+                                        "loss": figs.get("loss")})
 
                 try:
-                    return engine.finetune(eps, steps=s.train_steps, progress=progress)
+                    out = engine.finetune(eps, steps=steps, progress=progress)
                 except NotImplementedError as exc:
                     raise JobError(f"{exc}: this engine has no trainable part to fine-tune") from exc
                 except DcsamError as exc:
                     raise JobError(f"fine-tuning refused: {exc}") from exc
+                done_runs += 1
+                ctx.check_cancel()
+                ctx.report(done=done_runs, total=runs, force=True)
+                return out
 
-            before, after, per_fold = [], [], []
-            for run, fold in enumerate(folds):
+            ctx.report(done=0, total=runs, force=True)
+            before: list[float] = []
+            after: dict[int, list[float]] = {i: [] for i in range(len(choices))}
+            per_fold = []
+            for n, fold in enumerate(folds):
                 train, val = split(items, fold_of, fold)
-                ctx.report(message=f"fold {run + 1}/{len(folds)}: scoring the serving model", force=True)
+                ctx.report(message=f"fold {n + 1}/{len(folds)}: scoring the serving model", force=True)
                 backend.prepare(project_id)
                 b = validation_ious(backend, train, val, k, ctx)
-                ctx.report(message=f"fold {run + 1}/{len(folds)}: fine-tuning", force=True)
-                finetune(episodes(project_id, train, k), run)
-                a = validation_ious(backend, train, val, k, ctx)
                 before += b
-                after += a
-                per_fold.append({"val_tasks": len({i.task_id for i in val}), "before": round(float(np.mean(b)), 4),
-                                 "after": round(float(np.mean(a)), 4)})
+                row = {"val_tasks": len({i.task_id for i in val}), "before": round(float(np.mean(b)), 4) if b else None}
+                for i, steps in enumerate(choices):
+                    ctx.report(message=f"fold {n + 1}/{len(folds)}: fine-tuning ({_steps_name(steps)})", force=True)
+                    finetune(episodes(project_id, train, k), steps)
+                    a = validation_ious(backend, train, val, k, ctx)
+                    after[i] += a
+                    row[_steps_name(steps)] = round(float(np.mean(a)), 4) if a else None
+                per_fold.append(row)
             if not before:
                 raise JobError("no validation pair: every validation label lacks training examples")
+            scores = {i: float(np.mean(v)) for i, v in after.items()}
+            best = max(scores, key=lambda i: (scores[i], -i))
             figures.update(val_pairs=len(before), val_miou_before=round(float(np.mean(before)), 4),
-                           val_miou_after=round(float(np.mean(after)), 4), per_fold=per_fold, min_gain=s.train_min_gain)
-            if float(np.mean(after)) - float(np.mean(before)) > s.train_min_gain:
+                           val_miou_after=round(scores[best], 4), chosen_steps=_steps_name(choices[best]),
+                           choices={_steps_name(c): round(scores[i], 4) for i, c in enumerate(choices)},
+                           per_fold=per_fold, min_gain=s.train_min_gain)
+            if scores[best] - float(np.mean(before)) > s.train_min_gain:
                 ctx.report(figures=figures, message="fine-tuning on every accepted annotation", force=True)
-                train_figs = finetune(all_episodes, len(folds))
+                train_figs = finetune(all_episodes, choices[best])
                 figures["train"] = {key: v for key, v in (train_figs or {}).items() if not isinstance(v, (dict, list))}
                 from .model import _clone_state
 

@@ -72,6 +72,13 @@ class Engine(ABC):
         """Fine-tune the trainable part on episodes; returns figures (losses, steps, ...)."""
         raise NotImplementedError(f"engine {self.name!r} cannot be fine-tuned")
 
+    def finetune_step_choices(self) -> list[int | None]:
+        """Step counts worth comparing when fine-tuning on a project's annotations (None: the default).
+
+        A caller with validation data (the backend's cross-validation) scores each and keeps the best.
+        """
+        return [None]
+
     def trainable_state_dict(self) -> dict[str, Any]:
         """Weights of the trainable part, as saved in a project checkpoint."""
         return {}

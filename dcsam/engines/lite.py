@@ -385,6 +385,11 @@ class LiteEngine(Engine):
             "seconds": time.perf_counter() - t0,
         }
 
+    def finetune_step_choices(self) -> list[int | None]:
+        # 0 steps: the labelled images join the matching memory and the single-object rule is learnt, the
+        # head stays at zero. With a few annotations per label that is sometimes better than training it.
+        return [0, None]
+
     def _training_sample(self, sources: list[LiteExample], q: _Query, mask: np.ndarray) -> tuple:
         pm = self._prior_maps(q, MatchBank.concat([e.bank for e in sources]))
         grid = q.grid

@@ -293,6 +293,29 @@ def test_cancelled_or_failed_training_leaves_the_serving_model(jobs_harness, fak
     assert h.setup(14, BRUSH_CONFIG).json["model_version"] == base
 
 
+def test_training_compares_the_engines_step_choices_by_cross_validation(jobs_harness, fake_ls, perseg, monkeypatch):
+    import backend.training as training
+
+    _train_project(fake_ls, perseg, 19)
+    h = jobs_harness(DCSAM_TRAIN_STEPS="")  # no fixed step count: the engine's choices are compared
+    engine = h.backend.model.base().engine
+    monkeypatch.setattr(engine, "finetune_step_choices", lambda: [0, 3])
+    ran = []
+    orig = engine.finetune
+    monkeypatch.setattr(engine, "finetune", lambda eps, steps=None, progress=None: (
+        ran.append(steps), orig(eps, steps=steps, progress=progress))[1])
+    # serving weights score 0.5; a 0-step fine-tune 0.6, a 3-step one 0.55
+    monkeypatch.setattr(training, "validation_ious",
+                        lambda *a, **k: [0.5] if not engine.trained else [0.6 if ran[-1] == 0 else 0.55])
+    job = _train(h, 19)
+    f = job["figures"]
+    assert job["status"] == "done" and f["promoted"], job
+    assert f["choices"] == {"0 steps": 0.6, "3 steps": 0.55} and f["chosen_steps"] == "0 steps"
+    assert f["val_miou_before"] == 0.5 and f["val_miou_after"] == 0.6
+    assert ran == [0, 3] * f["folds"] + [0]  # each choice once per fold, then the best one on everything
+    assert job["progress_done"] == job["progress_total"] == 2 * f["folds"] + 1
+
+
 def test_training_needs_enough_annotations(jobs_harness, fake_ls):
     _project(fake_ls, 15, 4, annotated=2)
     h = jobs_harness()
