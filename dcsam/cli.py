@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+
+    from .video.cli import add_parser as add_eval_video_parser  # dcsam eval-video (J, F, J&F of videos)
+
+    add_eval_video_parser(sub)
     return parser
 
 

@@ -1,0 +1,276 @@
+"""Video propagation with the SAM-free lite engine: per-frame matching plus temporal smoothing.
+
+For every frame and label (features computed once per frame, shared by every label):
+
+1. Matching logit (the lite engine's k-NN fore/background priors, plus its fine-tuned head when it
+   has one) against the in-context examples and the conditioning frame (given or predicted mask).
+2. Memory: every ``memory_every``-th confidently predicted frame joins a deque of at most
+   ``memory_frames`` frames ("propagated previous frames as extra examples"), with only its cells
+   surely inside / outside the predicted mask; the logit is the mean (``memory_weight``) of the
+   matching with and without them. Measured on davis16-dev: the conditioning frame alone 0.907
+   J&F; every frame as memory, all cells, as plain extra examples 0.745 (near-duplicate frames
+   out-vote the true example and copy their own errors forward); 2 sparse frames, sure cells,
+   mixed half and half 0.925 (the default).
+3. Temporal prior: the previous frame's mask, warped onto this frame with dense optical flow
+   (OpenCV DIS), as a signed-distance trimap: ``+prior_weight`` deep inside, ``-prior_weight``
+   well outside, neutral within a band around its edge (so thin parts missed once are not locked
+   out); and ``-gate_penalty`` beyond a gate radius (``gate_radius`` x the object's size): a
+   look-alike far from the tracked object is suppressed (car-roundabout: 0.837 -> 0.909).
+4. The lite engine's refinement (guided filter at full resolution, connected components).
+
+A label whose conditioning mask is empty falls back to per-frame in-context prediction from its
+examples (no temporal prior) until it first appears; then it is tracked.
+
+State is bounded: the previous frame (working size, grey), each label's previous mask (working
+size) and its memory deque; nothing grows with the video's length.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..engines.base import LabelledImage, SegmentResult
+from ..engines.lite import LiteEngine, LiteExample
+from ..lite.matching import MatchBank, mask_fraction
+
+log = logging.getLogger(__name__)
+
+LITE_VIDEO_DEFAULTS: dict[str, Any] = {
+    "memory_frames": 2,  # last N memory frames whose features join the matching bank (0: off)
+    "memory_every": 5,  # a predicted frame joins the memory every k frames
+    "memory_weight": 0.5,  # logit = (1 - w) x logit(examples + conditioning frame) + w x logit(... + memory)
+    "memory_bg": 1500,  # background features kept per memory frame
+    "memory_min_score": 0.6,  # a frame predicted less surely than this does not join the memory
+    "flow": True,  # warp the previous mask with optical flow (else: use it as is)
+    "flow_preset": "fast",  # DIS preset: ultrafast | fast | medium
+    "prior_weight": 3.0,  # logit weight of the warped previous mask (away from its edge)
+    "band": 0.08,  # neutral band around the warped edge, as a share of sqrt(object area) ...
+    "band_min": 4,  # ... but at least this many working-size pixels
+    "gate_radius": 0.35,  # gate radius as a share of sqrt(object area) ...
+    "gate_min": 16,  # ... but at least this many working-size pixels
+    "gate_penalty": 6.0,  # logit subtracted outside the gate
+    "components": "auto",  # auto = the engine's choice; or none | largest | weighted | confident
+}
+
+
+def _flow_preset(name: str) -> int:
+    presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+    if name not in presets:
+        raise ValueError(f"flow_preset {name!r}; choose one of {sorted(presets)}")
+    return presets[name]
+
+
+def normalise_video_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    opts = {**LITE_VIDEO_DEFAULTS, **dict(options or {})}
+    unknown = sorted(set(opts) - set(LITE_VIDEO_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown lite video option(s) {unknown}; known: {sorted(LITE_VIDEO_DEFAULTS)}")
+    for key in ("memory_frames", "memory_every", "memory_bg", "gate_min", "band_min"):
+        opts[key] = int(opts[key])
+    for key in ("memory_min_score", "memory_weight", "prior_weight", "band", "gate_radius", "gate_penalty"):
+        opts[key] = float(opts[key])
+    opts["flow"] = str(opts["flow"]).lower() not in ("0", "false", "no", "off", "none")
+    _flow_preset(str(opts["flow_preset"]))
+    return opts
+
+
+@dataclass
+class _Track:
+    """What is remembered about one label between frames."""
+
+    examples: list[LiteExample]  # in-context examples (may be empty in the DAVIS protocol)
+    cond: LiteExample | None = None  # the conditioning frame (given / first predicted mask)
+    memory: deque = field(default_factory=deque)  # MatchBank of recent predicted frames
+    prev_prob: np.ndarray | None = None  # previous mask at working size, float32 [0, 1]
+    colour: Any = None
+
+    def bank(self, with_memory: bool = False) -> MatchBank | None:
+        banks = [e.bank for e in self.examples]
+        if self.cond is not None:
+            banks.append(self.cond.bank)
+        if with_memory:
+            banks.extend(self.memory)
+        return MatchBank.concat(banks) if banks else None
+
+
+class LitePropagator:
+    """Segments video frames one after another for several labels at once with a LiteEngine."""
+
+    name = "lite"
+
+    def __init__(self, engine: LiteEngine, options: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(engine, LiteEngine):
+            raise TypeError("LitePropagator needs the lite engine")
+        self.engine = engine
+        self.opts = normalise_video_options(options)
+        self._dis = cv2.DISOpticalFlow_create(_flow_preset(str(self.opts["flow_preset"])))
+        self.tracks: dict[str, _Track] = {}
+        self._prev_grey: np.ndarray | None = None
+        self._anchor_state: tuple | None = None
+        self._frames_since_memory = 0
+
+    # -- state ---------------------------------------------------------------------------------
+    def memory_size(self) -> dict[str, int]:
+        """How many frames each label's bank holds (conditioning frame + recent frames)."""
+        return {lab: int(t.cond is not None) + len(t.memory) for lab, t in self.tracks.items()}
+
+    def _components(self, label: str) -> str:
+        mode = str(self.opts["components"])
+        return self.engine._components_mode(label) if mode == "auto" else mode
+
+    def start(self, frame: np.ndarray, masks: Mapping[str, np.ndarray | None],
+              examples: Mapping[str, list[Any]] | None = None) -> dict[str, SegmentResult]:
+        """Begin at the conditioning frame with a mask per label (None/empty: not visible yet).
+
+        ``examples``: in-context examples per label (encoded by the lite engine), kept in the bank.
+        Returns the conditioning frame's results (the given masks).
+        """
+        eng = self.engine
+        examples = dict(examples or {})
+        self.tracks = {}
+        q = eng._encode_query(frame)
+        wh, ww = q.work_image.shape[:2]
+        out = {}
+        for label, mask in masks.items():
+            exs = [eng._check(e) for e in examples.get(label, [])] + eng.memory.get(label, [])
+            track = _Track(examples=exs)
+            if mask is not None and np.any(mask):
+                mask = np.asarray(mask, bool)
+                track.cond = self._encode_predicted(q, mask, frame)
+                track.prev_prob = self._work_prob(mask, (wh, ww))
+            colours = [e.colour for e in exs] + ([track.cond.colour] if track.cond is not None else [])
+            track.colour = colours[0].merged(colours[1:]) if colours else None
+            self.tracks[label] = track
+            m = np.zeros(frame.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+            out[label] = SegmentResult(m, 1.0 if m.any() else 0.0, {"given": True})
+        self._prev_grey = cv2.cvtColor(q.work_image, cv2.COLOR_RGB2GRAY)
+        self._anchor_state = (self._prev_grey, {lab: t.prev_prob for lab, t in self.tracks.items()})
+        self._frames_since_memory = 0
+        return out
+
+    def rewind(self) -> None:
+        """Go back to the conditioning frame (to propagate in the other direction)."""
+        if self._anchor_state is None:
+            raise RuntimeError("start() first")
+        grey, probs = self._anchor_state
+        self._prev_grey = grey
+        for lab, t in self.tracks.items():
+            t.memory.clear()
+            t.prev_prob = probs[lab]
+        self._frames_since_memory = 0
+
+    # -- per frame -------------------------------------------------------------------------------
+    def _encode_predicted(self, q, mask: np.ndarray, frame: np.ndarray) -> LiteExample:
+        """A conditioning example from a frame whose features are already computed."""
+        frac = mask_fraction(mask, q.grid)
+        bank = MatchBank.from_example(q.feats[q.base], frac)
+        from ..lite import refine as R
+
+        small = cv2.resize(mask.astype(np.uint8), (q.work_image.shape[1], q.work_image.shape[0]),
+                           interpolation=cv2.INTER_NEAREST) > 0
+        colour = R.ColourModel().add(q.work_image, small)
+        return LiteExample(bank=bank, colour=colour, signature=self.engine._signature())
+
+    @staticmethod
+    def _work_prob(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return cv2.resize(mask.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+    def _warp(self, grey: np.ndarray, probs: list[np.ndarray]) -> list[np.ndarray]:
+        """Warp the previous frame's maps onto this frame (backward flow: this -> previous)."""
+        prev = self._prev_grey
+        if prev is None or not self.opts["flow"]:
+            return probs
+        if prev.shape != grey.shape:
+            prev = cv2.resize(prev, (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_AREA)
+        flow = self._dis.calc(grey, prev, None)
+        h, w = grey.shape
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        mx, my = gx + flow[..., 0], gy + flow[..., 1]
+        out = []
+        for p in probs:
+            if p.shape != grey.shape:
+                p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
+            out.append(cv2.remap(p, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0))
+        return out
+
+    def _temporal_logit(self, prior: np.ndarray) -> np.ndarray:
+        """Logit from the warped previous mask: a signed-distance trimap, neutral near its edge.
+
+        Inside the mask, farther than ``band`` from its edge: up to ``+prior_weight``; outside,
+        likewise down to ``-prior_weight``; within the band the matching alone decides (thin parts
+        missed once are not locked out). Beyond the gate radius: ``-gate_penalty`` more.
+        """
+        o = self.opts
+        fg = prior >= 0.5
+        if not fg.any():
+            return np.zeros_like(prior, dtype=np.float32)
+        size = float(np.sqrt(fg.sum()))
+        band = max(float(o["band_min"]), o["band"] * size)
+        inside = cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 5)
+        outside = cv2.distanceTransform((~fg).astype(np.uint8), cv2.DIST_L2, 5)
+        signed = inside - outside
+        z = o["prior_weight"] * np.sign(signed) * np.clip((np.abs(signed) - band) / band, 0.0, 1.0)
+        radius = max(float(o["gate_min"]), o["gate_radius"] * size)
+        z = z - o["gate_penalty"] * np.clip((outside - radius) / max(radius, 1.0), 0.0, 1.0)
+        return z.astype(np.float32)
+
+    @torch.no_grad()
+    def step(self, frame: np.ndarray) -> dict[str, SegmentResult]:
+        """Segment the next frame (in whichever direction the caller walks) for every label."""
+        eng = self.engine
+        q = eng._encode_query(frame)
+        wh, ww = q.work_image.shape[:2]
+        grey = cv2.cvtColor(q.work_image, cv2.COLOR_RGB2GRAY)
+        labels = list(self.tracks)
+        warped = self._warp(grey, [self.tracks[lab].prev_prob if self.tracks[lab].prev_prob is not None
+                                   else np.zeros((wh, ww), np.float32) for lab in labels])
+        out: dict[str, SegmentResult] = {}
+        self._frames_since_memory += 1
+        add_memory = self._frames_since_memory >= int(self.opts["memory_every"])
+        for label, prior in zip(labels, warped):
+            t = self.tracks[label]
+            bank = t.bank()
+            if bank is None:  # nothing known about this label: no examples, nothing tracked
+                out[label] = SegmentResult(np.zeros(frame.shape[:2], bool), 0.0, {"reason": "no examples"})
+                continue
+            logit = eng._grid_logit(q, bank)
+            w = float(self.opts["memory_weight"])
+            if t.memory and w > 0:
+                logit = (1.0 - w) * logit + w * eng._grid_logit(q, t.bank(with_memory=True))
+            z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
+            tracked = t.prev_prob is not None
+            if tracked:
+                z = z + torch.from_numpy(self._temporal_logit(prior)).to(z.device)
+            res = eng._finish(q, z, t.colour, self._components(label))
+            res.extra["tracked"] = tracked
+            out[label] = res
+            if res.mask.any():
+                t.prev_prob = self._work_prob(res.mask, (wh, ww))
+                if t.cond is None:  # first appearance: it becomes the conditioning frame
+                    t.cond = self._encode_predicted(q, res.mask, frame)
+                elif add_memory and self.opts["memory_frames"] > 0 and res.score >= self.opts["memory_min_score"]:
+                    # only cells surely inside / outside the predicted mask (its edge may be wrong)
+                    mem = MatchBank.from_example(q.feats[q.base], mask_fraction(res.mask, q.grid), fg_min=0.95,
+                                                 bg_max=0.05).subsample_bg(int(self.opts["memory_bg"]))
+                    t.memory.append(mem)
+                    while len(t.memory) > int(self.opts["memory_frames"]):
+                        t.memory.popleft()
+            else:  # lost (or not there yet): matching alone until it shows up again
+                t.prev_prob = None
+        if add_memory:
+            self._frames_since_memory = 0
+        self._prev_grey = grey
+        return out
+
+
+def lite_examples(engine: LiteEngine, items: Mapping[str, list[LabelledImage]]) -> dict[str, list[LiteExample]]:
+    return {lab: [engine.encode_example(li) for li in lis] for lab, lis in items.items()}

@@ -1,0 +1,309 @@
+"""Mask-tube fine-tuning (spec 4.3) from annotated videos.
+
+A *mask tube* is one object (label) through a few frames: the frames of an accepted video
+annotation, or - from a single labelled frame - the spec's 5 pseudo-frames (identity, rotation by
+U[-10, 10] degrees, horizontal flip, vertical flip, 5x5 Gaussian blur, shuffled).
+
+* Lite engine: :func:`finetune_lite_on_tubes` turns each tube into an episode (its first frame
+  the support, the others the queries) and runs the lite engine's own fine-tuning on them (its
+  head trains on every ordered pair of frames; the frames join the label's matching memory).
+* DC-SAM on SAM 2: :func:`finetune_prompt_generator_on_tubes` trains the prompt generator on
+  (support image, query tube) pairs through SAM 2's memory, as the release's stage B does:
+  prompts from the tube's first frame drive SAM 2 on that frame (the conditioning frame, no
+  memory), its mask is encoded into memory (sigmoid, differentiable), SAM 2 propagates through
+  the other frames, and BCE + Dice over every frame of the tube flows back into the generator
+  through memory attention and the memory encoder. SAM 2 itself stays frozen (the release also
+  trains SAM 2's mask decoder; not done here).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..engines.base import Episode, LabelledImage, ProgressFn
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN_RGB = (124, 116, 104)  # border colour of the rotated pseudo-frame (ImageNet mean)
+
+
+@dataclass
+class MaskTube:
+    """Frames of one label through a video, in time order (at least one)."""
+
+    label: str
+    frames: list[LabelledImage]
+
+
+def pseudo_tube(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None) -> list[LabelledImage]:
+    """The spec's 5 pseudo-frames of one labelled image, shuffled."""
+    rng = rng or np.random.default_rng(0)
+    mask = np.asarray(mask, bool)
+    h, w = mask.shape
+    angle = float(rng.uniform(-10.0, 10.0))
+    rot = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
+    frames = [
+        (image, mask),
+        (cv2.warpAffine(image, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=IMAGENET_MEAN_RGB),
+         cv2.warpAffine(mask.astype(np.uint8), rot, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0),
+        (np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])),
+        (np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])),
+        (cv2.GaussianBlur(image, (5, 5), 0), mask),
+    ]
+    order = rng.permutation(len(frames))
+    return [LabelledImage(image=np.ascontiguousarray(frames[i][0]), mask=frames[i][1]) for i in order]
+
+
+def tube_from_video(frames: Any, masks: Mapping[int, Any], label: str, max_frames: int = 5) -> MaskTube:
+    """A tube from annotated frames ``{frame index: mask}`` of a video (read lazily, at most
+    ``max_frames`` of them, evenly spread)."""
+    from ..io import read_mask
+    from .frames import open_frames
+
+    src = open_frames(frames)
+    idx = sorted(masks)
+    if not idx:
+        raise InputError(f"tube for {label!r}: no annotated frames")
+    if len(idx) > max_frames:
+        idx = [idx[int(round(k))] for k in np.linspace(0, len(idx) - 1, max_frames)]
+    items = []
+    for i in idx:
+        image, m = src.read(i), read_mask(masks[i])
+        if m.shape != image.shape[:2]:
+            m = cv2.resize(m.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        if m.any():
+            items.append(LabelledImage(image=image, mask=m))
+    if not items:
+        raise InputError(f"tube for {label!r}: every annotated mask is empty")
+    return MaskTube(label, items)
+
+
+def _tube_frames(tube: MaskTube, max_frames: int, rng: np.random.Generator) -> list[LabelledImage]:
+    frames = [f for f in tube.frames if f.mask.any()]
+    if not frames:
+        raise InputError(f"tube for {tube.label!r} has no non-empty mask")
+    if len(frames) == 1:
+        return pseudo_tube(frames[0].image, frames[0].mask, rng)
+    if len(frames) > max_frames:
+        frames = [frames[int(round(k))] for k in np.linspace(0, len(frames) - 1, max_frames)]
+    return frames
+
+
+def lite_tube_episodes(tubes: Sequence[MaskTube], max_frames: int = 5, seed: int = 0) -> list[Episode]:
+    """One episode per tube: its first frame the support, the rest the queries."""
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for tube in tubes:
+        frames = _tube_frames(tube, max_frames, rng)
+        episodes.append(Episode(support=[frames[0]], query=list(frames[1:]), label=tube.label))
+    return episodes
+
+
+def finetune_lite_on_tubes(segmenter: Any, tubes: Sequence[MaskTube], *, steps: int | None = None,
+                           max_frames: int = 5, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Fine-tune a lite :class:`InContextSegmenter` (or VideoSegmenter) on mask tubes."""
+    seg = getattr(segmenter, "segmenter", segmenter)
+    if seg.engine.name != "lite":
+        raise InputError("finetune_lite_on_tubes needs the lite engine; use finetune_prompt_generator_on_tubes for DC-SAM")
+    episodes = lite_tube_episodes(tubes, max_frames)
+    figures = seg.finetune(episodes, steps=steps, progress=progress)
+    return {**figures, "tubes": len(tubes), "frames": sum(1 + len(e.query) for e in episodes)}
+
+
+# -- DC-SAM prompt generator through SAM 2 memory ---------------------------------------------------
+def _image_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    from ..engines.dcsam_engine import to_tensor
+
+    return to_tensor(image, size, device)
+
+
+def _mask_tensor(mask: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    m = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    return torch.from_numpy(m).to(device).float()
+
+
+class TubeForward:
+    """Stage-B forward of DC-SAM on SAM 2: prompts on the first frame, memory propagation after."""
+
+    def __init__(self, model: Any) -> None:
+        if model.sam.family != "sam2":
+            raise InputError("mask-tube training through memory needs a SAM 2 model")
+        self.model = model
+        self.sam2 = model.sam.model
+        self.size = int(self.sam2.image_size)
+
+    @torch.no_grad()
+    def frame_features(self, image: torch.Tensor):
+        """Frozen SAM 2 features of one frame (1, 3, H, W) in [0, 1]: (feats, pos, sizes)."""
+        m = self.sam2
+        out = m.forward_image(self.model.sam.preprocess(image))
+        _, feats, pos, sizes = m._prepare_backbone_features(out)
+        return feats, pos, sizes
+
+    def first_frame(self, query, support, feats0, sizes0) -> tuple[torch.Tensor, dict]:
+        """DC-SAM's prompts on the conditioning frame; returns its low-res logits and memory entry."""
+        model, m = self.model, self.sam2
+        out = model.forward_features(query, support)
+        e_pos = model.sam.positive_embedding.to(out["tokens_pos"].dtype)
+        e_neg = model.sam.negative_embedding.to(out["tokens_neg"].dtype)
+        sparse = torch.cat([out["tokens_pos"] + e_pos, out["tokens_neg"] + e_neg], dim=1)
+        pe, dense = model.sam.dense_inputs(sparse.shape[0], sparse)
+        low, _, tokens, obj_logits = m.sam_mask_decoder(
+            image_embeddings=query.sam.embed, image_pe=pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=False, repeat_image=False,
+            high_res_features=query.sam.high_res,
+        )
+        obj_ptr = m.obj_ptr_proj(tokens[:, 0])
+        if m.pred_obj_scores:
+            lam = (obj_logits > 0).float()
+            if m.fixed_no_obj_ptr:
+                obj_ptr = lam * obj_ptr
+            obj_ptr = obj_ptr + (1 - lam) * m.no_obj_ptr
+        # memory of the conditioning frame: sigmoid mask (differentiable, as in training mode)
+        b, c = obj_ptr.shape[0], m.hidden_dim
+        h, w = sizes0[-1]
+        pix = feats0[-1].permute(1, 2, 0).reshape(b, c, h, w)
+        high = F.interpolate(low.float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        mask_for_mem = torch.sigmoid(high) * m.sigmoid_scale_for_mem_enc + m.sigmoid_bias_for_mem_enc
+        mem = m.memory_encoder(pix, mask_for_mem, skip_mask_sigmoid=True)
+        feats = mem["vision_features"]
+        if m.no_obj_embed_spatial is not None:
+            appear = (obj_logits > 0).float()
+            feats = feats + (1 - appear[..., None, None]) * m.no_obj_embed_spatial[..., None, None].expand(*feats.shape)
+        entry = {"maskmem_features": feats, "maskmem_pos_enc": mem["vision_pos_enc"], "obj_ptr": obj_ptr,
+                 "object_score_logits": obj_logits}
+        return low, entry
+
+    def __call__(self, support, frames: list[tuple[Any, tuple]]) -> list[torch.Tensor]:
+        """``frames``: per tube frame (query features or None, (feats, pos, sizes)).
+
+        Returns the low-res logits (1, 1, 4h, 4w) of every frame, with gradients to the generator.
+        """
+        (query0, (feats0, _, sizes0)) = frames[0]
+        low0, entry = self.first_frame(query0, support, feats0, sizes0)
+        cond = {0: entry}
+        non_cond: dict[int, dict] = {}
+        outs = [low0]
+        for t, (_, (feats, pos, sizes)) in enumerate(frames[1:], start=1):
+            cur = self.sam2.track_step(
+                frame_idx=t, is_init_cond_frame=False, current_vision_feats=feats, current_vision_pos_embeds=pos,
+                feat_sizes=sizes, point_inputs=None, mask_inputs=None,
+                output_dict={"cond_frame_outputs": cond, "non_cond_frame_outputs": non_cond},
+                num_frames=len(frames), run_mem_encoder=True,
+            )
+            non_cond[t] = cur
+            outs.append(cur["pred_masks"])
+        return outs
+
+
+def tube_loss(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+    """BCE (mean over the tube's pixels) + Dice over the whole tube (spec 4.3)."""
+    z = torch.cat([F.interpolate(lg.float(), size=tg.shape[-2:], mode="bilinear", align_corners=False).flatten()
+                   for lg, tg in zip(logits, targets)])
+    y = torch.cat([tg.flatten() for tg in targets])
+    bce = F.binary_cross_entropy_with_logits(z, y)
+    p = torch.sigmoid(z)
+    dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
+    return bce + dice
+
+
+def finetune_prompt_generator_on_tubes(
+    engine: Any,
+    pairs: Sequence[tuple[LabelledImage, MaskTube]],
+    *,
+    steps: int = 100,
+    lr: float = 1e-5,
+    max_frames: int = 5,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    from_scratch: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune a DC-SAM engine's trained prompt generator on (support image, query tube) pairs
+    through SAM 2 memory (spec stage B: lr 1e-5). The cold start has no trained generator: a few
+    tubes cannot train one from random weights, so that is refused unless ``from_scratch`` (tests)."""
+    if not engine.trained and not from_scratch:
+        raise InputError("the cold start has no trained prompt generator to fine-tune on mask tubes: train one "
+                         "with `dcsam train` and serve it (prompt_generator / DCSAM_PROMPT_GENERATOR) first")
+    model = engine.model
+    fwd = TubeForward(model)
+    device = next(model.generator.parameters()).device
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    size = model.sam.image_size
+    prepared = []
+    with torch.no_grad():  # frozen encoders once per frame
+        for support, tube in pairs:
+            frames = _tube_frames(tube, max_frames, rng)
+            s_img = _image_tensor(support.image, size, device)
+            s_feats = model.encode_support(s_img, _mask_tensor(support.mask, size, device)[None, None])
+            items, targets = [], []
+            for k, fr in enumerate(frames):
+                img = _image_tensor(fr.image, size, device)
+                query = model.encode_query(img) if k == 0 else None
+                items.append((query, fwd.frame_features(img)))
+                targets.append(_mask_tensor(fr.mask, 4 * fwd.sam2.sam_image_embedding_size, device)[None, None])
+            prepared.append((s_feats, items, targets))
+    if not prepared:
+        raise InputError("no (support, tube) pairs to train on")
+    gen = model.generator
+    params = [p for p in gen.parameters() if p.requires_grad] or list(gen.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optim = torch.optim.AdamW(params, lr=lr, weight_decay=1e-6)
+    losses = []
+    was_training = gen.training
+    gen.train()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for step in range(int(steps)):
+                s_feats, items, targets = prepared[int(rng.integers(len(prepared)))]
+                loss = tube_loss(fwd(s_feats, items), targets)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                losses.append(float(loss.detach()))
+                if progress is not None:
+                    progress(step + 1, int(steps), {"loss": losses[-1]})
+    finally:
+        gen.train(was_training)
+    engine.load_trainable_state_dict({k: v.detach().clone() for k, v in gen.state_dict().items()})
+    return {
+        "loss_first": losses[0] if losses else None,
+        "loss_last": float(np.mean(losses[-5:])) if losses else None,
+        "steps": int(steps), "pairs": len(prepared), "seconds": time.perf_counter() - t0,
+    }
+
+
+def finetune_on_tubes(segmenter: Any, tubes: Sequence[MaskTube], *, steps: int | None = None,
+                      progress: ProgressFn | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Mask-tube fine-tuning for whichever engine ``segmenter`` runs.
+
+    lite: :func:`finetune_lite_on_tubes`. dcsam (SAM 2): :func:`finetune_prompt_generator_on_tubes`
+    with each tube's first frame as the support and the rest as the query tube (a one-frame tube:
+    the frame itself as support, its pseudo-frames as the query tube).
+    """
+    seg = getattr(segmenter, "segmenter", segmenter)
+    if seg.engine.name == "lite":
+        return finetune_lite_on_tubes(seg, tubes, steps=steps, progress=progress, **kwargs)
+    pairs = []
+    rng = np.random.default_rng(int(kwargs.pop("seed", 0)))
+    for tube in tubes:
+        frames = [f for f in tube.frames if f.mask.any()]
+        if not frames:
+            raise InputError(f"tube for {tube.label!r} has no non-empty mask")
+        if len(frames) >= 3:
+            pairs.append((frames[0], MaskTube(tube.label, frames[1:])))
+        else:
+            pairs.append((frames[0], MaskTube(tube.label, pseudo_tube(frames[-1].image, frames[-1].mask, rng))))
+    return finetune_prompt_generator_on_tubes(seg.engine, pairs, steps=100 if steps is None else steps,
+                                              progress=progress, **kwargs)
