@@ -81,6 +81,9 @@ def test_tiny_configuration_learns_on_held_out_episodes(tmp_path):
     before = evaluate(untrained, build_dataset(config.dataset, "val"), episodes=config.val_episodes,
                       seed=config.val_seed, batch_size=4, device=torch.device("cpu"))["miou"]
     after = result["best_miou"]
-    # Measured on 2 cores: 0.296 -> 0.459 (+16 points). The issue asks for +20, not reached yet;
-    # this asserts the learning that is actually shown, with a small margin.
-    assert after - before >= 0.15, (before, after, rows)
+    # Measured: 0.296 -> 0.655 (+36 points) with this seed; seeds 1 and 2 (other random SAM weights,
+    # seed 2 also other episodes) end at 0.721 and 0.689. The issue asks for +20.
+    assert after - before >= 0.20, (before, after, rows)
+    # A support-blind model that segments every object scores about 0.53 on these episodes: above
+    # that, the model reads the target class off the support (not only "find the shapes").
+    assert after >= 0.58, (before, after, rows)
