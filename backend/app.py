@@ -42,6 +42,7 @@ from .settings import BackendSettings
 from .state import State, parse_project_id
 from .training import run_train
 from .versions import VersionError, VersionRegistry
+from .video import VideoPredictor
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,15 @@ class Backend:
         self.metrics = Metrics()
         self._describe_metrics()
         self.examples = ExampleManager(self.state, self.model, k=settings.examples_per_label,
-                                       recheck_s=settings.examples_recheck_s, max_pixels=settings.max_image_pixels)
+                                       recheck_s=settings.examples_recheck_s, max_pixels=settings.max_image_pixels,
+                                       settings=settings)
         self.predictor = Predictor(
             model=self.model, examples=self.examples, version=self.version, batch_size=settings.batch_size,
             min_score=settings.min_score, max_pixels=settings.max_image_pixels,
             max_download_bytes=settings.max_download_bytes, local_files_root=settings.local_files_root,
             on_task_error=lambda kind: self.metrics.inc("dcsam_task_errors_total", kind=kind),
-            version_for=self.version_for, prepare=self.prepare)
+            version_for=self.version_for, prepare=self.prepare,
+            video=VideoPredictor(model=self.model, settings=settings, prepare=self.prepare, count=self.metrics.inc))
         self._env_access = None
         if settings.label_studio_url and settings.label_studio_api_key:
             self._env_access = LabelStudioAccess(settings.label_studio_url, settings.label_studio_api_key,
@@ -135,6 +138,8 @@ class Backend:
         m.describe("dcsam_preannotate_import_retries_total", "counter", "retried predictions imports")
         m.describe("dcsam_jobs", "gauge", "background jobs by kind and state (from the job table)")
         m.describe("dcsam_job_progress", "gauge", "progress (0..1) of the queued and running jobs")
+        m.describe("dcsam_video_propagations_total", "counter", "video propagations run (kind: sequence or video)")
+        m.describe("dcsam_video_frames_total", "counter", "video frames segmented by propagation")
 
     # -- model versions --------------------------------------------------------------------------
     def version_for(self, project_id: int | None) -> str:

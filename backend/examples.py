@@ -19,7 +19,7 @@ import numpy as np
 from dcsam.api import InContextSegmenter
 from dcsam.errors import DcsamError
 
-from .labelconfig import ControlTag, LabelConfig
+from .labelconfig import TRACK_CONTROL_TYPES, ControlTag, LabelConfig
 from .media import LabelStudioAccess, LabelStudioError, MediaError, decode_image
 from .model import ModelHolder
 from .outputs import RegionError, annotation_mask, region_labels
@@ -66,9 +66,9 @@ def select_examples(tasks, cfg: LabelConfig, k: int) -> dict[str, list[ExampleRe
             if not isinstance(ann, dict) or ann.get("was_cancelled") or ann.get("id") is None:
                 continue
             result = ann.get("result") or []
-            for control in cfg.mask_controls:
-                image = cfg.images[control.to_name]
-                ref = (task.get("data") or {}).get(image.value_key)
+            for control in cfg.mask_controls + cfg.track_controls:
+                media = cfg.images.get(control.to_name) or cfg.videos[control.to_name]
+                ref = (task.get("data") or {}).get(media.value_key)
                 labels = set()
                 for region in result:
                     if isinstance(region, dict) and region.get("from_name") == control.name:
@@ -84,7 +84,9 @@ def select_examples(tasks, cfg: LabelConfig, k: int) -> dict[str, list[ExampleRe
 
 
 class ExampleManager:
-    def __init__(self, state: State, model: ModelHolder, *, k: int, recheck_s: float, max_pixels: int):
+    def __init__(self, state: State, model: ModelHolder, *, k: int, recheck_s: float, max_pixels: int,
+                 settings=None):
+        self.settings = settings  # media limits for video examples (BackendSettings)
         self.state = state
         self.model = model
         self.k = k
@@ -120,13 +122,13 @@ class ExampleManager:
                 return pe
             if pe.segmenter is None:
                 pe.segmenter = self.model.new_segmenter()
-            wanted_keys = {example_key(c.name, lab) for c in cfg.mask_controls for lab in c.labels}
+            wanted_keys = {example_key(c.name, lab) for c in cfg.mask_controls + cfg.track_controls for lab in c.labels}
             for key in list(pe.fingerprints):
                 if key not in selected or key not in wanted_keys:
                     pe.segmenter.clear_examples(key)
                     del pe.fingerprints[key]
                     pe.encoded.discard(key)
-            controls = {c.name: c for c in cfg.mask_controls}
+            controls = {c.name: c for c in cfg.mask_controls + cfg.track_controls}
             for key, refs in selected.items():
                 fingerprint = tuple((r.annotation_id, r.updated_at) for r in refs)
                 if pe.fingerprints.get(key) == fingerprint:
@@ -142,13 +144,19 @@ class ExampleManager:
 
     def _encode(self, project_id: int, pe: ProjectExamples, key: str, control: ControlTag, refs: list[ExampleRef],
                 access: LabelStudioAccess) -> None:
-        images, masks = [], []
+        images, masks = [], []  # a mask, or a keyframe box (percent) turned into one under the lock below
         for ref in refs:
             try:
-                mask = annotation_mask(control, list(ref.result), ref.label)
-                if mask is None or not mask.any():
-                    raise RegionError("empty mask")
-                image = decode_image(access.fetch(ref.image_ref, ref.task_id), self.max_pixels, f"task {ref.task_id}")
+                if control.type in TRACK_CONTROL_TYPES:
+                    from .video import track_frame
+
+                    image, mask = track_frame(control, list(ref.result), ref.label, ref.image_ref, ref.task_id, access,
+                                              self.settings)
+                else:
+                    mask = annotation_mask(control, list(ref.result), ref.label)
+                    if mask is None or not mask.any():
+                        raise RegionError("empty mask")
+                    image = decode_image(access.fetch(ref.image_ref, ref.task_id), self.max_pixels, f"task {ref.task_id}")
             except (MediaError, RegionError, LabelStudioError) as exc:
                 log.error("project %s: annotation %s of task %s cannot be an example for %r: %s",
                           project_id, ref.annotation_id, ref.task_id, ref.label, exc)
@@ -156,6 +164,12 @@ class ExampleManager:
             images.append(image)
             masks.append(mask)
         with self.model.inference_lock:
+            if control.type in TRACK_CONTROL_TYPES:
+                from .video import box_to_mask
+
+                pairs = [(img, box_to_mask(pe.segmenter, img, box, None)) for img, box in zip(images, masks)]
+                pairs = [(img, m) for img, m in pairs if m.any()]
+                images, masks = [img for img, _ in pairs], [m for _, m in pairs]
             pe.segmenter.clear_examples(key)
             if images:
                 try:

@@ -1,4 +1,5 @@
-"""The parts of a Label Studio label config this backend needs: images, mask controls, prompt tools."""
+"""The parts of a Label Studio label config this backend needs: images, mask controls, prompt tools,
+and videos with their ``VideoRectangle`` tracks (labelled by a ``<Labels>`` tag on the same video)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ except ImportError:  # pragma: no cover
 
 MASK_CONTROL_TYPES = ("brushlabels", "bitmasklabels", "polygonlabels")
 PROMPT_CONTROL_TYPES = ("keypointlabels", "rectanglelabels", "keypoint", "rectangle")
+TRACK_CONTROL_TYPES = ("videorectangle",)
+DEFAULT_FRAMERATE = 24.0  # Label Studio's <Video> default
 
 
 class LabelConfigError(ValueError):
@@ -24,10 +27,30 @@ class ImageTag:
 
 
 @dataclass(frozen=True)
+class VideoTag:
+    name: str
+    value_key: str  # task.data key, without the leading "$"
+    framerate: str = str(DEFAULT_FRAMERATE)  # a number, or "$key" read from the task's data
+
+    def fps(self, data: dict | None = None) -> float:
+        """Frames per second as Label Studio's editor reads it (default 24; below 1 means 1/value)."""
+        raw = self.framerate
+        if raw.startswith("$"):
+            raw = str((data or {}).get(raw[1:], ""))
+        try:
+            fps = float(raw)
+        except ValueError:
+            return DEFAULT_FRAMERATE
+        if not fps > 0:
+            return DEFAULT_FRAMERATE
+        return 1.0 / fps if fps < 1 else fps
+
+
+@dataclass(frozen=True)
 class ControlTag:
     name: str
     type: str  # lower-case tag name, also the region "type" (e.g. "brushlabels")
-    to_name: str  # the Image it annotates
+    to_name: str  # the Image (or Video) it annotates
     labels: tuple[str, ...] = ()
     smart: bool = False
 
@@ -37,9 +60,11 @@ class LabelConfig:
     images: dict[str, ImageTag] = field(default_factory=dict)
     mask_controls: list[ControlTag] = field(default_factory=list)
     prompt_controls: list[ControlTag] = field(default_factory=list)
+    videos: dict[str, VideoTag] = field(default_factory=dict)
+    track_controls: list[ControlTag] = field(default_factory=list)  # VideoRectangle, labels from <Labels>
 
     def control(self, name: str) -> ControlTag | None:
-        for c in self.mask_controls + self.prompt_controls:
+        for c in self.mask_controls + self.prompt_controls + self.track_controls:
             if c.name == name:
                 return c
         return None
@@ -50,7 +75,8 @@ def _truthy(value: str | None) -> bool:
 
 
 def parse_label_config(xml: str | None) -> LabelConfig:
-    """Parse ``xml``; raise :class:`LabelConfigError` unless it has an Image and a mask control on it."""
+    """Parse ``xml``; raise :class:`LabelConfigError` unless it has an Image with a mask control on it,
+    or a Video with a VideoRectangle and labels."""
     if not xml or not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("no label config given")
     try:
@@ -62,27 +88,58 @@ def parse_label_config(xml: str | None) -> LabelConfig:
     cfg = LabelConfig()
     elements = list(root.iter())
     for el in elements:
-        if el.tag.lower() == "image" and el.get("name") and (el.get("value") or "").startswith("$"):
-            cfg.images[el.get("name")] = ImageTag(el.get("name"), el.get("value")[1:])
+        kind, name, value = el.tag.lower(), el.get("name"), el.get("value") or ""
+        if kind == "image" and name and value.startswith("$"):
+            cfg.images[name] = ImageTag(name, value[1:])
+        elif kind == "video" and name and value.startswith("$"):
+            cfg.videos[name] = VideoTag(name, value[1:], (el.get("framerate") or str(DEFAULT_FRAMERATE)).strip())
+    video_labels: dict[str, list[str]] = {}  # <Labels toName="video">: the labels of its tracks
+    for el in elements:
+        if el.tag.lower() == "labels" and el.get("name"):
+            for target in _targets(el, cfg.videos):
+                video_labels.setdefault(target, []).extend(_labels(el))
     for el in elements:
         kind = el.tag.lower()
-        if kind not in MASK_CONTROL_TYPES + PROMPT_CONTROL_TYPES or not el.get("name"):
+        if not el.get("name"):
             continue
-        targets = [t.strip() for t in (el.get("toName") or "").split(",") if t.strip() in cfg.images]
+        if kind in TRACK_CONTROL_TYPES:
+            for target in _targets(el, cfg.videos)[:1]:
+                labels = tuple(dict.fromkeys(video_labels.get(target, [])))
+                if labels:
+                    cfg.track_controls.append(ControlTag(el.get("name"), kind, target, labels))
+            continue
+        if kind not in MASK_CONTROL_TYPES + PROMPT_CONTROL_TYPES:
+            continue
+        targets = _targets(el, cfg.images)
         if not targets:
             continue
-        labels = tuple(lab.get("value") for lab in el if lab.tag.lower() == "label" and lab.get("value"))
+        labels = _labels(el)
         tag = ControlTag(el.get("name"), kind, targets[0], labels, _truthy(el.get("smart")) or _truthy(el.get("smartOnly")))
         if kind in MASK_CONTROL_TYPES:
             if labels:
                 cfg.mask_controls.append(tag)
         else:
             cfg.prompt_controls.append(tag)
+    if cfg.track_controls and not cfg.mask_controls:
+        return cfg
+    if cfg.videos and not cfg.images:
+        raise LabelConfigError(
+            "the label config has a <Video> but no <VideoRectangle toName=\"...\"> with a <Labels toName=\"...\"> "
+            "on it (at least one <Label>): this backend writes VideoRectangle tracks")
     if not cfg.images:
-        raise LabelConfigError("the label config has no <Image> tag with a $value: this backend segments images")
+        raise LabelConfigError("the label config has no <Image> tag with a $value: this backend segments images "
+                               "(and videos: <Video> with <VideoRectangle> and <Labels>)")
     if not cfg.mask_controls:
         raise LabelConfigError(
             "the label config has no mask control on an image: add <BrushLabels>, <BitmaskLabels> or "
             "<PolygonLabels> with at least one <Label> and toName pointing at the <Image>"
         )
     return cfg
+
+
+def _targets(el, objects: dict) -> list[str]:
+    return [t.strip() for t in (el.get("toName") or "").split(",") if t.strip() in objects]
+
+
+def _labels(el) -> tuple[str, ...]:
+    return tuple(lab.get("value") for lab in el if lab.tag.lower() == "label" and lab.get("value"))

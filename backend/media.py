@@ -164,14 +164,18 @@ class LabelStudioAccess:
         except ValueError as exc:
             raise LabelStudioError(f"GET {url}: not JSON") from exc
 
-    def annotated_tasks(self, project_id: int, page_size: int = 100) -> Iterator[dict]:
-        """Every task of the project with at least one submitted (non-cancelled) annotation."""
-        query = json.dumps({"filters": {"conjunction": "and", "items": [
-            {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}})
+    def tasks(self, project_id: int, filters: list[dict] | None = None, *, include: str | None = None,
+              page_size: int = 100) -> Iterator[dict]:
+        """Every task of the project (with ``fields=all``: annotations included) matching the Data
+        Manager ``filters`` (all of them), page by page."""
+        params: dict[str, Any] = {"project": project_id, "fields": "all", "page_size": page_size}
+        if filters:
+            params["query"] = json.dumps({"filters": {"conjunction": "and", "items": filters}})
+        if include:
+            params["include"] = include
         page, seen = 1, 0
         while True:
-            body = self.api_get("/api/tasks", {"project": project_id, "fields": "all", "query": query,
-                                               "page": page, "page_size": page_size})
+            body = self.api_get("/api/tasks", {**params, "page": page})
             tasks = body.get("tasks", []) if isinstance(body, dict) else body
             if not tasks:
                 return
@@ -182,6 +186,11 @@ class LabelStudioAccess:
             if total is not None and seen >= total or len(tasks) < page_size:
                 return
             page += 1
+
+    def annotated_tasks(self, project_id: int, page_size: int = 100) -> Iterator[dict]:
+        """Every task of the project with at least one submitted (non-cancelled) annotation."""
+        return self.tasks(project_id, [{"filter": "filter:tasks:total_annotations", "operator": "greater",
+                                        "type": "Number", "value": 0}], page_size=page_size)
 
     # -- media -----------------------------------------------------------------------------------
     def fetch(self, ref: str, task_id: int | None = None) -> bytes:

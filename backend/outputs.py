@@ -203,3 +203,106 @@ def annotation_mask(control: ControlTag, result: list, label: str) -> np.ndarray
                 m = cv2.resize(m.astype(np.uint8), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
             mask |= m
     return mask
+
+
+# -- video ----------------------------------------------------------------------------------------
+Box = tuple[float, float, float, float]  # x, y, width, height in percent of the frame
+
+
+def mask_box(mask: np.ndarray) -> Box | None:
+    """The mask's bounding box in percent of its frame (None when the mask is empty)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    height, width = mask.shape
+    x0, x1, y0, y1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
+    return (x0 / width * 100.0, y0 / height * 100.0, (x1 - x0) / width * 100.0, (y1 - y0) / height * 100.0)
+
+
+def _keep_keyframes(boxes: list[Box], tolerance: float) -> list[int]:
+    """Indices to keep so that linear interpolation between them stays within ``tolerance`` (percent)
+    of every box: Douglas-Peucker on the 4-d signal; the first and last are always kept."""
+    keep = {0, len(boxes) - 1}
+    stack = [(0, len(boxes) - 1)]
+    arr = np.asarray(boxes, dtype=np.float64)
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        t = (np.arange(a + 1, b) - a) / (b - a)
+        interp = arr[a] + t[:, None] * (arr[b] - arr[a])
+        err = np.abs(arr[a + 1:b] - interp).max(axis=1)
+        worst = int(err.argmax())
+        if err[worst] > tolerance:
+            mid = a + 1 + worst
+            keep.add(mid)
+            stack += [(a, mid), (mid, b)]
+    return sorted(keep)
+
+
+class VideoRectangleOutput:
+    """``<VideoRectangle>`` tracks: one region per label, boxes from the masks of every frame.
+
+    Keyframes use Label Studio's conventions (its 1.23 editor's serialisation): 1-based ``frame``,
+    ``time = frame / framerate``, percent coordinates; frames Label Studio can interpolate within
+    ``tolerance`` percent are left out; the last keyframe of each visible stretch has
+    ``enabled: false`` (the track ends there and starts again at the next keyframe).
+    """
+
+    type = "videorectangle"
+
+    def __init__(self, control: ControlTag, tolerance: float = 0.5):
+        self.control = control
+        self.tolerance = tolerance
+
+    def region(self, boxes: list[Box | None], label: str, score: float, framerate: float) -> dict | None:
+        """``boxes[i]``: the box of decoded frame ``i`` (0-based), None where the object is not seen."""
+        sequence: list[dict] = []
+        i, n = 0, len(boxes)
+        while i < n:
+            if boxes[i] is None:
+                i += 1
+                continue
+            j = i
+            while j + 1 < n and boxes[j + 1] is not None:
+                j += 1
+            run = boxes[i:j + 1]
+            kept = _keep_keyframes(run, self.tolerance)
+            for k in kept:
+                x, y, w, h = run[k]
+                frame = i + k + 1
+                sequence.append({"frame": frame, "enabled": k != kept[-1], "rotation": 0,
+                                 "x": round(x, 4), "y": round(y, 4), "width": round(w, 4), "height": round(h, 4),
+                                 "time": round(frame / framerate, 6)})
+            i = j + 1
+        if not sequence:
+            return None
+        return {
+            "id": region_id(),
+            "from_name": self.control.name,
+            "to_name": self.control.to_name,
+            "type": self.type,
+            "origin": "prediction",
+            "value": {"framesCount": n, "duration": round(n / framerate, 6), "sequence": sequence, "labels": [label]},
+            "score": float(score),
+        }
+
+    def first_box(self, result: list, label: str) -> tuple[int, Box] | None:
+        """(0-based frame, box in percent) of the first visible keyframe of ``label`` in an annotation
+        result, or None when there is no such track."""
+        best: tuple[int, Box] | None = None
+        for region in result or []:
+            if not isinstance(region, dict) or region.get("from_name") != self.control.name:
+                continue
+            value = region.get("value") or {}
+            if label not in [lab for lab in value.get("labels") or [] if isinstance(lab, str)]:
+                continue
+            for kf in value.get("sequence") or []:
+                try:
+                    frame = int(kf["frame"])
+                    box = (float(kf["x"]), float(kf["y"]), float(kf["width"]), float(kf["height"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if frame >= 1 and box[2] > 0 and box[3] > 0 and (best is None or frame - 1 < best[0]):
+                    best = (frame - 1, box)
+        return best

@@ -20,6 +20,7 @@ from .labelconfig import ControlTag, LabelConfig
 from .media import LabelStudioAccess, LabelStudioError, MediaError, decode_image, fetch_media
 from .model import ModelHolder
 from .outputs import output_for, region_labels
+from .video import VideoPredictor, sequence_id
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class Predictor:
                  min_score: float, max_pixels: int, max_download_bytes: int, local_files_root: str | None,
                  on_task_error: Callable[[str], None] | None = None,
                  version_for: Callable[[int | None], str] | None = None,
-                 prepare: Callable[[int | None], None] | None = None):
+                 prepare: Callable[[int | None], None] | None = None, video: VideoPredictor | None = None):
         self.model = model
         self.examples = examples
         self.version = version
@@ -53,6 +54,7 @@ class Predictor:
         self.max_download_bytes = max_download_bytes
         self.local_files_root = local_files_root
         self.on_task_error = on_task_error or (lambda kind: None)
+        self.video = video  # frame-sequence and <Video> tasks (None: every task is a single image)
 
     # -- media -------------------------------------------------------------------------------
     def _load(self, task: dict, key: str, access: LabelStudioAccess | None) -> np.ndarray:
@@ -71,11 +73,11 @@ class Predictor:
 
     def plan(self, project_id: int, cfg: LabelConfig, access: LabelStudioAccess | None,
              ) -> tuple[object, dict[str, list[tuple[ControlTag, str, str]]]]:
-        """The project's examples and, per image tag, the (control, label, key) that have examples."""
+        """The project's examples and, per image (or video) tag, the (control, label, key) that have examples."""
         pe = self.examples.ensure(project_id, cfg, access)
         keys = set(pe.keys())
         plan: dict[str, list[tuple[ControlTag, str, str]]] = {}
-        for control in cfg.mask_controls:
+        for control in cfg.mask_controls + cfg.track_controls:
             for label in control.labels:
                 key = example_key(control.name, label)
                 if key in keys:
@@ -84,9 +86,11 @@ class Predictor:
 
     def load_many(self, tasks: list[dict], value_keys: list[str], access: LabelStudioAccess | None,
                   pool: ThreadPoolExecutor) -> dict[tuple[int, str], tuple[np.ndarray | None, str | None]]:
-        """Download and decode every task's image(s) with ``pool``: {(index, value key): (image, error)}."""
+        """Download and decode every task's image(s) with ``pool``: {(index, value key): (image, error)}.
+
+        Frame-sequence tasks are left out: their video's propagation reads its frames itself."""
         futures = {(i, key): pool.submit(self._try_load, task, key, access)
-                   for i, task in enumerate(tasks) for key in value_keys}
+                   for i, task in enumerate(tasks) for key in value_keys if not self._is_frame(task)}
         return {k: f.result() for k, f in futures.items()}
 
     def predict_outcomes(self, project_id: int | None, tasks: list[dict], cfg: LabelConfig,
@@ -102,7 +106,7 @@ class Predictor:
             return results
         pe, plan = planned or self.plan(project_id, cfg, access)
         if not plan:
-            labels = sorted({lab for c in cfg.mask_controls for lab in c.labels})
+            labels = sorted({lab for c in cfg.mask_controls + cfg.track_controls for lab in c.labels})
             log.warning("project %s has no accepted annotation with any of the labels %s yet: returning %d empty "
                         "predictions. Annotate one image (and submit it), then retrieve predictions again.",
                         project_id, labels, len(tasks))
@@ -110,9 +114,19 @@ class Predictor:
                 o.error = "no examples"
             return results
         for image_name, wanted in plan.items():
+            if image_name in cfg.videos:
+                self._predict_videos(project_id, tasks, cfg, image_name, [c for c, _, _ in wanted], access, pe, results)
+                continue
             value_key = cfg.images[image_name].value_key
-            for start in range(0, len(tasks), self.batch_size):
-                chunk = list(range(start, min(start + self.batch_size, len(tasks))))
+            single = list(range(len(tasks)))
+            if self.video is not None and any(self._is_frame(t) for t in tasks):
+                framed = self.video.predict_sequences(project_id, tasks, cfg, image_name, access, pe, version,
+                                                      self._load_for(access))
+                for i, outcome in framed.items():
+                    self._record(tasks[i], results[i], outcome.regions, outcome.error)
+                single = [i for i in single if i not in framed]
+            for start in range(0, len(single), self.batch_size):
+                chunk = single[start:start + self.batch_size]
                 if preloaded is not None:
                     loaded = [preloaded.get((i, value_key)) or (None, "not downloaded") for i in chunk]
                 else:
@@ -153,6 +167,30 @@ class Predictor:
             scores = [r["score"] for r in pred["result"] if "score" in r]
             pred["score"] = float(np.mean(scores)) if scores else 0.0
         return results
+
+    def _is_frame(self, task: dict) -> bool:
+        return self.video is not None and sequence_id(task, self.video.settings.video_key,
+                                                      self.video.settings.frame_key) is not None
+
+    def _load_for(self, access: LabelStudioAccess | None) -> Callable[[dict, str], np.ndarray]:
+        return lambda task, key: self._load(task, key, access)
+
+    def _record(self, task: dict, outcome: TaskOutcome, regions: list[dict], error: str | None) -> None:
+        if error:
+            log.error("task %s: %s", task.get("id"), error)
+            self.on_task_error("video")
+            outcome.error = error
+        outcome.prediction["result"].extend(regions)
+
+    def _predict_videos(self, project_id: int, tasks: list[dict], cfg: LabelConfig, video_name: str,
+                        controls: list[ControlTag], access: LabelStudioAccess | None, pe,
+                        results: list[TaskOutcome]) -> None:
+        if self.video is None:
+            return
+        for task, outcome in zip(tasks, results):
+            got = self.video.predict_video_task(project_id, task, cfg, video_name, list(dict.fromkeys(controls)),
+                                                access, pe)
+            self._record(task, outcome, got.regions, got.error)
 
     def _try_load(self, task: dict, value_key: str, access) -> tuple[np.ndarray | None, str | None]:
         try:

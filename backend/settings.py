@@ -51,6 +51,10 @@ ENV_DOC: dict[str, str] = {
     "DCSAM_PREANNOTATE_IO_THREADS": "concurrent downloads / Label Studio calls of a job (default 8)",
     "DCSAM_PREANNOTATE_RETRIES": "retries of a failed predictions import, exponential backoff (default 5)",
     "DCSAM_PREANNOTATE_BACKOFF_S": "first retry delay, doubled each time, at most 60 s (default 1)",
+    "DCSAM_VIDEO_KEY / DCSAM_FRAME_KEY": "task data keys of a frame-sequence task's video id and frame number (default video / frame)",
+    "DCSAM_VIDEO_PROPAGATION": "auto | sam2 | lite: how masks travel through a video (default auto: SAM 2 memory with a SAM 2 model, else lite)",
+    "DCSAM_VIDEO_CACHE": "frame-sequence videos whose propagated regions are kept in memory (default 16)",
+    "DCSAM_VIDEO_KEYFRAME_TOLERANCE": "VideoRectangle tracks: leave out frames Label Studio interpolates within this many percent (default 0.5)",
 }
 
 
@@ -126,6 +130,12 @@ class BackendSettings:
     preannotate_retries: int = 5
     preannotate_backoff_s: float = 1.0
     preannotate_import_timeout_s: float = 120.0
+    # video
+    video_key: str = "video"
+    frame_key: str = "frame"
+    video_propagation: str = "auto"
+    video_cache: int = 16
+    video_keyframe_tolerance: float = 0.5
 
     @property
     def basic_auth(self) -> bool:
@@ -149,6 +159,9 @@ class BackendSettings:
             raise ValueError(f"DCSAM_ENGINE_OPTIONS is not valid JSON: {exc}") from exc
         if not isinstance(options, dict):
             raise ValueError("DCSAM_ENGINE_OPTIONS must be a JSON object")
+        propagation = (_env(env, "DCSAM_VIDEO_PROPAGATION", default="auto") or "auto").strip().lower()
+        if propagation not in ("auto", "sam2", "lite"):
+            raise ValueError(f"DCSAM_VIDEO_PROPAGATION={propagation!r}: choose auto, sam2 or lite")
         return cls(
             label_studio_url=url,
             label_studio_api_key=_env(env, "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"),
@@ -184,4 +197,9 @@ class BackendSettings:
             preannotate_io_threads=_number(env, "DCSAM_PREANNOTATE_IO_THREADS", 8, int, 1),
             preannotate_retries=_number(env, "DCSAM_PREANNOTATE_RETRIES", 5, int, 0),
             preannotate_backoff_s=_number(env, "DCSAM_PREANNOTATE_BACKOFF_S", 1.0, float, 0),
+            video_key=_env(env, "DCSAM_VIDEO_KEY", default="video"),
+            frame_key=_env(env, "DCSAM_FRAME_KEY", default="frame"),
+            video_propagation=propagation,
+            video_cache=_number(env, "DCSAM_VIDEO_CACHE", 16, int, 1),
+            video_keyframe_tolerance=_number(env, "DCSAM_VIDEO_KEYFRAME_TOLERANCE", 0.5, float, 0),
         )

@@ -116,6 +116,9 @@ class FakeLabelStudio:
                     chosen = [t for t in chosen if t["id"] > item["value"]]
                 elif item["filter"] == "filter:tasks:total_annotations" and item["operator"] == "greater":
                     chosen = [t for t in chosen if len(t.get("annotations") or []) > item["value"]]
+                elif item["filter"].startswith("filter:tasks:data.") and item["operator"] == "equal":
+                    key = item["filter"].split("data.", 1)[1]
+                    chosen = [t for t in chosen if str((t.get("data") or {}).get(key)) == str(item["value"])]
                 else:
                     return jsonify({"detail": f"fake: unsupported filter {item}"}), 400
             if query.get("ordering") == ["tasks:id"]:
@@ -132,6 +135,13 @@ class FakeLabelStudio:
                 keys = request.args["include"].split(",")
                 chunk = [{k: t[k] for k in keys if k in t} for t in chunk]
             return jsonify({"total": len(chosen), "total_annotations": 0, "total_predictions": 0, "tasks": chunk})
+
+        @app.get("/api/tasks/<int:task_id>")
+        def one_task(task_id):
+            if not authorised():
+                return jsonify({"detail": "unauthorised"}), 401
+            found = [t for t in self.tasks if t["id"] == task_id]
+            return (jsonify(found[0]), 200) if found else (jsonify({"detail": "Not found."}), 404)
 
         @app.get("/api/projects/<int:project_id>")
         def project(project_id):

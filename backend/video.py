@@ -1,0 +1,479 @@
+"""Video in Label Studio, two ways; protocol and formats only, the propagation is ``dcsam.video``.
+
+1. **Frame-sequence image tasks**: one ``<Image>`` task per frame, whose data names its video and
+   its frame number (keys ``DCSAM_VIDEO_KEY`` / ``DCSAM_FRAME_KEY``, default ``video`` / ``frame``).
+   Predicting any frame of a video starts one propagation through all of that video's tasks in the
+   project, in the background; the request returns as soon as its own frames are done and the
+   other frames' regions are cached for their own requests (and for pre-annotation jobs).
+   Conditioning: each annotated frame of the video (latest accepted annotation) owns the frames
+   nearer to it than to any other annotated frame and is propagated from with its own masks; a
+   video without any annotated frame starts at its first frame, predicted from the project's
+   examples (other videos or images with the same labels). Labels an annotated frame lacks are
+   predicted on it from the examples too.
+2. **``<Video>`` tasks**: the file is downloaded once and decoded lazily (OpenCV). The task's own
+   ``VideoRectangle`` keyframe (its first box of each label) conditions the propagation, the mask
+   being the box refined on that frame; without one, the first frame is predicted from the
+   project's examples (first boxes of annotated videos, refined the same way). Output: one
+   ``VideoRectangle`` track per label (see :class:`backend.outputs.VideoRectangleOutput`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from dcsam.errors import DcsamError, InputError
+from dcsam.video import VideoSegmenter
+from dcsam.video.frames import FrameSource, VideoFileSource
+
+from .examples import example_key
+from .labelconfig import ControlTag, LabelConfig
+from .media import LabelStudioAccess, LabelStudioError, MediaError
+from .outputs import RegionError, VideoRectangleOutput, annotation_mask, mask_box, output_for
+
+log = logging.getLogger(__name__)
+
+PREFETCH = 6  # frames downloaded ahead of the propagation
+
+
+@dataclass
+class FrameOutcome:
+    regions: list[dict]
+    error: str | None = None
+
+
+def latest_annotation(task: dict) -> dict | None:
+    """The task's latest accepted (submitted, not cancelled) annotation."""
+    anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")
+            and a.get("id") is not None]
+    return max(anns, key=lambda a: (str(a.get("updated_at") or ""), int(a["id"])), default=None)
+
+
+def sequence_id(task: dict, video_key: str, frame_key: str) -> tuple[str, int] | None:
+    """(video id, frame number) of a frame-sequence task, or None for an ordinary image task."""
+    data = task.get("data")
+    if not isinstance(data, dict) or video_key not in data or frame_key not in data:
+        return None
+    video, frame = data[video_key], data[frame_key]
+    if video is None or isinstance(video, (dict, list)) or str(video) == "":
+        return None
+    try:
+        number = int(float(frame))
+    except (TypeError, ValueError):
+        return None
+    return str(video), number
+
+
+class TaskFrames(FrameSource):
+    """The frames of a video's tasks, downloaded by ``load(i)`` a few frames ahead of the reader."""
+
+    def __init__(self, loaders: list[Callable[[], np.ndarray]], name: str, pool: ThreadPoolExecutor):
+        self.loaders, self.name, self.pool = loaders, name, pool
+        self._pending: dict[int, Future] = {}
+        self._last = -1
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+    def read(self, index: int) -> np.ndarray:
+        direction = 1 if index >= self._last else -1
+        self._last = index
+        future = self._pending.pop(index, None)
+        wanted = {index + direction * k for k in range(1, PREFETCH + 1)} & set(range(len(self)))
+        for i in list(self._pending):
+            if i not in wanted:
+                self._pending.pop(i).cancel()
+        for i in sorted(wanted - set(self._pending)):
+            self._pending[i] = self.pool.submit(self.loaders[i])
+        try:
+            return future.result() if future is not None else self.loaders[index]()
+        except (MediaError, LabelStudioError) as exc:
+            raise InputError(str(exc)) from exc
+
+    def close(self) -> None:
+        for f in self._pending.values():
+            f.cancel()
+        self._pending.clear()
+
+
+class SubFrames(FrameSource):
+    """Frames ``start .. stop-1`` of another source, re-indexed from 0."""
+
+    def __init__(self, source: FrameSource, start: int, stop: int):
+        self.source, self.start, self.stop, self.name = source, start, stop, source.name
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def read(self, index: int) -> np.ndarray:
+        return self.source.read(self.start + index)
+
+
+@dataclass
+class SequenceRun:
+    """One propagation through a frame-sequence video, filled in by a background thread."""
+
+    key: tuple
+    task_ids: list[int]
+    outcomes: dict[int, FrameOutcome] = field(default_factory=dict)
+    finished: bool = False
+    cancelled: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def put(self, task_id: int, outcome: FrameOutcome) -> None:
+        with self.cond:
+            self.outcomes[task_id] = outcome
+            self.cond.notify_all()
+
+    def finish(self, error: str | None = None) -> None:
+        with self.cond:
+            for t in self.task_ids:  # frames the run never reached (an error, a cancellation)
+                self.outcomes.setdefault(t, FrameOutcome([], error or "the propagation stopped before this frame"))
+            self.finished = True
+            self.cond.notify_all()
+
+    def wait(self, task_ids: list[int]) -> dict[int, FrameOutcome]:
+        with self.cond:
+            self.cond.wait_for(lambda: self.finished or all(t in self.outcomes for t in task_ids))
+            return {t: self.outcomes[t] for t in task_ids if t in self.outcomes}
+
+
+class VideoPredictor:
+    """Frame-sequence and ``<Video>`` predictions for :class:`backend.predictor.Predictor`."""
+
+    def __init__(self, *, model, settings, prepare: Callable[[int | None], None],
+                 count: Callable[..., None] | None = None):
+        self.model = model
+        self.settings = settings
+        self.prepare = prepare
+        self.count = count or (lambda name, n=1.0, **labels: None)
+        self._runs: OrderedDict[tuple, SequenceRun] = OrderedDict()  # (project, image, video) -> latest run
+        self._listings: dict[tuple, tuple[Any, float, list[dict]]] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dcsam-frames")
+        self._sam2_model = None  # a SAM 2 model built for propagation, shared by every project
+        self._unsupported: str | None = None
+
+    # -- the dcsam.video segmenter of a project ----------------------------------------------------
+    def video_segmenter(self, segmenter) -> VideoSegmenter | None:
+        """A :class:`VideoSegmenter` over the project's segmenter; None when the engine cannot propagate."""
+        if self._unsupported is not None:
+            return None
+        try:
+            vs = VideoSegmenter(segmenter, propagation=self.settings.video_propagation, sam2_model=self._sam2_model)
+        except (DcsamError, ValueError) as exc:
+            self._unsupported = str(exc)
+            log.warning("video propagation unavailable (%s): frame-sequence tasks are predicted frame by frame", exc)
+            return None
+        if vs.propagation == "sam2" and self._sam2_model is None and vs._sam2_model is not None:
+            self._sam2_model = vs._sam2_model
+        return vs
+
+    def _step(self, project_id: int, iterator):
+        """The next result of a propagation, computed under the inference lock with the project's weights."""
+        with self.model.inference_lock:
+            self.prepare(project_id)
+            return next(iterator, None)
+
+    # -- 1. frame-sequence image tasks -------------------------------------------------------------
+    def predict_sequences(self, project_id: int, tasks: list[dict], cfg: LabelConfig, image_name: str,
+                          access: LabelStudioAccess | None, pe, version: str, load: Callable[[dict, str], np.ndarray],
+                          ) -> dict[int, FrameOutcome]:
+        """Outcomes (by index into ``tasks``) of the frame-sequence tasks among ``tasks``."""
+        s = self.settings
+        by_video: dict[str, list[int]] = {}
+        for i, task in enumerate(tasks):
+            sid = sequence_id(task, s.video_key, s.frame_key)
+            if sid is not None and isinstance(task.get("id"), int):
+                by_video.setdefault(sid[0], []).append(i)
+        if not by_video or access is None:
+            return {}
+        vs = self.video_segmenter(pe.segmenter)
+        if vs is None:
+            return {}
+        out: dict[int, FrameOutcome] = {}
+        for video, indices in by_video.items():
+            wanted_ids = [tasks[i]["id"] for i in indices]
+            try:
+                run = self._sequence_run(project_id, cfg, image_name, video, wanted_ids, access, pe, version, load, vs)
+            except LabelStudioError as exc:
+                log.error("project %s, video %r: cannot list its frames: %s", project_id, video, exc)
+                for i in indices:
+                    out[i] = FrameOutcome([], f"video {video!r}: {exc}")
+                continue
+            got = run.wait(wanted_ids)
+            for i in indices:
+                out[i] = got.get(tasks[i]["id"]) or FrameOutcome([], "not a frame of the propagated video")
+        return out
+
+    def _video_tasks(self, project_id: int, video: str, must_have: list[int], access: LabelStudioAccess,
+                     rev: Any) -> list[dict]:
+        """The project's tasks of ``video`` (annotations included), listed once per examples revision."""
+        s = self.settings
+        key = (project_id, video)
+        cached = self._listings.get(key)
+        if cached and cached[0] == rev and time.monotonic() - cached[1] < s.examples_recheck_s \
+                and set(must_have) <= {t["id"] for t in cached[2]}:
+            return cached[2]
+        flt = [{"filter": f"filter:tasks:data.{s.video_key}", "operator": "equal", "type": "String", "value": video}]
+        found = [t for t in access.tasks(project_id, flt) if self._of_video(t, video)]
+        if not set(must_have) <= {t["id"] for t in found}:  # a filter this Label Studio does not honour
+            found = [t for t in access.tasks(project_id) if self._of_video(t, video)]
+        self._listings[key] = (rev, time.monotonic(), found)
+        return found
+
+    def _of_video(self, task: dict, video: str) -> bool:
+        sid = sequence_id(task, self.settings.video_key, self.settings.frame_key)
+        return sid is not None and sid[0] == video and isinstance(task.get("id"), int)
+
+    def _sequence_run(self, project_id, cfg, image_name, video, wanted_ids, access, pe, version, load, vs) -> SequenceRun:
+        s = self.settings
+        rev = (pe.rev_seen, tuple(sorted(pe.fingerprints.items())))
+        frames = sorted(self._video_tasks(project_id, video, wanted_ids, access, rev),
+                        key=lambda t: (sequence_id(t, s.video_key, s.frame_key)[1], t["id"]))
+        controls = [c for c in cfg.mask_controls if c.to_name == image_name]
+        anchors: list[tuple[int, dict]] = []  # (position, annotation)
+        for pos, task in enumerate(frames):
+            ann = latest_annotation(task)
+            if ann and any(isinstance(r, dict) and r.get("from_name") in {c.name for c in controls}
+                           for r in ann.get("result") or []):
+                anchors.append((pos, ann))
+        key = (version, rev, tuple(t["id"] for t in frames),
+               tuple((pos, ann["id"], str(ann.get("updated_at"))) for pos, ann in anchors))
+        slot = (project_id, image_name, video)
+        with self._lock:
+            run = self._runs.get(slot)
+            if run is not None and run.key == key:
+                self._runs.move_to_end(slot)
+                return run
+            if run is not None and not run.finished:
+                run.cancelled = True  # superseded: new examples, annotations or weights
+            run = SequenceRun(key, [t["id"] for t in frames])
+            self._runs[slot] = run
+            while len(self._runs) > s.video_cache:
+                self._runs.popitem(last=False)
+        self.count("dcsam_video_propagations_total", kind="sequence")
+        # not a daemon: the interpreter lets it finish instead of killing it inside the model
+        thread = threading.Thread(target=self._propagate_sequence, name=f"dcsam-video-{video}"[:60],
+                                  args=(run, project_id, cfg, image_name, video, frames, anchors, controls, pe, load, vs))
+        thread.start()
+        return run
+
+    def _propagate_sequence(self, run: SequenceRun, project_id, cfg, image_name, video, frames, anchors, controls,
+                            pe, load, vs: VideoSegmenter) -> None:
+        value_key = cfg.images[image_name].value_key
+        loaders = [lambda t=t: load(t, value_key) for t in frames]
+        source = TaskFrames(loaders, str(video), self._pool)
+        wanted = [(c, lab) for c in controls for lab in c.labels]
+        keys = {example_key(c.name, lab): (c, lab) for c, lab in wanted}
+        t0, error = time.monotonic(), None
+        try:
+            positions = [pos for pos, _ in anchors] or [0]
+            for j, anchor in enumerate(positions):
+                lo = 0 if j == 0 else (positions[j - 1] + anchor) // 2 + 1
+                hi = len(frames) if j == len(positions) - 1 else (anchor + positions[j + 1]) // 2 + 1
+                masks = self._anchor_masks(anchors[j][1], controls, project_id) if anchors else {}
+                labels = [k for k in keys if k in masks or k in pe.encoded]
+                if not labels:
+                    for t in frames[lo:hi]:
+                        run.put(t["id"], FrameOutcome([], "no examples and no annotated frame for this video's labels"))
+                    continue
+                try:
+                    iterator = vs.segment(SubFrames(source, lo, hi), masks=masks, frame_index=anchor - lo, labels=labels)
+                    while not run.cancelled:
+                        res = self._step(project_id, iterator)
+                        if res is None:
+                            break
+                        task = frames[lo + res.index]
+                        if res.error:
+                            run.put(task["id"], FrameOutcome([], res.error))
+                            continue
+                        regions = []
+                        for k in labels:
+                            mask, score = res.masks.get(k), float(res.scores.get(k, 0.0))
+                            if mask is None or score < self.settings.min_score:
+                                continue
+                            control, lab = keys[k]
+                            region = output_for(control).region(mask, lab, score)
+                            if region is not None:
+                                regions.append(region)
+                        run.put(task["id"], FrameOutcome(regions))
+                        self.count("dcsam_video_frames_total", kind="sequence")
+                except (DcsamError, MediaError, LabelStudioError) as exc:
+                    log.error("project %s, video %r, frames %d..%d: %s", project_id, video, lo, hi - 1, exc)
+                    for t in frames[lo:hi]:
+                        if t["id"] not in run.outcomes:
+                            run.put(t["id"], FrameOutcome([], f"video {video!r}: {exc}"))
+                if run.cancelled:
+                    error = "superseded by a newer propagation"
+                    break
+        except Exception as exc:  # a bug must not leave requests waiting
+            log.exception("project %s, video %r: propagation failed", project_id, video)
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            source.close()
+            run.finish(error)
+        log.info("project %s, video %r: %d frames propagated from %d annotated frame(s) in %.1f s", project_id, video,
+                 len(frames), len(anchors), time.monotonic() - t0)
+
+    def _anchor_masks(self, annotation: dict, controls: list[ControlTag], project_id: int) -> dict[str, np.ndarray]:
+        masks = {}
+        for control in controls:
+            for lab in control.labels:
+                try:
+                    m = annotation_mask(control, annotation.get("result") or [], lab)
+                except RegionError as exc:
+                    log.error("project %s: annotation %s: %s", project_id, annotation.get("id"), exc)
+                    continue
+                if m is not None and m.any():
+                    masks[example_key(control.name, lab)] = m
+        return masks
+
+    # -- 2. <Video> tasks ---------------------------------------------------------------------------
+    def predict_video_task(self, project_id: int, task: dict, cfg: LabelConfig, video_name: str,
+                           controls: list[ControlTag], access: LabelStudioAccess | None, pe) -> FrameOutcome:
+        """One task's VideoRectangle tracks (one region per label that is seen)."""
+        tag = cfg.videos[video_name]
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        if tag.value_key not in data:
+            return FrameOutcome([], f"task {task.get('id')}: data has no {tag.value_key!r} field")
+        vs = self.video_segmenter(pe.segmenter)
+        if vs is None:
+            return FrameOutcome([], f"video propagation unavailable: {self._unsupported}")
+        annotation = self._task_annotation(task, access)
+        try:
+            with downloaded_video(data[tag.value_key], task.get("id"), access, self.settings) as source:
+                masks, anchor = {}, 0
+                if annotation is not None:
+                    masks, anchor = self._track_anchor(project_id, annotation, controls, source, pe)
+                keys = {example_key(c.name, lab): (c, lab) for c in controls for lab in c.labels}
+                labels = [k for k in keys if k in masks or k in pe.encoded]
+                if not labels:
+                    return FrameOutcome([], "no examples and no annotated keyframe for this task's labels")
+                boxes = {k: [None] * len(source) for k in labels}
+                scores: dict[str, list[float]] = {k: [] for k in labels}
+                iterator = vs.segment(source, masks=masks, frame_index=anchor, labels=labels)
+                n = 0
+                while True:
+                    res = self._step(project_id, iterator)
+                    if res is None:
+                        break
+                    n = max(n, res.index + 1)
+                    for k in labels:
+                        mask = res.masks.get(k)
+                        if mask is not None and res.index < len(source):
+                            boxes[k][res.index] = mask_box(mask)
+                            if boxes[k][res.index] is not None:
+                                scores[k].append(float(res.scores.get(k, 0.0)))
+                    self.count("dcsam_video_frames_total", kind="video")
+        except (DcsamError, MediaError, LabelStudioError) as exc:
+            return FrameOutcome([], f"task {task.get('id')}: {exc}")
+        self.count("dcsam_video_propagations_total", kind="video")
+        regions = []
+        for k in labels:
+            control, lab = keys[k]
+            score = float(np.mean(scores[k])) if scores[k] else 0.0
+            if score < self.settings.min_score:
+                continue
+            region = VideoRectangleOutput(control, self.settings.video_keyframe_tolerance).region(
+                boxes[k][:n], lab, score, tag.fps(data))
+            if region is not None:
+                regions.append(region)
+        return FrameOutcome(regions)
+
+    def _task_annotation(self, task: dict, access: LabelStudioAccess | None) -> dict | None:
+        if "annotations" not in task and access is not None and isinstance(task.get("id"), int):
+            try:  # Label Studio's /predict payload may leave them out
+                task = access.api_get(f"/api/tasks/{task['id']}")
+            except LabelStudioError as exc:
+                log.warning("task %s: cannot read its annotations (%s); predicting from the examples", task["id"], exc)
+                return None
+        return latest_annotation(task)
+
+    def _track_anchor(self, project_id, annotation, controls, source: FrameSource, pe) -> tuple[dict, int]:
+        """Masks of the annotation's first keyframe (the earliest one, for every label drawn on that frame)."""
+        firsts = {}
+        for control in controls:
+            out = VideoRectangleOutput(control)
+            for lab in control.labels:
+                fb = out.first_box(annotation.get("result") or [], lab)
+                if fb is not None:
+                    firsts[example_key(control.name, lab)] = fb
+        if not firsts:
+            return {}, 0
+        frame_index = min(min(f for f, _ in firsts.values()), len(source) - 1)
+        frame = source.read(frame_index)
+        masks = {}
+        with self.model.inference_lock:
+            self.prepare(project_id)
+            for k, (f, box) in firsts.items():
+                if f == frame_index or min(f, len(source) - 1) == frame_index:
+                    masks[k] = box_to_mask(pe.segmenter, frame, box, k)
+        return masks, frame_index
+
+
+def box_to_mask(segmenter, frame: np.ndarray, box_percent, key: str | None) -> np.ndarray:
+    """The object inside a keyframe box: the segmenter's refinement with the box (and its examples)."""
+    h, w = frame.shape[:2]
+    x, y, bw, bh = box_percent
+    box = (x / 100 * w, y / 100 * h, (x + bw) / 100 * w, (y + bh) / 100 * h)
+    mask, _ = segmenter.refine(frame, None, box=box, label=key if key in segmenter.labels else None)
+    return np.asarray(mask, bool)
+
+
+class downloaded_video:
+    """``with downloaded_video(ref, task_id, access, settings) as source``: the task's video in a
+    private temporary file (removed afterwards), read by :class:`dcsam.video.frames.VideoFileSource`."""
+
+    def __init__(self, ref: Any, task_id: int | None, access: LabelStudioAccess | None, settings):
+        self.ref, self.task_id, self.access, self.settings = ref, task_id, access, settings
+        self.path: str | None = None
+        self.source: VideoFileSource | None = None
+
+    def __enter__(self) -> VideoFileSource:
+        from .media import fetch_media
+
+        s = self.settings
+        raw = fetch_media(self.ref, self.task_id, access=self.access, max_bytes=s.max_download_bytes,
+                          local_files_root=s.local_files_root)
+        fd, self.path = tempfile.mkstemp(prefix="dcsam-video-", suffix=".mp4")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        del raw
+        try:
+            self.source = VideoFileSource(self.path, backend="opencv")
+        except InputError as exc:
+            self.__exit__()
+            raise MediaError(f"task {self.task_id}: not a readable video ({exc})") from exc
+        if len(self.source) == 0:
+            self.__exit__()
+            raise MediaError(f"task {self.task_id}: the video has no frames")
+        return self.source
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.source is not None:
+            self.source.close()
+        if self.path and os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def track_frame(control: ControlTag, result: list, label: str, video_ref: Any, task_id: int,
+                access: LabelStudioAccess, settings) -> tuple[np.ndarray, tuple]:
+    """The frame of ``label``'s first keyframe in an annotated video, and that keyframe's box (percent):
+    the makings of an in-context example (see :func:`box_to_mask`). Raises RegionError / MediaError."""
+    first = VideoRectangleOutput(control).first_box(result, label)
+    if first is None:
+        raise RegionError(f"no keyframe box for {label!r}")
+    with downloaded_video(video_ref, task_id, access, settings) as source:
+        frame = source.read(min(first[0], len(source) - 1))
+    return frame, first[1]

@@ -1,0 +1,268 @@
+"""Video in the backend: label configs, VideoRectangle tracks, frame-sequence tasks and <Video> tasks
+(Flask test client, a fake Label Studio, DAVIS frames and the lite engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from backend.labelconfig import LabelConfigError, parse_label_config
+from backend.outputs import VideoRectangleOutput, mask_box
+from dcsam.io import read_image, read_mask
+
+from .conftest import annotated_task, brush_region, decode_brush, iou
+from .fakes import image_bytes
+
+SEQUENCE_CONFIG = """<View><Image name="image" value="$image"/>
+<BrushLabels name="tag" toName="image"><Label value="car"/></BrushLabels></View>"""
+VIDEO_CONFIG = """<View><Video name="video" value="$video" framerate="25"/>
+<VideoRectangle name="box" toName="video"/>
+<Labels name="videoLabels" toName="video"><Label value="car"/><Label value="dog"/></Labels></View>"""
+
+
+def _metric(h, name: str, **labels) -> float:
+    text = h.client.get("/metrics").get_data(as_text=True)
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# -- label config ---------------------------------------------------------------------------------
+def test_video_config_has_tracks_with_labels_and_framerate():
+    cfg = parse_label_config(VIDEO_CONFIG)
+    assert [c.name for c in cfg.track_controls] == ["box"]
+    assert cfg.track_controls[0].labels == ("car", "dog") and cfg.track_controls[0].to_name == "video"
+    assert cfg.videos["video"].fps() == 25.0
+    cfg = parse_label_config(VIDEO_CONFIG.replace('framerate="25"', 'framerate="$fps"'))
+    assert cfg.videos["video"].fps({"fps": "29.97"}) == pytest.approx(29.97)
+    assert cfg.videos["video"].fps({}) == 24.0  # Label Studio's default
+
+
+@pytest.mark.parametrize("xml, message", [
+    ('<View><Video name="video" value="$video"/><VideoRectangle name="box" toName="video"/></View>', "Labels"),
+    ('<View><Video name="video" value="$video"/><Labels name="l" toName="video"><Label value="a"/></Labels></View>',
+     "VideoRectangle"),
+])
+def test_video_configs_without_tracks_or_labels_are_refused(xml, message):
+    with pytest.raises(LabelConfigError, match=message):
+        parse_label_config(xml)
+
+
+# -- VideoRectangle tracks --------------------------------------------------------------------------
+def test_track_keyframes_are_one_based_end_disabled_and_interpolate_within_tolerance():
+    cfg = parse_label_config(VIDEO_CONFIG)
+    out = VideoRectangleOutput(cfg.track_controls[0], tolerance=0.5)
+    rng = np.random.default_rng(0)
+    boxes = [None, None] + [(10 + i * 0.7 + rng.normal(0, 0.05), 20.0, 30.0 + (i % 7), 40.0) for i in range(30)]
+    boxes += [None] * 5 + [(50.0, 50.0, 10.0, 10.0)] + [None]
+    region = out.region(boxes, "car", 0.9, framerate=25.0)
+    value = region["value"]
+    assert region["type"] == "videorectangle" and region["from_name"] == "box" and region["to_name"] == "video"
+    assert value["labels"] == ["car"] and value["framesCount"] == len(boxes)
+    assert value["duration"] == pytest.approx(len(boxes) / 25.0)
+    seq = value["sequence"]
+    assert seq[0]["frame"] == 3 and seq[0]["enabled"] is True  # decoded frame 2 is Label Studio's frame 3
+    ends = [kf["frame"] for kf in seq if not kf["enabled"]]
+    assert ends == [32, 38]  # each visible stretch ends (disabled) on its last frame
+    assert all(kf["time"] == pytest.approx(kf["frame"] / 25.0) for kf in seq)
+    assert len(seq) < 30  # frames Label Studio interpolates are left out
+    # Label Studio's linear interpolation between kept keyframes reproduces every box within the tolerance
+    first_run = [kf for kf in seq if kf["frame"] <= 32]
+    for f in range(3, 33):
+        a = max((kf for kf in first_run if kf["frame"] <= f), key=lambda kf: kf["frame"])
+        b = min((kf for kf in first_run if kf["frame"] >= f), key=lambda kf: kf["frame"])
+        t = 0.0 if a is b else (f - a["frame"]) / (b["frame"] - a["frame"])
+        for k, prop in enumerate(("x", "y", "width", "height")):
+            assert abs(a[prop] + t * (b[prop] - a[prop]) - boxes[f - 1][k]) <= 0.5 + 1e-3
+    assert out.region([None, None], "car", 0.9, 25.0) is None
+    assert out.first_box([region], "car") == (2, tuple(seq[0][p] for p in ("x", "y", "width", "height")))
+    assert out.first_box([region], "dog") is None
+
+
+def test_mask_box_in_percent():
+    m = np.zeros((50, 200), bool)
+    m[10:20, 40:60] = True
+    assert mask_box(m) == pytest.approx((20.0, 20.0, 10.0, 20.0))
+    assert mask_box(np.zeros((5, 5), bool)) is None
+
+
+# -- frame-sequence image tasks ---------------------------------------------------------------------
+def _davis(data_dir: Path, video: str, n: int, long_side: int = 240):
+    out = []
+    for jpg in sorted((data_dir / "davis16-dev" / "JPEGImages" / video).glob("*.jpg"))[:n]:
+        img = read_image(jpg)
+        mask = read_mask(data_dir / "davis16-dev" / "Annotations" / video / f"{jpg.stem}.png")
+        scale = long_side / max(img.shape[:2])
+        size = (round(img.shape[1] * scale), round(img.shape[0] * scale))
+        out.append((cv2.resize(img, size, interpolation=cv2.INTER_AREA),
+                    cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0))
+    return out
+
+
+def _sequence_project(fake_ls, frames, video: str, first_id: int, project: int = 1, annotate: tuple[int, ...] = (0,),
+                      key: str = "video", frame_key: str = "frame") -> list[dict]:
+    tasks = []
+    for i, (img, mask) in enumerate(frames):
+        ref = f"/data/upload/{project}/{video}_{i:05d}.jpg"
+        fake_ls.files[ref] = image_bytes(img)
+        task = {"id": first_id + i, "project": project, "data": {"image": ref, key: video, frame_key: i * 5}}
+        if i in annotate:
+            task = {**annotated_task(first_id + i, project, ref, [brush_region(mask, "car")]), "data": task["data"]}
+        fake_ls.tasks.append(task)
+        tasks.append({k: v for k, v in task.items() if k != "annotations"})
+    return tasks
+
+
+def test_one_frame_request_propagates_the_video_once_and_caches_the_rest(harness_factory, fake_ls, data_dir):
+    frames = _davis(data_dir, "car-shadow", 10)
+    tasks = _sequence_project(fake_ls, frames, "car-shadow", 100)
+    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
+    r = h.predict(1, SEQUENCE_CONFIG, [tasks[6]])
+    assert r.status_code == 200
+    [pred] = r.json["results"]
+    assert iou(decode_brush(pred["result"][0]), frames[6][1]) > 0.7
+    assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 1
+    downloads = sum(1 for q in fake_ls.requests if q.path.startswith("/data/upload/"))
+    # the other frames come from the cache: no new propagation, no download
+    r = h.predict(1, SEQUENCE_CONFIG, tasks[1:6] + tasks[7:])
+    ious = [iou(decode_brush(p["result"][0]), frames[i][1]) for i, p in zip([*range(1, 6), *range(7, 10)],
+                                                                          r.json["results"])]
+    assert min(ious) > 0.7, ious
+    assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 1
+    assert sum(1 for q in fake_ls.requests if q.path.startswith("/data/upload/")) == downloads
+    assert _metric(h, "dcsam_video_frames_total", kind="sequence") == 10
+
+
+def test_data_keys_are_configurable_and_a_new_annotation_starts_a_new_propagation(harness_factory, fake_ls, data_dir):
+    frames = _davis(data_dir, "car-shadow", 8)
+    tasks = _sequence_project(fake_ls, frames, "clip-7", 200, key="clip", frame_key="t")
+    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_VIDEO_KEY="clip",
+                        DCSAM_FRAME_KEY="t", DCSAM_EXAMPLES_RECHECK_S="0")
+    h.predict(1, SEQUENCE_CONFIG, [tasks[3]])
+    assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 1
+    # an annotator corrects frame 7: frames 4..7 now follow it (they are nearer to it than to frame 0)
+    shifted = np.roll(frames[7][1], 30, axis=1)
+    fake_ls.tasks[7]["annotations"] = [{"id": 9001, "result": [brush_region(shifted, "car")], "was_cancelled": False,
+                                        "updated_at": "2026-11-02T10:00:00Z", "task": 207, "project": 1}]
+    r = h.predict(1, SEQUENCE_CONFIG, [tasks[7], tasks[1]])
+    assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 2
+    got7, got1 = (decode_brush(p["result"][0]) for p in r.json["results"])
+    assert iou(got7, shifted) > 0.95  # the annotated frame keeps its annotation
+    assert iou(got1, frames[1][1]) > 0.7
+
+
+def test_a_broken_frame_fails_that_task_only(harness_factory, fake_ls, data_dir):
+    frames = _davis(data_dir, "car-shadow", 6)
+    tasks = _sequence_project(fake_ls, frames, "car-shadow", 300)
+    fake_ls.files[tasks[3]["data"]["image"]] = b"not an image"
+    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
+    r = h.predict(1, SEQUENCE_CONFIG, tasks)
+    results = r.json["results"]
+    assert results[3]["result"] == []
+    assert all(results[i]["result"] for i in (0, 1, 2, 4, 5))
+    assert iou(decode_brush(results[5]["result"][0]), frames[5][1]) > 0.6
+
+
+def test_a_video_without_annotation_is_segmented_from_another_videos_example(harness_factory, fake_ls, data_dir):
+    example = _davis(data_dir, "car-roundabout", 1)
+    _sequence_project(fake_ls, example, "car-roundabout", 400)
+    frames = _davis(data_dir, "car-shadow", 6)
+    tasks = _sequence_project(fake_ls, frames, "car-shadow", 500, annotate=())
+    plain = {"id": 600, "project": 1, "data": {"image": tasks[0]["data"]["image"]}}  # an ordinary image task
+    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
+    r = h.predict(1, SEQUENCE_CONFIG, [tasks[4], plain])
+    seq, single = r.json["results"]
+    assert iou(decode_brush(seq["result"][0]), frames[4][1]) > 0.6
+    assert iou(decode_brush(single["result"][0]), frames[0][1]) > 0.6
+    assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 1
+
+
+# -- <Video> tasks ----------------------------------------------------------------------------------
+def _mp4(path: Path, frames) -> bytes:
+    h, w = frames[0][0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
+    for img, _ in frames:
+        writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path.read_bytes()
+
+
+def _keyframe_region(mask: np.ndarray, frame: int, label: str = "car") -> dict:
+    x, y, w, hgt = mask_box(mask)
+    return {"id": "t1", "from_name": "box", "to_name": "video", "type": "videorectangle",
+            "value": {"framesCount": 10, "duration": 0.4, "labels": [label], "sequence": [
+                {"frame": frame, "enabled": True, "rotation": 0, "x": x, "y": y, "width": w, "height": hgt,
+                 "time": frame / 25}]}}
+
+
+def _track_boxes(region: dict, n: int) -> list:
+    """Label Studio's view of a track: the box on every frame (linear interpolation), None outside it."""
+    seq = region["value"]["sequence"]
+    out = []
+    for f in range(1, n + 1):
+        prev = [kf for kf in seq if kf["frame"] <= f]
+        if not prev or (not prev[-1]["enabled"] and prev[-1]["frame"] != f):
+            out.append(None)
+            continue
+        a = prev[-1]
+        nxt = [kf for kf in seq if kf["frame"] > f]
+        if a["frame"] == f or not nxt or not a["enabled"]:
+            out.append(tuple(a[p] for p in ("x", "y", "width", "height")))
+            continue
+        b = nxt[0]
+        t = (f - a["frame"]) / (b["frame"] - a["frame"])
+        out.append(tuple(a[p] + t * (b[p] - a[p]) for p in ("x", "y", "width", "height")))
+    return out
+
+
+def _box_iou(a, b) -> float:
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw, ih = max(0.0, min(ax1, bx1) - max(a[0], b[0])), max(0.0, min(ay1, by1) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def test_video_task_tracks_from_its_own_keyframe(harness_factory, fake_ls, data_dir, tmp_path):
+    frames = _davis(data_dir, "car-shadow", 10, long_side=854)  # a keyframe box becomes a mask by GrabCut: 480p
+    fake_ls.files["/data/upload/1/car.mp4"] = _mp4(tmp_path / "car.mp4", frames)
+    task = {"id": 1, "project": 1, "data": {"video": "/data/upload/1/car.mp4"},
+            "annotations": [{"id": 11, "result": [_keyframe_region(frames[3][1], 4)], "was_cancelled": False,
+                             "updated_at": "2026-11-01T10:00:00Z"}]}
+    fake_ls.tasks.append(task)
+    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
+    r = h.predict(1, VIDEO_CONFIG, [{"id": 1, "project": 1, "data": task["data"]}])  # annotations read from the API
+    assert r.status_code == 200
+    [pred] = r.json["results"]
+    [region] = pred["result"]
+    assert region["type"] == "videorectangle" and region["value"]["labels"] == ["car"]
+    assert region["value"]["framesCount"] == 10
+    got = _track_boxes(region, 10)
+    ious = [_box_iou(g, mask_box(m)) for g, (_, m) in zip(got, frames)]
+    assert min(ious) > 0.7, ious  # every frame, before and after the keyframe
+    assert _metric(h, "dcsam_video_propagations_total", kind="video") == 1
+
+
+def test_video_task_from_another_videos_keyframe_example_and_broken_video(harness_factory, fake_ls, data_dir,
+                                                                          tmp_path):
+    example = _davis(data_dir, "car-roundabout", 3, long_side=854)
+    fake_ls.files["/data/upload/1/ex.mp4"] = _mp4(tmp_path / "ex.mp4", example)
+    fake_ls.tasks.append({"id": 1, "project": 1, "data": {"video": "/data/upload/1/ex.mp4"},
+                          "annotations": [{"id": 11, "result": [_keyframe_region(example[0][1], 1)],
+                                           "was_cancelled": False, "updated_at": "2026-11-01T10:00:00Z"}]})
+    frames = _davis(data_dir, "car-shadow", 6, long_side=854)
+    fake_ls.files["/data/upload/1/q.mp4"] = _mp4(tmp_path / "q.mp4", frames)
+    fake_ls.files["/data/upload/1/bad.mp4"] = b"\x00\x00\x00 not a video"
+    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
+    tasks = [{"id": 2, "project": 1, "data": {"video": "/data/upload/1/bad.mp4"}, "annotations": []},
+             {"id": 3, "project": 1, "data": {"video": "/data/upload/1/q.mp4"}, "annotations": []}]
+    bad, good = h.predict(1, VIDEO_CONFIG, tasks).json["results"]
+    assert bad["result"] == []
+    [region] = good["result"]
+    got = _track_boxes(region, 6)
+    ious = [_box_iou(g, mask_box(m)) for g, (_, m) in zip(got, frames)]
+    assert np.mean(ious) > 0.6
