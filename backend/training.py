@@ -15,6 +15,10 @@ by ``POST /jobs/train``, and after ``DCSAM_TRAIN_EVERY`` new accepted annotation
    folds and scored again, once per step count the engine offers (lite: 0 steps, i.e. memory and
    single-object rule only, and its default; ``DCSAM_TRAIN_STEPS`` fixes one). Every annotated task is
    validated once, so the decision does not hang on which few tasks a single hold-out split picked.
+   In a project of frame-sequence tasks (every annotated task is a frame of a video, see
+   :mod:`backend.video`), the fine-tuning data are mask tubes instead: each video's annotated frames of
+   a label, in frame order (``dcsam.video.tubes``; DC-SAM trains its prompt generator through SAM 2's
+   memory on them, the lite engine pairs frames within a tube).
 4. Only a better pooled score (by more than ``DCSAM_TRAIN_MIN_GAIN``, default 0) is promoted: the engine
    is fine-tuned once more on every annotation with the best step count and written as a new checkpoint
    with a new ``model_version``. The figures are kept in the job record either way.
@@ -38,12 +42,14 @@ import numpy as np
 from dcsam.api import InContextSegmenter
 from dcsam.engines.base import Episode, LabelledImage
 from dcsam.errors import DcsamError
+from dcsam.video.tubes import MaskTube, finetune_on_tubes
 
 from .examples import example_key
 from .jobs import JobContext, JobError
 from .media import LabelStudioError, MediaError, decode_image
 from .outputs import RegionError, annotation_mask, region_labels
 from .preannotate import project_access, project_config
+from .video import sequence_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import Backend
@@ -58,6 +64,7 @@ class Item:
     image: np.ndarray
     mask: np.ndarray
     updated_at: str
+    frame_of: tuple[str, int] | None = None  # (video id, frame number) of a frame-sequence task
 
 
 def _task_rank(project_id: int, task_id: int) -> str:
@@ -79,9 +86,10 @@ def collect(backend: "Backend", project_id: int, cfg, access, ctx: JobContext) -
             for region in ann["result"]:
                 if isinstance(region, dict) and region.get("from_name") == control.name:
                     labels.update(lab for lab in region_labels(region, control.type) if lab in control.labels)
+            frame_of = sequence_id(task, backend.settings.video_key, backend.settings.frame_key)
             for label in sorted(labels):
                 wanted.append((int(task["id"]), example_key(control.name, label), ref, control, label,
-                               list(ann["result"]), str(ann.get("updated_at") or "")))
+                               list(ann["result"]), str(ann.get("updated_at") or ""), frame_of))
     ctx.check_cancel()
     images: dict[int, np.ndarray | None] = {}
 
@@ -96,7 +104,7 @@ def collect(backend: "Backend", project_id: int, cfg, access, ctx: JobContext) -
     with ThreadPoolExecutor(max_workers=backend.settings.preannotate_io_threads) as pool:
         images = dict(pool.map(lambda kv: load(*kv), refs.items()))
     items = []
-    for task_id, key, _ref, control, label, result, updated in wanted:
+    for task_id, key, _ref, control, label, result, updated, frame_of in wanted:
         image = images.get(task_id)
         if image is None:
             continue
@@ -111,7 +119,7 @@ def collect(backend: "Backend", project_id: int, cfg, access, ctx: JobContext) -
             import cv2
 
             mask = cv2.resize(mask.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
-        items.append(Item(task_id, key, image, mask, updated))
+        items.append(Item(task_id, key, image, mask, updated, frame_of))
     return items
 
 
@@ -169,6 +177,17 @@ def episodes(project_id: int, train: list[Item], k: int) -> list[Episode]:
     return out
 
 
+def tubes(train: list[Item]) -> list[MaskTube]:
+    """Mask tubes when every item is a frame of a video: per (video, label), its frames in order; else []."""
+    if not train or any(it.frame_of is None for it in train):
+        return []
+    by: dict[tuple[str, str], list[Item]] = {}
+    for it in train:
+        by.setdefault((it.frame_of[0], it.key), []).append(it)
+    return [MaskTube(key, [LabelledImage(i.image, i.mask) for i in sorted(its, key=lambda i: i.frame_of[1])])
+            for (_, key), its in sorted(by.items())]
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
@@ -218,6 +237,8 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
     n_tasks = len(fold_of)
     figures: dict = {"annotated_tasks": n_tasks, "labels": len({i.key for i in items}), "folds": len(folds),
                      "val_tasks": sum(fold is not None for fold in fold_of.values()), "episodes": len(all_episodes)}
+    if tubes(items):
+        figures["tubes"] = len(tubes(items))  # a frame-sequence project: mask-tube fine-tuning
     if not folds:
         raise JobError(f"project {project_id}: not enough accepted annotations to fine-tune and validate "
                        f"({n_tasks} usable task(s)): a label needs at least 3 annotated tasks (2 to train, 1 to "
@@ -232,7 +253,7 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
     candidate = None
     with backend.model.inference_lock:
         try:
-            def finetune(eps: list[Episode], steps: int | None) -> dict:
+            def finetune(train: list[Item], steps: int | None) -> dict:
                 nonlocal done_runs
                 backend.prepare(project_id)  # every run starts from the serving weights
                 backend.model.forget_weights()  # from here on the engine holds a candidate's weights
@@ -243,7 +264,12 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
                                         "loss": figs.get("loss")})
 
                 try:
-                    out = engine.finetune(eps, steps=steps, progress=progress)
+                    video_tubes = tubes(train)
+                    if video_tubes:
+                        out = finetune_on_tubes(InContextSegmenter(engine, backend.model.base().config), video_tubes,
+                                                steps=steps, progress=progress)
+                    else:
+                        out = engine.finetune(episodes(project_id, train, k), steps=steps, progress=progress)
                 except NotImplementedError as exc:
                     raise JobError(f"{exc}: this engine has no trainable part to fine-tune") from exc
                 except DcsamError as exc:
@@ -266,7 +292,7 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
                 row = {"val_tasks": len({i.task_id for i in val}), "before": round(float(np.mean(b)), 4) if b else None}
                 for i, steps in enumerate(choices):
                     ctx.report(message=f"fold {n + 1}/{len(folds)}: fine-tuning ({_steps_name(steps)})", force=True)
-                    finetune(episodes(project_id, train, k), steps)
+                    finetune(train, steps)
                     a = validation_ious(backend, train, val, k, ctx)
                     after[i] += a
                     row[_steps_name(steps)] = round(float(np.mean(a)), 4) if a else None
@@ -281,7 +307,7 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
                            per_fold=per_fold, min_gain=s.train_min_gain)
             if scores[best] - float(np.mean(before)) > s.train_min_gain:
                 ctx.report(figures=figures, message="fine-tuning on every accepted annotation", force=True)
-                train_figs = finetune(all_episodes, choices[best])
+                train_figs = finetune(items, choices[best])
                 figures["train"] = {key: v for key, v in (train_figs or {}).items() if not isinstance(v, (dict, list))}
                 from .model import _clone_state
 

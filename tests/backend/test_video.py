@@ -266,3 +266,36 @@ def test_video_task_from_another_videos_keyframe_example_and_broken_video(harnes
     got = _track_boxes(region, 6)
     ious = [_box_iou(g, mask_box(m)) for g, (_, m) in zip(got, frames)]
     assert np.mean(ious) > 0.6
+
+
+# -- fine-tuning from accepted frames: mask tubes -----------------------------------------------------
+def test_training_a_frame_sequence_project_uses_mask_tubes(harness_factory, fake_ls, data_dir, monkeypatch):
+    import backend.training as training
+    import dcsam.video.tubes as tubes_mod
+
+    fake_ls.label_configs[1] = SEQUENCE_CONFIG
+    for video, first_id in (("car-shadow", 100), ("car-roundabout", 200)):
+        frames = _davis(data_dir, video, 6)
+        _sequence_project(fake_ls, frames, video, first_id, annotate=(0, 2, 4))
+    seen = []
+    orig = tubes_mod.finetune_lite_on_tubes
+
+    def spy(segmenter, tubes, **kw):
+        seen.append([(t.label, len(t.frames)) for t in tubes])
+        return orig(segmenter, tubes, **kw)
+
+    monkeypatch.setattr(tubes_mod, "finetune_lite_on_tubes", spy)
+    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_TRAIN_STEPS="2",
+                        DCSAM_PREANNOTATE_AFTER_TRAIN="0")
+    r = h.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    assert h.backend.runner.wait_idle(300)
+    job = h.client.get(f"/jobs/{r.json['job']}").json
+    assert job["status"] == "done", job
+    assert job["figures"]["tubes"] == 2  # one tube per video (label car)
+    # every fine-tuning run trained on tubes; the last one on every annotated frame: 3 per video, in order
+    assert seen and seen[-1] == [("tag\x1fcar", 3), ("tag\x1fcar", 3)]
+    items = [training.Item(i, "k", np.full((2, 2, 3), f, np.uint8), np.ones((2, 2), bool), "", ("v", f))
+             for i, f in ((1, 10), (2, 0), (3, 5))]
+    [tube] = training.tubes(items)
+    assert [int(f.image[0, 0, 0]) for f in tube.frames] == [0, 5, 10]  # frame order, not task order
+    assert training.tubes(items + [training.Item(4, "k", items[0].image, items[0].mask, "")]) == []  # mixed: episodes
