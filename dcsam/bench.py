@@ -10,14 +10,26 @@ One run measures, on whatever device it runs on, with the example's features cac
   of the masks to the native size), and RLE; CUDA is synchronised around every stage timer.
 * **sam_encoder_raw**: SAM's own image encoder alone at the same batch size and precision, on a
   ready-made input tensor: the ceiling the pipeline can reach, and the ratio of the two.
-* **video**: not measured until the video engine exists (issue 7).
+* **video** (issue 8): frames/s of our SAM 2 video propagation (``dcsam.video.VideoSegmenter`` with
+  ``Sam2Propagator``: one pass for all objects, bounded memory) against upstream SAM 2's own
+  ``SAM2VideoPredictor`` (the ``sam2`` package, same weights, same autocast) on the same synthetic
+  clip (moving shapes, fixed seed), for each object count of ``--video-objects``, after an untimed
+  warm-up clip. Both start from the objects' masks on frame 0 (upstream: ``add_new_mask`` per object,
+  then ``propagate_in_video``) and get the same in-memory frames: upstream's ``init_state`` reads them
+  through its own loader's slot (``load_video_frames``), resized and normalised as ours does, instead
+  of JPEG files, so no JPEG decoding is timed on either side; its ``init_state`` (preprocessing of
+  every frame, encoding of frame 0) is timed as part of its run and reported apart. A run ends with
+  every frame's masks on the host as bool arrays, on both sides. Also: the mean IoU of our masks
+  against upstream's (frames 1..N-1), i.e. whether the two did the same work.
 
 Everything runs under ``torch.inference_mode``; bf16 autocast on CUDA is the engine's own
-(``--precision``); ``--compile`` compiles SAM's image encoder with ``torch.compile`` for both the
-pipeline and the raw measurement. The queries are synthetic JPEGs (fixed seed), so no data set is needed.
+(``--precision``; the video part gives upstream the same autocast); ``--compile`` compiles SAM's image
+encoder with ``torch.compile`` for the pipeline, the raw measurement and both video sides. The queries
+are synthetic JPEGs and the clip synthetic frames (fixed seed), so no data set is needed.
 
     dcsam bench --sam sam2.1_hiera_b+ --batch-size 8 --precision bf16          # a GPU
     dcsam bench --sam sam2.1_hiera_t --random-weights --image-size 256 --offline  # CPU smoke run
+    dcsam bench ... --video-frames 64 --video-size 854x480 --video-objects 1,3     # video (the defaults)
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ if TYPE_CHECKING:  # numpy, cv2 and torch are imported where used: registering t
 
 BENCH_SCHEMA = 1
 LABEL = "object"
-VIDEO_STATUS = "not implemented: needs the video engine (issue 7)"
+VIDEO_TARGETS = {1: 1.0, 3: 2.0}  # issue 8: our frames/s over SAM2VideoPredictor's, per object count
 STAGES = ("decode", "preprocess", "backbone", "sam_encoder", "prompt_decoder", "rle")
 
 
@@ -64,6 +76,11 @@ class BenchOptions:
     warmup: int = 2
     compile: bool = False
     seed: int = 0
+    video: bool = True
+    video_frames: int = 64
+    video_size: tuple[int, int] = (854, 480)  # synthetic clip, width x height
+    video_objects: tuple[int, ...] = (1, 3)
+    video_warmup_frames: int = 16  # covers the memory bank's growth (7 memory frames, 16 object pointers)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "BenchOptions":
@@ -73,7 +90,8 @@ class BenchOptions:
             random_weights=args.random_weights, offline=args.offline, device=args.device, precision=args.precision,
             batch_size=args.batch_size, image_size=args.image_size, input_size=args.input_size,
             jpeg_quality=args.jpeg_quality, iterations=args.iterations, warmup=args.warmup, compile=args.compile,
-            seed=args.seed,
+            seed=args.seed, video=not args.no_video, video_frames=args.video_frames, video_size=args.video_size,
+            video_objects=args.video_objects, video_warmup_frames=args.video_warmup_frames,
         )
 
 
@@ -100,6 +118,23 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be >= 0")
     return value
+
+
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 2 (a conditioning frame and one to propagate to)")
+    return value
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(dict.fromkeys(int(v) for v in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give object counts separated by commas, e.g. 1,3") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: object counts must be >= 1")
+    return values
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -135,6 +170,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_non_negative, default=2, help="untimed batches first (default 2)")
     p.add_argument("--compile", action="store_true", help="torch.compile SAM's image encoder")
     p.add_argument("--seed", type=int, default=0)
+    v = p.add_argument_group("video", "our SAM 2 propagation against upstream SAM2VideoPredictor (SAM 2 models)")
+    v.add_argument("--no-video", action="store_true", help="skip the video measurement")
+    v.add_argument("--video-frames", type=_at_least_two, default=64, help="frames of the synthetic clip (default 64)")
+    v.add_argument("--video-size", type=_size, default=(854, 480), metavar="WxH",
+                   help="size of the synthetic clip's frames (default 854x480, 480p)")
+    v.add_argument("--video-objects", type=_counts, default=(1, 3), metavar="N[,N...]",
+                   help="object counts to measure, one run each (default 1,3)")
+    v.add_argument("--video-warmup-frames", type=_positive, default=16,
+                   help="frames of the untimed warm-up clip per object count and side (default 16)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=cmd_bench)
     return p
@@ -168,6 +212,46 @@ def synthetic_scene(width: int, height: int, rng: np.random.Generator) -> tuple[
     img = np.where(mask[..., None], stripes + 40.0, img)
     img += rng.normal(0, 6, size=img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+def synthetic_video(width: int, height: int, num_frames: int, num_objects: int,
+                    rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+    """A clip of ``num_objects`` textured shapes (ellipse, square, diamond...) moving over a noisy
+    gradient, one horizontal lane each (they never overlap nor leave the frame, so no mask is ever
+    empty). Returns the uint8 RGB (H, W, 3) frames and the objects' bool masks on frame 0 (K, H, W)."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(50, 190, size=3).astype(np.float32)
+    slope = rng.uniform(-50, 50, size=(2, 3)).astype(np.float32)
+    background = (base + (xx / width)[..., None] * slope[0] + (yy / height)[..., None] * slope[1]
+                  + rng.normal(0, 8, size=(height, width, 3)).astype(np.float32))
+    lane = height / num_objects
+    objects = []
+    for k in range(num_objects):
+        rx, ry = rng.uniform(0.06, 0.12) * width, rng.uniform(0.2, 0.3) * lane
+        objects.append({
+            "rx": rx, "ry": ry, "x0": rng.uniform(rx, width - rx),
+            "vx": rng.choice([-1.0, 1.0]) * rng.uniform(0.01, 0.03) * width,  # per frame
+            "colour": rng.uniform(0, 255, size=3).astype(np.float32), "angle": rng.uniform(0, np.pi),
+        })
+    frames: list[np.ndarray] = []
+    first: list[np.ndarray] = []
+    for t in range(num_frames):
+        img = background + rng.normal(0, 4, size=background.shape).astype(np.float32)
+        for k, o in enumerate(objects):
+            span = width - 2 * o["rx"]  # the centre bounces between rx and width - rx
+            pos = (o["x0"] - o["rx"] + o["vx"] * t) % (2 * span)
+            cx = o["rx"] + (pos if pos <= span else 2 * span - pos)
+            cy = (k + 0.5) * lane + 0.1 * lane * np.sin(t / 5.0 + k)
+            dx, dy = np.abs(xx - cx) / o["rx"], np.abs(yy - cy) / o["ry"]
+            inside = (dx ** 2 + dy ** 2 <= 1.0, np.maximum(dx, dy) <= 1.0, dx + dy <= 1.0)[k % 3]
+            stripes = np.sin((xx * np.cos(o["angle"]) + yy * np.sin(o["angle"])) / 5.0) * 0.2 + 0.8
+            img = np.where(inside[..., None], o["colour"] * stripes[..., None], img)
+            if t == 0:
+                first.append(inside)
+        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+    return frames, np.stack(first)
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
@@ -366,6 +450,10 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                 _sync(device)
                 if b >= opts.warmup:
                     raw.append(time.perf_counter() - t0)
+        peak_mib = _peak_mib(device)  # the image part's, before the video runs
+
+        # 4. Video: our propagation against upstream SAM2VideoPredictor on the same clip.
+        video = video_bench(opts, seg, effective) if opts.video else {"status": "skipped (--no-video)"}
 
     n_img = opts.batch_size * opts.iterations
     e2e_total = sum(e2e)
@@ -411,10 +499,178 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             # Our encoder stage (resize + normalise + SAM + feature reshaping) against SAM's own.
             "sam_encoder_stage_over_raw": round(stage_mean["sam_encoder"] / raw_mean, 4),
         },
-        "peak_gpu_memory_mib": (round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-                                if device.type == "cuda" else None),
-        "video": {"status": VIDEO_STATUS},
+        "peak_gpu_memory_mib": peak_mib,
+        "video": video,
         "notes": notes,
+    }
+
+
+# -- video: our propagation against upstream SAM2VideoPredictor ------------------------------------
+def _upstream_video_predictor(model, sam_name: str, device, fill_hole_area: int):
+    """SAM 2's own ``SAM2VideoPredictor``, built by its own builder (video post-processing included),
+    with ``model``'s weights (the same input size)."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    from .sam_models import get_spec
+
+    predictor = build_sam2_video_predictor(get_spec(sam_name).arch, ckpt_path=None, device=device,
+                                           hydra_overrides_extra=[f"++model.image_size={model.image_size}"])
+    # the same weights (strict); a torch.compile'd encoder names its parameters "._orig_mod."
+    predictor.load_state_dict({k.replace("._orig_mod", ""): v for k, v in model.state_dict().items()})
+    predictor.fill_hole_area = fill_hole_area
+    return predictor.eval()
+
+
+def _peak_mib(device) -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
+
+
+def _reset_peak(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _mean_iou(ours: dict[int, list[np.ndarray]], theirs: dict[int, np.ndarray]) -> float:
+    """Mean IoU over frames 1..N-1 and objects (two empty masks agree: 1)."""
+    import numpy as np
+
+    ious = []
+    for i in sorted(ours):
+        if i == 0:  # the conditioning frame: ours is the given mask, upstream's its decoding of it
+            continue
+        for a, b in zip(ours[i], theirs[i]):
+            union = np.logical_or(a, b).sum()
+            ious.append(1.0 if union == 0 else float(np.logical_and(a, b).sum() / union))
+    return float(np.mean(ious))
+
+
+def _nonempty_share(masks: dict[int, Any]) -> float:
+    return round(float(sum(m.any() for ms in masks.values() for m in ms)
+                       / max(1, sum(len(ms) for ms in masks.values()))), 4)
+
+
+def video_bench(opts: BenchOptions, seg, effective: str) -> dict[str, Any]:
+    """Our SAM 2 propagation against upstream ``SAM2VideoPredictor``, per object count (see the
+    module's docstring). ``seg``: the bench's :class:`InContextSegmenter` (its SAM 2 model is used)."""
+    import importlib.metadata
+    from unittest import mock
+
+    import numpy as np
+    import sam2.sam2_video_predictor as upstream_module
+    import torch
+
+    from .video import VideoSegmenter
+    from .video.sam2_propagation import Sam2Propagator, sam2_model_of
+
+    model = sam2_model_of(seg.engine)
+    if model is None:
+        return {"status": f"skipped: the video propagation needs a SAM 2 model, {opts.sam} is not one"}
+    try:  # upstream fills holes with its CUDA extension only (it warns and skips without it)
+        from sam2 import _C  # noqa: F401
+
+        fill_hole_area = 8  # SAM2VideoPredictor's and VideoSegmenter's default
+    except ImportError:
+        fill_hole_area = 0
+    cfg = seg.config
+    device = cfg.resolved_device()
+    # Preprocessing and autocast exactly as our propagator's, for both sides.
+    ref = Sam2Propagator(model, device=device, dtype=cfg.resolved_dtype())
+    predictor = _upstream_video_predictor(model, opts.sam, device, fill_hole_area)
+    notes: list[str] = []
+    if opts.compile:
+        predictor.image_encoder = torch.compile(predictor.image_encoder)
+        notes.append("both image encoders compiled with torch.compile (the warm-up clips include compilation)")
+    if fill_hole_area == 0:
+        notes.append("hole filling off on both sides (fill_hole_area 0): upstream's needs its CUDA extension "
+                     "(sam2._C), absent here; the product's default is 8")
+    vs = VideoSegmenter(seg, propagation="sam2", video_options={"fill_hole_area": fill_hole_area})
+
+    width, height = opts.video_size
+    frames, masks0 = synthetic_video(width, height, opts.video_frames, max(opts.video_objects),
+                                     np.random.default_rng(opts.seed))
+
+    def ours(clip: list[np.ndarray], k: int) -> dict[int, list[np.ndarray]]:
+        labels = [f"object{j + 1}" for j in range(k)]
+        given = dict(zip(labels, masks0[:k]))
+        return {r.index: [r.masks[lab] for lab in labels]
+                for r in vs.segment(clip, masks=given, labels=labels, direction="forward")}
+
+    def upstream(clip: list[np.ndarray], k: int, split: dict[str, float]) -> dict[int, np.ndarray]:
+        def load_video_frames(video_path, image_size, offload_video_to_cpu, **kwargs):
+            # upstream's loader resizes every frame to (S, S), normalises and stacks them on the device
+            return torch.cat([ref._image_tensor(f) for f in clip]), height, width
+
+        out: dict[int, np.ndarray] = {}
+        t0 = time.perf_counter()
+        with ref._autocast(), mock.patch.object(upstream_module, "load_video_frames", load_video_frames), \
+                mock.patch.object(upstream_module, "tqdm", lambda items, **kwargs: items):  # no progress bar
+            state = predictor.init_state("<in-memory frames>")
+            _sync(device)
+            t1 = time.perf_counter()
+            for j in range(k):
+                predictor.add_new_mask(state, frame_idx=0, obj_id=j + 1, mask=masks0[j])
+            _sync(device)
+            t2 = time.perf_counter()
+            for i, _, logits in predictor.propagate_in_video(state):
+                out[i] = (logits[:, 0] > 0).cpu().numpy()
+        split.update(init_state=t1 - t0, add_new_mask=t2 - t1, propagate_in_video=time.perf_counter() - t2)
+        return out
+
+    def timed(fn: Callable, *args) -> tuple[Any, float, float | None]:
+        _sync(device)
+        _reset_peak(device)
+        t0 = time.perf_counter()
+        result = fn(*args)
+        _sync(device)
+        return result, time.perf_counter() - t0, _peak_mib(device)
+
+    n = opts.video_frames
+    warm = frames[:min(n, opts.video_warmup_frames)]
+    runs: dict[str, dict[str, Any]] = {}
+    for k in opts.video_objects:
+        ours(warm, k)
+        upstream(warm, k, {})
+        our_masks, our_s, our_peak = timed(ours, frames, k)
+        split: dict[str, float] = {}
+        their_masks, their_s, their_peak = timed(upstream, frames, k, split)
+        our_fps, their_fps = n / our_s, n / their_s
+        ratio = our_fps / their_fps
+        target = VIDEO_TARGETS.get(k)
+        runs[str(k)] = {
+            "objects": k, "frames": n,
+            "ours_fps": round(our_fps, 4), "sam2_video_predictor_fps": round(their_fps, 4),
+            "ratio": round(ratio, 4), "target_ratio": target,
+            "target_met": None if target is None else bool(ratio >= target),
+            "ours_s": round(our_s, 4), "sam2_video_predictor_s": round(their_s, 4),
+            "sam2_video_predictor_split_s": {key: round(v, 4) for key, v in split.items()},
+            "agreement_mean_iou": round(_mean_iou(our_masks, their_masks), 4),
+            "nonempty_share": {"ours": _nonempty_share(our_masks),
+                               "sam2_video_predictor": _nonempty_share(their_masks)},
+            "peak_gpu_memory_mib": {"ours": our_peak, "sam2_video_predictor": their_peak},
+        }
+    if opts.random_weights:
+        notes.append("random weights: the masks mean nothing, the agreement only says both did the same work")
+    if device.type == "cuda":
+        notes.append("peak GPU memory per timed run: allocated, both models' weights resident")
+    return {
+        "status": "measured",
+        "ours": "dcsam.video.VideoSegmenter.segment (Sam2Propagator: all objects in one batch, bounded memory)",
+        "sam2_video_predictor": f"sam2=={importlib.metadata.version('sam2')} SAM2VideoPredictor "
+                                "(build_sam2_video_predictor, the same weights): init_state, add_new_mask per "
+                                "object, propagate_in_video (objects one after the other)",
+        "frames_fed": "the same in-memory uint8 RGB frames to both: ours as a list of arrays; upstream's "
+                      "init_state through its load_video_frames slot, resized and normalised as ours does "
+                      "(no JPEG decoding on either side)",
+        "timed": "the whole run on all frames, frame 0's masks in, every frame's bool masks on the host out; "
+                 "upstream's init_state (all frames' preprocessing, frame 0's encoding) included and split out",
+        "frames": n, "frame_size": [width, height], "warmup_frames": len(warm),
+        "sam_image_size": int(model.image_size), "precision": effective, "compile": opts.compile,
+        "fill_hole_area": fill_hole_area, "targets": {str(k): v for k, v in VIDEO_TARGETS.items()},
+        "by_objects": runs, "notes": notes,
     }
 
 

@@ -27,10 +27,22 @@ def test_parser_defaults_and_options():
     assert (opts.iterations, opts.warmup, opts.compile, opts.device) == (3, 0, True, "cpu")
     defaults = bench.BenchOptions.from_args(_parser().parse_args(["bench"]))
     assert defaults.random_weights is None and defaults.batch_size == 8 and defaults.warmup == 2
+    assert defaults.video and defaults.video_frames == 64 and defaults.video_size == (854, 480)
+    assert defaults.video_objects == (1, 3) and defaults.video_warmup_frames == 16
+
+
+def test_parser_video_options():
+    args = _parser().parse_args(["bench", "--video-frames", "5", "--video-size", "160x120", "--video-objects", "3,1,3",
+                                 "--video-warmup-frames", "2"])
+    opts = bench.BenchOptions.from_args(args)
+    assert (opts.video, opts.video_frames, opts.video_size, opts.video_objects) == (True, 5, (160, 120), (3, 1))
+    assert opts.video_warmup_frames == 2
+    assert bench.BenchOptions.from_args(_parser().parse_args(["bench", "--no-video"])).video is False
 
 
 @pytest.mark.parametrize("argv", [["--batch-size", "0"], ["--input-size", "640"], ["--precision", "fp8"],
-                                  ["--warmup", "-1"]])
+                                  ["--warmup", "-1"], ["--video-frames", "1"], ["--video-objects", "0,3"],
+                                  ["--video-objects", "one"], ["--video-size", "854"], ["--video-warmup-frames", "0"]])
 def test_parser_rejects_bad_values(argv, capsys):
     with pytest.raises(SystemExit):
         _parser().parse_args(["bench", *argv])
@@ -43,6 +55,36 @@ def test_synthetic_scene_is_deterministic_and_has_an_object():
     assert 0 < mask.mean() < 0.5
     assert np.array_equal(img, img2) and np.array_equal(mask, mask2)
     assert bench.encode_jpeg(img)[:2] == b"\xff\xd8"
+
+
+def test_synthetic_video_moves_shapes_in_separate_lanes():
+    frames, masks = bench.synthetic_video(160, 120, 6, 3, np.random.default_rng(1))
+    frames2, masks2 = bench.synthetic_video(160, 120, 6, 3, np.random.default_rng(1))
+    assert len(frames) == 6 and all(f.shape == (120, 160, 3) and f.dtype == np.uint8 for f in frames)
+    assert masks.shape == (3, 120, 160) and masks.dtype == bool
+    assert all(0 < m.mean() < 0.2 for m in masks)
+    assert not (masks[0] & masks[1]).any() and not (masks[1] & masks[2]).any()  # one lane each
+    rows = [np.flatnonzero(m.any(axis=1)) for m in masks]
+    assert rows[0].max() < rows[1].min() and rows[1].max() < rows[2].min()
+    assert np.abs(frames[5].astype(int) - frames[0].astype(int)).mean() > 5  # the shapes moved
+    assert all(np.array_equal(a, b) for a, b in zip(frames, frames2)) and np.array_equal(masks, masks2)
+
+
+def test_mean_iou_skips_the_conditioning_frame_and_counts_two_empty_masks_as_agreement():
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    a[:2], b[:1] = True, True
+    ours = {0: [a, a], 1: [a, a], 2: [a, np.zeros_like(a)]}
+    theirs = {0: np.stack([~a, ~a]), 1: np.stack([a, b]), 2: np.stack([b, np.zeros_like(a)])}
+    assert bench._mean_iou(ours, theirs) == pytest.approx((1 + 0.5 + 0.5 + 1) / 4)
+
+
+def test_video_bench_needs_a_sam2_model():
+    from types import SimpleNamespace
+
+    seg = SimpleNamespace(engine=SimpleNamespace(model=None))  # e.g. the lite engine, or SAM 1
+    out = bench.video_bench(bench.BenchOptions(sam="sam_vit_b"), seg, "fp32")
+    assert out["status"].startswith("skipped") and "SAM 2" in out["status"]
 
 
 def _positive_numbers(obj, path="$"):
@@ -61,7 +103,7 @@ def _positive_numbers(obj, path="$"):
 def test_bench_tiny_sam2_on_cpu_prints_json(capsys):
     args = _parser().parse_args([
         "bench", "--sam", "sam2.1_hiera_t", "--random-weights", "--image-size", "256", "--input-size", "192x144",
-        "--batch-size", "2", "--iterations", "1", "--warmup", "1", "--offline", "--device", "cpu",
+        "--batch-size", "2", "--iterations", "1", "--warmup", "1", "--offline", "--device", "cpu", "--no-video",
     ])
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)  # stdout holds the JSON and nothing else
@@ -84,7 +126,7 @@ def test_bench_tiny_sam2_on_cpu_prints_json(capsys):
     assert "forward_image" in out["sam_encoder_raw"]["callable"]
     assert set(out["ratios"]) == {"end_to_end_over_raw_encoder", "sam_encoder_stage_over_raw"}
     assert out["peak_gpu_memory_mib"] is None  # CPU
-    assert out["video"] == {"status": "not implemented: needs the video engine (issue 7)"}
+    assert out["video"] == {"status": "skipped (--no-video)"}
 
     numbers = dict(_positive_numbers({k: out[k] for k in ("example", "end_to_end", "stages", "stages_total",
                                                          "sam_encoder_raw", "ratios")}))
@@ -93,6 +135,38 @@ def test_bench_tiny_sam2_on_cpu_prints_json(capsys):
     for key in shares:  # a share rounds to 0 for a very cheap stage
         assert numbers.pop(key) >= 0, key
     assert numbers and all(v > 0 for v in numbers.values()), {k: v for k, v in numbers.items() if v <= 0}
+
+
+@pytest.mark.slow
+def test_bench_video_tiny_sam2_on_cpu(capsys):
+    """Ours against upstream SAM2VideoPredictor on a 5-frame 160x120 clip, 1 and 3 objects (the image
+    part as small as it goes)."""
+    args = _parser().parse_args([
+        "bench", "--sam", "sam2.1_hiera_t", "--random-weights", "--image-size", "256", "--input-size", "160x120",
+        "--batch-size", "1", "--iterations", "1", "--warmup", "0", "--offline", "--device", "cpu",
+        "--video-frames", "5", "--video-size", "160x120", "--video-objects", "1,3", "--video-warmup-frames", "2",
+    ])
+    assert args.func(args) == 0
+    video = json.loads(capsys.readouterr().out)["video"]
+
+    assert video["status"] == "measured"
+    assert "SAM2VideoPredictor" in video["sam2_video_predictor"] and "Sam2Propagator" in video["ours"]
+    assert video["frames"] == 5 and video["frame_size"] == [160, 120] and video["warmup_frames"] == 2
+    assert video["sam_image_size"] == 256 and video["precision"] == "fp32" and video["compile"] is False
+    assert video["targets"] == {"1": 1.0, "3": 2.0}
+    assert list(video["by_objects"]) == ["1", "3"]
+    for k, run in video["by_objects"].items():
+        assert run["objects"] == int(k) and run["frames"] == 5
+        for key in ("ours_fps", "sam2_video_predictor_fps", "ratio", "ours_s", "sam2_video_predictor_s"):
+            assert run[key] > 0, key
+        assert run["ratio"] == pytest.approx(run["ours_fps"] / run["sam2_video_predictor_fps"], rel=1e-3)
+        assert run["target_ratio"] == {"1": 1.0, "3": 2.0}[k]
+        assert run["target_met"] is (run["ratio"] >= run["target_ratio"])  # whatever the CPU gives
+        assert set(run["sam2_video_predictor_split_s"]) == {"init_state", "add_new_mask", "propagate_in_video"}
+        assert all(v >= 0 for v in run["sam2_video_predictor_split_s"].values())
+        assert 0.0 <= run["agreement_mean_iou"] <= 1.0
+        assert all(0.0 <= v <= 1.0 for v in run["nonempty_share"].values())
+        assert run["peak_gpu_memory_mib"] == {"ours": None, "sam2_video_predictor": None}  # CPU
 
 
 def test_bench_registers_on_the_cli_parser_when_wired():
