@@ -299,3 +299,23 @@ def test_training_a_frame_sequence_project_uses_mask_tubes(harness_factory, fake
     [tube] = training.tubes(items)
     assert [int(f.image[0, 0, 0]) for f in tube.frames] == [0, 5, 10]  # frame order, not task order
     assert training.tubes(items + [training.Item(4, "k", items[0].image, items[0].mask, "")]) == []  # mixed: episodes
+
+
+def test_frame_sequences_with_sam2_memory_propagation(harness_factory, fake_ls, data_dir):
+    """Plumbing of the SAM 2 path (random-weight SAM 2.1 tiny, so the masks themselves mean nothing): every
+    frame is propagated without error, in one propagation, and answered in order."""
+    from dcsam.sam_models import build_sam_model
+
+    frames = _davis(data_dir, "car-shadow", 5)
+    tasks = _sequence_project(fake_ls, frames, "car-shadow", 700)
+    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key,
+                        DCSAM_VIDEO_PROPAGATION="sam2")
+    h.backend.predictor.video._sam2_model = build_sam_model("sam2.1_hiera_t", random_weights=True, image_size=256)
+    r = h.predict(1, SEQUENCE_CONFIG, tasks[1:])
+    assert r.status_code == 200 and len(r.json["results"]) == 4
+    assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 1
+    run = next(iter(h.backend.predictor.video._runs.values()))
+    assert run.finished and sorted(run.outcomes) == [t["id"] for t in tasks]
+    assert all(o.error is None for o in run.outcomes.values()), run.outcomes
+    assert h.backend.predictor.video.video_segmenter(h.backend.examples.project(1).segmenter).propagation == "sam2"
+    assert _metric(h, "dcsam_task_errors_total", kind="video") == 0
