@@ -205,13 +205,17 @@ class VideoPredictor:
         for video, indices in by_video.items():
             wanted_ids = [tasks[i]["id"] for i in indices]
             try:
-                run = self._sequence_run(project_id, cfg, image_name, video, wanted_ids, access, pe, version, load, vs)
+                for _ in range(2):  # a run superseded while we waited (new annotations): wait for its successor
+                    run = self._sequence_run(project_id, cfg, image_name, video, wanted_ids, access, pe, version,
+                                             load, vs)
+                    got = run.wait(wanted_ids)
+                    if not run.cancelled:
+                        break
             except LabelStudioError as exc:
                 log.error("project %s, video %r: cannot list its frames: %s", project_id, video, exc)
                 for i in indices:
                     out[i] = FrameOutcome([], f"video {video!r}: {exc}")
                 continue
-            got = run.wait(wanted_ids)
             for i in indices:
                 out[i] = got.get(tasks[i]["id"]) or FrameOutcome([], "not a frame of the propagated video")
         return out
