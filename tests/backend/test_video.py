@@ -319,3 +319,32 @@ def test_frame_sequences_with_sam2_memory_propagation(harness_factory, fake_ls, 
     assert all(o.error is None for o in run.outcomes.values()), run.outcomes
     assert h.backend.predictor.video.video_segmenter(h.backend.examples.project(1).segmenter).propagation == "sam2"
     assert _metric(h, "dcsam_task_errors_total", kind="video") == 0
+
+
+def test_preannotation_job_over_frame_sequences_and_video_tasks(harness_factory, fake_ls, data_dir, tmp_path):
+    """A pre-annotation job (pages of 4 tasks) over two frame-sequence videos and a <Video> task project."""
+    fake_ls.label_configs[1] = SEQUENCE_CONFIG
+    a = _sequence_project(fake_ls, _davis(data_dir, "car-shadow", 7), "car-shadow", 100)
+    b = _sequence_project(fake_ls, _davis(data_dir, "car-roundabout", 5), "car-roundabout", 200, annotate=())
+    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key,
+                        DCSAM_PREANNOTATE_CHUNK="4", DCSAM_PREANNOTATE_BACKOFF_S="0")
+    r = h.client.post("/jobs/preannotate", json={"project": 1})
+    assert h.backend.runner.wait_idle(300)
+    job = h.client.get(f"/jobs/{r.json['id']}").json
+    assert job["status"] == "done" and job["figures"]["failed"] == 0, job
+    assert fake_ls.predictions_per_task(h.backend.version) == {t["id"]: 1 for t in a + b}
+    assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 2  # once per video, across pages
+    # <Video> tasks in another project
+    fake_ls.label_configs[2] = VIDEO_CONFIG
+    frames = _davis(data_dir, "car-shadow", 4, long_side=426)
+    fake_ls.files["/data/upload/2/a.mp4"] = _mp4(tmp_path / "a.mp4", frames)
+    fake_ls.tasks.append({"id": 900, "project": 2, "data": {"video": "/data/upload/2/a.mp4"},
+                          "annotations": [{"id": 91, "result": [_keyframe_region(frames[0][1], 1)],
+                                           "was_cancelled": False, "updated_at": "2026-11-01T10:00:00Z"}]})
+    fake_ls.tasks.append({"id": 901, "project": 2, "data": {"video": "/data/upload/2/a.mp4"}, "annotations": []})
+    r = h.client.post("/jobs/preannotate", json={"project": 2})
+    assert h.backend.runner.wait_idle(300)
+    job = h.client.get(f"/jobs/{r.json['id']}").json
+    assert job["status"] == "done" and job["figures"]["failed"] == 0, job
+    tracks = [p for p in fake_ls.predictions if p["task"] in (900, 901)]
+    assert len(tracks) == 2 and all(p["result"][0]["type"] == "videorectangle" for p in tracks)
