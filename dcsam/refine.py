@@ -1,5 +1,7 @@
-"""Interactive refinement with clicks and a box, engine-agnostic (``InContextSegmenter.refine``):
-the in-context prediction (when the label has examples) seeds a GrabCut that the prompts steer.
+"""Interactive refinement with clicks and a box (``InContextSegmenter.refine``). The in-context
+prediction (when the label has examples) is kept when it already obeys every prompt; otherwise an
+engine with a promptable model (DC-SAM: SAM's own point and box prompts) answers the prompts, and an
+engine without one (lite) runs a GrabCut seeded by the prediction and steered by the prompts:
 
 * positive points: hard foreground discs; the result keeps only the connected parts that contain one;
 * negative points: hard background discs;
@@ -58,6 +60,13 @@ def refine_mask(
         inside = kept.sum() / max(1, mask.sum())
         if inside >= 0.95 and kept.any() and all(_at(kept, x, y) == pos for x, y, pos in points):
             return kept, score
+
+    engine = getattr(segmenter, "engine", None)
+    prompted = engine.prompt(img, points, box) if engine is not None else None
+    if prompted is not None:  # a promptable model (SAM) answers the clicks and the box itself
+        out = prompted.mask if box is None else prompted.mask & _box_mask(box, height, width)
+        obeyed = [_at(out, x, y) == pos for x, y, pos in points]
+        return out, (prompted.score * (sum(obeyed) / len(obeyed) if obeyed else 1.0) if out.any() else 0.0)
 
     scale = min(1.0, work_size / max(height, width))
     sw, sh = max(1, round(width * scale)), max(1, round(height * scale))

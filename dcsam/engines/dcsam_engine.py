@@ -182,6 +182,31 @@ class DCSAMEngine(Engine):
                     self._predict_cold_start(images, query, support, label, results)
         return results
 
+    @torch.no_grad()
+    def prompt(self, image: np.ndarray, points: Sequence[tuple[float, float, bool]],
+               box: tuple[float, float, float, float] | None) -> SegmentResult | None:
+        """SAM's own point / box prompting (the multi-mask output with the best predicted IoU)."""
+        if not points and box is None:
+            return None
+        size = self.model.sam.image_size
+        height, width = image.shape[:2]
+        sx, sy = size / width, size / height  # SAM's input is the image stretched to size x size
+        pts = None
+        if points:
+            coords = torch.tensor([[[x * sx, y * sy] for x, y, _ in points]], dtype=torch.float32, device=self.device)
+            labels = torch.tensor([[1 if positive else 0 for *_, positive in points]], device=self.device)
+            pts = (coords, labels)
+        boxes = None
+        if box is not None:
+            x0, y0, x1, y1 = box
+            boxes = torch.tensor([[x0 * sx, y0 * sy, x1 * sx, y1 * sy]], dtype=torch.float32, device=self.device)
+        with self._autocast():
+            feats = self.model.sam.encode(to_tensor(image, size, self.device))
+            logits, iou = self.model.sam.decode_prompts(feats, points=pts, boxes=boxes, multimask=True)
+        best = int(iou[0].float().argmax())
+        mask = upsample_mask(logits[0, best:best + 1], height, width)
+        return SegmentResult(mask, float(iou[0, best].float().clamp(0, 1)) if mask.any() else 0.0, {"prompted": True})
+
     def _predict_trained(self, images, query: QueryFeatures, support: SupportFeatures, label: str, results) -> None:
         out = self.model.forward_features(query, support.repeat(len(images)))
         for i, img in enumerate(images):

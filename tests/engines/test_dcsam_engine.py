@@ -98,3 +98,34 @@ def test_finetune_trains_only_the_prompt_generator():
     assert not engine.model.generator.training
     engine.load_trainable_state_dict({})  # the empty state (how a cold-start engine saves) is the cold start again
     assert not engine.trained and engine.version.endswith("-coldstart-random")
+
+
+def test_clicks_and_box_go_to_sams_own_prompting(segmenter, monkeypatch):
+    engine = segmenter.engine
+    size = engine.model.sam.image_size
+    seen = {}
+    orig = engine.model.sam.decode_prompts
+
+    def spy(feats, points=None, boxes=None, **kw):
+        seen["points"], seen["boxes"] = points, boxes
+        return orig(feats, points=points, boxes=boxes, **kw)
+
+    monkeypatch.setattr(engine.model.sam, "decode_prompts", spy)
+    img, _ = synthetic_pair(3)  # 240 x 200
+    out = engine.prompt(img, [(120.0, 100.0, True), (24.0, 180.0, False)], (60.0, 50.0, 180.0, 150.0))
+    assert out.mask.shape == (200, 240) and 0.0 <= out.score <= 1.0
+    coords, labels = seen["points"]
+    # SAM's input is the image stretched to size x size: pixel coordinates scale per axis
+    assert torch.allclose(coords.cpu(), torch.tensor([[[size / 2, size / 2], [size / 10, size * 0.9]]]))
+    assert labels.cpu().tolist() == [[1, 0]]
+    assert torch.allclose(seen["boxes"].cpu(), torch.tensor([[size / 4, size / 4, size * 0.75, size * 0.75]]))
+    # refinement with an unknown label (no in-context start) uses it, clipped to the box
+    mask, score = segmenter.refine(img, None, points=[(120.0, 100.0, True)], box=(60.0, 50.0, 180.0, 150.0))
+    assert seen["boxes"] is not None and mask.shape == (200, 240) and not mask[:50].any() and not mask[:, :60].any()
+    assert engine.prompt(img, [], None) is None
+
+
+def test_the_lite_engine_has_no_promptable_model():
+    seg = InContextSegmenter.from_config(engine="lite")
+    img, _ = synthetic_pair(4)
+    assert seg.engine.prompt(img, [(10.0, 10.0, True)], None) is None
