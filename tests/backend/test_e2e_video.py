@@ -10,39 +10,19 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from backend.outputs import mask_box
-from dcsam.io import read_image, read_mask
 
 from .ls_harness import LEGACY_TOKEN, Backend, LabelStudio
 from .test_e2e_labelstudio import brush_result, decode_brush, iou
-from .test_video import VIDEO_CONFIG, _box_iou, _keyframe_region, _track_boxes
+from .test_video import SEQUENCE_CONFIG, VIDEO_CONFIG, _box_iou, _davis, _keyframe_region, _mp4, _track_boxes
 
 pytestmark = pytest.mark.slow
 
-DAVIS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "davis16-dev"
-SEQUENCE_CONFIG = """<View><Image name="image" value="$image"/>
-<BrushLabels name="tag" toName="image"><Label value="car"/></BrushLabels></View>"""
-
-
-def _frames(video: str, n: int, long_side: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    if not DAVIS.is_dir():
-        pytest.skip(f"{DAVIS} is missing")
-    out = []
-    for jpg in sorted((DAVIS / "JPEGImages" / video).glob("*.jpg"))[:n]:
-        img, mask = read_image(jpg), read_mask(DAVIS / "Annotations" / video / f"{jpg.stem}.png")
-        if long_side:
-            scale = long_side / max(img.shape[:2])
-            size = (round(img.shape[1] * scale), round(img.shape[0] * scale))
-            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-            mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-        out.append((img, mask))
-    return out
 
 
 def _metric(backend: Backend, name: str, **labels) -> float:
@@ -59,8 +39,8 @@ def _latest_prediction(ls: LabelStudio, task_id: int) -> dict:
     return max(preds, key=lambda p: p["id"])
 
 
-def test_frame_sequence_tasks(ls, workdir):
-    videos = {"car-shadow": _frames("car-shadow", 24, 240), "car-roundabout": _frames("car-roundabout", 12, 240)}
+def test_frame_sequence_tasks(ls, workdir, data_dir):
+    videos = {"car-shadow": _davis(data_dir, "car-shadow", 24), "car-roundabout": _davis(data_dir, "car-roundabout", 12)}
     folder = workdir / "sequence"
     folder.mkdir()
     paths = []
@@ -108,22 +88,15 @@ def test_frame_sequence_tasks(ls, workdir):
         backend.close()
 
 
-def _mp4(path: Path, frames) -> Path:
-    h, w = frames[0][0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
-    for img, _ in frames:
-        writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
-
-
-def test_video_tasks_get_videorectangle_tracks(ls, workdir):
+def test_video_tasks_get_videorectangle_tracks(ls, workdir, data_dir):
     folder = workdir / "videos"
     folder.mkdir()
-    clips = {"car-roundabout": _frames("car-roundabout", 12), "car-shadow": _frames("car-shadow", 24)}
+    clips = {"car-roundabout": _davis(data_dir, "car-roundabout", 12, long_side=854),  # DAVIS frames are 854x480
+             "car-shadow": _davis(data_dir, "car-shadow", 24, long_side=854)}
     project = ls.create_project("E2E video tracks", VIDEO_CONFIG)
     for video, frames in clips.items():
-        path = _mp4(folder / f"{video}.mp4", frames)
+        path = folder / f"{video}.mp4"
+        _mp4(path, frames)
         with open(path, "rb") as fh:
             r = ls.call("POST", f"/api/projects/{project}/import", files={"file": (path.name, fh, "video/mp4")})
         assert r.json()["task_count"] == 1
