@@ -124,6 +124,7 @@ class SequenceRun:
 
     key: tuple
     task_ids: list[int]
+    first_wanted: set[int] = field(default_factory=set)  # positions the request that started it waits for
     outcomes: dict[int, FrameOutcome] = field(default_factory=dict)
     finished: bool = False
     cancelled: bool = False
@@ -146,6 +147,19 @@ class SequenceRun:
         with self.cond:
             self.cond.wait_for(lambda: self.finished or all(t in self.outcomes for t in task_ids))
             return {t: self.outcomes[t] for t in task_ids if t in self.outcomes}
+
+
+def segments(anchors: list, n: int, first: set[int]) -> list[tuple[int, int, int, int]]:
+    """(anchor index, anchor position, lo, hi): each annotated frame (or frame 0 without any) owns the
+    frames ``lo .. hi-1`` nearer to it than to another one. The segments holding ``first`` (the frames
+    the request that started the run waits for) come first, then the rest in video order."""
+    positions = [pos for pos, _ in anchors] or [0]
+    out = []
+    for j, anchor in enumerate(positions):
+        lo = 0 if j == 0 else (positions[j - 1] + anchor) // 2 + 1
+        hi = n if j == len(positions) - 1 else (anchor + positions[j + 1]) // 2 + 1
+        out.append((j, anchor, lo, hi))
+    return sorted(out, key=lambda seg: not any(seg[2] <= f < seg[3] for f in first))
 
 
 class VideoPredictor:
@@ -262,7 +276,8 @@ class VideoPredictor:
                 return run
             if run is not None and not run.finished:
                 run.cancelled = True  # superseded: new examples, annotations or weights
-            run = SequenceRun(key, [t["id"] for t in frames])
+            wanted = set(wanted_ids)
+            run = SequenceRun(key, [t["id"] for t in frames], {i for i, t in enumerate(frames) if t["id"] in wanted})
             self._runs[slot] = run
             while len(self._runs) > s.video_cache:
                 self._runs.popitem(last=False)
@@ -282,10 +297,7 @@ class VideoPredictor:
         keys = {example_key(c.name, lab): (c, lab) for c, lab in wanted}
         t0, error = time.monotonic(), None
         try:
-            positions = [pos for pos, _ in anchors] or [0]
-            for j, anchor in enumerate(positions):
-                lo = 0 if j == 0 else (positions[j - 1] + anchor) // 2 + 1
-                hi = len(frames) if j == len(positions) - 1 else (anchor + positions[j + 1]) // 2 + 1
+            for j, anchor, lo, hi in segments(anchors, len(frames), run.first_wanted):
                 masks = self._anchor_masks(anchors[j][1], controls, project_id) if anchors else {}
                 labels = [k for k in keys if k in masks or k in pe.encoded]
                 if not labels:

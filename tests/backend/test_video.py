@@ -156,6 +156,15 @@ def test_data_keys_are_configurable_and_a_new_annotation_starts_a_new_propagatio
     assert iou(got1, frames[1][1]) > 0.7
 
 
+def test_each_annotated_frame_owns_its_nearest_frames_and_the_requested_ones_go_first():
+    from backend.video import segments
+
+    anchors = [(2, {}), (10, {}), (20, {})]
+    assert segments(anchors, 30, set()) == [(0, 2, 0, 7), (1, 10, 7, 16), (2, 20, 16, 30)]
+    assert segments(anchors, 30, {25}) == [(2, 20, 16, 30), (0, 2, 0, 7), (1, 10, 7, 16)]
+    assert segments([], 5, {3}) == [(0, 0, 0, 5)]  # no annotated frame: from frame 0, predicted in context
+
+
 def test_a_broken_frame_fails_that_task_only(harness_factory, fake_ls, data_dir):
     frames = _davis(data_dir, "car-shadow", 6)
     tasks = _sequence_project(fake_ls, frames, "car-shadow", 300)
@@ -315,7 +324,9 @@ def test_frame_sequences_with_sam2_memory_propagation(harness_factory, fake_ls, 
     assert r.status_code == 200 and len(r.json["results"]) == 4
     assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 1
     run = next(iter(h.backend.predictor.video._runs.values()))
-    assert run.finished and sorted(run.outcomes) == [t["id"] for t in tasks]
+    with run.cond:  # the request returned with its frames; the run's bookkeeping may still be closing
+        assert run.cond.wait_for(lambda: run.finished, timeout=60)
+    assert sorted(run.outcomes) == [t["id"] for t in tasks]
     assert all(o.error is None for o in run.outcomes.values()), run.outcomes
     assert h.backend.predictor.video.video_segmenter(h.backend.examples.project(1).segmenter).propagation == "sam2"
     assert _metric(h, "dcsam_task_errors_total", kind="video") == 0
