@@ -95,8 +95,7 @@ class Backend:
         self.metrics = Metrics()
         self._describe_metrics()
         self.examples = ExampleManager(self.state, self.model, k=settings.examples_per_label,
-                                       recheck_s=settings.examples_recheck_s, max_pixels=settings.max_image_pixels,
-                                       settings=settings)
+                                       recheck_s=settings.examples_recheck_s, max_pixels=settings.max_image_pixels)
         self.predictor = Predictor(
             model=self.model, examples=self.examples, version=self.version, batch_size=settings.batch_size,
             min_score=settings.min_score, max_pixels=settings.max_image_pixels,

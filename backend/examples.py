@@ -66,7 +66,7 @@ def select_examples(tasks, cfg: LabelConfig, k: int) -> dict[str, list[ExampleRe
             if not isinstance(ann, dict) or ann.get("was_cancelled") or ann.get("id") is None:
                 continue
             result = ann.get("result") or []
-            for control in cfg.mask_controls + cfg.track_controls:
+            for control in cfg.label_controls:
                 media = cfg.images.get(control.to_name) or cfg.videos[control.to_name]
                 ref = (task.get("data") or {}).get(media.value_key)
                 labels = set()
@@ -84,9 +84,7 @@ def select_examples(tasks, cfg: LabelConfig, k: int) -> dict[str, list[ExampleRe
 
 
 class ExampleManager:
-    def __init__(self, state: State, model: ModelHolder, *, k: int, recheck_s: float, max_pixels: int,
-                 settings=None):
-        self.settings = settings  # media limits for video examples (BackendSettings)
+    def __init__(self, state: State, model: ModelHolder, *, k: int, recheck_s: float, max_pixels: int):
         self.state = state
         self.model = model
         self.k = k
@@ -122,13 +120,13 @@ class ExampleManager:
                 return pe
             if pe.segmenter is None:
                 pe.segmenter = self.model.new_segmenter()
-            wanted_keys = {example_key(c.name, lab) for c in cfg.mask_controls + cfg.track_controls for lab in c.labels}
+            wanted_keys = {example_key(c.name, lab) for c in cfg.label_controls for lab in c.labels}
             for key in list(pe.fingerprints):
                 if key not in selected or key not in wanted_keys:
                     pe.segmenter.clear_examples(key)
                     del pe.fingerprints[key]
                     pe.encoded.discard(key)
-            controls = {c.name: c for c in cfg.mask_controls + cfg.track_controls}
+            controls = {c.name: c for c in cfg.label_controls}
             for key, refs in selected.items():
                 fingerprint = tuple((r.annotation_id, r.updated_at) for r in refs)
                 if pe.fingerprints.get(key) == fingerprint:
@@ -150,8 +148,7 @@ class ExampleManager:
                 if control.type in TRACK_CONTROL_TYPES:
                     from .video import track_frame
 
-                    image, mask = track_frame(control, list(ref.result), ref.label, ref.image_ref, ref.task_id, access,
-                                              self.settings)
+                    image, mask = track_frame(control, list(ref.result), ref.label, ref.image_ref, ref.task_id, access)
                 else:
                     mask = annotation_mask(control, list(ref.result), ref.label)
                     if mask is None or not mask.any():

@@ -63,8 +63,13 @@ class LabelConfig:
     videos: dict[str, VideoTag] = field(default_factory=dict)
     track_controls: list[ControlTag] = field(default_factory=list)  # VideoRectangle, labels from <Labels>
 
+    @property
+    def label_controls(self) -> list[ControlTag]:
+        """The controls whose labels are segmented and learnt from: image masks and video tracks."""
+        return self.mask_controls + self.track_controls
+
     def control(self, name: str) -> ControlTag | None:
-        for c in self.mask_controls + self.prompt_controls + self.track_controls:
+        for c in self.label_controls + self.prompt_controls:
             if c.name == name:
                 return c
         return None

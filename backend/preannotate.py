@@ -170,7 +170,7 @@ def run_preannotate(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict
                 ctx.report(params=params)
             pe, plan = backend.predictor.plan(project_id, cfg, access)
             if not plan:
-                labels = sorted({lab for c in cfg.mask_controls + cfg.track_controls for lab in c.labels})
+                labels = sorted({lab for c in cfg.label_controls for lab in c.labels})
                 raise JobError(f"project {project_id} has no accepted annotation with any of the labels {labels}: "
                                "annotate (and submit) at least one task first")
             value_keys = sorted({cfg.images[name].value_key for name in plan if name in cfg.images})  # not videos

@@ -77,7 +77,7 @@ class Predictor:
         pe = self.examples.ensure(project_id, cfg, access)
         keys = set(pe.keys())
         plan: dict[str, list[tuple[ControlTag, str, str]]] = {}
-        for control in cfg.mask_controls + cfg.track_controls:
+        for control in cfg.label_controls:
             for label in control.labels:
                 key = example_key(control.name, label)
                 if key in keys:
@@ -106,7 +106,7 @@ class Predictor:
             return results
         pe, plan = planned or self.plan(project_id, cfg, access)
         if not plan:
-            labels = sorted({lab for c in cfg.mask_controls + cfg.track_controls for lab in c.labels})
+            labels = sorted({lab for c in cfg.label_controls for lab in c.labels})
             log.warning("project %s has no accepted annotation with any of the labels %s yet: returning %d empty "
                         "predictions. Annotate one image (and submit it), then retrieve predictions again.",
                         project_id, labels, len(tasks))

@@ -237,8 +237,9 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
     n_tasks = len(fold_of)
     figures: dict = {"annotated_tasks": n_tasks, "labels": len({i.key for i in items}), "folds": len(folds),
                      "val_tasks": sum(fold is not None for fold in fold_of.values()), "episodes": len(all_episodes)}
-    if tubes(items):
-        figures["tubes"] = len(tubes(items))  # a frame-sequence project: mask-tube fine-tuning
+    n_tubes = len(tubes(items))
+    if n_tubes:
+        figures["tubes"] = n_tubes  # a frame-sequence project: mask-tube fine-tuning
     if not folds:
         raise JobError(f"project {project_id}: not enough accepted annotations to fine-tune and validate "
                        f"({n_tasks} usable task(s)): a label needs at least 3 annotated tasks (2 to train, 1 to "

@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -37,7 +38,7 @@ from dcsam.video.frames import FrameSource, VideoFileSource
 
 from .examples import example_key
 from .labelconfig import ControlTag, LabelConfig
-from .media import LabelStudioAccess, LabelStudioError, MediaError
+from .media import LabelStudioAccess, LabelStudioError, MediaError, fetch_media
 from .outputs import RegionError, VideoRectangleOutput, annotation_mask, mask_box, output_for
 
 log = logging.getLogger(__name__)
@@ -368,7 +369,9 @@ class VideoPredictor:
             return FrameOutcome([], f"video propagation unavailable: {self._unsupported}")
         annotation = self._task_annotation(task, access)
         try:
-            with downloaded_video(data[tag.value_key], task.get("id"), access, self.settings) as source:
+            fetch = partial(fetch_media, data[tag.value_key], task.get("id"), access=access,
+                            max_bytes=self.settings.max_download_bytes, local_files_root=self.settings.local_files_root)
+            with downloaded_video(fetch, task.get("id")) as source:
                 masks, anchor = {}, 0
                 if annotation is not None:
                     masks, anchor = self._track_anchor(project_id, annotation, controls, source, pe)
@@ -448,20 +451,17 @@ def box_to_mask(segmenter, frame: np.ndarray, box_percent, key: str | None) -> n
 
 
 class downloaded_video:
-    """``with downloaded_video(ref, task_id, access, settings) as source``: the task's video in a
-    private temporary file (removed afterwards), read by :class:`dcsam.video.frames.VideoFileSource`."""
+    """``with downloaded_video(fetch, task_id) as source``: the task's video (``fetch()`` returns its
+    bytes, within the download limits) in a private temporary file removed afterwards, read by
+    :class:`dcsam.video.frames.VideoFileSource`."""
 
-    def __init__(self, ref: Any, task_id: int | None, access: LabelStudioAccess | None, settings):
-        self.ref, self.task_id, self.access, self.settings = ref, task_id, access, settings
+    def __init__(self, fetch: Callable[[], bytes], task_id: int | None):
+        self.fetch, self.task_id = fetch, task_id
         self.path: str | None = None
         self.source: VideoFileSource | None = None
 
     def __enter__(self) -> VideoFileSource:
-        from .media import fetch_media
-
-        s = self.settings
-        raw = fetch_media(self.ref, self.task_id, access=self.access, max_bytes=s.max_download_bytes,
-                          local_files_root=s.local_files_root)
+        raw = self.fetch()
         fd, self.path = tempfile.mkstemp(prefix="dcsam-video-", suffix=".mp4")
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
@@ -484,12 +484,12 @@ class downloaded_video:
 
 
 def track_frame(control: ControlTag, result: list, label: str, video_ref: Any, task_id: int,
-                access: LabelStudioAccess, settings) -> tuple[np.ndarray, tuple]:
+                access: LabelStudioAccess) -> tuple[np.ndarray, tuple]:
     """The frame of ``label``'s first keyframe in an annotated video, and that keyframe's box (percent):
     the makings of an in-context example (see :func:`box_to_mask`). Raises RegionError / MediaError."""
     first = VideoRectangleOutput(control).first_box(result, label)
     if first is None:
         raise RegionError(f"no keyframe box for {label!r}")
-    with downloaded_video(video_ref, task_id, access, settings) as source:
+    with downloaded_video(lambda: access.fetch(video_ref, task_id), task_id) as source:
         frame = source.read(min(first[0], len(source) - 1))
     return frame, first[1]
