@@ -12,24 +12,12 @@ import time
 from typing import Callable
 
 from dcsam.api import InContextSegmenter
+from dcsam.checkpoints import clone_state
 from dcsam.config import SegmenterConfig
 
 log = logging.getLogger(__name__)
 
 BASE_TAG = "\x00base"
-
-
-def _clone_state(state):
-    """A deep copy of a (nested) state dict: tensors cloned, containers copied."""
-    import torch
-
-    if isinstance(state, torch.Tensor):
-        return state.detach().clone()
-    if isinstance(state, dict):
-        return {k: _clone_state(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_clone_state(v) for v in state)
-    return state
 
 
 SegmenterFactory = Callable[[SegmenterConfig], InContextSegmenter]
@@ -72,7 +60,7 @@ class ModelHolder:
                     log.error("could not load the %s engine: %s", self.config.engine, self.load_error)
                     raise
                 self.loads += 1
-                self.base_state = _clone_state(base.engine.trainable_state_dict())
+                self.base_state = clone_state(base.engine.trainable_state_dict())
                 self.weights_tag = BASE_TAG
                 self.load_seconds = time.monotonic() - t0
                 self.load_error = None

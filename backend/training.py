@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dcsam.api import InContextSegmenter
+from dcsam.checkpoints import clone_state
 from dcsam.engines.base import Episode, LabelledImage
 from dcsam.errors import DcsamError
 from dcsam.video.tubes import MaskTube, finetune_on_tubes
@@ -310,9 +311,7 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
                 ctx.report(figures=figures, message="fine-tuning on every accepted annotation", force=True)
                 train_figs = finetune(items, choices[best])
                 figures["train"] = {key: v for key, v in (train_figs or {}).items() if not isinstance(v, (dict, list))}
-                from .model import _clone_state
-
-                candidate = _clone_state(engine.trainable_state_dict())
+                candidate = clone_state(engine.trainable_state_dict())
         finally:
             backend.model.forget_weights()
     figures["seconds"] = round(time.monotonic() - t0, 2)

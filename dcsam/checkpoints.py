@@ -40,6 +40,17 @@ def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
     return obj
 
 
+def clone_state(state: Any) -> Any:
+    """A deep copy of a (nested) state dict: tensors detached and cloned, containers copied."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: clone_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(clone_state(v) for v in state)
+    return state
+
+
 def state_dict_digest(state: Mapping[str, torch.Tensor]) -> str:
     """Short hash of weights, for model versions that change whenever the weights do."""
     digest = hashlib.sha256()

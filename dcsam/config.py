@@ -10,6 +10,10 @@ from typing import Any, Mapping
 
 import torch
 
+# The defaults every entry point shares (CLI flags, backend settings, benchmarks): one place each.
+DEFAULT_SAM = "sam2.1_hiera_t"
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
 
 def default_cache_dir() -> Path:
     """Where downloaded weights go: ``$DCSAM_CACHE_DIR`` or ``~/.cache/dcsam``."""
@@ -20,9 +24,9 @@ def default_cache_dir() -> Path:
 class SegmenterConfig:
     engine: str = "lite"  # "lite" | "dcsam"
     # DC-SAM engine
-    sam: str = "sam2.1_hiera_t"  # base model name, see dcsam.sam_models.SAM_MODELS
+    sam: str = DEFAULT_SAM  # base model name, see dcsam.sam_models.SAM_MODELS
     sam_checkpoint: str | None = None  # path to the official checkpoint; None = cache/download
-    backbone: str = "efficientnet_lite0"  # prior backbone, see dcsam.backbones
+    backbone: str = DEFAULT_BACKBONE  # prior backbone, see dcsam.backbones
     backbone_weights: str | None = None  # path; None = bundled (lite0) or cache/download
     variant: str = "full"  # "full" | "prior_only"
     prompt_generator: str | None = None  # trained prompt-generator checkpoint; None = cold start
