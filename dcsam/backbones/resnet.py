@@ -50,8 +50,10 @@ class ResNet50V2(_ResNetPrior):
     def __init__(self) -> None:
         super().__init__()
         net = ResNet(Bottleneck, [3, 4, 6, 3])
-        net.inplanes, net.dilation = 128, 1
-        net.layer1 = net._make_layer(Bottleneck, 64, 3)  # takes the 128-channel deep stem
+        # layer1 takes the 128-channel deep stem: torchvision's layer built for 128 inputs (its
+        # modules made in the same order, so seeded random weights stay the same)
+        downsample = nn.Sequential(nn.Conv2d(128, 256, 1, bias=False), nn.BatchNorm2d(256))
+        net.layer1 = nn.Sequential(Bottleneck(128, 64, downsample=downsample), Bottleneck(256, 64), Bottleneck(256, 64))
         self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sam2_internals import flat_backbone_features
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -84,7 +86,7 @@ class SamAdapter(nn.Module):
             return SamFeatures(self.model.image_encoder(x))
         m = self.model
         out = m.forward_image(x)  # applies conv_s0 / conv_s1 to the high-resolution levels
-        _, vision_feats, _, sizes = m._prepare_backbone_features(out)
+        vision_feats, _, sizes = flat_backbone_features(m, out)
         if m.directly_add_no_mem_embed:
             vision_feats[-1] = vision_feats[-1] + m.no_mem_embed
         b = x.shape[0]

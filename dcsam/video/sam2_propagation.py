@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engines.base import SegmentResult
+from ..modeling.sam2_internals import flat_backbone_features, non_overlapping_masks
 from ..modeling.sam_adapter import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,7 @@ class Sam2Propagator:
             "backbone_fpn": [f.expand(batch, -1, -1, -1) for f in out["backbone_fpn"]],
             "vision_pos_enc": [p.expand(batch, -1, -1, -1) for p in out["vision_pos_enc"]],
         }
-        _, feats, pos, sizes = m._prepare_backbone_features(expanded)
-        return feats, pos, sizes
+        return flat_backbone_features(m, expanded)
 
     def _compact(self, out: dict) -> dict:
         feats = out.get("maskmem_features")
@@ -145,7 +145,7 @@ class Sam2Propagator:
         h, w = sizes[-1]
         pix = feats[-1].permute(1, 2, 0).reshape(b, c, h, w)
         if m.non_overlap_masks_for_mem_enc:
-            mask_probs = m._apply_non_overlapping_constraints(mask_probs)
+            mask_probs = non_overlapping_masks(m, mask_probs)
         mask_for_mem = mask_probs * m.sigmoid_scale_for_mem_enc + m.sigmoid_bias_for_mem_enc
         out = m.memory_encoder(pix, mask_for_mem, skip_mask_sigmoid=True)
         features = out["vision_features"]

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..engines.base import Episode, LabelledImage, ProgressFn
 from ..errors import InputError
+from ..modeling.sam2_internals import flat_backbone_features
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,7 @@ class TubeForward:
         """Frozen SAM 2 features of one frame (1, 3, H, W) in [0, 1]: (feats, pos, sizes)."""
         m = self.sam2
         out = m.forward_image(self.model.sam.preprocess(image))
-        _, feats, pos, sizes = m._prepare_backbone_features(out)
-        return feats, pos, sizes
+        return flat_backbone_features(m, out)
 
     def first_frame(self, query, support, feats0, sizes0) -> tuple[torch.Tensor, dict]:
         """DC-SAM's prompts on the conditioning frame; returns its low-res logits and memory entry."""
