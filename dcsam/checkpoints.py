@@ -25,14 +25,23 @@ def save_checkpoint(path: str | Path, kind: str, state_dict: Mapping[str, torch.
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
+def read_torch_file(path: str | Path) -> Any:
+    """``torch.load`` of a file on the CPU with ``weights_only=True`` (tensors and plain containers
+    only: a checkpoint from elsewhere cannot run code); CheckpointError for a missing file or one
+    that does not load."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip / pickle errors from truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({path.stat().st_size} bytes; "
+                              f"truncated or corrupt?): {exc}") from exc
+
+
+def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, checking its format and ``kind``."""
+    obj = read_torch_file(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a dcsam checkpoint (expected format {FORMAT!r})")
     if obj.get("kind") != kind:

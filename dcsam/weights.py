@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoints import read_torch_file
 from .errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -106,15 +107,7 @@ def resolve_weight_file(
 def load_state_dict_file(path: str | os.PathLike, *, key: str | None = None) -> dict[str, torch.Tensor]:
     """Load a state dict from a checkpoint file, optionally from ``ckpt[key]``; clear errors."""
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: checkpoint not found") from exc
-    except Exception as exc:  # zip/pickle errors from truncated or foreign files
-        size = path.stat().st_size if path.exists() else 0
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({size} bytes; truncated or corrupt?): {exc}"
-        ) from exc
+    obj = read_torch_file(path)
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             found = list(obj)[:5] if isinstance(obj, Mapping) else type(obj).__name__

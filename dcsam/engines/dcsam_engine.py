@@ -17,7 +17,10 @@ from ..build import build_dcsam
 from ..checkpoints import load_checkpoint, save_checkpoint, state_dict_digest
 from ..config import SegmenterConfig
 from ..errors import CheckpointError, InputError
+from ..masks import resize_mask
 from ..modeling import DCSAM, QueryFeatures, SupportFeatures
+from ..training.loop import optimise
+from ..training.losses import bce_dice_loss
 from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
 
 log = logging.getLogger(__name__)
@@ -32,12 +35,17 @@ def save_prompt_generator(path, model: DCSAM, config: SegmenterConfig, **extra: 
     return save_checkpoint(path, PROMPT_GENERATOR_KIND, model.generator.state_dict(), settings, **extra)
 
 
-def to_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+def to_tensor(image: np.ndarray, size: int, device: torch.device | str) -> torch.Tensor:
     """uint8 (H, W, 3) -> float (1, 3, size, size) in [0, 1]; resized on the CPU to bound memory."""
     h, w = image.shape[:2]
     interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR
     resized = cv2.resize(image, (size, size), interpolation=interp)
     return torch.from_numpy(resized).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def mask_tensor(mask: np.ndarray, size: int, device: torch.device | str) -> torch.Tensor:
+    """bool (H, W) -> float (1, 1, size, size) with 0/1 (nearest-neighbour resize)."""
+    return torch.from_numpy(resize_mask(mask, size, size)).to(device)[None, None].float()
 
 
 def upsample_mask(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -47,6 +55,11 @@ def upsample_mask(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
 
 
 class DCSAMEngine(Engine):
+    """The DC-SAM engine. Its stages, for callers that time or recombine them: :meth:`encode_example`
+    (support features), ``model.encode_query`` (query features of a (B, 3, S, S) batch, see
+    :func:`to_tensor`), :meth:`predict_trained` / :meth:`predict_cold_start` (decoding), all under
+    :meth:`autocast`."""
+
     name = "dcsam"
 
     def __init__(self, config: SegmenterConfig) -> None:
@@ -99,8 +112,6 @@ class DCSAMEngine(Engine):
         Options (``config.options``): ``finetune_steps`` (100), ``finetune_lr`` (1e-5: a small step away
         from the trained weights), ``seed`` (0).
         """
-        from ..training.metrics import bce_dice_loss
-
         if not self.trained:
             raise InputError("the cold start has no trained prompt generator to fine-tune: train one with "
                              "`dcsam train` and serve it (prompt_generator / DCSAM_PROMPT_GENERATOR) first")
@@ -113,10 +124,9 @@ class DCSAMEngine(Engine):
             encoded = []
             for li in items:
                 support = self.encode_example(li)
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad(), self.autocast():
                     query = self.model.encode_query(to_tensor(li.image, size, self.device), sam=support.sam)
-                target = cv2.resize(li.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-                encoded.append((support, query, torch.from_numpy(target).to(self.device)[None, None].float()))
+                encoded.append((support, query, mask_tensor(li.mask, size, self.device)))
             for j, (_, query, target) in enumerate(encoded):
                 others = [sup for i, (sup, _, _) in enumerate(encoded) if i != j][:shots]
                 if others:
@@ -129,32 +139,25 @@ class DCSAMEngine(Engine):
         generator = self.model.generator
         optimizer = torch.optim.AdamW([p for p in generator.parameters()], lr=float(opts.get("finetune_lr", 1e-5)),
                                       weight_decay=1e-6)
-        losses = []
-        generator.train()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(opts.get("seed", 0)))
-                for step in range(total):
-                    support, query, target = samples[int(rng.integers(len(samples)))]
-                    with self._autocast():
-                        out = self.model.forward_features(query, support)
-                    logits = out["logits"].float()
-                    loss = bce_dice_loss(logits, F.interpolate(target, size=logits.shape[-2:], mode="nearest")[:, 0])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(float(loss.detach()))
-                    if progress is not None:
-                        progress(step + 1, total, {"loss": losses[-1]})
-        finally:
-            generator.eval()
+
+        def step_loss(step: int) -> torch.Tensor:
+            support, query, target = samples[int(rng.integers(len(samples)))]
+            with self.autocast():
+                out = self.model.forward_features(query, support)
+            logits = out["logits"].float()
+            return bce_dice_loss(logits, F.interpolate(target, size=logits.shape[-2:], mode="nearest")[:, 0])
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(opts.get("seed", 0)))
+            losses = optimise(generator, optimizer, step_loss, total, progress)
         self._version_tag = "pg-" + state_dict_digest(generator.state_dict())
         return {"loss_first": losses[0] if losses else None,
                 "loss_last": float(np.mean(losses[-10:])) if losses else None,
                 "steps": total, "pairs": len(samples), "seconds": time.perf_counter() - t0}
 
     # -- inference -------------------------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context every stage runs in: bf16 autocast on CUDA (unless fp32), else none."""
         if self.device.type == "cuda" and self.dtype != torch.float32:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
@@ -163,23 +166,22 @@ class DCSAMEngine(Engine):
     def encode_example(self, example: LabelledImage) -> SupportFeatures:
         size = self.model.sam.image_size
         image = to_tensor(example.image, size, self.device)
-        mask = torch.from_numpy(cv2.resize(example.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST))
-        with self._autocast():
-            return self.model.encode_support(image, mask.to(self.device)[None, None].float())
+        with self.autocast():
+            return self.model.encode_support(image, mask_tensor(example.mask, size, self.device))
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray], examples: Mapping[str, Sequence[Any]]) -> list[dict[str, SegmentResult]]:
         size = self.model.sam.image_size
         batch = torch.cat([to_tensor(img, size, self.device) for img in images])
         results: list[dict[str, SegmentResult]] = [{} for _ in images]
-        with self._autocast():
+        with self.autocast():
             query = self.model.encode_query(batch)
             for label, shots in examples.items():
                 support = SupportFeatures.cat(list(shots))
                 if self.trained:
-                    self._predict_trained(images, query, support, label, results)
+                    self.predict_trained(images, query, support, label, results)
                 else:
-                    self._predict_cold_start(images, query, support, label, results)
+                    self.predict_cold_start(images, query, support, label, results)
         return results
 
     @torch.no_grad()
@@ -200,21 +202,31 @@ class DCSAMEngine(Engine):
         if box is not None:
             x0, y0, x1, y1 = box
             boxes = torch.tensor([[x0 * sx, y0 * sy, x1 * sx, y1 * sy]], dtype=torch.float32, device=self.device)
-        with self._autocast():
+        with self.autocast():
             feats = self.model.sam.encode(to_tensor(image, size, self.device))
             logits, iou = self.model.sam.decode_prompts(feats, points=pts, boxes=boxes, multimask=True)
         best = int(iou[0].float().argmax())
         mask = upsample_mask(logits[0, best:best + 1], height, width)
         return SegmentResult(mask, float(iou[0, best].float().clamp(0, 1)) if mask.any() else 0.0, {"prompted": True})
 
-    def _predict_trained(self, images, query: QueryFeatures, support: SupportFeatures, label: str, results) -> None:
+    def predict_trained(self, images: Sequence[np.ndarray], query: QueryFeatures, support: SupportFeatures,
+                        label: str, results: list[dict[str, SegmentResult]]) -> None:
+        """Decode with the trained prompt generator: ``results[i][label]`` for every image.
+
+        ``query``: ``model.encode_query`` of the B images (B, 3, S, S); ``support``: one label's
+        shots, ``SupportFeatures.cat`` of :meth:`encode_example` results (repeated per query here).
+        Masks are upsampled to each image's native (H, W). Run under :meth:`autocast` and no_grad.
+        """
         out = self.model.forward_features(query, support.repeat(len(images)))
         for i, img in enumerate(images):
             mask = upsample_mask(out["low_res_logits"][i], *img.shape[:2])
             score = float(out["iou"][i, 0].clamp(0, 1)) if mask.any() else 0.0
             results[i][label] = SegmentResult(mask, score)
 
-    def _predict_cold_start(self, images, query: QueryFeatures, support: SupportFeatures, label: str, results) -> None:
+    def predict_cold_start(self, images: Sequence[np.ndarray], query: QueryFeatures, support: SupportFeatures,
+                           label: str, results: list[dict[str, SegmentResult]]) -> None:
+        """Decode training-free: SAM prompted with points and a box read off DC-SAM's priors; the
+        same inputs and outputs as :meth:`predict_trained`."""
         n = len(images)
         pos, neg = self.model.priors(query, support.repeat(n))
         for i, img in enumerate(images):

@@ -36,6 +36,8 @@ from ..lite import refine as R
 from ..lite.backbone import lite_backbone
 from ..lite.head import LiteHead
 from ..lite.matching import MatchBank, dense_features, mask_fraction, priors, resize_image, working_size
+from ..training.loop import optimise
+from ..training.losses import soft_bce_dice_loss
 from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
 
 log = logging.getLogger(__name__)
@@ -136,7 +138,9 @@ class LiteExample:
 
 
 @dataclass
-class _Query:
+class LiteQuery:
+    """One query image encoded by :meth:`LiteEngine.encode_query`."""
+
     feats: dict[int, torch.Tensor]  # working long side -> (C, h, w) features
     base: int  # the working long side of the main grid
     work_image: np.ndarray  # uint8 RGB at the main working size
@@ -148,6 +152,12 @@ class _Query:
 
 
 class LiteEngine(Engine):
+    """The lite engine. Besides the :class:`Engine` contract it exposes its stages, which video
+    propagation recombines per frame: :meth:`encode_query` (features of one image, shared by every
+    label), :meth:`grid_logit` (matching logit against a bank of example features),
+    :meth:`decode_logit` (refinement to a full-resolution mask), :meth:`components_mode`,
+    :meth:`check_example` and :meth:`signature`."""
+
     name = "lite"
 
     def __init__(self, config: SegmenterConfig):
@@ -170,7 +180,8 @@ class LiteEngine(Engine):
         self.single_instance: dict[str, bool] = {}  # label -> all its labelled masks were one object
 
     # -- features -------------------------------------------------------------------------------
-    def _signature(self) -> tuple:
+    def signature(self) -> tuple:
+        """The settings an encoded example depends on (examples encoded under others do not match)."""
         o = self.opts
         return (self.config.backbone, int(o["output_stride"]), int(o["size"]), tuple(o["layers"]))
 
@@ -190,9 +201,11 @@ class LiteEngine(Engine):
         bank = MatchBank.from_example(feats, frac)
         small_mask = cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
         colour = R.ColourModel().add(resize_image(image, size), small_mask)
-        return LiteExample(bank=bank, colour=colour, signature=self._signature())
+        return LiteExample(bank=bank, colour=colour, signature=self.signature())
 
-    def _encode_query(self, image: np.ndarray) -> _Query:
+    def encode_query(self, image: np.ndarray) -> LiteQuery:
+        """uint8 (H, W, 3) image -> its features at every working size (main grid (h, w) at stride 8
+        of the working long side ``size``) and the image resized to the working size."""
         base = int(self.opts["size"])
         sizes = sorted({base, *[int(s) for s in (self.opts["query_sizes"] or [])]})
         feats, work = {}, None
@@ -200,10 +213,10 @@ class LiteEngine(Engine):
             feats[s], size = self._features(image, s)
             if s == base:
                 work = resize_image(image, size)
-        return _Query(feats=feats, base=base, work_image=work, image=image)
+        return LiteQuery(feats=feats, base=base, work_image=work, image=image)
 
     # -- decoding ---------------------------------------------------------------------------------
-    def _prior_maps(self, q: _Query, bank: MatchBank) -> torch.Tensor:
+    def _prior_maps(self, q: LiteQuery, bank: MatchBank) -> torch.Tensor:
         """(3, h, w): training-free logit, positive prior, negative prior on the main grid."""
         o = self.opts
         grid = q.grid
@@ -225,7 +238,9 @@ class LiteEngine(Engine):
     def _head_input(self, prior_maps: torch.Tensor) -> torch.Tensor:
         return torch.stack([prior_maps[0] * 0.25, prior_maps[1], prior_maps[2]])
 
-    def _grid_logit(self, q: _Query, bank: MatchBank) -> torch.Tensor:
+    def grid_logit(self, q: LiteQuery, bank: MatchBank) -> torch.Tensor:
+        """(h, w) foreground logit of ``q`` on its main grid: k-NN matching against ``bank`` (the
+        examples' features), plus the fine-tuned head's residual when there is one."""
         pm = self._prior_maps(q, bank)
         logit = pm[0]
         if self.trained:
@@ -233,13 +248,18 @@ class LiteEngine(Engine):
                 logit = logit + self.head(q.feats[q.base][None], self._head_input(pm)[None])[0, 0]
         return logit
 
-    def _components_mode(self, label: str) -> str:
+    def components_mode(self, label: str) -> str:
+        """The connected-component filter for ``label``: ``confident`` once fine-tuning has learnt
+        that its objects come one at a time, else the ``components`` option."""
         if self.trained and self.opts["single_instance"] and self.single_instance.get(label, False):
             return "confident"
         return str(self.opts["components"])
 
-    def _finish(self, q: _Query, logit: torch.Tensor, colour: R.ColourModel | None,
-                components: str | None = None) -> SegmentResult:
+    def decode_logit(self, q: LiteQuery, logit: torch.Tensor, colour: R.ColourModel | None,
+                     components: str | None = None) -> SegmentResult:
+        """A logit of ``q`` (any size, upsampled to the working size) -> the refined mask at the
+        image's native (H, W): colour model (``colour``: the label's colour statistics, None for
+        none), refinement, component filter ``components`` (None: the ``components`` option)."""
         o = self.opts
         components = str(o["components"]) if components is None else components
         wh, ww = q.work_image.shape[:2]
@@ -275,17 +295,18 @@ class LiteEngine(Engine):
         score = float(np.clip(prob[kept], 0, 1).mean()) if kept.any() and mask.any() else 0.0
         return SegmentResult(mask=mask, score=score, extra={"area": float(mask.mean())})
 
-    def _check(self, ex: Any) -> LiteExample:
+    def check_example(self, ex: Any) -> LiteExample:
+        """``ex`` if this engine encoded it under its current settings; InputError otherwise."""
         if not isinstance(ex, LiteExample):
             raise InputError(f"the lite engine cannot use an example encoded by another engine ({type(ex).__name__})")
-        if ex.signature != self._signature():
-            raise InputError(f"example encoded with lite settings {ex.signature}, engine uses {self._signature()}")
+        if ex.signature != self.signature():
+            raise InputError(f"example encoded with lite settings {ex.signature}, engine uses {self.signature()}")
         return ex
 
     def predict(self, images: Sequence[np.ndarray], examples: Mapping[str, Sequence[Any]]) -> list[dict[str, SegmentResult]]:
         prepared = {}
         for label, exs in examples.items():
-            exs = [self._check(e) for e in exs]
+            exs = [self.check_example(e) for e in exs]
             if not exs:
                 raise InputError(f"no examples for label {label!r}")
             exs = exs + self.memory.get(label, [])
@@ -293,8 +314,8 @@ class LiteEngine(Engine):
             prepared[label] = (MatchBank.concat([e.bank for e in exs]), colour)
         out = []
         for image in images:
-            q = self._encode_query(image)
-            out.append({label: self._finish(q, self._grid_logit(q, bank), colour, self._components_mode(label))
+            q = self.encode_query(image)
+            out.append({label: self.decode_logit(q, self.grid_logit(q, bank), colour, self.components_mode(label))
                         for label, (bank, colour) in prepared.items()})
         return out
 
@@ -319,7 +340,7 @@ class LiteEngine(Engine):
             encoded = []
             for li in items:
                 ex = self.encode_example(li)  # validates the mask too
-                encoded.append((ex, self._encode_query(li.image), li.mask))
+                encoded.append((ex, self.encode_query(li.image), li.mask))
             known = self.memory.get(ep.label, [])
             for j, (_, q_j, mask_j) in enumerate(encoded):
                 others = [e for i, (e, _, _) in enumerate(encoded) if i != j]
@@ -335,32 +356,23 @@ class LiteEngine(Engine):
             raise InputError("fine-tuning needs episodes with at least two labelled images (support + query)")
         total = int(steps if steps is not None else o["steps"])
         batch = max(1, min(int(o["batch"]), len(samples)))
+
+        def step_loss(step: int) -> torch.Tensor:
+            loss = torch.zeros((), device=self.device)
+            for k in rng.choice(len(samples), batch, replace=False):
+                feats, hin, base, offset, target = samples[k]
+                if rng.random() < 0.5:  # horizontal flip
+                    feats, hin, base, offset, target = (t.flip(-1) for t in (feats, hin, base, offset, target))
+                z = base + offset + head(feats[None], hin[None])[0, 0]
+                loss = loss + soft_bce_dice_loss(z[None], target[None])
+            return loss / batch
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head = self.head if self.trained else self._new_head()
-            head.train()
             optim = torch.optim.AdamW(head.parameters(), lr=float(o["lr"]), weight_decay=1e-4)
-            losses = []
-            for step in range(total):
-                idx = rng.choice(len(samples), batch, replace=False)
-                loss = 0.0
-                for k in idx:
-                    feats, hin, base, offset, target = samples[k]
-                    if rng.random() < 0.5:  # horizontal flip
-                        feats, hin, base, offset, target = (t.flip(-1) for t in (feats, hin, base, offset, target))
-                    z = base + offset + head(feats[None], hin[None])[0, 0]
-                    p = torch.sigmoid(z)
-                    bce = F.binary_cross_entropy_with_logits(z, target)
-                    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
-                    loss = loss + bce + dice
-                loss = loss / batch
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                losses.append(float(loss.detach()))
-                if progress is not None:
-                    progress(step + 1, total, {"loss": losses[-1]})
-            head.eval()
+            losses = optimise(head, optim, step_loss, total, progress)
+        head.eval()
         self.head = head
         self.trained = True
         for label, flag in single.items():
@@ -390,7 +402,7 @@ class LiteEngine(Engine):
         # head stays at zero. With a few annotations per label that is sometimes better than training it.
         return [0, None]
 
-    def _training_sample(self, sources: list[LiteExample], q: _Query, mask: np.ndarray) -> tuple:
+    def _training_sample(self, sources: list[LiteExample], q: LiteQuery, mask: np.ndarray) -> tuple:
         pm = self._prior_maps(q, MatchBank.concat([e.bank for e in sources]))
         grid = q.grid
         offset = np.zeros(grid, np.float32)
@@ -445,7 +457,7 @@ class LiteEngine(Engine):
                     raise CheckpointError(f"lite memory for {label!r} does not fit {self.feat_channels}-channel features")
                 # colour statistics are not saved: an empty model adds nothing when merged
                 memory[label].append(LiteExample(MatchBank(fg=fg, bg=bg),
-                                                 R.ColourModel(), self._signature()))
+                                                 R.ColourModel(), self.signature()))
         self.head = head.eval()
         self.memory = memory
         self.single_instance = {str(k): bool(v) for k, v in dict(state.get("single_instance") or {}).items()}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import save_checkpoint
+from ..checkpoints import read_torch_file, save_checkpoint
 from ..engines.dcsam_engine import PROMPT_GENERATOR_KIND
 from ..errors import CheckpointError
 
@@ -85,17 +85,11 @@ def infer_settings(converted: dict[str, torch.Tensor]) -> dict[str, str]:
 
 
 def _read_reference(src: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(src)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {exc}") from exc
+    raw = read_torch_file(src)
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]
     if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: does not hold a state dict")
+        raise CheckpointError(f"{src}: does not hold a state dict")
     return {k: v for k, v in raw.items() if torch.is_tensor(v)}
 
 

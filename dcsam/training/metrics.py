@@ -9,23 +9,10 @@ import torch
 from ..data.base import IGNORE
 
 
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE (mean over pixels and batch) + Dice (mean over the batch), weights 1:1 (spec §3.1).
-
-    logits (B, 1, S, S); target (B, S, S) with 0/1 (ignore pixels, 255, count as background).
-    """
-    y = (target == 1).to(logits.dtype).unsqueeze(1)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
-    p = logits.sigmoid().flatten(1)
-    yf = y.flatten(1)
-    dice = 1 - (2 * (p * yf).sum(1) + 1) / (p.sum(1) + yf.sum(1) + 1)
-    return bce + dice.mean()
-
-
 class SegmentationScore:
     """Accumulates intersection/union per class; mIoU = mean over classes, FB-IoU over fg and bg.
 
-    Pixels labelled 255 in the ground truth are excluded (spec §3.3).
+    Pixels labelled 255 in the ground truth are excluded.
     """
 
     def __init__(self) -> None:

@@ -27,7 +27,8 @@ from ..data import build_dataset
 from ..engines.dcsam_engine import save_prompt_generator
 from ..modeling import DCSAM, QueryFeatures, SupportFeatures
 from .config import TrainConfig
-from .metrics import SegmentationScore, bce_dice_loss
+from .losses import bce_dice_loss
+from .metrics import SegmentationScore
 
 log = logging.getLogger(__name__)
 TRAINING_KIND = "dcsam-training"

@@ -125,7 +125,7 @@ class LitePropagator:
 
     def _components(self, label: str) -> str:
         mode = str(self.opts["components"])
-        return self.engine._components_mode(label) if mode == "auto" else mode
+        return self.engine.components_mode(label) if mode == "auto" else mode
 
     def start(self, frame: np.ndarray, masks: Mapping[str, np.ndarray | None],
               examples: Mapping[str, list[Any]] | None = None) -> dict[str, SegmentResult]:
@@ -137,11 +137,11 @@ class LitePropagator:
         eng = self.engine
         examples = dict(examples or {})
         self.tracks = {}
-        q = eng._encode_query(frame)
+        q = eng.encode_query(frame)
         wh, ww = q.work_image.shape[:2]
         out = {}
         for label, mask in masks.items():
-            exs = [eng._check(e) for e in examples.get(label, [])] + eng.memory.get(label, [])
+            exs = [eng.check_example(e) for e in examples.get(label, [])] + eng.memory.get(label, [])
             track = _Track(examples=exs)
             if mask is not None and np.any(mask):
                 mask = np.asarray(mask, bool)
@@ -178,7 +178,7 @@ class LitePropagator:
         small = cv2.resize(mask.astype(np.uint8), (q.work_image.shape[1], q.work_image.shape[0]),
                            interpolation=cv2.INTER_NEAREST) > 0
         colour = R.ColourModel().add(q.work_image, small)
-        return LiteExample(bank=bank, colour=colour, signature=self.engine._signature())
+        return LiteExample(bank=bank, colour=colour, signature=self.engine.signature())
 
     @staticmethod
     def _work_prob(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -227,7 +227,7 @@ class LitePropagator:
     def step(self, frame: np.ndarray) -> dict[str, SegmentResult]:
         """Segment the next frame (in whichever direction the caller walks) for every label."""
         eng = self.engine
-        q = eng._encode_query(frame)
+        q = eng.encode_query(frame)
         wh, ww = q.work_image.shape[:2]
         grey = cv2.cvtColor(q.work_image, cv2.COLOR_RGB2GRAY)
         labels = list(self.tracks)
@@ -242,15 +242,15 @@ class LitePropagator:
             if bank is None:  # nothing known about this label: no examples, nothing tracked
                 out[label] = SegmentResult(np.zeros(frame.shape[:2], bool), 0.0, {"reason": "no examples"})
                 continue
-            logit = eng._grid_logit(q, bank)
+            logit = eng.grid_logit(q, bank)
             w = float(self.opts["memory_weight"])
             if t.memory and w > 0:
-                logit = (1.0 - w) * logit + w * eng._grid_logit(q, t.bank(with_memory=True))
+                logit = (1.0 - w) * logit + w * eng.grid_logit(q, t.bank(with_memory=True))
             z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
             tracked = t.prev_prob is not None
             if tracked:
                 z = z + torch.from_numpy(self._temporal_logit(prior)).to(z.device)
-            res = eng._finish(q, z, t.colour, self._components(label))
+            res = eng.decode_logit(q, z, t.colour, self._components(label))
             res.extra["tracked"] = tracked
             out[label] = res
             if res.mask.any():

@@ -86,8 +86,9 @@ class Sam2Propagator:
         self._pos_enc: list[torch.Tensor] | None = None
         self._anchor = 0
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _autocast(self):
+    # -- stages (also used by the benchmark to feed upstream's predictor the same way) -----------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context the loop runs in: bf16 autocast on CUDA (unless fp32), else none."""
         if self.device.type == "cuda" and self.dtype != torch.float32:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
@@ -96,8 +97,9 @@ class Sam2Propagator:
     def _storage_dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.device.type == "cuda" and self.dtype != torch.float32 else torch.float32
 
-    def _image_tensor(self, frame: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) -> normalised (1, 3, S, S); resized on the CPU (no full-size tensor)."""
+    def image_tensor(self, frame: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, 3) frame -> SAM 2's normalised input (1, 3, S, S) on the device, S the
+        model's image size; resized on the CPU (no full-size tensor on the device)."""
         s = self.size
         h, w = frame.shape[:2]
         interp = cv2.INTER_AREA if h * w > s * s else cv2.INTER_LINEAR
@@ -109,7 +111,7 @@ class Sam2Propagator:
 
     def _encode(self, frame: np.ndarray, batch: int):
         m = self.model
-        out = m.forward_image(self._image_tensor(frame))
+        out = m.forward_image(self.image_tensor(frame))
         expanded = {
             "backbone_fpn": [f.expand(batch, -1, -1, -1) for f in out["backbone_fpn"]],
             "vision_pos_enc": [p.expand(batch, -1, -1, -1) for p in out["vision_pos_enc"]],
@@ -192,7 +194,7 @@ class Sam2Propagator:
                                          align_corners=False, antialias=True) >= 0.5).float()
         self._pos_enc = None
         self.cond, self.non_cond = {}, OrderedDict()
-        with self._autocast():
+        with self.autocast():
             feats, pos, sizes = self._encode(frame, b)
             out = m.track_step(
                 frame_idx=index, is_init_cond_frame=True, current_vision_feats=feats,
@@ -223,7 +225,7 @@ class Sam2Propagator:
         if not self.cond:
             raise RuntimeError("start() first")
         b = len(self.labels)
-        with self._autocast():
+        with self.autocast():
             feats, pos, sizes = self._encode(frame, b)
             out = self.model.track_step(
                 frame_idx=index, is_init_cond_frame=False, current_vision_feats=feats,

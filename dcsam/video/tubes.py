@@ -30,7 +30,10 @@ import torch.nn.functional as F
 
 from ..engines.base import Episode, LabelledImage, ProgressFn
 from ..errors import InputError
+from ..masks import resize_mask
 from ..modeling.sam2_internals import flat_backbone_features
+from ..training.loop import optimise
+from ..training.losses import soft_bce_dice_loss
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ def tube_from_video(frames: Any, masks: Mapping[int, Any], label: str, max_frame
     for i in idx:
         image, m = src.read(i), read_mask(masks[i])
         if m.shape != image.shape[:2]:
-            m = cv2.resize(m.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+            m = resize_mask(m, *image.shape[:2])
         if m.any():
             items.append(LabelledImage(image=image, mask=m))
     if not items:
@@ -121,17 +124,6 @@ def finetune_lite_on_tubes(segmenter: Any, tubes: Sequence[MaskTube], *, steps: 
 
 
 # -- DC-SAM prompt generator through SAM 2 memory ---------------------------------------------------
-def _image_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    from ..engines.dcsam_engine import to_tensor
-
-    return to_tensor(image, size, device)
-
-
-def _mask_tensor(mask: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    m = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-    return torch.from_numpy(m).to(device).float()
-
-
 class TubeForward:
     """Stage-B forward of DC-SAM on SAM 2: prompts on the first frame, memory propagation after."""
 
@@ -210,10 +202,7 @@ def tube_loss(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.
     z = torch.cat([F.interpolate(lg.float(), size=tg.shape[-2:], mode="bilinear", align_corners=False).flatten()
                    for lg, tg in zip(logits, targets)])
     y = torch.cat([tg.flatten() for tg in targets])
-    bce = F.binary_cross_entropy_with_logits(z, y)
-    p = torch.sigmoid(z)
-    dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
-    return bce + dice
+    return soft_bce_dice_loss(z[None], y[None])  # the tube is one sample
 
 
 def finetune_prompt_generator_on_tubes(
@@ -230,6 +219,8 @@ def finetune_prompt_generator_on_tubes(
     """Fine-tune a DC-SAM engine's trained prompt generator on (support image, query tube) pairs
     through SAM 2 memory (spec stage B: lr 1e-5). The cold start has no trained generator: a few
     tubes cannot train one from random weights, so that is refused unless ``from_scratch`` (tests)."""
+    from ..engines.dcsam_engine import mask_tensor, to_tensor  # late: loads SAM's builders
+
     if not engine.trained and not from_scratch:
         raise InputError("the cold start has no trained prompt generator to fine-tune on mask tubes: train one "
                          "with `dcsam train` and serve it (prompt_generator / DCSAM_PROMPT_GENERATOR) first")
@@ -243,14 +234,14 @@ def finetune_prompt_generator_on_tubes(
     with torch.no_grad():  # frozen encoders once per frame
         for support, tube in pairs:
             frames = _tube_frames(tube, max_frames, rng)
-            s_img = _image_tensor(support.image, size, device)
-            s_feats = model.encode_support(s_img, _mask_tensor(support.mask, size, device)[None, None])
+            s_img = to_tensor(support.image, size, device)
+            s_feats = model.encode_support(s_img, mask_tensor(support.mask, size, device))
             items, targets = [], []
             for k, fr in enumerate(frames):
-                img = _image_tensor(fr.image, size, device)
+                img = to_tensor(fr.image, size, device)
                 query = model.encode_query(img) if k == 0 else None
                 items.append((query, fwd.frame_features(img)))
-                targets.append(_mask_tensor(fr.mask, 4 * fwd.sam2.sam_image_embedding_size, device)[None, None])
+                targets.append(mask_tensor(fr.mask, 4 * fwd.sam2.sam_image_embedding_size, device))
             prepared.append((s_feats, items, targets))
     if not prepared:
         raise InputError("no (support, tube) pairs to train on")
@@ -259,23 +250,14 @@ def finetune_prompt_generator_on_tubes(
     for p in params:
         p.requires_grad_(True)
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=1e-6)
-    losses = []
-    was_training = gen.training
-    gen.train()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for step in range(int(steps)):
-                s_feats, items, targets = prepared[int(rng.integers(len(prepared)))]
-                loss = tube_loss(fwd(s_feats, items), targets)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                losses.append(float(loss.detach()))
-                if progress is not None:
-                    progress(step + 1, int(steps), {"loss": losses[-1]})
-    finally:
-        gen.train(was_training)
+
+    def step_loss(step: int) -> torch.Tensor:
+        s_feats, items, targets = prepared[int(rng.integers(len(prepared)))]
+        return tube_loss(fwd(s_feats, items), targets)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        losses = optimise(gen, optim, step_loss, int(steps), progress)
     engine.load_trainable_state_dict({k: v.detach().clone() for k, v in gen.state_dict().items()})
     return {
         "loss_first": losses[0] if losses else None,

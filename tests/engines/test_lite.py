@@ -199,17 +199,17 @@ def test_single_object_check():
 
 def test_finetuned_single_object_labels_keep_one_component(engine):
     engine.load_trainable_state_dict({})
-    assert engine._components_mode("disc") == engine.opts["components"]  # training-free: unchanged
+    assert engine.components_mode("disc") == engine.opts["components"]  # training-free: unchanged
     episode = _tiny_episode()
     engine.finetune([episode], steps=3)
     assert engine.single_instance == {"disc": True}
-    assert engine._components_mode("disc") == "confident"
-    assert engine._components_mode("unseen") == engine.opts["components"]
+    assert engine.components_mode("disc") == "confident"
+    assert engine.components_mode("unseen") == engine.opts["components"]
     state = engine.trainable_state_dict()
     engine.load_trainable_state_dict({})
     assert engine.single_instance == {}
     engine.load_trainable_state_dict(state)
-    assert engine._components_mode("disc") == "confident"
+    assert engine.components_mode("disc") == "confident"
 
     # a label whose labelled masks hold two objects keeps the usual component filter
     engine.load_trainable_state_dict({})
@@ -217,7 +217,7 @@ def test_finetuned_single_object_labels_keep_one_component(engine):
                                                                           radius=20) for i in range(2))]
     engine.finetune([Episode(support=two[:1], query=two[1:], label="pair")], steps=3)
     assert engine.single_instance == {"pair": False}
-    assert engine._components_mode("pair") == engine.opts["components"]
+    assert engine.components_mode("pair") == engine.opts["components"]
     engine.load_trainable_state_dict({})
 
 

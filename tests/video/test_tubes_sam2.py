@@ -33,14 +33,14 @@ def test_loss_on_later_frames_reaches_the_generator_through_memory(engine):
     fwd = TubeForward(model)
     sam2 = fwd.sam2
     size = model.sam.image_size
-    from dcsam.video.tubes import _image_tensor, _mask_tensor
+    from dcsam.engines.dcsam_engine import mask_tensor, to_tensor
 
     support = synthetic(0)
     with torch.no_grad():
-        s = model.encode_support(_image_tensor(support.image, size, "cpu"), _mask_tensor(support.mask, size, "cpu")[None, None])
+        s = model.encode_support(to_tensor(support.image, size, "cpu"), mask_tensor(support.mask, size, "cpu"))
         frames = []
         for k in range(3):
-            img = _image_tensor(synthetic(k + 1, shift=3 * k).image, size, "cpu")
+            img = to_tensor(synthetic(k + 1, shift=3 * k).image, size, "cpu")
             frames.append((model.encode_query(img) if k == 0 else None, fwd.frame_features(img)))
     saved = sam2.pred_obj_scores
     sam2.pred_obj_scores = False  # random weights may call every object absent, which cuts the gradient
