@@ -40,7 +40,11 @@ def _fail(msg: str, code: int = 2) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the job and follow it, with arguments parsed by :func:`build_parser`'s options."""
     if args.project <= 0:
         return _fail(f"--project must be a positive id, got {args.project}")
     if args.page_size is not None and not 1 <= args.page_size <= 1000:

@@ -48,10 +48,11 @@ def _int_env(name: str, default: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(argv or [])
-    if argv[:1] == ["--"]:  # `dcsam serve -- --port 9091`: argparse.REMAINDER keeps the separator
-        argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve with arguments parsed by :func:`build_parser`'s options (``dcsam serve`` shares them)."""
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)

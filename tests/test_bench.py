@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from dcsam import bench
+from dcsam.cli import bench as bench_cli
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsam")
     sub = parser.add_subparsers(dest="command", required=True)
-    bench.add_parser(sub)
+    bench_cli.add_parsers(sub)
     return parser
 
 
@@ -20,7 +21,7 @@ def test_parser_defaults_and_options():
     args = _parser().parse_args(["bench", "--sam", "sam2.1_hiera_t", "--random-weights", "--batch-size", "4",
                                  "--precision", "bf16", "--image-size", "256", "--input-size", "640x480",
                                  "--iterations", "3", "--warmup", "0", "--compile", "--device", "cpu"])
-    assert args.func is bench.cmd_bench
+    assert args.func is bench_cli.cmd_bench
     opts = bench.BenchOptions.from_args(args)
     assert opts.random_weights == "sam"  # alone: SAM only, the default backbone's weights are bundled
     assert (opts.batch_size, opts.precision, opts.image_size, opts.input_size) == (4, "bf16", 256, (640, 480))
@@ -76,7 +77,7 @@ def test_mean_iou_skips_the_conditioning_frame_and_counts_two_empty_masks_as_agr
     a[:2], b[:1] = True, True
     ours = {0: [a, a], 1: [a, a], 2: [a, np.zeros_like(a)]}
     theirs = {0: np.stack([~a, ~a]), 1: np.stack([a, b]), 2: np.stack([b, np.zeros_like(a)])}
-    assert bench._mean_iou(ours, theirs) == pytest.approx((1 + 0.5 + 0.5 + 1) / 4)
+    assert bench.mean_iou(ours, theirs) == pytest.approx((1 + 0.5 + 0.5 + 1) / 4)
 
 
 def test_video_bench_needs_a_sam2_model():
@@ -85,6 +86,27 @@ def test_video_bench_needs_a_sam2_model():
     seg = SimpleNamespace(engine=SimpleNamespace(model=None))  # e.g. the lite engine, or SAM 1
     out = bench.video_bench(bench.BenchOptions(sam="sam_vit_b"), seg, "fp32")
     assert out["status"].startswith("skipped") and "SAM 2" in out["status"]
+
+
+def test_outputs_png_built_in_and_the_backend_brush_registered():
+    from dcsam.errors import DcsamError
+
+    mask = np.zeros((6, 8), bool)
+    mask[2:4, 3:6] = True
+    png = bench.load_output("png")
+    assert png.stage == "png" and png.encode(mask, "object", 0.9)[:4] == b"\x89PNG"
+    assert png.encode(np.zeros_like(mask), "object", 0.9) is None
+    assert png.decode(bench.encode_jpeg(np.zeros((8, 8, 3), np.uint8))).shape == (8, 8, 3)
+    # the backend registers Label Studio's brush RLE through the dcsam.bench_outputs entry point: the default
+    assert bench.output_names() == ["labelstudio-brush", "png"]
+    brush = bench.load_output()
+    assert brush.name == "labelstudio-brush" and brush.stage == "rle"
+    region = brush.encode(mask, "object", 0.9)
+    assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["object"] and region["value"]["rle"]
+    assert (region["original_width"], region["original_height"]) == (8, 6)
+    assert brush.encode(np.zeros_like(mask), "object", 0.9) is None
+    with pytest.raises(DcsamError, match="no bench output"):
+        bench.load_output("cvat")
 
 
 def _positive_numbers(obj, path="$"):
@@ -173,4 +195,4 @@ def test_bench_is_a_dcsam_subcommand():
     from dcsam import cli
 
     args = cli.build_parser().parse_args(["bench", "--iterations", "2"])
-    assert args.func is bench.cmd_bench and args.iterations == 2
+    assert args.func is bench_cli.cmd_bench and args.iterations == 2

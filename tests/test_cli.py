@@ -63,3 +63,34 @@ def test_unpaired_examples_are_rejected(tmp_path, data_dir):
     proc = run_cli("predict", "--example", root / "cat_00.jpg", "--example", root / "cat_01.jpg",
                    "--example-mask", root / "cat_00.png", "--out", tmp_path, root / "cat_02.jpg", check=False)
     assert proc.returncode == 2 and "in pairs" in proc.stderr
+
+
+def test_serve_and_preannotate_help_show_the_backend_options():
+    # the backend registers both through the dcsam.commands entry point, with its own parsers
+    serve = run_cli("serve", "--help").stdout
+    assert "--port" in serve and "--workers" in serve and "--check" in serve
+    preannotate = run_cli("preannotate", "--help").stdout
+    assert "--project" in preannotate and "--no-wait" in preannotate
+
+
+def test_model_flags_are_shared_and_default_to_the_config(monkeypatch):
+    from dcsam import cli
+    from dcsam.cli.model_args import model_config
+    from dcsam.config import DEFAULT_BACKBONE, DEFAULT_SAM, SegmenterConfig
+
+    for name in ("DCSAM_ENGINE", "DCSAM_SAM", "DCSAM_BACKBONE", "DCSAM_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    parser = cli.build_parser()
+    flags = ["--sam", "vit_b", "--random-weights", "--precision", "bf16", "--offline"]
+    common = {"sam": "vit_b", "random_sam_weights": True, "random_backbone_weights": False, "precision": "bf16",
+              "allow_download": False}
+    predict = parser.parse_args(["predict", "--example", "e.jpg", "--example-mask", "e.png", "--out", "o", "q.jpg", *flags])
+    video = parser.parse_args(["eval-video", "--davis-root", "d", *flags])
+    bench = parser.parse_args(["bench", *flags])
+    for args, extra in ((predict, {}), (video, {}), (bench, {"engine": "dcsam"})):
+        cfg = model_config(args, **extra)
+        assert {k: getattr(cfg, k) for k in common} == common
+    assert model_config(bench, engine="dcsam").engine == "dcsam"
+    defaults = model_config(parser.parse_args(["eval", "--episodes", "e.json"]))
+    assert (defaults.sam, defaults.backbone) == (DEFAULT_SAM, DEFAULT_BACKBONE)
+    assert defaults == SegmenterConfig()

@@ -1,4 +1,4 @@
-"""``dcsam eval-video``: J, F and J&F of video segmentation, DAVIS-style (see dcsam.video.evaluation)."""
+"""``dcsam eval-video``: J, F and J&F of video segmentation, DAVIS-style (see :mod:`dcsam.video.evaluation`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 
 from ..errors import DcsamError
+from .model_args import add_model_args, model_config
 
 log = logging.getLogger("dcsam")
 
@@ -21,17 +22,14 @@ def _key_values(items: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``dcsam eval-video`` (model flags as for ``dcsam predict`` / ``eval``)."""
-    from ..cli import _add_model_args
-
-    p = subparsers.add_parser(
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
         "eval-video", help="score video segmentation (J, F, J&F per sequence and the mean)",
         description="DAVIS protocol (--davis-root: the first frame's mask is given), in-context protocol "
                     "(--support-image/--support-mask: an example from another image prompts the first frame), "
                     "or the IC-VOS layout (--icvos-root). Scored frames: DAVIS rule (all but the first and the "
                     "last) when the first frame is given, every frame otherwise.")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--davis-root", help="DAVIS folder: JPEGImages/<seq>/, Annotations/<seq>/")
     p.add_argument("--sequences", help="comma-separated sequence names (default: all)")
     p.add_argument("--icvos-root", help="IC-VOS folder: <video>/JPEGImages/, <video>/Annotations/<class_id>/")
@@ -52,13 +50,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--eval-size", type=int, help="score at SxS (IC-VOS default 512; DAVIS default: native size)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_video)
-    return p
 
 
 def cmd_eval_video(args: argparse.Namespace) -> int:
-    from ..cli import _config
-    from .api import VideoSegmenter
-    from .evaluation import davis_samples, evaluate_videos, format_video_report, icvos_samples, parse_sequences
+    from ..api import InContextSegmenter
+    from ..video.api import VideoSegmenter
+    from ..video.evaluation import davis_samples, evaluate_videos, format_video_report, icvos_samples, parse_sequences
 
     if bool(args.davis_root) == bool(args.icvos_root):
         raise DcsamError("give either --davis-root DIR or --icvos-root DIR")
@@ -68,7 +65,7 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
     extra = {"options": _key_values(args.option, "--option")}
     if args.sam_image_size:
         extra["sam_image_size"] = args.sam_image_size
-    cfg = _config(args, **extra)
+    cfg = model_config(args, **extra)
     video_options = _key_values(args.video_option, "--video-option")
     eval_size = args.eval_size
     if args.davis_root:
@@ -80,8 +77,6 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
                                 support=support, classes=parse_sequences(args.classes), max_frames=args.max_frames or 512)
         protocol = "icvos"
         eval_size = 512 if eval_size is None else eval_size
-
-    from ..api import InContextSegmenter
 
     base = InContextSegmenter.from_config(cfg)  # one model for every sample; examples are reset per sample
     shared = VideoSegmenter(base, propagation=args.propagation, video_options=video_options)

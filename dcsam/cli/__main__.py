@@ -1,0 +1,7 @@
+"""``python -m dcsam.cli`` (e.g. under torchrun) runs the same command line as ``dcsam``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
