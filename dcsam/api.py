@@ -21,6 +21,7 @@ from .engines import create_engine
 from .engines.base import Engine, Episode, LabelledImage, ProgressFn
 from .errors import InputError
 from .io import ImageSource, read_image, read_mask
+from .masks import resize_mask
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def load_example(image: ImageSource, mask: ImageSource) -> LabelledImage:
             "resizing the mask (nearest neighbour)",
             stacklevel=2,
         )
-        msk = cv2.resize(msk.astype(np.uint8), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        msk = resize_mask(msk, *img.shape[:2])
     if not msk.any():
         name = mask if isinstance(mask, str) else "the example mask"
         raise InputError(f"{name} is empty: an example needs at least one foreground pixel")
@@ -130,7 +131,7 @@ class InContextSegmenter:
         Starts from ``mask``, else from this segmenter's prediction for ``label`` when it has
         examples for it. Returns ``(mask, score)``.
         """
-        from .refine import refine_mask
+        from .prompting import refine_mask
 
         return refine_mask(self, image, points, box, label, mask=mask)
 

@@ -10,7 +10,7 @@ Writes, for each fixture folder found under DATA_ROOT:
 * ``davis16-dev.json``: per video, support frame 0, queries every 5th frame from frame 5 on.
 
 Paths inside the files are relative to the output file, so the folder can be moved together
-with the data. Read them with ``dcsam.evaluation.load_episodes``.
+with the data. Read them with ``dcsam.episode_evaluation.load_episodes``.
 """
 
 from __future__ import annotations

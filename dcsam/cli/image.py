@@ -97,7 +97,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..api import InContextSegmenter
-    from ..evaluation import evaluate_episodes, format_report, load_episodes
+    from ..episode_evaluation import evaluate_episodes, format_report, load_episodes
 
     if bool(args.episodes) == bool(args.benchmark):
         raise DcsamError("give either --episodes FILE or --benchmark coco20i|pascal5i")
@@ -118,7 +118,7 @@ def _eval_benchmark(args: argparse.Namespace) -> int:
     from ..config import SegmenterConfig
     from ..data import build_dataset
     from ..engines.dcsam_engine import ARCH_SETTINGS, PROMPT_GENERATOR_KIND
-    from ..training.trainer import dist_setup, evaluate
+    from ..training.trainer import dist_setup, evaluate_fewshot
     from ..weights import load_strict
 
     if not args.checkpoint or not args.data_root:
@@ -132,7 +132,7 @@ def _eval_benchmark(args: argparse.Namespace) -> int:
     model = build_dcsam(cfg).to(device).eval()
     load_strict(model.generator, ckpt["state_dict"], source=args.checkpoint)
     dataset = build_dataset({"name": args.benchmark, "root": args.data_root, "fold": args.fold, "shots": args.shots}, "val")
-    summary = evaluate(model, dataset, episodes=args.num_episodes, seed=args.seed, batch_size=args.batch_size, device=device, progress=True)
+    summary = evaluate_fewshot(model, dataset, episodes=args.num_episodes, seed=args.seed, batch_size=args.batch_size, device=device, progress=True)
     report = {"benchmark": args.benchmark, "fold": args.fold, "shots": args.shots, "checkpoint": args.checkpoint, **summary}
     if args.json:
         print(json.dumps(report, indent=2))

@@ -1,4 +1,4 @@
-"""PASCAL-5i and COCO-20i with the HSNet / PFENet conventions (spec §3.3).
+"""PASCAL-5i and COCO-20i with the HSNet / PFENet conventions.
 
 Expected layouts (the README lists them too):
   PASCAL: <root>/VOC2012/JPEGImages/<id>.jpg, <root>/VOC2012/SegmentationClassAug/<id>.png

@@ -66,7 +66,7 @@ class Engine(ABC):
                box: tuple[float, float, float, float] | None) -> SegmentResult | None:
         """Segment ``image`` from clicks ``(x, y, positive)`` and/or a box ``(x0, y0, x1, y1)`` in native
         pixels with the engine's own promptable model; None when it has none (the caller then refines
-        by colour, see :mod:`dcsam.refine`)."""
+        by colour, see :mod:`dcsam.prompting`)."""
         return None
 
     def finetune(

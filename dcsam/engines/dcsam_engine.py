@@ -17,7 +17,7 @@ from ..build import build_dcsam
 from ..checkpoints import load_checkpoint, save_checkpoint, state_dict_digest
 from ..config import SegmenterConfig
 from ..errors import CheckpointError, InputError
-from ..masks import resize_mask
+from ..masks import iou, resize_mask
 from ..modeling import DCSAM, QueryFeatures, SupportFeatures
 from ..training.loop import optimise
 from ..training.losses import bce_dice_loss
@@ -204,10 +204,10 @@ class DCSAMEngine(Engine):
             boxes = torch.tensor([[x0 * sx, y0 * sy, x1 * sx, y1 * sy]], dtype=torch.float32, device=self.device)
         with self.autocast():
             feats = self.model.sam.encode(to_tensor(image, size, self.device))
-            logits, iou = self.model.sam.decode_prompts(feats, points=pts, boxes=boxes, multimask=True)
-        best = int(iou[0].float().argmax())
+            logits, iou_pred = self.model.sam.decode_prompts(feats, points=pts, boxes=boxes, multimask=True)
+        best = int(iou_pred[0].float().argmax())
         mask = upsample_mask(logits[0, best:best + 1], height, width)
-        return SegmentResult(mask, float(iou[0, best].float().clamp(0, 1)) if mask.any() else 0.0, {"prompted": True})
+        return SegmentResult(mask, float(iou_pred[0, best].float().clamp(0, 1)) if mask.any() else 0.0, {"prompted": True})
 
     def predict_trained(self, images: Sequence[np.ndarray], query: QueryFeatures, support: SupportFeatures,
                         label: str, results: list[dict[str, SegmentResult]]) -> None:
@@ -236,15 +236,13 @@ class DCSAMEngine(Engine):
                 continue
             coords, labels, box, region = prompts
             feats = query.sam.select(slice(i, i + 1))
-            logits, iou = self.model.sam.decode_prompts(
+            logits, iou_pred = self.model.sam.decode_prompts(
                 feats, points=(coords[None].to(self.device), labels[None].to(self.device)), boxes=box[None].to(self.device)
             )
             # Pick the candidate that agrees best with the prior region, weighted by SAM's own IoU guess.
-            grid = F.interpolate(logits.float(), size=region.shape, mode="bilinear", align_corners=False)[0] > 0
-            inter = (grid & region).flatten(1).sum(1).float()
-            union = (grid | region).flatten(1).sum(1).float().clamp(min=1)
-            agreement = inter / union
-            quality = agreement * iou[0].float().clamp(0, 1)
+            grid = (F.interpolate(logits.float(), size=region.shape, mode="bilinear", align_corners=False)[0] > 0).cpu()
+            agreement = torch.tensor([iou(g.numpy(), region.numpy()) for g in grid], device=self.device)
+            quality = agreement * iou_pred[0].float().clamp(0, 1)
             best = int(quality.argmax())
             mask = upsample_mask(logits[0, best : best + 1], *img.shape[:2])
             results[i][label] = SegmentResult(mask, float(quality[best]) if mask.any() else 0.0, {"agreement": float(agreement[best])})

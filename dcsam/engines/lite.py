@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from ..config import SegmenterConfig
 from ..errors import CheckpointError, InputError
-from ..lite import refine as R
+from ..masks import resize_mask
+from ..lite import postprocess
 from ..lite.backbone import lite_backbone
 from ..lite.head import LiteHead
 from ..lite.matching import MatchBank, dense_features, mask_fraction, priors, resize_image, working_size
@@ -97,9 +98,7 @@ def _is_single_object(mask: np.ndarray, min_share: float = 0.05, long_side: int 
     component under ``min_share`` of the foreground), judged at a small size."""
     h, w = mask.shape[:2]
     s = min(1.0, long_side / max(h, w))
-    m = mask.astype(np.uint8)
-    if s < 1.0:
-        m = cv2.resize(m, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_NEAREST)
+    m = (resize_mask(mask, max(1, round(h * s)), max(1, round(w * s))) if s < 1.0 else mask).astype(np.uint8)
     n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
     if n <= 1:
         return False
@@ -133,7 +132,7 @@ class LiteExample:
     """What :meth:`LiteEngine.encode_example` caches: matchable features and colour statistics."""
 
     bank: MatchBank
-    colour: R.ColourModel
+    colour: postprocess.ColourModel
     signature: tuple
 
 
@@ -199,8 +198,8 @@ class LiteEngine(Engine):
         feats, size = self._features(image, int(self.opts["size"]))
         frac = mask_fraction(mask, feats.shape[-2:])
         bank = MatchBank.from_example(feats, frac)
-        small_mask = cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
-        colour = R.ColourModel().add(resize_image(image, size), small_mask)
+        small_mask = resize_mask(mask, *size)
+        colour = postprocess.ColourModel().add(resize_image(image, size), small_mask)
         return LiteExample(bank=bank, colour=colour, signature=self.signature())
 
     def encode_query(self, image: np.ndarray) -> LiteQuery:
@@ -255,7 +254,7 @@ class LiteEngine(Engine):
             return "confident"
         return str(self.opts["components"])
 
-    def decode_logit(self, q: LiteQuery, logit: torch.Tensor, colour: R.ColourModel | None,
+    def decode_logit(self, q: LiteQuery, logit: torch.Tensor, colour: postprocess.ColourModel | None,
                      components: str | None = None) -> SegmentResult:
         """A logit of ``q`` (any size, upsampled to the working size) -> the refined mask at the
         image's native (H, W): colour model (``colour``: the label's colour statistics, None for
@@ -273,25 +272,25 @@ class LiteEngine(Engine):
         if method == "bilinear":
             q_work = prob
         elif method in ("guided", "grabcut"):
-            guide = R.to_float_rgb(q.work_image)
+            guide = postprocess.to_float_rgb(q.work_image)
             p = prob
             if method == "grabcut":
-                p = R.grabcut_refine(q.work_image, prob, int(o["grabcut_iters"])).astype(np.float32)
-            a, b = R.guided_coefficients(guide, p, int(o["guided_radius"]), float(o["guided_eps"]))
-            q_work = R.apply_guided(a, b, guide)
+                p = postprocess.grabcut_refine(q.work_image, prob, int(o["grabcut_iters"])).astype(np.float32)
+            a, b = postprocess.guided_coefficients(guide, p, int(o["guided_radius"]), float(o["guided_eps"]))
+            q_work = postprocess.apply_guided(a, b, guide)
         else:
             raise ValueError(f"unknown refine {method!r}; use bilinear, guided or grabcut")
         work_mask = q_work > thr
-        kept = R.filter_components(work_mask, q_work, components, float(o["keep_ratio"]))
+        kept = postprocess.filter_components(work_mask, q_work, components, float(o["keep_ratio"]))
         drop = None
         if components != "none" and (work_mask & ~kept).any():
             drop = cv2.dilate((work_mask & ~kept).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
             drop &= ~kept
         h, w = q.image.shape[:2]
         if method == "bilinear":
-            mask = R.upsample_linear(q_work, (h, w), drop, thr)
+            mask = postprocess.upsample_linear(q_work, (h, w), drop, thr)
         else:
-            mask = R.upsample_guided(a, b, q.image, drop, thr)
+            mask = postprocess.upsample_guided(a, b, q.image, drop, thr)
         score = float(np.clip(prob[kept], 0, 1).mean()) if kept.any() and mask.any() else 0.0
         return SegmentResult(mask=mask, score=score, extra={"area": float(mask.mean())})
 
@@ -457,7 +456,7 @@ class LiteEngine(Engine):
                     raise CheckpointError(f"lite memory for {label!r} does not fit {self.feat_channels}-channel features")
                 # colour statistics are not saved: an empty model adds nothing when merged
                 memory[label].append(LiteExample(MatchBank(fg=fg, bg=bg),
-                                                 R.ColourModel(), self.signature()))
+                                                 postprocess.ColourModel(), self.signature()))
         self.head = head.eval()
         self.memory = memory
         self.single_instance = {str(k): bool(v) for k, v in dict(state.get("single_instance") or {}).items()}

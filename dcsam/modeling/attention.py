@@ -1,4 +1,4 @@
-"""Attention blocks of the prompt generator: cycle-consistent cross-attention (spec §2.6),
+"""Attention blocks of the prompt generator: cycle-consistent cross-attention,
 plain self-attention, and the fixed 2-D sine positional encoding. All post-norm, no FFN."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DC-SAM (spec §2): frozen backbone + frozen SAM / SAM 2, driven by the trainable prompt generator.
+"""DC-SAM: frozen backbone + frozen SAM / SAM 2, driven by the trainable prompt generator.
 
 The frozen parts are split out (``encode_query`` / ``encode_support``) so that callers can cache
 each image's features once; ``forward_features`` runs only the trainable part and SAM's decoder.

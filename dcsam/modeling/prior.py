@@ -1,4 +1,4 @@
-"""Training-free prior masks (spec §2.2): how much each query location looks like the
+"""Training-free prior masks: how much each query location looks like the
 support's foreground (positive prior) or background (negative prior)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def prior_mask(query_high: torch.Tensor, support_high: torch.Tensor, eps: float 
     """Max cosine similarity of each query location to any (masked) support location.
 
     query_high (B, C, h, w); support_high (B, K, C, h', w') -> (B, 1, h, w), mean over the K shots.
-    No min-max normalisation (spec §9.11); values are in [0, 1] for post-ReLU features.
+    No min-max normalisation; values are in [0, 1] for post-ReLU features.
     """
     b, c, h, w = query_high.shape
     q = query_high.flatten(2).transpose(1, 2)  # (B, hw, C)

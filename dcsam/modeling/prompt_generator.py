@@ -1,4 +1,4 @@
-"""DC-SAM's prompt generator (spec §2.4-2.5): fusion convs and two branch decoders.
+"""DC-SAM's prompt generator: fusion convs and two branch decoders.
 
 Shapes at the default 64x64 grid (C = 256, N = 25 tokens per branch):
   support map S_b (B, K*HW, C) with labels (B, K*HW); query map X_b (B, HW, C);

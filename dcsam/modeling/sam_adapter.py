@@ -51,7 +51,7 @@ class SamAdapter(nn.Module):
         self.model.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> "SamAdapter":
-        # Frozen and kept in eval mode (spec §9.17: SAM 2's stability fallback stays active).
+        # Frozen and kept in eval mode (SAM 2's stability fallback stays active).
         return super().train(False)
 
     @property

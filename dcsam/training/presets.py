@@ -2,7 +2,7 @@
 
     <benchmark>-fold<F>-<backbone>-<sam>   e.g. pascal5i-fold0-r50-sam, coco20i-fold2-r50-sam2
 
-Recipe (spec §3.2): 4 GPUs x 2 episodes, AdamW (wd 1e-6), cosine per iteration, 512x512, no
+Recipe: 4 GPUs x 2 episodes, AdamW (wd 1e-6), cosine per iteration, 512x512, no
 augmentation, seed 321; COCO-20i 50 epochs at 1e-4, PASCAL-5i 100 epochs at 2e-4; model
 selection on 1000 validation episodes each epoch. The dataset root comes from --data-root.
 """

@@ -1,4 +1,4 @@
-"""The training loop (spec §3): BCE + Dice on the final logits, AdamW with per-iteration cosine
+"""The training loop: BCE + Dice on the final logits, AdamW with per-iteration cosine
 decay, seeds, bf16 autocast on CUDA, atomic resumable checkpoints with the config embedded,
 best-model selection, CSV logs, and DDP via torchrun (NCCL on GPUs, gloo on CPUs)."""
 
@@ -24,11 +24,12 @@ from ..build import build_dcsam
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..config import SegmenterConfig
 from ..data import build_dataset
+from ..data.base import IGNORE
 from ..engines.dcsam_engine import save_prompt_generator
+from ..metrics import DatasetIoU
 from ..modeling import DCSAM, QueryFeatures, SupportFeatures
 from .config import TrainConfig
 from .losses import bce_dice_loss
-from .metrics import SegmentationScore
 
 log = logging.getLogger(__name__)
 TRAINING_KIND = "dcsam-training"
@@ -133,17 +134,19 @@ def load_trainable_state(model: DCSAM, state: dict[str, torch.Tensor]) -> None:
 
 # -- evaluation ------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model: DCSAM, dataset, *, episodes: int, seed: int, batch_size: int, device: torch.device,
-             encoder: FeatureEncoder | None = None, progress: bool = False) -> dict:
-    """Paper protocol: a fixed-seed sample of ``episodes`` episodes (cycling through the list),
-    masks compared at the model's resolution, mIoU over classes and FB-IoU. Sharded over ranks."""
+def evaluate_fewshot(model: DCSAM, dataset, *, episodes: int, seed: int, batch_size: int, device: torch.device,
+                     encoder: FeatureEncoder | None = None, progress: bool = False) -> dict:
+    """A few-shot dataset split (:mod:`dcsam.data`) by the paper's protocol: a fixed-seed sample of
+    ``episodes`` episodes (cycling through the list), masks compared at the model's resolution,
+    ignore pixels left out, accumulated mIoU over classes and FB-IoU (:class:`dcsam.metrics.DatasetIoU`).
+    Sharded over ranks. Returns miou, fb_iou, class_iou (by class id) and episodes."""
     model.eval()
     encoder = encoder or FeatureEncoder(model, device, cache=False)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=g).tolist()
     indices = [order[i % len(order)] for i in range(episodes)][rank::world]
-    score = SegmentationScore()
+    score = DatasetIoU()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     for start in tqdm(range(0, len(indices), batch_size), desc="evaluating", disable=not progress or rank != 0, leave=False):
         items = [dataset[i] for i in indices[start : start + batch_size]]
@@ -151,14 +154,18 @@ def evaluate(model: DCSAM, dataset, *, episodes: int, seed: int, batch_size: int
         query, support = encoder(batch)
         with autocast:
             logits = model.forward_features(query, support)["logits"]
-        score.update((logits[:, 0] > 0).cpu(), batch["query_mask"], batch["class_id"].tolist())
+        preds, targets = (logits[:, 0] > 0).cpu().numpy(), batch["query_mask"].numpy()
+        for pred, target, class_id in zip(preds, targets, batch["class_id"].tolist()):
+            score.add(pred, target == 1, int(class_id), valid=target != IGNORE)
     if world > 1:
-        gathered = [None] * world
+        gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, score)
-        score = SegmentationScore()
+        score = DatasetIoU()
         for part in gathered:
             score.merge(part)
-    return score.summary()
+    summary = score.summary()
+    return {"miou": summary["miou"], "fb_iou": summary["fb_iou"], "class_iou": dict(sorted(summary["class_iou"].items())),
+            "episodes": score.count}
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -267,7 +274,7 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
             _write_rows(out / "log.csv", [], rows)
         epoch_done = step % iters == 0
         if epoch_done and ((step // iters) % config.val_every == 0 or step == total):
-            summary = evaluate(model, val_set, episodes=config.val_episodes, seed=config.val_seed,
+            summary = evaluate_fewshot(model, val_set, episodes=config.val_episodes, seed=config.val_seed,
                                batch_size=config.batch_size, device=device, encoder=encoder if config.cache_features else None)
             miou = summary["miou"]
             if rank == 0:

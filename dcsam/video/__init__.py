@@ -1,4 +1,4 @@
-"""Video: in-context video object segmentation, memory bounded (spec section 4).
+"""Video: in-context video object segmentation, memory bounded.
 
 * :class:`VideoSegmenter` - the public API (examples or a labelled frame in, per-frame masks out).
 * :func:`open_frames` and the frame sources - lazily decoded image folders, image lists, video files.

@@ -38,6 +38,7 @@ from ..config import SegmenterConfig
 from ..engines.base import ProgressFn, SegmentResult
 from ..errors import InputError
 from ..io import ImageSource, read_mask
+from ..masks import resize_mask
 from .frames import FrameSource, FramesLike, VideoFileSource, open_frames
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,11 @@ class VideoSegmenter:
         cfg = self.segmenter.config
         return Sam2Propagator(model, device=cfg.resolved_device(), dtype=cfg.resolved_dtype(),
                               fill_hole_area=int(self.video_options.get("fill_hole_area", 8)))
+
+    @property
+    def sam2_model(self) -> Any:
+        """The SAM 2 model built for propagation only (None when the engine's own SAM 2 is used, or lite)."""
+        return self._sam2_model
 
     @property
     def version(self) -> str:
@@ -275,10 +281,8 @@ class VideoSegmenter:
             if lab in given:
                 m = read_mask(given[lab])
                 if m.shape != (h, w):
-                    import cv2
-
                     log.warning("mask of %r is %dx%d, the frame %dx%d: resized (nearest)", lab, m.shape[1], m.shape[0], w, h)
-                    m = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+                    m = resize_mask(m, h, w)
                 out[lab] = m
         predict = [lab for lab in wanted if lab not in given]
         if predict:

@@ -39,7 +39,9 @@ import torch.nn.functional as F
 
 from ..engines.base import LabelledImage, SegmentResult
 from ..engines.lite import LiteEngine, LiteExample
+from ..lite import postprocess
 from ..lite.matching import MatchBank, mask_fraction
+from ..masks import resize_mask
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +175,8 @@ class LitePropagator:
         """A conditioning example from a frame whose features are already computed."""
         frac = mask_fraction(mask, q.grid)
         bank = MatchBank.from_example(q.feats[q.base], frac)
-        from ..lite import refine as R
-
-        small = cv2.resize(mask.astype(np.uint8), (q.work_image.shape[1], q.work_image.shape[0]),
-                           interpolation=cv2.INTER_NEAREST) > 0
-        colour = R.ColourModel().add(q.work_image, small)
+        small = resize_mask(mask, *q.work_image.shape[:2])
+        colour = postprocess.ColourModel().add(q.work_image, small)
         return LiteExample(bank=bank, colour=colour, signature=self.engine.signature())
 
     @staticmethod

@@ -22,21 +22,12 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
+from ..masks import iou
+
 DAVIS_FRAMES = "davis"  # skip the first and the last frame (DAVIS semi-supervised toolkits)
 ALL_FRAMES = "all"  # score every frame (IC-VOS: no frame of the video is given)
 SKIP_FIRST = "skip-first"  # skip only the given frame
 FRAME_RULES = (DAVIS_FRAMES, ALL_FRAMES, SKIP_FIRST)
-
-
-def region_similarity(pred: np.ndarray, gt: np.ndarray) -> float:
-    """J: intersection over union of two boolean masks (1.0 when both are empty)."""
-    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
-    if pred.shape != gt.shape:
-        raise ValueError(f"mask shapes differ: {pred.shape} vs {gt.shape}")
-    union = np.count_nonzero(pred | gt)
-    if union == 0:
-        return 1.0
-    return np.count_nonzero(pred & gt) / union
 
 
 def seg2bmap(seg: np.ndarray) -> np.ndarray:
@@ -137,7 +128,7 @@ class SequenceScores:
     f: list[float] = field(default_factory=list)
 
     def add(self, index: int, pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> tuple[float, float]:
-        jj, ff = region_similarity(pred, gt), boundary_measure(pred, gt, bound_th)
+        jj, ff = iou(pred, gt), boundary_measure(pred, gt, bound_th)
         self.frames.append(int(index))
         self.j.append(float(jj))
         self.f.append(float(ff))

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engines.base import SegmentResult
+from ..masks import resize_mask
 from ..modeling.sam2_internals import flat_backbone_features, non_overlapping_masks
 from ..modeling.sam_adapter import IMAGENET_MEAN, IMAGENET_STD
 
@@ -184,9 +185,7 @@ class Sam2Propagator:
         for i, lab in enumerate(self.labels):
             mk = masks[lab]
             if mk is not None:
-                mk = np.asarray(mk, bool)
-                if mk.shape != (h, w):
-                    mk = cv2.resize(mk.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+                mk = resize_mask(mk, h, w)
                 full[i, 0] = torch.from_numpy(mk)
         mask_inputs = full.to(self.device)
         if (h, w) != (self.size, self.size):  # as add_new_mask: antialiased resize, then >= 0.5

@@ -1,7 +1,7 @@
-"""Mask-tube fine-tuning (spec 4.3) from annotated videos.
+"""Mask-tube fine-tuning from annotated videos.
 
 A *mask tube* is one object (label) through a few frames: the frames of an accepted video
-annotation, or - from a single labelled frame - the spec's 5 pseudo-frames (identity, rotation by
+annotation, or - from a single labelled frame - 5 pseudo-frames (identity, rotation by
 U[-10, 10] degrees, horizontal flip, vertical flip, 5x5 Gaussian blur, shuffled).
 
 * Lite engine: :func:`finetune_lite_on_tubes` turns each tube into an episode (its first frame
@@ -49,7 +49,7 @@ class MaskTube:
 
 
 def pseudo_tube(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None) -> list[LabelledImage]:
-    """The spec's 5 pseudo-frames of one labelled image, shuffled."""
+    """The 5 pseudo-frames of one labelled image, shuffled."""
     rng = rng or np.random.default_rng(0)
     mask = np.asarray(mask, bool)
     h, w = mask.shape
@@ -198,7 +198,7 @@ class TubeForward:
 
 
 def tube_loss(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
-    """BCE (mean over the tube's pixels) + Dice over the whole tube (spec 4.3)."""
+    """BCE (mean over the tube's pixels) + Dice over the whole tube."""
     z = torch.cat([F.interpolate(lg.float(), size=tg.shape[-2:], mode="bilinear", align_corners=False).flatten()
                    for lg, tg in zip(logits, targets)])
     y = torch.cat([tg.flatten() for tg in targets])
@@ -217,7 +217,7 @@ def finetune_prompt_generator_on_tubes(
     from_scratch: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune a DC-SAM engine's trained prompt generator on (support image, query tube) pairs
-    through SAM 2 memory (spec stage B: lr 1e-5). The cold start has no trained generator: a few
+    through SAM 2 memory (the release's stage B: lr 1e-5). The cold start has no trained generator: a few
     tubes cannot train one from random weights, so that is refused unless ``from_scratch`` (tests)."""
     from ..engines.dcsam_engine import mask_tensor, to_tensor  # late: loads SAM's builders
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from dcsam.backbones import BACKBONES, create_backbone
 from dcsam.errors import CheckpointError
 from dcsam.io import read_image, read_mask
+from dcsam.masks import resize_mask
 from dcsam.modeling.prior import masked_high_features, prior_mask
 
 
@@ -53,7 +54,7 @@ def test_efficientnet_weights_are_real_imagenet(data_dir):
     root = data_dir / "perseg-mini"
     for obj in ("cat", "colorful_sneaker", "duck_toy"):
         mask = read_mask(root / f"{obj}_00.png")
-        m = torch.from_numpy(cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST))[None, None].float()
+        m = torch.from_numpy(resize_mask(mask, size, size))[None, None].float()
         with torch.no_grad():
             _, l3 = bb.forward_mid(_tensor(read_image(root / f"{obj}_00.jpg"), size))
             s_pos, s_neg = masked_high_features(bb, l3, m), masked_high_features(bb, l3, 1 - m)

@@ -15,7 +15,8 @@ from dcsam.config import SegmenterConfig
 from dcsam.engines.base import Episode, LabelledImage
 from dcsam.engines.lite import LiteEngine
 from dcsam.errors import InputError
-from dcsam.lite import refine as R
+from dcsam.masks import iou
+from dcsam.lite import postprocess
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -33,10 +34,6 @@ def _scene(seed: int, size: int = 160, centre=(80, 80), radius: int = 34):
     disc = np.stack([230 + 0 * xx, 120 + 50 * ((xx // 6) % 2), 30 + 0 * xx], -1)
     img[mask] = disc[mask] + rng.normal(0, 8, (int(mask.sum()), 3))
     return np.clip(img, 0, 255).astype(np.uint8), mask
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +56,7 @@ def test_guided_filter_snaps_blurry_probability_to_image_edge(centre):
     xs = np.arange(w, dtype=np.float32)
     blurry = np.tile(1 / (1 + np.exp(-(xs - centre) / 6.0)), (h, 1)).astype(np.float32)
     assert abs(int((blurry[0] > 0.5).argmax()) - edge) >= 3
-    out = R.guided_filter(R.to_float_rgb(img), blurry, radius=8, eps=1e-3)
+    out = postprocess.guided_filter(postprocess.to_float_rgb(img), blurry, radius=8, eps=1e-3)
     cols = (out > 0.5).mean(0)
     assert np.all(cols[:edge] == 0) and np.all(cols[edge:] == 1)
 
@@ -68,13 +65,13 @@ def test_guided_upsampling_places_the_edge_at_full_resolution():
     # coefficients at 64x64, full image 512x512 with an edge not on the low-res grid
     big = np.full((512, 512, 3), 30, np.uint8)
     big[:, 301:] = 220
-    small = R.to_float_rgb(np.ascontiguousarray(big[::8, ::8]))
+    small = postprocess.to_float_rgb(np.ascontiguousarray(big[::8, ::8]))
     p = np.tile(1 / (1 + np.exp(-(np.arange(64, dtype=np.float32) - 36) / 2.0)), (64, 1)).astype(np.float32)
-    a, b = R.guided_coefficients(small, p, radius=4, eps=1e-3)
-    mask = R.upsample_guided(a, b, big, strip_rows=100)  # strips: bounded memory, same answer
+    a, b = postprocess.guided_coefficients(small, p, radius=4, eps=1e-3)
+    mask = postprocess.upsample_guided(a, b, big, strip_rows=100)  # strips: bounded memory, same answer
     assert mask.shape == (512, 512)
     assert not mask[:, :301].any() and mask[:, 301:].all()
-    lin = R.upsample_linear(p, (512, 512))
+    lin = postprocess.upsample_linear(p, (512, 512))
     assert abs(int(lin[0].argmax()) - 301) > 3  # plain bilinear upsampling misses it
 
 
@@ -84,10 +81,10 @@ def test_component_filter_drops_weak_blobs():
     mask[40:43, 40:43] = True  # weak
     prob = np.where(mask, 0.55, 0.1).astype(np.float32)
     prob[5:25, 5:25] = 0.95
-    assert R.filter_components(mask, prob, "none").sum() == mask.sum()
-    kept = R.filter_components(mask, prob, "weighted")
+    assert postprocess.filter_components(mask, prob, "none").sum() == mask.sum()
+    kept = postprocess.filter_components(mask, prob, "weighted")
     assert kept[10, 10] and not kept[41, 41]
-    assert R.filter_components(mask, prob, "largest").sum() == 400
+    assert postprocess.filter_components(mask, prob, "largest").sum() == 400
 
 
 def test_confident_component_filter_prefers_the_surer_object_over_a_bigger_lookalike():
@@ -96,15 +93,15 @@ def test_confident_component_filter_prefers_the_surer_object_over_a_bigger_looka
     mask[20:50, 50:80] = True  # a look-alike: 900 px, p = 0.75 (evidence 225)
     prob = np.where(mask, 0.75, 0.1).astype(np.float32)
     prob[5:25, 5:25] = 0.95
-    assert R.filter_components(mask, prob, "largest")[30, 60]  # the bigger evidence wins "largest"
-    kept = R.filter_components(mask, prob, "confident")
+    assert postprocess.filter_components(mask, prob, "largest")[30, 60]  # the bigger evidence wins "largest"
+    kept = postprocess.filter_components(mask, prob, "confident")
     assert kept[10, 10] and not kept[30, 60] and kept.sum() == 400
 
 
 def test_colour_model_prefers_foreground_colours():
     img, mask = _scene(0)
-    table = R.ColourModel().add(img, mask).log_ratio_table()
-    llr = R.ColourModel().add(img, mask).log_ratio(img, table)
+    table = postprocess.ColourModel().add(img, mask).log_ratio_table()
+    llr = postprocess.ColourModel().add(img, mask).log_ratio(img, table)
     assert llr[mask].mean() > 1.0 and llr[~mask].mean() < -1.0
 
 
@@ -116,7 +113,7 @@ def test_training_free_segments_a_moved_object(engine):
     [out] = engine.predict([q_img], {"disc": [ex]})
     res = out["disc"]
     assert res.mask.shape == q_mask.shape and res.mask.dtype == bool
-    assert _iou(res.mask, q_mask) > 0.8
+    assert iou(res.mask, q_mask) > 0.8
     assert 0.5 < res.score <= 1.0
     assert engine.version == "lite-effl0-base"
 
@@ -129,7 +126,7 @@ def test_predict_several_labels_and_full_resolution_output(engine):
     [out] = engine.predict([q_img], {"disc": [ex], "background": [inv]})
     assert set(out) == {"disc", "background"}
     assert out["disc"].mask.shape == (200, 200)
-    assert _iou(out["disc"].mask, ~out["background"].mask) > 0.8
+    assert iou(out["disc"].mask, ~out["background"].mask) > 0.8
 
 
 def _tiny_episode() -> Episode:
@@ -276,7 +273,7 @@ def test_mask_of_another_size_is_resized_with_a_warning(segmenter, tmp_path):
         segmenter.add_examples([str(tmp_path / "a.png")], [str(tmp_path / "m.png")], label="resized")
     q, q_mask = _scene(7, centre=(70, 90))
     [pred] = segmenter.predict([q], labels=["resized"])
-    assert _iou(pred.masks["resized"], q_mask) > 0.7
+    assert iou(pred.masks["resized"], q_mask) > 0.7
     segmenter.clear_examples("resized")
 
 
@@ -313,7 +310,7 @@ def test_corrupt_files_give_clear_errors(segmenter, tmp_path):
 # -- quality on real data ---------------------------------------------------------------------------
 @pytest.mark.skipif(not (DATA / "perseg-mini").is_dir(), reason=f"fixture data not found at {DATA}")
 def test_perseg_mini_quality(engine):
-    from dcsam.evaluation import evaluate_episodes
+    from dcsam.episode_evaluation import evaluate_episodes
 
     root = DATA / "perseg-mini"
     episodes = [

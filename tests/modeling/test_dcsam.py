@@ -1,4 +1,4 @@
-"""DC-SAM model: shapes (spec §10), K-shot, gradients, the release switch, and SAM decoding."""
+"""DC-SAM model: shapes, K-shot, gradients, the release switch, and SAM decoding."""
 
 from types import SimpleNamespace
 
@@ -131,7 +131,7 @@ def test_sam1_batched_decoder_equals_per_sample_upstream():
     adapter = SamAdapter(holder, "sam1")
     b = 3
     feats = SamFeatures(torch.randn(b, 256, 64, 64))
-    # zero tokens plus the positive-point embedding only (spec §10), and random tokens
+    # zero tokens plus the positive-point embedding only, and random tokens
     for sparse in (torch.zeros(b, 50, 256) + adapter.positive_embedding, torch.randn(b, 50, 256)):
         with torch.no_grad():
             batched, iou = adapter.decode_tokens(feats, sparse)

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from dcsam.masks import iou
 from dcsam.video.metrics import (ALL_FRAMES, DAVIS_FRAMES, SKIP_FIRST, SequenceScores, benchmark_means,
-                                 boundary_measure, boundary_pixels, disk, region_similarity, scored_frames,
+                                 boundary_measure, boundary_pixels, disk, scored_frames,
                                  seg2bmap, statistics)
 
 
@@ -16,13 +17,13 @@ def square(shape=(100, 120), top=20, left=30, size=40):
 
 def test_region_similarity_hand_values():
     a = square()
-    assert region_similarity(a, a) == 1.0
-    assert region_similarity(np.zeros_like(a), np.zeros_like(a)) == 1.0  # empty vs empty counts as 1
-    assert region_similarity(np.zeros_like(a), a) == 0.0
+    assert iou(a, a) == 1.0
+    assert iou(np.zeros_like(a), np.zeros_like(a)) == 1.0  # empty vs empty counts as 1
+    assert iou(np.zeros_like(a), a) == 0.0
     b = square(left=50)  # 40x40 squares overlapping on 40x20
-    assert region_similarity(a, b) == pytest.approx(800 / (1600 + 1600 - 800))
+    assert iou(a, b) == pytest.approx(800 / (1600 + 1600 - 800))
     with pytest.raises(ValueError):
-        region_similarity(a, a[:50])
+        iou(a, a[:50])
 
 
 def test_seg2bmap_is_the_one_pixel_outline():
@@ -51,7 +52,7 @@ def test_boundary_measure_hand_values():
     assert boundary_measure(a, np.zeros_like(a)) == 0.0
     # a 1-pixel shift stays within the tolerance (ceil(0.008 * 156) = 2 px): F = 1 while J < 1
     shifted = square(left=31)
-    assert boundary_measure(shifted, a) == 1.0 and region_similarity(shifted, a) < 1.0
+    assert boundary_measure(shifted, a) == 1.0 and iou(shifted, a) < 1.0
     # far apart: no boundary pixel within tolerance
     assert boundary_measure(square(left=75, size=20), square(left=5, size=20)) == 0.0
     # shift by 4 px with a 2 px tolerance: the vertical sides (80 of 160 pixels) miss, the horizontal ones match

@@ -25,12 +25,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 
 from .engines.base import Episode
 from .errors import InputError
 from .io import read_mask
+from .masks import iou, resize_mask
+from .metrics import DatasetIoU
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +89,8 @@ def _gt_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     if gt.shape != shape:
         warnings.warn(f"{path}: mask is {gt.shape[1]}x{gt.shape[0]} but its image is {shape[1]}x{shape[0]}; "
                       "resizing the mask (nearest neighbour)", stacklevel=3)
-        gt = cv2.resize(gt.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        gt = resize_mask(gt, *shape)
     return gt
-
-
-def _counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int, int]:
-    """(fg intersection, fg union, bg intersection, bg union) pixel counts."""
-    inter = int(np.count_nonzero(pred & gt))
-    union = int(np.count_nonzero(pred | gt))
-    total = pred.size
-    bg_inter = total - union
-    bg_union = total - inter
-    return inter, union, bg_inter, bg_union
-
-
-def _iou(inter: int, union: int) -> float:
-    return 1.0 if union == 0 else inter / union
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -142,8 +129,7 @@ def evaluate_episodes(
         bar = tqdm(total=n_total, desc="eval", unit="query", file=sys.stderr, dynamic_ncols=True)
 
     per_episode: list[dict[str, Any]] = []
-    per_class: dict[str, list[int]] = {}  # label -> [inter, union]
-    fb = np.zeros(4, dtype=np.int64)  # fg inter, fg union, bg inter, bg union (all queries)
+    totals = DatasetIoU()
     all_ious: list[float] = []
     predict_seconds = 0.0
     finetune_seconds = 0.0
@@ -191,16 +177,12 @@ def evaluate_episodes(
                     raise InputError(f"episode {ei} ({label}): query {q['image']}: {pred.error}")
                 mask = pred.masks[label]
                 gt = _gt_mask(q["mask"], mask.shape)
-                c = _counts(mask, gt)
-                fb += c
-                acc = per_class.setdefault(label, [0, 0])
-                acc[0] += c[0]
-                acc[1] += c[1]
-                iou = _iou(c[0], c[1])
-                ious.append(round(iou, 6))
+                totals.add(mask, gt, label)
+                query_iou = iou(mask, gt)
+                ious.append(round(query_iou, 6))
                 scores.append(round(float(pred.scores[label]), 6))
                 names.append(Path(q["image"]).name)
-                all_ious.append(iou)
+                all_ious.append(query_iou)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(miou=f"{np.mean(all_ious):.3f}")
@@ -214,8 +196,7 @@ def evaluate_episodes(
             bar.close()
 
     n = len(all_ious)
-    class_iou = {lab: _iou(i, u) for lab, (i, u) in per_class.items()}
-    fg_iou, bg_iou = _iou(int(fb[0]), int(fb[1])), _iou(int(fb[2]), int(fb[3]))
+    summary = totals.summary()
     extra: dict[str, Any] = {}
     if base is not None:
         extra = base.summary()
@@ -223,12 +204,12 @@ def evaluate_episodes(
             extra["improvement"] = float(np.mean(all_ious)) - extra["baseline_mean_iou"]
     return {
         "episodes": per_episode,
-        "per_class_iou": class_iou,
+        "per_class_iou": summary["class_iou"],
         "mean_iou": float(np.mean(all_ious)) if n else None,
-        "class_miou": float(np.mean(list(class_iou.values()))) if class_iou else None,
-        "fb_iou": (fg_iou + bg_iou) / 2 if n else None,
-        "fg_iou": fg_iou if n else None,
-        "bg_iou": bg_iou if n else None,
+        "class_miou": summary["miou"],
+        "fb_iou": summary["fb_iou"],
+        "fg_iou": summary["fg_iou"],
+        "bg_iou": summary["bg_iou"],
         "num_episodes": len(per_episode),
         "num_queries": n,
         "finetune_on": finetune_on,
@@ -240,31 +221,24 @@ def evaluate_episodes(
 
 
 class _Scores:
-    """Accumulates IoU figures of one model (used for the pre-fine-tuning baseline)."""
+    """Per-query and accumulated IoU of one model (used for the pre-fine-tuning baseline)."""
 
     def __init__(self) -> None:
         self.ious: list[float] = []
-        self.per_class: dict[str, list[int]] = {}
-        self.fb = np.zeros(4, dtype=np.int64)
+        self.totals = DatasetIoU()
 
     def add(self, label: str, pred: np.ndarray, gt: np.ndarray) -> float:
-        c = _counts(pred, gt)
-        self.fb += c
-        acc = self.per_class.setdefault(label, [0, 0])
-        acc[0] += c[0]
-        acc[1] += c[1]
-        self.ious.append(_iou(c[0], c[1]))
+        self.totals.add(pred, gt, label)
+        self.ious.append(iou(pred, gt))
         return self.ious[-1]
 
     def summary(self) -> dict[str, Any]:
-        n = len(self.ious)
-        class_iou = {lab: _iou(i, u) for lab, (i, u) in self.per_class.items()}
-        fb = self.fb
+        totals = self.totals.summary()
         return {
-            "baseline_mean_iou": float(np.mean(self.ious)) if n else None,
-            "baseline_per_class_iou": class_iou,
-            "baseline_class_miou": float(np.mean(list(class_iou.values()))) if class_iou else None,
-            "baseline_fb_iou": (_iou(int(fb[0]), int(fb[1])) + _iou(int(fb[2]), int(fb[3]))) / 2 if n else None,
+            "baseline_mean_iou": float(np.mean(self.ious)) if self.ious else None,
+            "baseline_per_class_iou": totals["class_iou"],
+            "baseline_class_miou": totals["miou"],
+            "baseline_fb_iou": totals["fb_iou"],
         }
 
 

@@ -11,13 +11,13 @@ Protocols (``dcsam eval-video``):
   ``--support-mask``, from another image or video) prompt the first frame in context, then it is
   propagated. The ground truth is the union of the annotated objects. Every frame is scored
   (IC-VOS rule).
-* ``icvos``: the IC-VOS layout (spec 4.4): ``<root>/<video>/JPEGImages/<frame>.jpg`` and
+* ``icvos``: the IC-VOS layout: ``<root>/<video>/JPEGImages/<frame>.jpg`` and
   ``<root>/<video>/Annotations/<class_id>/<frame>.png``; one sample per (video, class); frames in
   numeric order, the first ``max_frames`` (512) kept; scored at 512x512 (nearest-neighbour resize
   of the masks), every frame. Supports: ``--support-dir`` holding ``<class_id>.jpg`` and
   ``<class_id>.png`` per class (the paper draws one COCO val image per class, seed 0, which is
   not distributed with IC-VOS), or one ``--support-image`` for every sample, or, without any,
-  the first frame's mask (the semi-supervised upper-bound setting, spec Table XIII).
+  the first frame's mask (the semi-supervised upper-bound setting).
 
 Per-object rows are averaged into the benchmark row as the DAVIS toolkit does.
 """
@@ -37,6 +37,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..io import read_mask
+from ..masks import resize_mask
 from .frames import IMAGE_EXTENSIONS, ImageFolderSource, ImageSequenceSource, natural_key
 from .metrics import ALL_FRAMES, DAVIS_FRAMES, FRAME_RULES, SequenceScores, benchmark_means, scored_frames
 
@@ -153,9 +154,7 @@ def icvos_samples(root: str | Path, videos: Sequence[str] | None = None, *, supp
 
 # -- evaluation ----------------------------------------------------------------------------------
 def _at_size(mask: np.ndarray, size: int | None) -> np.ndarray:
-    if size is None or mask.shape == (size, size):
-        return mask
-    return cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    return mask if size is None else resize_mask(mask, size, size)
 
 
 def evaluate_videos(

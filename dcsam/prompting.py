@@ -20,16 +20,17 @@ import cv2
 import numpy as np
 
 from .io import ImageSource, read_image
+from .masks import resize_mask
 
 Point = tuple[float, float, bool]  # (x, y) in pixels of the native image, positive?
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+PixelBox = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 
 
 def refine_mask(
     segmenter,
     image: ImageSource,
     points: Sequence[Point] = (),
-    box: Box | None = None,
+    box: PixelBox | None = None,
     label: str | None = None,
     mask: np.ndarray | None = None,
     *,
@@ -75,7 +76,7 @@ def refine_mask(
 
     gc = np.full((sh, sw), cv2.GC_PR_BGD, np.uint8)
     if mask is not None and mask.any():
-        start = cv2.resize(mask.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
+        start = resize_mask(mask, sh, sw)
     else:
         start = np.zeros((sh, sw), bool)
     box_px = None
@@ -131,10 +132,10 @@ def refine_mask(
         out = out > 0
     if mask is not None and mask.any():
         # where GrabCut agrees with the prediction at the working size, keep the full-resolution prediction
-        start_small = cv2.resize(mask.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
-        out_small = cv2.resize(out.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
-        changed = cv2.dilate((start_small != out_small).astype(np.uint8), np.ones((3, 3), np.uint8))
-        changed = cv2.resize(changed, (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        start_small = resize_mask(mask, sh, sw)
+        out_small = resize_mask(out, sh, sw)
+        changed = resize_mask(cv2.dilate((start_small != out_small).astype(np.uint8), np.ones((3, 3), np.uint8)),
+                              height, width)
         out = np.where(changed, out, mask)
     if box is not None:
         out &= _box_mask(box, height, width)
@@ -143,7 +144,7 @@ def refine_mask(
     return out, (score * consistency if out.any() else 0.0)
 
 
-def _box_mask(box: Box, height: int, width: int) -> np.ndarray:
+def _box_mask(box: PixelBox, height: int, width: int) -> np.ndarray:
     x0, y0, x1, y1 = box
     clip = np.zeros((height, width), bool)
     clip[max(0, int(np.floor(min(y0, y1)))):max(0, int(np.ceil(max(y0, y1)))),
