@@ -1,7 +1,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from dcsam.modeling.attention import Attention, PositionEmbeddingSine, cycle_consistency_bias
 
@@ -40,10 +39,14 @@ def test_constant_labels_equal_plain_attention():
     for value in (0, 1):
         labels = torch.full((3, 100), value)
         assert torch.allclose(attn(q, k, v, labels), plain, atol=1e-6)
-    # and plain attention is ordinary scaled dot-product attention
-    qh = attn._split(attn.q_proj(q))
-    kh, vh = attn._split(attn.k_proj(k)), attn._split(attn.v_proj(v))
-    ref = attn.out_proj(F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).flatten(2))
+    # and plain attention is ordinary multi-head attention with the same projections
+    mha = torch.nn.MultiheadAttention(256, 4, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+        mha.in_proj_bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+        mha.out_proj.weight.copy_(attn.out_proj.weight)
+        mha.out_proj.bias.copy_(attn.out_proj.bias)
+    ref, _ = mha(q, k, v, need_weights=False)
     assert torch.allclose(plain, ref, atol=1e-5)
 
 
