@@ -84,7 +84,7 @@ class BackendHarness:
     """create_app() with a settings dict, a counting model factory and a Flask test client."""
 
     def __init__(self, tmp_path: Path, lite_base, **env: str):
-        from backend.app import create_app
+        from backend.labelstudio.app import create_app
         from backend.settings import BackendSettings
 
         base_env = {"MODEL_DIR": str(tmp_path / "model"), "DCSAM_ENGINE": "lite"}
@@ -97,7 +97,7 @@ class BackendHarness:
             return lite_base
 
         self.app = create_app(self.settings, segmenter_factory=factory)
-        self.backend = self.app.extensions["dcsam_backend"]
+        self.service = self.app.extensions["dcsam_service"]
         self.client = self.app.test_client()
 
     def setup(self, project: int, config: str, **extra):

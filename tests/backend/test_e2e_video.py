@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from backend.outputs import mask_box
+from backend.labelstudio.outputs import mask_box
 
 from .ls_harness import LEGACY_TOKEN, Backend, LabelStudio
 from .test_e2e_labelstudio import brush_result, decode_brush, iou

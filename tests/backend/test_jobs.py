@@ -58,14 +58,14 @@ def jobs_harness(tmp_path, lite_base, fake_ls):
 
     yield make
     for h in made:
-        h.backend.runner.stop()
+        h.service.runner.stop()
     lite_base.engine.load_trainable_state_dict({})  # the session engine is shared: leave it untrained
 
 
 def _run(h: BackendHarness, project: int, **body) -> dict:
     r = h.client.post("/jobs/preannotate", json={"project": project, **body})
     assert r.status_code == 202, r.json
-    assert h.backend.runner.wait_idle(120)
+    assert h.service.runner.wait_idle(120)
     return h.client.get(f"/jobs/{r.json['id']}").json
 
 
@@ -73,7 +73,7 @@ def test_preannotate_predicts_every_task_exactly_once(jobs_harness, fake_ls):
     ids = _project(fake_ls, 3, 11)
     h = jobs_harness()
     job = _run(h, 3)
-    version = h.backend.version
+    version = h.service.version
     assert job["status"] == "done", job
     assert fake_ls.predictions_per_task(version) == {t: 1 for t in ids}
     assert job["progress_done"] == job["progress_total"] == 11
@@ -90,31 +90,34 @@ def test_preannotate_predicts_every_task_exactly_once(jobs_harness, fake_ls):
     assert fake_ls.predictions_per_task(version) == {t: 1 for t in ids}
 
 
-def test_crash_between_import_and_bookkeeping_resumes_without_duplicates(jobs_harness, fake_ls):
+def test_crash_between_import_and_bookkeeping_resumes_without_duplicates(jobs_harness, fake_ls, monkeypatch):
     ids = _project(fake_ls, 4, 10)
     h = jobs_harness()
     calls = []
 
-    def crash_on_second(ctx, task_ids):
+    ledger = h.service.store.ledger
+    book_page = ledger.commit_page
+
+    def crash_on_second(project_id, version, task_ids, job_id, params):
         calls.append(task_ids)
         if len(calls) == 2:
             raise Crash("simulated SIGKILL after the import, before the ledger")
+        book_page(project_id, version, task_ids, job_id, params)
 
-    h.backend.hooks["after_import"] = crash_on_second
+    monkeypatch.setattr(ledger, "commit_page", crash_on_second)
     r = h.client.post("/jobs/preannotate", json={"project": 4})
     job_id = r.json["id"]
     deadline = time.monotonic() + 60
     while len(calls) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    h.backend.runner._thread.join(30)
-    assert not h.backend.runner._thread.is_alive()
-    version = h.backend.version
-    assert h.backend.job_store.get(job_id)["status"] == "running"  # as a killed process leaves it
+    assert h.service.runner.join(30, lane="model")
+    version = h.service.version
+    assert h.service.store.jobs.get(job_id)["status"] == "running"  # as a killed process leaves it
     assert len(fake_ls.predictions) == 8  # two pages imported, the second one not booked
     # "restart": a new app on the same MODEL_DIR; its runner finds the job orphaned and resumes it
     h2 = jobs_harness()
     h2.client.get("/health")
-    assert h2.backend.runner.wait_idle(120)
+    assert h2.service.runner.wait_idle(120)
     job = h2.client.get(f"/jobs/{job_id}").json
     assert job["status"] == "done" and job["restarts"] == 1, job
     assert fake_ls.predictions_per_task(version) == {t: 1 for t in ids}
@@ -128,8 +131,8 @@ def test_import_retries_never_duplicate(jobs_harness, fake_ls):
     h = jobs_harness()
     job = _run(h, 5)
     assert job["status"] == "done", job
-    assert fake_ls.predictions_per_task(h.backend.version) == {t: 1 for t in ids}
-    assert h.backend.metrics.value("dcsam_preannotate_import_retries_total", project="5") == 2
+    assert fake_ls.predictions_per_task(h.service.version) == {t: 1 for t in ids}
+    assert h.service.metrics.value("dcsam_preannotate_import_retries_total", project="5") == 2
 
 
 def test_import_gives_up_after_the_retries(jobs_harness, fake_ls):
@@ -158,17 +161,24 @@ def test_preannotate_without_examples_fails_clearly(jobs_harness, fake_ls):
     assert job["status"] == "failed" and "no accepted annotation" in job["message"]
 
 
-def test_cancel_a_running_preannotation(jobs_harness, fake_ls):
+def test_cancel_a_running_preannotation(jobs_harness, fake_ls, monkeypatch):
     ids = _project(fake_ls, 9, 10)
     h = jobs_harness()
-    h.backend.hooks["after_import"] = lambda ctx, task_ids: h.client.post(f"/jobs/{ctx.id}/cancel")
+    ledger = h.service.store.ledger
+    book_page = ledger.commit_page
+
+    def cancel_after_booking(project_id, version, task_ids, job_id, params):
+        book_page(project_id, version, task_ids, job_id, params)
+        h.client.post(f"/jobs/{job_id}/cancel")
+
+    monkeypatch.setattr(ledger, "commit_page", cancel_after_booking)
     job = _run(h, 9)
     assert job["status"] == "cancelled" and job["cancel_requested"]
     assert len(fake_ls.predictions) == 4  # the first page; it stopped before the second
-    h.backend.hooks.clear()
+    monkeypatch.setattr(ledger, "commit_page", book_page)
     job = _run(h, 9)
     assert job["status"] == "done"
-    assert fake_ls.predictions_per_task(h.backend.version) == {t: 1 for t in ids}
+    assert fake_ls.predictions_per_task(h.service.version) == {t: 1 for t in ids}
     r = h.client.post(f"/jobs/{job['id']}/cancel")
     assert r.status_code == 409 and "already done" in r.json["detail"]
 
@@ -185,7 +195,7 @@ def test_job_endpoints_reject_bad_input(jobs_harness):
     assert h.client.post("/jobs/12345/cancel").status_code == 404
     assert h.client.get("/jobs?limit=x").status_code == 400
     assert h.client.post("/versions/nope/activate", json={"project": 1}).status_code == 400
-    r = h.client.post(f"/versions/{h.backend.version}/activate", json={})
+    r = h.client.post(f"/versions/{h.service.version}/activate", json={})
     assert r.status_code == 400 and "which project" in r.json["detail"]
 
 
@@ -200,7 +210,7 @@ def test_jobs_endpoints_honour_basic_auth(jobs_harness):
 
 def test_cancelling_a_queued_job_is_immediate(jobs_harness):
     h = jobs_harness()
-    job = h.backend.job_store.add("train", 11, {}, run_after=time.time() + 3600)
+    job = h.service.store.jobs.add("train", 11, {}, run_after=time.time() + 3600)
     r = h.client.post(f"/jobs/{job}/cancel")
     assert r.status_code == 200 and r.json["status"] == "cancelled"
 
@@ -219,16 +229,16 @@ def _train_project(fake_ls, perseg, project: int) -> None:
 def _train(h: BackendHarness, project: int) -> dict:
     r = h.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project}})
     assert r.status_code == 200
-    assert h.backend.runner.wait_idle(300)
+    assert h.service.runner.wait_idle(300)
     return h.client.get(f"/jobs/{r.json['job']}").json
 
 
 def test_training_promotes_only_a_better_model_and_rolls_back(jobs_harness, fake_ls, perseg, monkeypatch):
-    import backend.training as training
+    import backend.services.training as training
 
     _train_project(fake_ls, perseg, 12)
     h = jobs_harness()
-    base = h.backend.version
+    base = h.service.version
     scores = itertools.cycle([[0.50], [0.62]])  # per fold: the serving model, then the fine-tuned one
     monkeypatch.setattr(training, "validation_ious", lambda *a, **k: next(scores))
     job = _train(h, 12)
@@ -244,9 +254,9 @@ def test_training_promotes_only_a_better_model_and_rolls_back(jobs_harness, fake
     assert versions["versions"][0] == new and base in versions["versions"]
     assert (h.settings.model_dir / "12" / f"{new}.pt").is_file()
     # the engine serves the new weights for project 12
-    with h.backend.model.inference_lock:
-        h.backend.prepare(12)
-        assert h.backend.model.base().engine.trained
+    with h.service.runtime.inference_lock:
+        h.service.prepare(12)
+        assert h.service.runtime.base().engine.trained
     # not better: recorded, not promoted
     scores2 = itertools.cycle([[0.70], [0.60]])
     monkeypatch.setattr(training, "validation_ious", lambda *a, **k: next(scores2))
@@ -258,34 +268,34 @@ def test_training_promotes_only_a_better_model_and_rolls_back(jobs_harness, fake
     r = h.client.post(f"/versions/{base}/activate", json={"project": 12})
     assert r.status_code == 200 and r.json == {"project": 12, "model_version": base, "previous": new}
     assert h.setup(12, BRUSH_CONFIG).json["model_version"] == base
-    with h.backend.model.inference_lock:
-        h.backend.prepare(12)
-        assert not h.backend.model.base().engine.trained
+    with h.service.runtime.inference_lock:
+        h.service.prepare(12)
+        assert not h.service.runtime.base().engine.trained
     r = h.client.post(f"/versions/{new}/activate")
     assert r.status_code == 200 and r.json["project"] == 12
     assert h.setup(12, BRUSH_CONFIG).json["model_version"] == new
 
 
 def test_cancelled_or_failed_training_leaves_the_serving_model(jobs_harness, fake_ls, perseg, monkeypatch):
-    import backend.training as training
+    import backend.services.training as training
 
     _train_project(fake_ls, perseg, 14)
     h = jobs_harness(DCSAM_TRAIN_STEPS="50")
-    base = h.backend.version
+    base = h.service.version
     monkeypatch.setattr(training, "validation_ious", lambda *a, **k: [0.1])  # any run would be promoted
 
     def cancel_at_step(step, total, figs):
         if step == 3:
-            h.backend.job_store.request_cancel(h.backend.runner.current)
-    engine = h.backend.model.base().engine
+            h.service.store.jobs.request_cancel(h.service.runner.current["model"])
+    engine = h.service.runtime.base().engine
     orig = engine.finetune
     monkeypatch.setattr(engine, "finetune", lambda eps, steps=None, progress=None: orig(
         eps, steps=steps, progress=lambda s, t, f: (cancel_at_step(s, t, f), progress(s, t, f))))
     job = _train(h, 14)
     assert job["status"] == "cancelled", job
     assert h.setup(14, BRUSH_CONFIG).json["model_version"] == base
-    with h.backend.model.inference_lock:
-        h.backend.prepare(14)
+    with h.service.runtime.inference_lock:
+        h.service.prepare(14)
         assert not engine.trained  # the half-trained head was dropped
     monkeypatch.setattr(engine, "finetune", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
     job = _train(h, 14)
@@ -294,11 +304,11 @@ def test_cancelled_or_failed_training_leaves_the_serving_model(jobs_harness, fak
 
 
 def test_training_compares_the_engines_step_choices_by_cross_validation(jobs_harness, fake_ls, perseg, monkeypatch):
-    import backend.training as training
+    import backend.services.training as training
 
     _train_project(fake_ls, perseg, 19)
     h = jobs_harness(DCSAM_TRAIN_STEPS="")  # no fixed step count: the engine's choices are compared
-    engine = h.backend.model.base().engine
+    engine = h.service.runtime.base().engine
     monkeypatch.setattr(engine, "finetune_step_choices", lambda: [0, 3])
     ran = []
     orig = engine.finetune
@@ -331,11 +341,11 @@ def test_real_fine_tune_scores_before_and_after(jobs_harness, fake_ls, perseg):
     assert job["status"] == "done", job
     assert 0 <= f["val_miou_before"] <= 1 and 0 <= f["val_miou_after"] <= 1
     assert f["promoted"] == (f["val_miou_after"] > f["val_miou_before"])
-    assert (h.setup(16, BRUSH_CONFIG).json["model_version"] != h.backend.version) == f["promoted"]
+    assert (h.setup(16, BRUSH_CONFIG).json["model_version"] != h.service.version) == f["promoted"]
 
 
 def test_training_folds_are_by_task_and_stratified_by_label():
-    from backend.training import Item, assign_folds, split
+    from backend.services.training import Item, assign_folds, split
 
     pixel, mask = np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool)
     items = [Item(t, "tag\x1fcat", pixel, mask, "") for t in range(1, 9)]
@@ -366,7 +376,7 @@ def test_automatic_training_after_n_annotations_is_debounced(jobs_harness, fake_
     third = h.client.post("/webhook", json=ev).json
     fourth = h.client.post("/webhook", json=ev).json
     assert third["train_job"] == fourth["train_job"]  # debounced into one queued job
-    [job] = h.backend.job_store.list(kind="train")
+    [job] = h.service.store.jobs.list(kind="train")
     assert job["status"] == "queued" and job["run_after"] > time.time() + 3000
     cancelled = {**ev, "annotation": {"id": 2, "was_cancelled": True}}
     assert "train_job" not in h.client.post("/webhook", json=cancelled).json
@@ -384,7 +394,7 @@ def test_cli_preannotate_follows_the_job(jobs_harness, fake_ls, capsys):
         assert main(["--project", "18", "--backend", server.url, "--poll", "0.1"]) == 0
         err = capsys.readouterr().err
         assert "done: 6 prediction(s)" in err
-        assert fake_ls.predictions_per_task(h.backend.version) == {t: 1 for t in ids}
+        assert fake_ls.predictions_per_task(h.service.version) == {t: 1 for t in ids}
         assert main(["--project", "0", "--backend", server.url]) == 2
         from dcsam.cli import main as dcsam_main  # `dcsam preannotate` hands its arguments to the same parser
 
@@ -403,18 +413,17 @@ def test_jobs_of_a_process_that_dies_later_are_recovered(jobs_harness, fake_ls):
     import subprocess
     import sys
 
-    from backend.jobs import _pid_alive
+    from backend.services.jobs import pid_alive as _pid_alive
 
     ids = _project(fake_ls, 19, 5)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     h = jobs_harness()
-    h.backend.runner.recheck_s = 0.2
-    job_id = h.backend.job_store.add("preannotate", 19, {})
-    with h.backend.state._tx() as con:
-        con.execute("UPDATE jobs SET status='running', owner=? WHERE id=?", (f"{socket.gethostname()}:{child.pid}:x", job_id))
+    h.service.runner.recheck_s = 0.2
+    job_id = h.service.store.jobs.add("preannotate", 19, {})
+    assert h.service.store.jobs.claim(f"{socket.gethostname()}:{child.pid}:x", ("preannotate",))["id"] == job_id
     h.client.get("/health")  # starts the runner: the owner is alive, the job is left alone
     time.sleep(0.5)
-    assert h.backend.job_store.get(job_id)["status"] == "running"
+    assert h.service.store.jobs.get(job_id)["status"] == "running"
     child.kill()
     deadline = time.monotonic() + 10
     while _pid_alive(child.pid) and time.monotonic() < deadline:  # a zombie until reaped: already dead for us
@@ -422,9 +431,9 @@ def test_jobs_of_a_process_that_dies_later_are_recovered(jobs_harness, fake_ls):
     assert not _pid_alive(child.pid)
     child.wait()
     deadline = time.monotonic() + 60
-    while h.backend.job_store.get(job_id)["status"] == "running" and time.monotonic() < deadline:
+    while h.service.store.jobs.get(job_id)["status"] == "running" and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert h.backend.runner.wait_idle(120)
-    job = h.backend.job_store.get(job_id)
+    assert h.service.runner.wait_idle(120)
+    job = h.service.store.jobs.get(job_id)
     assert job["status"] == "done" and job["restarts"] == 1, job
-    assert fake_ls.predictions_per_task(h.backend.version) == {t: 1 for t in ids}
+    assert fake_ls.predictions_per_task(h.service.version) == {t: 1 for t in ids}

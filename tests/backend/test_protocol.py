@@ -39,9 +39,9 @@ def test_health_and_setup_answer_without_loading_the_model(harness_factory):
     assert r.status_code == 200
     version = r.json["model_version"]
     assert version.startswith("lite-")
-    assert h.factory_calls == 0 and not h.backend.model.loaded
+    assert h.factory_calls == 0 and not h.service.runtime.loaded
     assert h.client.get("/").json["status"] == "UP"
-    assert h.backend.state.project(3)["extra_params"] == {"a": [1]}
+    assert h.service.store.projects.get(3)["extra_params"] == {"a": [1]}
 
 
 @pytest.mark.parametrize("schema, message", [
@@ -99,7 +99,7 @@ def test_predict_brush_one_result_per_task_in_order_with_version(harness_factory
         assert (region["original_height"], region["original_width"]) == gt.shape
         assert 0.0 <= region["score"] <= 1.0
         assert iou(decode_brush(region), gt) >= 0.8
-    assert h.backend.model.loads == 1
+    assert h.service.runtime.loads == 1
 
 
 def test_task_without_examples_gets_an_empty_prediction_and_a_log_line(harness_factory, fake_ls, perseg, caplog):
@@ -158,8 +158,8 @@ def test_bitmask_output_is_png_with_alpha(harness_factory, fake_ls, perseg):
 
 # -- examples: selection, caching, invalidation ---------------------------------------------------
 def test_examples_are_the_latest_k_accepted_annotations_per_label(perseg):
-    from backend.examples import select_examples
-    from backend.labelconfig import parse_label_config
+    from backend.services.examples import select_examples
+    from backend.labelstudio.labelconfig import parse_label_config
 
     cfg = parse_label_config(BRUSH_CONFIG)
     m = perseg["cat_00"][1]
@@ -189,7 +189,7 @@ def test_webhook_acknowledges_and_invalidates_the_example_cache(harness_factory,
     assert listings() == 1
     h.predict(1, BRUSH_CONFIG, tasks[:1])
     assert listings() == 1  # cached, no webhook, recheck interval not reached
-    assert h.backend.state.examples(1)[0]["annotation_id"] == 10
+    assert h.service.store.examples.of_project(1)[0]["annotation_id"] == 10
     # the annotation is replaced by a newer one on another task
     fake_ls.tasks[0]["annotations"][0]["was_cancelled"] = True
     fake_ls.tasks.append(annotated_task(3, 1, "/data/upload/1/cat_02.jpg", [brush_region(perseg["cat_02"][1], "cat")],
@@ -198,9 +198,9 @@ def test_webhook_acknowledges_and_invalidates_the_example_cache(harness_factory,
                "project": {"id": 1}, "task": {"id": 1}}
     r = h.client.post("/webhook", json=payload)
     assert r.status_code == 200 and r.json["status"] == "ok"
-    assert h.backend.wait_for_jobs(60)
-    assert [e["annotation_id"] for e in h.backend.state.examples(1)] == [31]
-    assert h.backend.state.jobs()[0]["status"] == "done"
+    assert h.service.runner.wait_idle(60)
+    assert [e["annotation_id"] for e in h.service.store.examples.of_project(1)] == [31]
+    assert h.service.store.jobs.list()[0]["status"] == "done"
     before = listings()
     h.predict(1, BRUSH_CONFIG, tasks[:1])
     assert listings() == before  # the background sync already refreshed it
@@ -210,13 +210,13 @@ def test_updated_at_safety_net_without_webhook(harness_factory, fake_ls, perseg)
     tasks = _cat_project(fake_ls, perseg)
     h = harness_factory(**_ls_env(fake_ls), DCSAM_EXAMPLES_RECHECK_S="0")
     h.predict(1, BRUSH_CONFIG, tasks[:1])
-    pe = h.backend.examples.project(1)
+    pe = h.service.examples.project(1)
     first = dict(pe.fingerprints)
     fake_ls.tasks[0]["annotations"][0]["updated_at"] = "2026-12-01T00:00:00Z"
     fake_ls.tasks[0]["annotations"][0]["result"] = [brush_region(perseg["cat_00"][1][::-1].copy(), "cat")]
     h.predict(1, BRUSH_CONFIG, tasks[:1])
     assert pe.fingerprints != first
-    assert h.backend.state.examples(1)[0]["updated_at"] == "2026-12-01T00:00:00Z"
+    assert h.service.store.examples.of_project(1)[0]["updated_at"] == "2026-12-01T00:00:00Z"
 
 
 @pytest.mark.parametrize("payload", [{"action": "SOMETHING_NEW", "project": {"id": 1}}, {"action": "LABEL_LINK_CREATED"},
@@ -231,8 +231,8 @@ def test_start_training_is_acknowledged_and_recorded(harness_factory):
     h = harness_factory()
     r = h.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7, "label_config": BRUSH_CONFIG}})
     assert r.status_code == 200
-    assert h.backend.wait_for_jobs(30) and h.backend.runner.wait_idle(30)
-    [train] = h.backend.job_store.list(kind="train")
+    assert h.service.runner.wait_idle(30) and h.service.runner.wait_idle(30)
+    [train] = h.service.store.jobs.list(kind="train")
     # queued as a fine-tune (backend/training.py); without a Label Studio URL/token it cannot read annotations
     assert r.json["job"] == train["id"] and train["status"] == "failed" and "Label Studio URL/token" in train["message"]
 
@@ -404,7 +404,7 @@ def test_versions_metrics_and_model_loaded_once(harness_factory, fake_ls, perseg
 
 
 def test_model_load_failure_is_a_clear_500_and_health_stays_up(tmp_path):
-    from backend.app import create_app
+    from backend.labelstudio.app import create_app
     from backend.settings import BackendSettings
 
     def broken(config):

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from backend.engine_select import choose_engine, model_version
-from backend.labelconfig import LabelConfigError, parse_label_config
-from backend.outputs import BitmaskOutput, BrushOutput, PolygonOutput, annotation_mask
+from backend.labelstudio.labelconfig import LabelConfigError, parse_label_config
+from backend.labelstudio.outputs import BitmaskOutput, BrushOutput, PolygonOutput, annotation_mask
 from backend.settings import BackendSettings
-from backend.state import State, parse_project_id
+from backend.labelstudio.annotations import parse_project_id
+from backend.store import Store
 
 from .conftest import INTERACTIVE_CONFIG, iou
 
@@ -39,7 +40,7 @@ def test_label_config_parsing():
 
 @pytest.mark.parametrize("cls", [BrushOutput, BitmaskOutput, PolygonOutput])
 def test_outputs_round_trip(cls):
-    from backend.labelconfig import ControlTag
+    from backend.labelstudio.labelconfig import ControlTag
 
     mask = _disc()
     control = ControlTag("c", cls.type, "image", ("obj",))
@@ -60,7 +61,7 @@ def test_outputs_round_trip(cls):
 def test_brush_rle_decodes_with_the_sdk():
     from label_studio_sdk.converter.brush import decode_rle
 
-    from backend.labelconfig import ControlTag
+    from backend.labelstudio.labelconfig import ControlTag
 
     rng = np.random.default_rng(0)
     mask = _disc() ^ (rng.random((120, 160)) < 0.02)
@@ -120,21 +121,21 @@ def test_serve_check_resolves_without_starting(tmp_path, monkeypatch, capsys):
 
 
 def test_state_is_private_and_transactional(tmp_path):
-    state = State(tmp_path)
-    assert stat.S_IMODE(os.stat(state.path).st_mode) == 0o600
-    state.save_project(4, label_config="<View/>", hostname="http://h", access_token="t")
-    state.save_project(4, extra_params={"x": 1})
-    assert state.project(4)["access_token"] == "t" and state.project(4)["extra_params"] == {"x": 1}
-    assert state.bump_examples_rev(4) == 1 and state.examples_rev(4) == 1
-    state.set_examples(4, [("tag", "cat", 1, 2, "2026")])
+    store = Store(tmp_path)
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    store.projects.save(4, label_config="<View/>", hostname="http://h", access_token="t")
+    store.projects.save(4, extra_params={"x": 1})
+    assert store.projects.get(4)["access_token"] == "t" and store.projects.get(4)["extra_params"] == {"x": 1}
+    assert store.projects.bump_examples_rev(4) == 1 and store.projects.examples_rev(4) == 1
+    store.examples.replace(4, [("tag", "cat", 1, 2, "2026")])
     with pytest.raises(Exception):
-        state.set_examples(4, [("tag", "cat", 1, 2, "2026"), ("tag", None, 1, 2, "x")])  # NOT NULL fails: rollback
-    assert [e["annotation_id"] for e in State(tmp_path).examples(4)] == [1]
+        store.examples.replace(4, [("tag", "cat", 1, 2, "2026"), ("tag", None, 1, 2, "x")])  # NOT NULL: rollback
+    assert [e["annotation_id"] for e in Store(tmp_path).examples.of_project(4)] == [1]
     assert parse_project_id("12.1719999") == 12 and parse_project_id({"id": 3}) == 3 and parse_project_id("x") is None
 
 
 def test_refine_mask_from_prompts_alone():
-    from dcsam.refine import refine_mask
+    from dcsam.prompting import refine_mask
 
     gt = _disc(200, 240, 120, 100, 45)
     img = np.full((200, 240, 3), 40, np.uint8)

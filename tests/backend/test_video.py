@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from backend.labelconfig import LabelConfigError, parse_label_config
-from backend.outputs import VideoRectangleOutput, mask_box
+from backend.labelstudio.labelconfig import LabelConfigError, parse_label_config
+from backend.labelstudio.outputs import VideoRectangleOutput, mask_box
 from dcsam.io import read_image, read_mask
 
 from .conftest import annotated_task, brush_region, decode_brush, iou
@@ -157,7 +157,7 @@ def test_data_keys_are_configurable_and_a_new_annotation_starts_a_new_propagatio
 
 
 def test_each_annotated_frame_owns_its_nearest_frames_and_the_requested_ones_go_first():
-    from backend.video import segments
+    from backend.services.video import segments
 
     anchors = [(2, {}), (10, {}), (20, {})]
     assert segments(anchors, 30, set()) == [(0, 2, 0, 7), (1, 10, 7, 16), (2, 20, 16, 30)]
@@ -279,7 +279,7 @@ def test_video_task_from_another_videos_keyframe_example_and_broken_video(harnes
 
 # -- fine-tuning from accepted frames: mask tubes -----------------------------------------------------
 def test_training_a_frame_sequence_project_uses_mask_tubes(harness_factory, fake_ls, data_dir, monkeypatch):
-    import backend.training as training
+    import backend.services.training as training
     import dcsam.video.tubes as tubes_mod
 
     fake_ls.label_configs[1] = SEQUENCE_CONFIG
@@ -297,7 +297,7 @@ def test_training_a_frame_sequence_project_uses_mask_tubes(harness_factory, fake
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_TRAIN_STEPS="2",
                         DCSAM_PREANNOTATE_AFTER_TRAIN="0")
     r = h.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
-    assert h.backend.runner.wait_idle(300)
+    assert h.service.runner.wait_idle(300)
     job = h.client.get(f"/jobs/{r.json['job']}").json
     assert job["status"] == "done", job
     assert job["figures"]["tubes"] == 2  # one tube per video (label car)
@@ -319,16 +319,16 @@ def test_frame_sequences_with_sam2_memory_propagation(harness_factory, fake_ls, 
     tasks = _sequence_project(fake_ls, frames, "car-shadow", 700)
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key,
                         DCSAM_VIDEO_PROPAGATION="sam2")
-    h.backend.predictor.video._sam2_model = build_sam_model("sam2.1_hiera_t", random_weights=True, image_size=256)
+    h.service.predictor.video.sam2_model = build_sam_model("sam2.1_hiera_t", random_weights=True, image_size=256)
     r = h.predict(1, SEQUENCE_CONFIG, tasks[1:])
     assert r.status_code == 200 and len(r.json["results"]) == 4
     assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 1
-    run = next(iter(h.backend.predictor.video._runs.values()))
+    run = h.service.predictor.video.sequence_runs()[-1]
     with run.cond:  # the request returned with its frames; the run's bookkeeping may still be closing
         assert run.cond.wait_for(lambda: run.finished, timeout=60)
     assert sorted(run.outcomes) == [t["id"] for t in tasks]
     assert all(o.error is None for o in run.outcomes.values()), run.outcomes
-    assert h.backend.predictor.video.video_segmenter(h.backend.examples.project(1).segmenter).propagation == "sam2"
+    assert h.service.predictor.video.video_segmenter(h.service.examples.project(1).segmenter).propagation == "sam2"
     assert _metric(h, "dcsam_task_errors_total", kind="video") == 0
 
 
@@ -340,10 +340,10 @@ def test_preannotation_job_over_frame_sequences_and_video_tasks(harness_factory,
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key,
                         DCSAM_PREANNOTATE_CHUNK="4", DCSAM_PREANNOTATE_BACKOFF_S="0")
     r = h.client.post("/jobs/preannotate", json={"project": 1})
-    assert h.backend.runner.wait_idle(300)
+    assert h.service.runner.wait_idle(300)
     job = h.client.get(f"/jobs/{r.json['id']}").json
     assert job["status"] == "done" and job["figures"]["failed"] == 0, job
-    assert fake_ls.predictions_per_task(h.backend.version) == {t["id"]: 1 for t in a + b}
+    assert fake_ls.predictions_per_task(h.service.version) == {t["id"]: 1 for t in a + b}
     assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 2  # once per video, across pages
     # <Video> tasks in another project
     fake_ls.label_configs[2] = VIDEO_CONFIG
@@ -354,7 +354,7 @@ def test_preannotation_job_over_frame_sequences_and_video_tasks(harness_factory,
                                            "was_cancelled": False, "updated_at": "2026-11-01T10:00:00Z"}]})
     fake_ls.tasks.append({"id": 901, "project": 2, "data": {"video": "/data/upload/2/a.mp4"}, "annotations": []})
     r = h.client.post("/jobs/preannotate", json={"project": 2})
-    assert h.backend.runner.wait_idle(300)
+    assert h.service.runner.wait_idle(300)
     job = h.client.get(f"/jobs/{r.json['id']}").json
     assert job["status"] == "done" and job["figures"]["failed"] == 0, job
     tracks = [p for p in fake_ls.predictions if p["task"] in (900, 901)]

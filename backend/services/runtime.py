@@ -1,4 +1,4 @@
-"""The model, loaded once per process on first use (or by a warm-up thread), never by /health or /setup.
+"""The model runtime: the segmenter, loaded once per process on first use (or by a warm-up thread), never by /health or /setup.
 
 ``inference_lock`` serialises every model call in the process (one writer to the GPU); request
 threads wait on it, /health and /setup never touch it.
@@ -27,7 +27,7 @@ def default_factory(config: SegmenterConfig) -> InContextSegmenter:
     return InContextSegmenter.from_config(config)
 
 
-class ModelHolder:
+class ModelRuntime:
     def __init__(self, config: SegmenterConfig, factory: SegmenterFactory | None = None):
         self.config = config
         self._factory = factory or default_factory

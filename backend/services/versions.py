@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -18,7 +17,7 @@ from typing import Any
 
 from dcsam.checkpoints import load_checkpoint, save_checkpoint
 
-from .state import State
+from ..store import VersionStore
 
 CHECKPOINT_KIND = "backend-trainable-state"
 
@@ -28,8 +27,8 @@ class VersionError(Exception):
 
 
 class VersionRegistry:
-    def __init__(self, state: State, model_dir: Path, base_version: str, engine: str):
-        self.state = state
+    def __init__(self, rows: VersionStore, model_dir: Path, base_version: str, engine: str):
+        self.rows = rows
         self.dir = Path(model_dir)
         self.base_version = base_version
         self.engine = engine
@@ -40,25 +39,16 @@ class VersionRegistry:
     def active(self, project_id: int | None) -> str:
         if project_id is None:
             return self.base_version
-        rows = self.state._query("SELECT version FROM active_versions WHERE project_id=?", (project_id,))
-        return rows[0][0] if rows else self.base_version
+        return self.rows.active(project_id) or self.base_version
 
     def info(self, version: str) -> dict | None:
-        rows = self.state._query("SELECT version, project_id, parent, path, digest, figures, created_at FROM "
-                                 "model_versions WHERE version=?", (version,))
-        if not rows:
-            return None
-        out = dict(zip(("version", "project_id", "parent", "path", "digest", "figures", "created_at"), rows[0]))
-        out["figures"] = json.loads(out["figures"] or "{}")
-        return out
+        return self.rows.info(version)
 
     def project_versions(self, project_id: int) -> list[dict]:
-        rows = self.state._query("SELECT version FROM model_versions WHERE project_id=? ORDER BY created_at DESC",
-                                 (project_id,))
-        return [self.info(r[0]) for r in rows]
+        return [info for v in self.rows.of_project(project_id) if (info := self.info(v)) is not None]
 
     def all_versions(self) -> list[str]:
-        return [r[0] for r in self.state._query("SELECT version FROM model_versions ORDER BY created_at DESC")]
+        return self.rows.fine_tuned()
 
     def trainable_state(self, version: str) -> dict | None:
         """The saved trainable weights of a fine-tuned version (None = the base weights)."""
@@ -81,7 +71,7 @@ class VersionRegistry:
 
     # -- changes ------------------------------------------------------------------------------------
     def next_version(self, project_id: int) -> str:
-        n = len(self.state._query("SELECT 1 FROM model_versions WHERE project_id=?", (project_id,))) + 1
+        n = len(self.rows.of_project(project_id)) + 1
         while True:
             version = f"{self.base_version}-p{project_id}-ft{n}"
             if self.info(version) is None:
@@ -96,14 +86,7 @@ class VersionRegistry:
         path = folder / f"{version}.pt"
         digest = save_checkpoint(path, CHECKPOINT_KIND, trainable_state, {"engine": self.engine, "base": self.base_version},
                                  version=version, parent=parent, project=int(project_id))
-        now = time.time()
-        with self.state._tx() as con:
-            con.execute("INSERT INTO model_versions(version, project_id, parent, path, digest, figures, created_at) "
-                        "VALUES(?, ?, ?, ?, ?, ?, ?)",
-                        (version, project_id, parent, str(path), digest, json.dumps(figures, default=str), now))
-            con.execute("INSERT INTO active_versions(project_id, version, updated_at) VALUES(?, ?, ?) "
-                        "ON CONFLICT(project_id) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
-                        (project_id, version, now))
+        self.rows.add_active(version, project_id, parent, str(path), digest, figures)
         return version
 
     def activate(self, project_id: int | None, version: str) -> tuple[int, str]:
@@ -122,8 +105,5 @@ class VersionRegistry:
             if not Path(info["path"]).is_file():
                 raise VersionError(f"{version}: its checkpoint {info['path']} is missing")
             self.trainable_state(version)  # readable before it becomes active
-        with self.state._tx() as con:
-            con.execute("INSERT INTO active_versions(project_id, version, updated_at) VALUES(?, ?, ?) "
-                        "ON CONFLICT(project_id) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
-                        (project_id, version, time.time()))
+        self.rows.set_active(project_id, version)
         return project_id, version

@@ -34,6 +34,8 @@ from PIL import Image
 from dcsam.errors import InputError
 from dcsam.io import read_image
 
+from . import sdk_bridge
+
 log = logging.getLogger(__name__)
 
 
@@ -43,33 +45,6 @@ class MediaError(Exception):
 
 class LabelStudioError(Exception):
     """The Label Studio API refused or failed a call."""
-
-
-class _BoundedSession(requests.Session):
-    """A requests session that refuses bodies larger than ``limit`` bytes and never waits forever."""
-
-    def __init__(self, limit: int, timeout: tuple[float, float] = (5.0, 120.0)):
-        super().__init__()
-        self.limit = limit
-        self.default_timeout = timeout
-
-    def request(self, method, url, **kwargs):  # noqa: D401 - requests API
-        kwargs["stream"] = True
-        kwargs.setdefault("timeout", self.default_timeout)
-        resp = super().request(method, url, **kwargs)
-        length = resp.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > self.limit:
-            resp.close()
-            raise MediaError(f"{_safe_url(url)}: {int(length)} bytes is over the limit of {self.limit} (DCSAM_MAX_DOWNLOAD_MB)")
-        buf = bytearray()
-        for chunk in resp.iter_content(1 << 20):
-            buf += chunk
-            if len(buf) > self.limit:
-                resp.close()
-                raise MediaError(f"{_safe_url(url)}: more than {self.limit} bytes (DCSAM_MAX_DOWNLOAD_MB)")
-        resp._content = bytes(buf)  # what resp.content returns
-        resp._content_consumed = True
-        return resp
 
 
 def _safe_url(url: str) -> str:
@@ -124,7 +99,8 @@ class LabelStudioAccess:
         self._lock = threading.Lock()
 
     # -- tokens ------------------------------------------------------------------------------
-    def _sdk(self):
+    def sdk(self) -> Any:
+        """The label-studio-sdk client for this host (built once)."""
         with self._lock:
             if self._client is None:
                 from label_studio_sdk import LabelStudio
@@ -135,7 +111,7 @@ class LabelStudioAccess:
     def token(self) -> str:
         """The token to send now: the legacy key, or a fresh access JWT for a Personal Access Token."""
         try:
-            header = self._sdk()._client_wrapper.get_headers()["Authorization"]
+            header = sdk_bridge.authorization_header(self.sdk())
         except Exception as exc:
             raise LabelStudioError(f"Label Studio at {self.url} refused the API key ({_describe_exc(exc)}); "
                                    "check LABEL_STUDIO_API_KEY") from exc
@@ -143,9 +119,7 @@ class LabelStudioAccess:
 
     def auth_header(self) -> dict[str, str]:
         tok = self.token()
-        from label_studio_sdk._extensions.label_studio_tools.core.utils.io import is_jwt_well_formed
-
-        return {"Authorization": ("Bearer " if is_jwt_well_formed(tok) else "Token ") + tok}
+        return {"Authorization": ("Bearer " if sdk_bridge.is_jwt(tok) else "Token ") + tok}
 
     # -- API -------------------------------------------------------------------------------------
     def api_get(self, path: str, params: dict | None = None) -> Any:
@@ -231,15 +205,14 @@ def fetch_media(ref: Any, task_id: int | None, *, access: LabelStudioAccess | No
         log.info("local file %s is not under LOCAL_FILES_DOCUMENT_ROOT; asking Label Studio for it", path)
     elif not ref.startswith(("http://", "https://")) and access is None:
         raise MediaError(f"{_safe_url(ref)}: needs Label Studio access; set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-    from label_studio_sdk._extensions.label_studio_tools.core.utils import io as sdk_io
-
     hostname = access.url if access else None
     token = access.token() if access else None
     scratch = tempfile.mkdtemp(prefix="dcsam-media-")
     try:
-        with sdk_io.http_session(_BoundedSession(max_bytes)):
+        with sdk_bridge.bounded_downloads(max_bytes, lambda url, size: MediaError(
+                f"{_safe_url(url)}: {size} bytes is over the limit of {max_bytes} (DCSAM_MAX_DOWNLOAD_MB)")):
             try:
-                path = sdk_io.get_local_path(
+                path = sdk_bridge.get_local_path(
                     ref,
                     cache_dir=scratch,
                     hostname=hostname or "",

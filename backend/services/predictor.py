@@ -1,7 +1,7 @@
 """/predict: batch pre-annotation from the project's examples, and interactive refinement from a context.
 
 Protocol handling only: every model call goes through ``dcsam.api.InContextSegmenter`` (and the
-refinement entry point); media and outputs live in :mod:`backend.media` and :mod:`backend.outputs`.
+refinement entry point); media and outputs live in :mod:`backend.labelstudio.media` and :mod:`backend.labelstudio.outputs`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 from dcsam.errors import DcsamError
 
 from .examples import ExampleManager, example_key
-from .labelconfig import ControlTag, LabelConfig
-from .media import LabelStudioAccess, LabelStudioError, MediaError, decode_image, fetch_media
-from .model import ModelHolder
-from .outputs import output_for, region_labels
+from ..labelstudio.labelconfig import ControlTag, LabelConfig
+from ..labelstudio.media import LabelStudioAccess, LabelStudioError, MediaError, decode_image, fetch_media
+from .runtime import ModelRuntime
+from ..labelstudio.outputs import output_for, region_labels
 from .video import VideoPredictor, sequence_id
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def empty_prediction(version: str) -> dict:
 
 
 class Predictor:
-    def __init__(self, *, model: ModelHolder, examples: ExampleManager, version: str, batch_size: int,
+    def __init__(self, *, model: ModelRuntime, examples: ExampleManager, version: str, batch_size: int,
                  min_score: float, max_pixels: int, max_download_bytes: int, local_files_root: str | None,
                  on_task_error: Callable[[str], None] | None = None,
                  version_for: Callable[[int | None], str] | None = None,
@@ -45,7 +45,7 @@ class Predictor:
         self.examples = examples
         self.version = version
         # the project's model_version, and a hook run under the inference lock before each model call that
-        # puts the project's fine-tuned weights into the engine (see backend.versions)
+        # puts the project's fine-tuned weights into the engine (see backend.services.versions)
         self.version_for = version_for or (lambda project_id: self.version)
         self.prepare = prepare or (lambda project_id: None)
         self.batch_size = max(1, batch_size)

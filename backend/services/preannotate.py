@@ -24,63 +24,13 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .deps import JobDeps
 from .jobs import JobContext, JobError
-from .labelconfig import LabelConfigError
-from .media import LabelStudioAccess, LabelStudioError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .app import Backend
+from ..labelstudio.media import LabelStudioAccess, LabelStudioError
 
 log = logging.getLogger(__name__)
-
-
-class Ledger:
-    """SQLite rows ``(project, version, task) -> pending | done`` (shares the State's file)."""
-
-    def __init__(self, state):
-        self.state = state
-
-    def done_ids(self, project_id: int, version: str, task_ids: list[int]) -> set[int]:
-        if not task_ids:
-            return set()
-        marks = ",".join("?" * len(task_ids))
-        rows = self.state._query(f"SELECT task_id FROM preannotated WHERE project_id=? AND version=? AND status='done' "
-                                 f"AND task_id IN ({marks})", (project_id, version, *task_ids))
-        return {r[0] for r in rows}
-
-    def pending(self, project_id: int, version: str) -> list[int]:
-        rows = self.state._query("SELECT task_id FROM preannotated WHERE project_id=? AND version=? AND status='pending' "
-                                 "ORDER BY task_id", (project_id, version))
-        return [r[0] for r in rows]
-
-    def count(self, project_id: int, version: str) -> int:
-        return self.state._query("SELECT COUNT(*) FROM preannotated WHERE project_id=? AND version=? AND status='done'",
-                                 (project_id, version))[0][0]
-
-    def mark(self, project_id: int, version: str, task_ids: list[int], status: str, job_id: int | None) -> None:
-        now = time.time()
-        with self.state._tx() as con:
-            con.executemany("INSERT INTO preannotated(project_id, version, task_id, status, job_id, updated_at) "
-                            "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(project_id, version, task_id) DO UPDATE SET "
-                            "status=excluded.status, job_id=excluded.job_id, updated_at=excluded.updated_at",
-                            [(project_id, version, t, status, job_id, now) for t in task_ids])
-
-    def forget_pending(self, project_id: int, version: str, task_ids: list[int]) -> None:
-        with self.state._tx() as con:
-            con.executemany("DELETE FROM preannotated WHERE project_id=? AND version=? AND task_id=? AND status='pending'",
-                            [(project_id, version, t) for t in task_ids])
-
-    def commit_page(self, project_id: int, version: str, task_ids: list[int], job_id: int, params: dict) -> None:
-        """Mark ``task_ids`` done and save the job's resume point, in one transaction."""
-        now = time.time()
-        with self.state._tx() as con:
-            con.executemany("INSERT INTO preannotated(project_id, version, task_id, status, job_id, updated_at) "
-                            "VALUES(?, ?, ?, 'done', ?, ?) ON CONFLICT(project_id, version, task_id) DO UPDATE SET "
-                            "status='done', job_id=excluded.job_id, updated_at=excluded.updated_at",
-                            [(project_id, version, t, job_id, now) for t in task_ids])
-            con.execute("UPDATE jobs SET params=?, updated_at=? WHERE id=?", (json.dumps(params), now, job_id))
 
 
 # -- Label Studio calls -------------------------------------------------------------------------------
@@ -113,54 +63,26 @@ def tasks_with_version(access: LabelStudioAccess, task_ids: list[int], version: 
 def import_predictions(access: LabelStudioAccess, project_id: int, predictions: list[dict], timeout_s: float) -> None:
     from label_studio_sdk.core.request_options import RequestOptions
 
-    sdk = access._sdk()
+    sdk = access.sdk()
     options: RequestOptions = {"timeout_in_seconds": int(max(1, timeout_s)), "max_retries": 0}
     sdk.projects.import_predictions(id=project_id, request=predictions, request_options=options)
 
 
 # -- the job --------------------------------------------------------------------------------------------
-def project_config(backend: "Backend", project_id: int, access: LabelStudioAccess):
-    """The project's label config: from /setup, else read from Label Studio."""
-    project = backend.state.project(project_id)
-    xml = project and project.get("label_config")
-    if not xml:
-        try:
-            xml = access.api_get(f"/api/projects/{int(project_id)}").get("label_config")
-        except (LabelStudioError, AttributeError) as exc:
-            raise JobError(f"project {project_id}: cannot read its label config from Label Studio: {exc}") from exc
-    try:
-        return backend.label_config(project_id, xml)
-    except LabelConfigError as exc:
-        raise JobError(f"project {project_id}: label config: {exc}") from exc
-
-
-def project_access(backend: "Backend", ctx: JobContext, what: str) -> tuple[int, LabelStudioAccess]:
-    """The job's project id and its Label Studio access, or a JobError that says what is missing."""
-    project_id = ctx.project_id
-    if project_id is None:
-        raise JobError(f"{what} needs a project id")
-    access = backend.access_for(project_id)
-    if access is None:
-        raise JobError(f"project {project_id}: no Label Studio URL/token: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, "
-                       "or connect the backend to the project in Label Studio first (its /setup passes them)")
-    return project_id, access
-
-
-def run_preannotate(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
-    project_id, access = project_access(backend, ctx, "pre-annotation")
-    s = backend.settings
-    cfg = project_config(backend, project_id, access)
-    ledger = backend.ledger
+def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
+    project_id, access = deps.project_access(ctx, "pre-annotation")
+    s = deps.settings
+    cfg = deps.project_config(project_id, access)
+    ledger = deps.ledger
     params = dict(ctx.params)
     page_size = int(params.get("page_size") or s.preannotate_chunk)
     t_start = time.monotonic()
     processed_now = 0
     io_pool = ThreadPoolExecutor(max_workers=s.preannotate_io_threads, thread_name_prefix="dcsam-dl")
     lister = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcsam-list")
-    hooks = backend.hooks
     try:
         while True:  # restarts from the first task when the model_version changes mid-job
-            version = backend.version_for(project_id)
+            version = deps.version_for(project_id)
             if params.get("version") != version:
                 if params.get("version"):
                     log.info("job %s: model_version changed from %s to %s: pre-annotating from the start", ctx.id,
@@ -168,7 +90,7 @@ def run_preannotate(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict
                 params = {"version": version, "cursor": 0, "done": 0, "imported": 0, "existing": 0, "failed": 0,
                           "failed_ids": [], "page_size": page_size}
                 ctx.report(params=params)
-            pe, plan = backend.predictor.plan(project_id, cfg, access)
+            pe, plan = deps.predictor.plan(project_id, cfg, access)
             if not plan:
                 labels = sorted({lab for c in cfg.label_controls for lab in c.labels})
                 raise JobError(f"project {project_id} has no accepted annotation with any of the labels {labels}: "
@@ -189,7 +111,7 @@ def run_preannotate(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict
                 maybe = [t["id"] for t in tasks if t["id"] not in done and (t.get("total_predictions") or 0) > 0]
                 existing = tasks_with_version(access, maybe, version, io_pool) if maybe else set()
                 todo = [t for t in tasks if t["id"] not in done and t["id"] not in existing]
-                images = backend.predictor.load_many(todo, value_keys, access, io_pool)
+                images = deps.predictor.load_many(todo, value_keys, access, io_pool)
                 return tasks, remaining, done | existing, existing, todo, images
 
             cursor = int(params["cursor"])
@@ -199,21 +121,19 @@ def run_preannotate(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict
             changed = False
             while tasks:
                 ctx.check_cancel()
-                if backend.version_for(project_id) != version:
+                if deps.version_for(project_id) != version:
                     changed = True
                     break
                 last_id = tasks[-1]["id"]
                 future = lister.submit(fetch, last_id)  # the next page downloads while the model runs
                 if existing:
                     ledger.mark(project_id, version, sorted(existing), "done", ctx.id)
-                outcomes = backend.predictor.predict_outcomes(project_id, todo, cfg, access, preloaded=images,
+                outcomes = deps.predictor.predict_outcomes(project_id, todo, cfg, access, preloaded=images,
                                                               planned=(pe, plan)) if todo else []
                 ok = [(t["id"], o.prediction) for t, o in zip(todo, outcomes) if o.error is None]
                 failed = [t["id"] for t, o in zip(todo, outcomes) if o.error is not None]
                 if ok:
-                    _import_with_retry(backend, ctx, access, project_id, version, ok, io_pool)
-                    if hooks.get("after_import"):
-                        hooks["after_import"](ctx, [t for t, _ in ok])
+                    _import_with_retry(deps, ctx, access, project_id, version, ok, io_pool)
                 params = dict(params)
                 params["cursor"] = last_id
                 params["done"] += len(tasks)
@@ -226,7 +146,7 @@ def run_preannotate(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict
                 processed_now += len(tasks)
                 elapsed = time.monotonic() - t_start
                 rate = processed_now / elapsed if elapsed > 0 else 0.0
-                m = backend.metrics
+                m = deps.metrics
                 m.inc("dcsam_preannotate_tasks_total", len(ok), project=str(project_id), outcome="imported")
                 m.inc("dcsam_preannotate_tasks_total", len(skip), project=str(project_id), outcome="existing")
                 m.inc("dcsam_preannotate_tasks_total", len(failed), project=str(project_id), outcome="failed")
@@ -256,11 +176,11 @@ def _figures(params: dict, rate: float, elapsed: float) -> dict[str, Any]:
             "tasks_per_second": round(rate, 3), "seconds_this_run": round(elapsed, 2)}
 
 
-def _import_with_retry(backend: "Backend", ctx: JobContext, access: LabelStudioAccess, project_id: int, version: str,
+def _import_with_retry(deps: JobDeps, ctx: JobContext, access: LabelStudioAccess, project_id: int, version: str,
                        items: list[tuple[int, dict]], pool: ThreadPoolExecutor) -> None:
-    s = backend.settings
+    s = deps.settings
     ids = [t for t, _ in items]
-    backend.ledger.mark(project_id, version, ids, "pending", ctx.id)
+    deps.ledger.mark(project_id, version, ids, "pending", ctx.id)
     attempt = 0
     while True:
         try:
@@ -275,7 +195,7 @@ def _import_with_retry(backend: "Backend", ctx: JobContext, access: LabelStudioA
             return
         except Exception as exc:  # network errors, 5xx, timeouts: retried with backoff
             attempt += 1
-            backend.metrics.inc("dcsam_preannotate_import_retries_total", project=str(project_id))
+            deps.metrics.inc("dcsam_preannotate_import_retries_total", project=str(project_id))
             if attempt > s.preannotate_retries:
                 raise JobError(f"importing predictions for tasks {ids[0]}..{ids[-1]} failed {attempt} time(s); last "
                                f"error: {type(exc).__name__}: {str(exc)[:300]}") from exc

@@ -19,11 +19,13 @@ import numpy as np
 from dcsam.api import InContextSegmenter
 from dcsam.errors import DcsamError
 
-from .labelconfig import TRACK_CONTROL_TYPES, ControlTag, LabelConfig
-from .media import LabelStudioAccess, LabelStudioError, MediaError, decode_image
-from .model import ModelHolder
-from .outputs import RegionError, annotation_mask, region_labels
-from .state import State
+from ..labelstudio.labelconfig import TRACK_CONTROL_TYPES, ControlTag, LabelConfig
+from ..labelstudio.media import LabelStudioAccess, LabelStudioError, MediaError, decode_image
+from ..store import ExampleStore, ProjectStore
+from .runtime import ModelRuntime
+from .tracks import box_to_mask, track_frame
+from ..labelstudio.annotations import accepted_annotations, control_labels
+from ..labelstudio.outputs import RegionError, annotation_mask
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +64,12 @@ def select_examples(tasks, cfg: LabelConfig, k: int) -> dict[str, list[ExampleRe
     """The latest ``k`` accepted annotations per (control, label), newest ``updated_at`` first."""
     found: dict[str, list[ExampleRef]] = {}
     for task in tasks:
-        for ann in task.get("annotations") or []:
-            if not isinstance(ann, dict) or ann.get("was_cancelled") or ann.get("id") is None:
-                continue
+        for ann in accepted_annotations(task):
             result = ann.get("result") or []
             for control in cfg.label_controls:
                 media = cfg.images.get(control.to_name) or cfg.videos[control.to_name]
                 ref = (task.get("data") or {}).get(media.value_key)
-                labels = set()
-                for region in result:
-                    if isinstance(region, dict) and region.get("from_name") == control.name:
-                        labels.update(lab for lab in region_labels(region, control.type) if lab in control.labels)
-                for label in labels:
+                for label in control_labels(result, control):
                     found.setdefault(example_key(control.name, label), []).append(ExampleRef(
                         control.name, label, int(ann["id"]), int(task["id"]), str(ann.get("updated_at") or ""),
                         ref, tuple(result)))
@@ -84,8 +80,10 @@ def select_examples(tasks, cfg: LabelConfig, k: int) -> dict[str, list[ExampleRe
 
 
 class ExampleManager:
-    def __init__(self, state: State, model: ModelHolder, *, k: int, recheck_s: float, max_pixels: int):
-        self.state = state
+    def __init__(self, projects: ProjectStore, rows: ExampleStore, model: ModelRuntime, *, k: int, recheck_s: float,
+                 max_pixels: int):
+        self.projects = projects
+        self.rows = rows
         self.model = model
         self.k = k
         self.recheck_s = recheck_s
@@ -105,7 +103,7 @@ class ExampleManager:
         """Bring the project's examples up to date when needed; errors keep the previous examples."""
         pe = self.project(project_id)
         with pe.lock:
-            rev = self.state.examples_rev(project_id)
+            rev = self.projects.examples_rev(project_id)
             due = force or not pe.synced or rev != pe.rev_seen or time.monotonic() - pe.checked_at >= self.recheck_s
             if not due:
                 return pe
@@ -133,7 +131,7 @@ class ExampleManager:
                     continue
                 self._encode(project_id, pe, key, controls[refs[0].control], refs, access)
             pe.rev_seen, pe.checked_at, pe.synced = rev, time.monotonic(), True
-            self.state.set_examples(project_id, [
+            self.rows.replace(project_id, [
                 (r.control, r.label, r.annotation_id, r.task_id, r.updated_at)
                 for key, refs in selected.items() if key in pe.encoded for r in refs])
             n = {key.split("\x1f", 1)[1]: len(refs) for key, refs in selected.items()}
@@ -146,8 +144,6 @@ class ExampleManager:
         for ref in refs:
             try:
                 if control.type in TRACK_CONTROL_TYPES:
-                    from .video import track_frame
-
                     image, mask = track_frame(control, list(ref.result), ref.label, ref.image_ref, ref.task_id, access)
                 else:
                     mask = annotation_mask(control, list(ref.result), ref.label)
@@ -162,8 +158,6 @@ class ExampleManager:
             masks.append(mask)
         with self.model.inference_lock:
             if control.type in TRACK_CONTROL_TYPES:
-                from .video import box_to_mask
-
                 pairs = [(img, box_to_mask(pe.segmenter, img, box, None)) for img, box in zip(images, masks)]
                 pairs = [(img, m) for img, m in pairs if m.any()]
                 images, masks = [img for img, _ in pairs], [m for _, m in pairs]

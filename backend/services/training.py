@@ -16,7 +16,7 @@ by ``POST /jobs/train``, and after ``DCSAM_TRAIN_EVERY`` new accepted annotation
    single-object rule only, and its default; ``DCSAM_TRAIN_STEPS`` fixes one). Every annotated task is
    validated once, so the decision does not hang on which few tasks a single hold-out split picked.
    In a project of frame-sequence tasks (every annotated task is a frame of a video, see
-   :mod:`backend.video`), the fine-tuning data are mask tubes instead: each video's annotated frames of
+   :mod:`backend.services.video`), the fine-tuning data are mask tubes instead: each video's annotated frames of
    a label, in frame order (``dcsam.video.tubes``; DC-SAM trains its prompt generator through SAM 2's
    memory on them, the lite engine pairs frames within a tube).
 4. Only a better pooled score (by more than ``DCSAM_TRAIN_MIN_GAIN``, default 0) is promoted: the engine
@@ -35,7 +35,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,13 +46,11 @@ from dcsam.video.tubes import MaskTube, finetune_on_tubes
 
 from .examples import example_key
 from .jobs import JobContext, JobError
-from .media import LabelStudioError, MediaError, decode_image
-from .outputs import RegionError, annotation_mask, region_labels
-from .preannotate import project_access, project_config
+from ..labelstudio.media import LabelStudioError, MediaError, decode_image
+from ..labelstudio.annotations import control_labels, latest_accepted
+from ..labelstudio.outputs import RegionError, annotation_mask
+from .deps import JobDeps
 from .video import sequence_id
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .app import Backend
 
 log = logging.getLogger(__name__)
 
@@ -72,37 +69,32 @@ def _task_rank(project_id: int, task_id: int) -> str:
     return hashlib.sha1(f"{project_id}:{task_id}".encode()).hexdigest()
 
 
-def collect(backend: "Backend", project_id: int, cfg, access, ctx: JobContext) -> list[Item]:
+def collect(deps: JobDeps, project_id: int, cfg, access, ctx: JobContext) -> list[Item]:
     """One labelled image per (task, control, label) from each task's latest accepted annotation."""
     wanted: list[tuple[int, str, str, object, str, list]] = []  # task, key, ref, control, updated, result
     for task in access.annotated_tasks(project_id):
-        anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")
-                and a.get("result")]
-        if not anns:
+        ann = latest_accepted(task)
+        if ann is None:
             continue
-        ann = max(anns, key=lambda a: (str(a.get("updated_at") or ""), a.get("id") or 0))
+        result = list(ann.get("result") or [])
+        frame_of = sequence_id(task, deps.settings.video_key, deps.settings.frame_key)
         for control in cfg.mask_controls:
             ref = (task.get("data") or {}).get(cfg.images[control.to_name].value_key)
-            labels = set()
-            for region in ann["result"]:
-                if isinstance(region, dict) and region.get("from_name") == control.name:
-                    labels.update(lab for lab in region_labels(region, control.type) if lab in control.labels)
-            frame_of = sequence_id(task, backend.settings.video_key, backend.settings.frame_key)
-            for label in sorted(labels):
-                wanted.append((int(task["id"]), example_key(control.name, label), ref, control, label,
-                               list(ann["result"]), str(ann.get("updated_at") or ""), frame_of))
+            for label in sorted(control_labels(result, control)):
+                wanted.append((int(task["id"]), example_key(control.name, label), ref, control, label, result,
+                               str(ann.get("updated_at") or ""), frame_of))
     ctx.check_cancel()
     images: dict[int, np.ndarray | None] = {}
 
     def load(task_id: int, ref):
         try:
-            return task_id, decode_image(access.fetch(ref, task_id), backend.settings.max_image_pixels, f"task {task_id}")
+            return task_id, decode_image(access.fetch(ref, task_id), deps.settings.max_image_pixels, f"task {task_id}")
         except (MediaError, LabelStudioError) as exc:
             log.error("project %s: task %s cannot be used for training: %s", project_id, task_id, exc)
             return task_id, None
 
     refs = {w[0]: w[2] for w in wanted}
-    with ThreadPoolExecutor(max_workers=backend.settings.preannotate_io_threads) as pool:
+    with ThreadPoolExecutor(max_workers=deps.settings.preannotate_io_threads) as pool:
         images = dict(pool.map(lambda kv: load(*kv), refs.items()))
     items = []
     for task_id, key, _ref, control, label, result, updated, frame_of in wanted:
@@ -194,12 +186,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def validation_ious(backend: "Backend", train: list[Item], val: list[Item], k: int, ctx: JobContext) -> list[float]:
+def validation_ious(deps: JobDeps, train: list[Item], val: list[Item], k: int, ctx: JobContext) -> list[float]:
     """IoU of each validation (task, label) pair; its examples are the label's latest K training tasks.
 
     Call with the inference lock held and the weights to score in the engine.
     """
-    seg = InContextSegmenter(backend.model.base().engine, backend.model.base().config)
+    seg = InContextSegmenter(deps.runtime.base().engine, deps.runtime.base().config)
     by_key: dict[str, list[Item]] = {}
     for it in train:
         by_key.setdefault(it.key, []).append(it)
@@ -223,15 +215,15 @@ def _steps_name(steps: int | None) -> str:
     return "default steps" if steps is None else f"{steps} steps"
 
 
-def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
-    project_id, access = project_access(backend, ctx, "training")
-    s = backend.settings
+def run_train(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
+    project_id, access = deps.project_access(ctx, "training")
+    s = deps.settings
     k = s.examples_per_label
-    backend.state.reset_annotation_counter(project_id)
-    cfg = project_config(backend, project_id, access)
+    deps.projects.reset_annotation_counter(project_id)
+    cfg = deps.project_config(project_id, access)
     t0 = time.monotonic()
     ctx.report(message="collecting accepted annotations", force=True)
-    items = collect(backend, project_id, cfg, access, ctx)
+    items = collect(deps, project_id, cfg, access, ctx)
     fold_of = assign_folds(project_id, items, s.train_folds)
     folds = [f for f in range(s.train_folds) if any(fold == f for fold in fold_of.values())]
     all_episodes = episodes(project_id, items, k)
@@ -245,20 +237,20 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
         raise JobError(f"project {project_id}: not enough accepted annotations to fine-tune and validate "
                        f"({n_tasks} usable task(s)): a label needs at least 3 annotated tasks (2 to train, 1 to "
                        f"validate); {figures}")
-    parent = backend.version_for(project_id)
+    parent = deps.version_for(project_id)
     figures["parent_version"] = parent
-    engine = backend.model.base().engine
+    engine = deps.runtime.base().engine
     # step counts to compare (the engine's choices, or the one DCSAM_TRAIN_STEPS sets)
     choices = [s.train_steps] if s.train_steps is not None else engine.finetune_step_choices()
     runs = len(folds) * len(choices) + 1  # each choice fine-tuned once per fold, then the kept one on everything
     done_runs = 0
     candidate = None
-    with backend.model.inference_lock:
+    with deps.runtime.inference_lock:
         try:
             def finetune(train: list[Item], steps: int | None) -> dict:
                 nonlocal done_runs
-                backend.prepare(project_id)  # every run starts from the serving weights
-                backend.model.forget_weights()  # from here on the engine holds a candidate's weights
+                deps.prepare(project_id)  # every run starts from the serving weights
+                deps.runtime.forget_weights()  # from here on the engine holds a candidate's weights
 
                 def progress(step: int, total: int, figs: dict) -> None:
                     ctx.check_cancel()
@@ -268,7 +260,7 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
                 try:
                     video_tubes = tubes(train)
                     if video_tubes:
-                        out = finetune_on_tubes(InContextSegmenter(engine, backend.model.base().config), video_tubes,
+                        out = finetune_on_tubes(InContextSegmenter(engine, deps.runtime.base().config), video_tubes,
                                                 steps=steps, progress=progress)
                     else:
                         out = engine.finetune(episodes(project_id, train, k), steps=steps, progress=progress)
@@ -288,14 +280,14 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
             for n, fold in enumerate(folds):
                 train, val = split(items, fold_of, fold)
                 ctx.report(message=f"fold {n + 1}/{len(folds)}: scoring the serving model", force=True)
-                backend.prepare(project_id)
-                b = validation_ious(backend, train, val, k, ctx)
+                deps.prepare(project_id)
+                b = validation_ious(deps, train, val, k, ctx)
                 before += b
                 row = {"val_tasks": len({i.task_id for i in val}), "before": round(float(np.mean(b)), 4) if b else None}
                 for i, steps in enumerate(choices):
                     ctx.report(message=f"fold {n + 1}/{len(folds)}: fine-tuning ({_steps_name(steps)})", force=True)
                     finetune(train, steps)
-                    a = validation_ious(backend, train, val, k, ctx)
+                    a = validation_ious(deps, train, val, k, ctx)
                     after[i] += a
                     row[_steps_name(steps)] = round(float(np.mean(a)), 4) if a else None
                 per_fold.append(row)
@@ -313,7 +305,7 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
                 figures["train"] = {key: v for key, v in (train_figs or {}).items() if not isinstance(v, (dict, list))}
                 candidate = clone_state(engine.trainable_state_dict())
         finally:
-            backend.model.forget_weights()
+            deps.runtime.forget_weights()
     figures["seconds"] = round(time.monotonic() - t0, 2)
     if candidate is None:
         figures["promoted"] = False
@@ -321,13 +313,13 @@ def run_train(backend: "Backend", ctx: JobContext) -> tuple[str, str, dict]:
                         f"{figures['val_miou_after']:.4f} (a gain of more than {s.train_min_gain:g} is needed); "
                         f"still serving {parent}"), figures
     ctx.check_cancel()
-    version = backend.versions.promote(project_id, candidate, figures, parent)
+    version = deps.versions.promote(project_id, candidate, figures, parent)
     figures["promoted"] = True
     figures["new_version"] = version
     msg = (f"promoted {version}: cross-validated mIoU {figures['val_miou_before']:.4f} -> "
            f"{figures['val_miou_after']:.4f}")
     if s.preannotate_after_train:
-        job = backend.submit_preannotate(project_id, reason=f"after training job {ctx.id}")
+        job = deps.submit_preannotate(project_id, reason=f"after training job {ctx.id}")
         figures["preannotate_job"] = job
         msg += f"; pre-annotation job {job} queued"
     return "done", msg, figures

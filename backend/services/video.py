@@ -14,7 +14,7 @@
    ``VideoRectangle`` keyframe (its first box of each label) conditions the propagation, the mask
    being the box refined on that frame; without one, the first frame is predicted from the
    project's examples (first boxes of annotated videos, refined the same way). Output: one
-   ``VideoRectangle`` track per label (see :class:`backend.outputs.VideoRectangleOutput`).
+   ``VideoRectangle`` track per label (see :class:`backend.labelstudio.outputs.VideoRectangleOutput`).
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ from dcsam.errors import DcsamError, InputError
 from dcsam.video import VideoSegmenter
 from dcsam.video.frames import FrameSource, VideoFileSource
 
+from ..labelstudio.annotations import latest_accepted
 from .examples import example_key
-from .labelconfig import ControlTag, LabelConfig
-from .media import LabelStudioAccess, LabelStudioError, MediaError, fetch_media
-from .outputs import RegionError, VideoRectangleOutput, annotation_mask, mask_box, output_for
+from .tracks import box_to_mask, downloaded_video
+from ..labelstudio.labelconfig import ControlTag, LabelConfig
+from ..labelstudio.media import LabelStudioAccess, LabelStudioError, MediaError, fetch_media
+from ..labelstudio.outputs import RegionError, VideoRectangleOutput, annotation_mask, mask_box, output_for
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +52,6 @@ PREFETCH = 6  # frames downloaded ahead of the propagation
 class FrameOutcome:
     regions: list[dict]
     error: str | None = None
-
-
-def latest_annotation(task: dict) -> dict | None:
-    """The task's latest accepted (submitted, not cancelled) annotation."""
-    anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")
-            and a.get("id") is not None]
-    return max(anns, key=lambda a: (str(a.get("updated_at") or ""), int(a["id"])), default=None)
 
 
 def sequence_id(task: dict, video_key: str, frame_key: str) -> tuple[str, int] | None:
@@ -164,7 +159,7 @@ def segments(anchors: list, n: int, first: set[int]) -> list[tuple[int, int, int
 
 
 class VideoPredictor:
-    """Frame-sequence and ``<Video>`` predictions for :class:`backend.predictor.Predictor`."""
+    """Frame-sequence and ``<Video>`` predictions for :class:`backend.services.predictor.Predictor`."""
 
     def __init__(self, *, model, settings, prepare: Callable[[int | None], None],
                  count: Callable[..., None] | None = None):
@@ -176,22 +171,27 @@ class VideoPredictor:
         self._listings: dict[tuple, tuple[Any, float, list[dict]]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dcsam-frames")
-        self._sam2_model = None  # a SAM 2 model built for propagation, shared by every project
+        self.sam2_model: Any = None  # a SAM 2 model built for propagation, shared by every project (settable)
         self._unsupported: str | None = None
 
     # -- the dcsam.video segmenter of a project ----------------------------------------------------
+    def sequence_runs(self) -> list[SequenceRun]:
+        """The cached frame-sequence propagation runs, oldest first (for status pages and tests)."""
+        with self._lock:
+            return list(self._runs.values())
+
     def video_segmenter(self, segmenter) -> VideoSegmenter | None:
         """A :class:`VideoSegmenter` over the project's segmenter; None when the engine cannot propagate."""
         if self._unsupported is not None:
             return None
         try:
-            vs = VideoSegmenter(segmenter, propagation=self.settings.video_propagation, sam2_model=self._sam2_model)
+            vs = VideoSegmenter(segmenter, propagation=self.settings.video_propagation, sam2_model=self.sam2_model)
         except (DcsamError, ValueError) as exc:
             self._unsupported = str(exc)
             log.warning("video propagation unavailable (%s): frame-sequence tasks are predicted frame by frame", exc)
             return None
-        if vs.propagation == "sam2" and self._sam2_model is None and vs._sam2_model is not None:
-            self._sam2_model = vs._sam2_model
+        if vs.propagation == "sam2" and self.sam2_model is None and vs.sam2_model is not None:
+            self.sam2_model = vs.sam2_model
         return vs
 
     def _step(self, project_id: int, iterator):
@@ -263,7 +263,7 @@ class VideoPredictor:
         controls = [c for c in cfg.mask_controls if c.to_name == image_name]
         anchors: list[tuple[int, dict]] = []  # (position, annotation)
         for pos, task in enumerate(frames):
-            ann = latest_annotation(task)
+            ann = latest_accepted(task)
             if ann and any(isinstance(r, dict) and r.get("from_name") in {c.name for c in controls}
                            for r in ann.get("result") or []):
                 anchors.append((pos, ann))
@@ -417,7 +417,7 @@ class VideoPredictor:
             except LabelStudioError as exc:
                 log.warning("task %s: cannot read its annotations (%s); predicting from the examples", task["id"], exc)
                 return None
-        return latest_annotation(task)
+        return latest_accepted(task)
 
     def _track_anchor(self, project_id, annotation, controls, source: FrameSource, pe) -> tuple[dict, int]:
         """Masks of the annotation's first keyframe (the earliest one, for every label drawn on that frame)."""
@@ -439,57 +439,3 @@ class VideoPredictor:
                 if f == frame_index or min(f, len(source) - 1) == frame_index:
                     masks[k] = box_to_mask(pe.segmenter, frame, box, k)
         return masks, frame_index
-
-
-def box_to_mask(segmenter, frame: np.ndarray, box_percent, key: str | None) -> np.ndarray:
-    """The object inside a keyframe box: the segmenter's refinement with the box (and its examples)."""
-    h, w = frame.shape[:2]
-    x, y, bw, bh = box_percent
-    box = (x / 100 * w, y / 100 * h, (x + bw) / 100 * w, (y + bh) / 100 * h)
-    mask, _ = segmenter.refine(frame, None, box=box, label=key if key in segmenter.labels else None)
-    return np.asarray(mask, bool)
-
-
-class downloaded_video:
-    """``with downloaded_video(fetch, task_id) as source``: the task's video (``fetch()`` returns its
-    bytes, within the download limits) in a private temporary file removed afterwards, read by
-    :class:`dcsam.video.frames.VideoFileSource`."""
-
-    def __init__(self, fetch: Callable[[], bytes], task_id: int | None):
-        self.fetch, self.task_id = fetch, task_id
-        self.path: str | None = None
-        self.source: VideoFileSource | None = None
-
-    def __enter__(self) -> VideoFileSource:
-        raw = self.fetch()
-        fd, self.path = tempfile.mkstemp(prefix="dcsam-video-", suffix=".mp4")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        del raw
-        try:
-            self.source = VideoFileSource(self.path, backend="opencv")
-        except InputError as exc:
-            self.__exit__()
-            raise MediaError(f"task {self.task_id}: not a readable video ({exc})") from exc
-        if len(self.source) == 0:
-            self.__exit__()
-            raise MediaError(f"task {self.task_id}: the video has no frames")
-        return self.source
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.source is not None:
-            self.source.close()
-        if self.path and os.path.exists(self.path):
-            os.unlink(self.path)
-
-
-def track_frame(control: ControlTag, result: list, label: str, video_ref: Any, task_id: int,
-                access: LabelStudioAccess) -> tuple[np.ndarray, tuple]:
-    """The frame of ``label``'s first keyframe in an annotated video, and that keyframe's box (percent):
-    the makings of an in-context example (see :func:`box_to_mask`). Raises RegionError / MediaError."""
-    first = VideoRectangleOutput(control).first_box(result, label)
-    if first is None:
-        raise RegionError(f"no keyframe box for {label!r}")
-    with downloaded_video(lambda: access.fetch(video_ref, task_id), task_id) as source:
-        frame = source.read(min(first[0], len(source) - 1))
-    return frame, first[1]

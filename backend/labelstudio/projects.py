@@ -1,0 +1,68 @@
+"""Per-project Label Studio connections and label configs, as ``/setup`` and the environment give them.
+
+* The environment's ``LABEL_STUDIO_URL`` + ``LABEL_STUDIO_API_KEY`` serve every project; without them,
+  each project uses the hostname and token its ``/setup`` passed (the two never mix).
+* Label configs are parsed once per distinct XML (a small LRU cache) and stored with the project.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+from ..settings import BackendSettings
+from ..store import ProjectStore
+from .labelconfig import LabelConfig, LabelConfigError, parse_label_config
+from .media import LabelStudioAccess
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_cached(xml: str) -> LabelConfig:
+    return parse_label_config(xml)
+
+
+class LabelStudioProjects:
+    def __init__(self, projects: ProjectStore, settings: BackendSettings):
+        self.projects = projects
+        self.settings = settings
+        self._env_access: LabelStudioAccess | None = None
+        if settings.label_studio_url and settings.label_studio_api_key:
+            self._env_access = self._new_access(settings.label_studio_url, settings.label_studio_api_key)
+        elif settings.label_studio_url or settings.label_studio_api_key:
+            log.warning("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must both be set; using what /setup passes instead")
+        self._setup_accesses: dict[tuple[str, str], LabelStudioAccess] = {}
+        self._lock = threading.Lock()
+
+    def _new_access(self, url: str, token: str) -> LabelStudioAccess:
+        return LabelStudioAccess(url, token, max_download_bytes=self.settings.max_download_bytes,
+                                 local_files_root=self.settings.local_files_root)
+
+    def access_for(self, project_id: int | None) -> LabelStudioAccess | None:
+        """The environment's Label Studio URL + token; else what /setup passed for this project."""
+        if self._env_access is not None:
+            return self._env_access
+        if project_id is None:
+            return None
+        project = self.projects.get(project_id)
+        if not project or not project.get("hostname") or not project.get("access_token"):
+            return None
+        key = (project["hostname"], project["access_token"])
+        with self._lock:
+            if key not in self._setup_accesses:
+                self._setup_accesses[key] = self._new_access(*key)
+            return self._setup_accesses[key]
+
+    def label_config(self, project_id: int | None, xml: str | None) -> LabelConfig:
+        """Parse ``xml`` (or the project's stored config) and remember it for the project."""
+        stored = self.projects.get(project_id) if project_id is not None else None
+        if not xml:
+            xml = stored and stored.get("label_config")
+        if not xml:
+            raise LabelConfigError("no label config: send label_config, or call /setup for this project first")
+        cfg = _parse_cached(xml)
+        if project_id is not None and (not stored or stored.get("label_config") != xml):
+            self.projects.save(project_id, label_config=xml)
+        return cfg

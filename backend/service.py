@@ -1,0 +1,248 @@
+"""The backend's service layer: everything one process holds, behind one object with no web code in it.
+
+:class:`Service` builds the collaborators once (state, model runtime, examples, versions, jobs,
+predictor, video) and offers the operations the platform adapters call: set up a project, predict,
+react to annotation events, queue and inspect jobs, list and activate versions. Job handlers get a
+:class:`backend.services.deps.JobDeps`, never the service itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from .engine_select import EngineChoice, choose_engine, model_version, segmenter_config
+from .labelstudio.labelconfig import LabelConfig
+from .labelstudio.media import LabelStudioAccess
+from .labelstudio.projects import LabelStudioProjects
+from .metrics import Metrics
+from .services.deps import JobDeps
+from .services.examples import ExampleManager
+from .services.jobs import JobKind, JobRunner
+from .services.preannotate import run_preannotate
+from .services.predictor import Predictor
+from .services.runtime import BASE_TAG, ModelRuntime, SegmenterFactory
+from .services.sync import run_sync
+from .services.training import run_train
+from .services.versions import VersionError, VersionRegistry
+from .services.video import VideoPredictor
+from .settings import BackendSettings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+CHOICE_ENV = "DCSAM_BACKEND_ENGINE_CHOICE"  # set by `dcsam serve` after resolving DCSAM_ENGINE=auto once
+
+METRICS = {
+    "dcsam_requests_total": ("counter", "HTTP requests by endpoint and status"),
+    "dcsam_predictions_total": ("counter", "predictions returned (one per task)"),
+    "dcsam_regions_total": ("counter", "regions returned"),
+    "dcsam_task_errors_total": ("counter", "tasks that got an empty prediction because of an error"),
+    "dcsam_predict_seconds_total": ("counter", "time spent in /predict"),
+    "dcsam_webhook_events_total": ("counter", "webhook events by action"),
+    "dcsam_model_loaded": ("gauge", "1 once this process has loaded the model"),
+    "dcsam_model_loads_total": ("counter", "model loads in this process (1 expected)"),
+    "dcsam_preannotate_tasks_total": ("counter", "tasks handled by pre-annotation jobs, by outcome"),
+    "dcsam_preannotate_tasks_per_second": ("gauge", "throughput of the latest pre-annotation job run"),
+    "dcsam_preannotate_import_retries_total": ("counter", "retried predictions imports"),
+    "dcsam_jobs": ("gauge", "background jobs by kind and state (from the job table)"),
+    "dcsam_job_progress": ("gauge", "progress (0..1) of the queued and running jobs"),
+    "dcsam_video_propagations_total": ("counter", "video propagations run (kind: sequence or video)"),
+    "dcsam_video_frames_total": ("counter", "video frames segmented by propagation"),
+}
+
+
+def _choice_from_env() -> EngineChoice | None:
+    raw = os.environ.get(CHOICE_ENV)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        return EngineChoice(data["engine"], data.get("sam_checkpoint"), data.get("reason", ""))
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignoring a malformed %s", CHOICE_ENV)
+        return None
+
+
+class Service:
+    """One process's backend: settings, state, the lazily loaded model, examples, versions, jobs, metrics."""
+
+    def __init__(self, settings: BackendSettings, *, segmenter_factory: SegmenterFactory | None = None,
+                 choice: EngineChoice | None = None):
+        self.settings = settings
+        self.choice = choice or _choice_from_env() or choose_engine(settings, try_download=False)
+        self.config = segmenter_config(settings, self.choice)
+        self.version = model_version(settings, self.choice)
+        self.store = Store(settings.model_dir)
+        self.store.versions.record_base(self.version, self.choice.engine, {"reason": self.choice.reason,
+                                                                         "config": self.config.to_dict()})
+        self.runtime = ModelRuntime(self.config, segmenter_factory)
+        self.versions = VersionRegistry(self.store.versions, settings.model_dir, self.version, self.choice.engine)
+        self.metrics = Metrics()
+        for name, (kind, text) in METRICS.items():
+            self.metrics.describe(name, kind, text)
+        self.label_studio = LabelStudioProjects(self.store.projects, settings)
+        self.examples = ExampleManager(self.store.projects, self.store.examples, self.runtime,
+                                       k=settings.examples_per_label, recheck_s=settings.examples_recheck_s,
+                                       max_pixels=settings.max_image_pixels)
+        self.predictor = Predictor(
+            model=self.runtime, examples=self.examples, version=self.version, batch_size=settings.batch_size,
+            min_score=settings.min_score, max_pixels=settings.max_image_pixels,
+            max_download_bytes=settings.max_download_bytes, local_files_root=settings.local_files_root,
+            on_task_error=lambda kind: self.metrics.inc("dcsam_task_errors_total", kind=kind),
+            version_for=self.version_for, prepare=self.prepare,
+            video=VideoPredictor(model=self.runtime, settings=settings, prepare=self.prepare, count=self.metrics.inc))
+        self.deps = JobDeps(settings=settings, runtime=self.runtime, versions=self.versions, examples=self.examples,
+                            predictor=self.predictor, ledger=self.store.ledger, projects=self.store.projects,
+                            label_studio=self.label_studio, metrics=self.metrics, prepare=self.prepare,
+                            submit_preannotate=self.submit_preannotate)
+        deps = self.deps
+        self.runner = JobRunner(self.store.jobs, {
+            "preannotate": JobKind(lambda ctx: run_preannotate(deps, ctx), lane="model", resumable=True),
+            "train": JobKind(lambda ctx: run_train(deps, ctx), lane="model"),
+            "sync_examples": JobKind(lambda ctx: run_sync(deps, ctx), lane="sync", resumable=True),
+        })
+        log.info("dcsam backend: engine %s (%s), model_version %s, state %s", self.choice.engine, self.choice.reason,
+                 self.version, self.store.path)
+        if settings.basic_auth and not settings.webhook_secret:
+            log.warning("basic auth is on but DCSAM_WEBHOOK_SECRET is unset: Label Studio sends webhooks without "
+                        "credentials, so /webhook accepts them unauthenticated (it only triggers a re-sync of the "
+                        "examples from the Label Studio API; payloads are never trusted)")
+
+    # -- model versions --------------------------------------------------------------------------
+    def version_for(self, project_id: int | None) -> str:
+        """The project's model_version: its active fine-tuned version, else the base one."""
+        return self.versions.active(project_id)
+
+    def prepare(self, project_id: int | None) -> None:
+        """Put the project's weights into the engine (call with the inference lock held)."""
+        version = self.version_for(project_id)
+        tag = BASE_TAG if version == self.version else version
+        self.runtime.use_weights(tag, lambda: self.versions.trainable_state(version))
+
+    def list_versions(self, project_id: int | None) -> dict:
+        """The current version first, then the others (a project's own, or every one this backend served)."""
+        if project_id is not None:
+            current = self.version_for(project_id)
+            details = self.versions.project_versions(project_id)
+            rest = [v for v in [d["version"] for d in details] + [self.version] if v != current]
+            return {"versions": [current, *rest], "model_version": current, "project": project_id, "details": details}
+        others = [v for v in self.versions.all_versions() + self.store.versions.base_versions() if v != self.version]
+        return {"versions": [self.version, *dict.fromkeys(others)], "model_version": self.version}
+
+    def activate_version(self, project_id: int | None, version: str) -> dict:
+        """Serve ``version`` for its project (rollback); raises VersionError."""
+        previous = self.version_for(project_id) if project_id is not None else None
+        project_id, version = self.versions.activate(project_id, version)
+        previous = previous or self.version_for(project_id)
+        with self.runtime.inference_lock:
+            self.runtime.forget_weights()
+        return {"project": project_id, "model_version": version, "previous": previous}
+
+    # -- projects and predictions ------------------------------------------------------------------
+    def access_for(self, project_id: int | None) -> LabelStudioAccess | None:
+        return self.label_studio.access_for(project_id)
+
+    def label_config(self, project_id: int | None, xml: str | None) -> LabelConfig:
+        return self.label_studio.label_config(project_id, xml)
+
+    def setup_project(self, project_id: int, label_config: str, hostname: str | None, access_token: str | None,
+                      extra_params: object) -> None:
+        self.store.projects.save(project_id, label_config=label_config, hostname=hostname, access_token=access_token,
+                                 extra_params=extra_params)
+
+    def predict(self, project_id: int | None, tasks: list[dict], cfg: LabelConfig, context: dict | None) -> list[dict]:
+        """One prediction per task: interactive refinement when ``context`` has a result, else in-context."""
+        t0 = time.monotonic()
+        access = self.access_for(project_id)
+        if context and context.get("result"):
+            results = [self.predictor.predict_interactive(project_id, task, context, cfg, access) for task in tasks]
+        else:
+            results = self.predictor.predict_tasks(project_id, tasks, cfg, access)
+        self.metrics.inc("dcsam_predictions_total", len(results))
+        self.metrics.inc("dcsam_regions_total", sum(len(r["result"]) for r in results))
+        self.metrics.inc("dcsam_predict_seconds_total", time.monotonic() - t0)
+        return results
+
+    # -- annotation events ---------------------------------------------------------------------------
+    def forget_project(self, project_id: int) -> None:
+        self.store.examples.delete_project(project_id)
+        self.store.projects.delete(project_id)
+        self.examples.forget(project_id)
+
+    def project_updated(self, project_id: int, label_config: str | None) -> None:
+        if label_config:
+            self.store.projects.save(project_id, label_config=label_config)
+        self.store.projects.bump_examples_rev(project_id)
+
+    def annotations_changed(self, project_id: int, reason: str) -> tuple[int, int]:
+        """Mark the examples stale and queue one re-sync (merged with a queued one); (examples rev, job id)."""
+        rev = self.store.projects.bump_examples_rev(project_id)
+        return rev, self.submit_sync(project_id, reason=reason)
+
+    def annotation_accepted(self, project_id: int) -> int | None:
+        """Count a new accepted annotation; queue a fine-tune every ``DCSAM_TRAIN_EVERY`` (the job id)."""
+        if not self.settings.train_every:
+            return None
+        n = self.store.projects.bump_annotation_counter(project_id)
+        if n < self.settings.train_every:
+            return None
+        return self.submit_train(project_id, reason=f"{n} new accepted annotation(s)",
+                                 delay_s=self.settings.train_debounce_s)
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def _queued(self, job_id: int, kind: str) -> int:
+        self.runner.start()
+        self.runner.wake(kind)
+        return job_id
+
+    def submit_sync(self, project_id: int, *, reason: str = "") -> int:
+        """Queue a re-sync of the project's examples; events within the debounce merge into one job."""
+        now = time.time()
+        delay = self.settings.sync_debounce_s
+        job, _created = self.store.jobs.add_or_merge("sync_examples", project_id, {}, run_after=now + delay,
+                                                     latest_run_after=now + 10 * delay, message=reason)
+        return self._queued(job, "sync_examples")
+
+    def submit_preannotate(self, project_id: int, *, reason: str = "", params: dict | None = None) -> int:
+        """Queue a pre-annotation of the project, unless one is queued already (its id is returned)."""
+        existing = self.store.jobs.open_job("preannotate", project_id)
+        if existing is not None and existing["status"] == "queued":
+            return existing["id"]
+        if existing is not None and existing["params"].get("version") == self.version_for(project_id):
+            return existing["id"]  # running for the current version: it covers every task
+        return self._queued(self.store.jobs.add("preannotate", project_id, params or {}, message=reason),
+                            "preannotate")
+
+    def submit_train(self, project_id: int, *, reason: str = "", delay_s: float = 0.0) -> int:
+        """Queue a fine-tune; a queued one is reused (and postponed by ``delay_s``: debouncing)."""
+        existing = self.store.jobs.open_job("train", project_id)
+        run_after = time.time() + delay_s
+        if existing is not None and existing["status"] == "queued":
+            self.store.jobs.postpone(existing["id"], run_after)
+            return existing["id"]
+        return self._queued(self.store.jobs.add("train", project_id, {}, run_after=run_after, message=reason),
+                            "train")
+
+    def cancel_job(self, job_id: int) -> dict | None:
+        return self.store.jobs.request_cancel(job_id)
+
+    def render_metrics(self) -> str:
+        """Prometheus text: counters, plus gauges rebuilt from the job table on every scrape."""
+        m = self.metrics
+        m.set("dcsam_model_loaded", 1.0 if self.runtime.loaded else 0.0)
+        m.set("dcsam_model_loads_total", float(self.runtime.loads))
+        m.clear("dcsam_job_progress")
+        m.clear("dcsam_jobs")
+        jobs = self.store.jobs
+        for job in jobs.list(limit=1000, status="running") + jobs.list(limit=1000, status="queued"):
+            m.set("dcsam_job_progress", job["progress_done"] / max(1, job["progress_total"] or 0), job=str(job["id"]),
+                  kind=job["kind"], project=str(job["project_id"]), state=job["status"])
+        for (kind, status), n in jobs.counts().items():
+            m.set("dcsam_jobs", float(n), kind=kind, state=status)
+        return m.render()
+
+
+__all__ = ["CHOICE_ENV", "Service", "VersionError"]
