@@ -1,4 +1,4 @@
-"""Background jobs (backend/jobs.py, preannotate.py, training.py, versions.py) against the fake Label Studio."""
+"""Background jobs (backend/services: jobs, preannotate, training, sync, versions) against the fake Label Studio."""
 
 from __future__ import annotations
 
@@ -437,3 +437,45 @@ def test_jobs_of_a_process_that_dies_later_are_recovered(jobs_harness, fake_ls):
     job = h.service.store.jobs.get(job_id)
     assert job["status"] == "done" and job["restarts"] == 1, job
     assert fake_ls.predictions_per_task(h.service.version) == {t: 1 for t in ids}
+
+
+# -- example syncs: one job system, merged per project, recovered like the others -----------------------
+def _sync_jobs(h) -> list[dict]:
+    return h.service.store.jobs.list(kind="sync_examples", limit=1000)
+
+
+def test_a_burst_of_webhooks_runs_at_most_two_syncs(jobs_harness, fake_ls):
+    _project(fake_ls, 21, 3)
+    h = jobs_harness(DCSAM_SYNC_DEBOUNCE_S="0.5")
+    h.setup(21, BRUSH_CONFIG)
+    payload = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "task": 21001, "project": 21},
+               "project": {"id": 21}}
+    jobs = {h.client.post("/webhook", json=payload).json["job"] for _ in range(100)}
+    assert h.service.runner.wait_idle(120)
+    syncs = _sync_jobs(h)
+    assert 1 <= len(syncs) <= 2 and {j["id"] for j in syncs} == jobs, syncs
+    assert all(j["status"] == "done" for j in syncs), syncs
+    assert [e["task_id"] for e in h.service.store.examples.of_project(21)] == [21001]
+    listings = sum(1 for r in fake_ls.requests if r.path == "/api/tasks")
+    assert listings <= 2  # each sync lists the project's annotations once; 100 events did not list 100 times
+
+
+def test_queued_syncs_left_by_a_crash_run_after_restart(jobs_harness, fake_ls):
+    import socket
+
+    _project(fake_ls, 22, 3)
+    h = jobs_harness()
+    h.setup(22, BRUSH_CONFIG)
+    store = h.service.store.jobs
+    # what a killed process leaves: a sync it was running and one queued behind it
+    running = store.add("sync_examples", 22, {})
+    assert store.claim(f"{socket.gethostname()}:999999999:gone-sync", ("sync_examples",))["id"] == running
+    queued = store.add("sync_examples", 22, {})
+    h2 = jobs_harness()
+    h2.client.get("/health")  # starts the runner of the "restarted" process
+    assert h2.service.runner.wait_idle(120)
+    left = {j["id"]: j for j in _sync_jobs(h2)}
+    assert not [j for j in left.values() if j["status"] in ("queued", "running")], left
+    assert left[running]["status"] == "done" and left[running]["restarts"] == 1
+    assert left[queued]["status"] == "done"
+    assert [e["task_id"] for e in h2.service.store.examples.of_project(22)] == [22001]
