@@ -2,7 +2,7 @@
 """Benchmark whole-project pre-annotation: tasks/s with the lite engine, JPEGs fetched over HTTP from a real
 Label Studio 1.23.2, predictions imported through the API.
 
-Starts Label Studio (its own venv, fresh data dir, loopback; see tests/backend/ls_harness.py) and
+Starts Label Studio (its own venv, fresh data dir, loopback; see tests/support/label_studio.py) and
 `dcsam serve`, uploads N DAVIS frames (../shared/data/davis16-dev, repeated when N > 225), annotates
 frame 0 of blackswan, runs one POST /jobs/preannotate and prints a JSON report (throughput from the job's
 own figures and from the wall clock, load averages, exactly-once check).
@@ -28,8 +28,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dcsam.io import read_image, read_mask  # noqa: E402
-from tests.backend.ls_harness import LEGACY_TOKEN, Backend, LabelStudio  # noqa: E402
-from tests.backend.test_e2e_labelstudio import brush_result  # noqa: E402
+from tests.support.label_studio import LEGACY_TOKEN, Backend, LabelStudio  # noqa: E402
+from tests.support.regions import brush_result  # noqa: E402
 
 DAVIS = REPO.parent / "shared" / "data" / "davis16-dev"
 CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from backend.engine_select import choose_engine, model_version
+from backend.labelstudio.annotations import parse_project_id
 from backend.labelstudio.labelconfig import LabelConfigError, parse_label_config
 from backend.labelstudio.outputs import BitmaskOutput, BrushOutput, PolygonOutput, annotation_mask
 from backend.settings import BackendSettings
-from backend.labelstudio.annotations import parse_project_id
 from backend.store import Store
-
-from .conftest import INTERACTIVE_CONFIG, iou
+from dcsam.masks import iou
+from tests.support.configs import INTERACTIVE_CONFIG
 
 
 def _disc(h=120, w=160, cx=70, cy=60, r=30) -> np.ndarray:

@@ -3,24 +3,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from backend.labelstudio.labelconfig import LabelConfigError, parse_label_config
 from backend.labelstudio.outputs import VideoRectangleOutput, mask_box
-from dcsam.io import read_image, read_mask
-
-from .conftest import annotated_task, brush_region, decode_brush, iou
-from .fakes import image_bytes
-
-SEQUENCE_CONFIG = """<View><Image name="image" value="$image"/>
-<BrushLabels name="tag" toName="image"><Label value="car"/></BrushLabels></View>"""
-VIDEO_CONFIG = """<View><Video name="video" value="$video" framerate="25"/>
-<VideoRectangle name="box" toName="video"/>
-<Labels name="videoLabels" toName="video"><Label value="car"/><Label value="dog"/></Labels></View>"""
+from dcsam.masks import iou
+from tests.support.configs import SEQUENCE_CONFIG, VIDEO_CONFIG
+from tests.support.regions import brush_region, decode_brush
+from tests.support.video import box_iou, davis_frames, keyframe_region, mp4_bytes, sequence_project, track_boxes
 
 
 def _metric(h, name: str, **labels) -> float:
@@ -92,35 +84,13 @@ def test_mask_box_in_percent():
 
 
 # -- frame-sequence image tasks ---------------------------------------------------------------------
-def _davis(data_dir: Path, video: str, n: int, long_side: int = 240):
-    out = []
-    for jpg in sorted((data_dir / "davis16-dev" / "JPEGImages" / video).glob("*.jpg"))[:n]:
-        img = read_image(jpg)
-        mask = read_mask(data_dir / "davis16-dev" / "Annotations" / video / f"{jpg.stem}.png")
-        scale = long_side / max(img.shape[:2])
-        size = (round(img.shape[1] * scale), round(img.shape[0] * scale))
-        out.append((cv2.resize(img, size, interpolation=cv2.INTER_AREA),
-                    cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0))
-    return out
 
 
-def _sequence_project(fake_ls, frames, video: str, first_id: int, project: int = 1, annotate: tuple[int, ...] = (0,),
-                      key: str = "video", frame_key: str = "frame") -> list[dict]:
-    tasks = []
-    for i, (img, mask) in enumerate(frames):
-        ref = f"/data/upload/{project}/{video}_{i:05d}.jpg"
-        fake_ls.files[ref] = image_bytes(img)
-        task = {"id": first_id + i, "project": project, "data": {"image": ref, key: video, frame_key: i * 5}}
-        if i in annotate:
-            task = {**annotated_task(first_id + i, project, ref, [brush_region(mask, "car")]), "data": task["data"]}
-        fake_ls.tasks.append(task)
-        tasks.append({k: v for k, v in task.items() if k != "annotations"})
-    return tasks
 
 
 def test_one_frame_request_propagates_the_video_once_and_caches_the_rest(harness_factory, fake_ls, data_dir):
-    frames = _davis(data_dir, "car-shadow", 10)
-    tasks = _sequence_project(fake_ls, frames, "car-shadow", 100)
+    frames = davis_frames(data_dir, "car-shadow", 10)
+    tasks = sequence_project(fake_ls, frames, "car-shadow", 100)
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
     r = h.predict(1, SEQUENCE_CONFIG, [tasks[6]])
     assert r.status_code == 200
@@ -139,8 +109,8 @@ def test_one_frame_request_propagates_the_video_once_and_caches_the_rest(harness
 
 
 def test_data_keys_are_configurable_and_a_new_annotation_starts_a_new_propagation(harness_factory, fake_ls, data_dir):
-    frames = _davis(data_dir, "car-shadow", 8)
-    tasks = _sequence_project(fake_ls, frames, "clip-7", 200, key="clip", frame_key="t")
+    frames = davis_frames(data_dir, "car-shadow", 8)
+    tasks = sequence_project(fake_ls, frames, "clip-7", 200, key="clip", frame_key="t")
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_VIDEO_KEY="clip",
                         DCSAM_FRAME_KEY="t", DCSAM_EXAMPLES_RECHECK_S="0")
     h.predict(1, SEQUENCE_CONFIG, [tasks[3]])
@@ -166,8 +136,8 @@ def test_each_annotated_frame_owns_its_nearest_frames_and_the_requested_ones_go_
 
 
 def test_a_broken_frame_fails_that_task_only(harness_factory, fake_ls, data_dir):
-    frames = _davis(data_dir, "car-shadow", 6)
-    tasks = _sequence_project(fake_ls, frames, "car-shadow", 300)
+    frames = davis_frames(data_dir, "car-shadow", 6)
+    tasks = sequence_project(fake_ls, frames, "car-shadow", 300)
     fake_ls.files[tasks[3]["data"]["image"]] = b"not an image"
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
     r = h.predict(1, SEQUENCE_CONFIG, tasks)
@@ -178,10 +148,10 @@ def test_a_broken_frame_fails_that_task_only(harness_factory, fake_ls, data_dir)
 
 
 def test_a_video_without_annotation_is_segmented_from_another_videos_example(harness_factory, fake_ls, data_dir):
-    example = _davis(data_dir, "car-roundabout", 1)
-    _sequence_project(fake_ls, example, "car-roundabout", 400)
-    frames = _davis(data_dir, "car-shadow", 6)
-    tasks = _sequence_project(fake_ls, frames, "car-shadow", 500, annotate=())
+    example = davis_frames(data_dir, "car-roundabout", 1)
+    sequence_project(fake_ls, example, "car-roundabout", 400)
+    frames = davis_frames(data_dir, "car-shadow", 6)
+    tasks = sequence_project(fake_ls, frames, "car-shadow", 500, annotate=())
     plain = {"id": 600, "project": 1, "data": {"image": tasks[0]["data"]["image"]}}  # an ordinary image task
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
     r = h.predict(1, SEQUENCE_CONFIG, [tasks[4], plain])
@@ -192,55 +162,19 @@ def test_a_video_without_annotation_is_segmented_from_another_videos_example(har
 
 
 # -- <Video> tasks ----------------------------------------------------------------------------------
-def _mp4(path: Path, frames) -> bytes:
-    h, w = frames[0][0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
-    for img, _ in frames:
-        writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path.read_bytes()
 
 
-def _keyframe_region(mask: np.ndarray, frame: int, label: str = "car") -> dict:
-    x, y, w, hgt = mask_box(mask)
-    return {"id": "t1", "from_name": "box", "to_name": "video", "type": "videorectangle",
-            "value": {"framesCount": 10, "duration": 0.4, "labels": [label], "sequence": [
-                {"frame": frame, "enabled": True, "rotation": 0, "x": x, "y": y, "width": w, "height": hgt,
-                 "time": frame / 25}]}}
 
 
-def _track_boxes(region: dict, n: int) -> list:
-    """Label Studio's view of a track: the box on every frame (linear interpolation), None outside it."""
-    seq = region["value"]["sequence"]
-    out = []
-    for f in range(1, n + 1):
-        prev = [kf for kf in seq if kf["frame"] <= f]
-        if not prev or (not prev[-1]["enabled"] and prev[-1]["frame"] != f):
-            out.append(None)
-            continue
-        a = prev[-1]
-        nxt = [kf for kf in seq if kf["frame"] > f]
-        if a["frame"] == f or not nxt or not a["enabled"]:
-            out.append(tuple(a[p] for p in ("x", "y", "width", "height")))
-            continue
-        b = nxt[0]
-        t = (f - a["frame"]) / (b["frame"] - a["frame"])
-        out.append(tuple(a[p] + t * (b[p] - a[p]) for p in ("x", "y", "width", "height")))
-    return out
 
 
-def _box_iou(a, b) -> float:
-    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw, ih = max(0.0, min(ax1, bx1) - max(a[0], b[0])), max(0.0, min(ay1, by1) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
 def test_video_task_tracks_from_its_own_keyframe(harness_factory, fake_ls, data_dir, tmp_path):
-    frames = _davis(data_dir, "car-shadow", 10, long_side=854)  # a keyframe box becomes a mask by GrabCut: 480p
-    fake_ls.files["/data/upload/1/car.mp4"] = _mp4(tmp_path / "car.mp4", frames)
+    frames = davis_frames(data_dir, "car-shadow", 10, long_side=854)  # a keyframe box becomes a mask by GrabCut: 480p
+    fake_ls.files["/data/upload/1/car.mp4"] = mp4_bytes(tmp_path / "car.mp4", frames)
     task = {"id": 1, "project": 1, "data": {"video": "/data/upload/1/car.mp4"},
-            "annotations": [{"id": 11, "result": [_keyframe_region(frames[3][1], 4)], "was_cancelled": False,
+            "annotations": [{"id": 11, "result": [keyframe_region(frames[3][1], 4)], "was_cancelled": False,
                              "updated_at": "2026-11-01T10:00:00Z"}]}
     fake_ls.tasks.append(task)
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
@@ -250,21 +184,21 @@ def test_video_task_tracks_from_its_own_keyframe(harness_factory, fake_ls, data_
     [region] = pred["result"]
     assert region["type"] == "videorectangle" and region["value"]["labels"] == ["car"]
     assert region["value"]["framesCount"] == 10
-    got = _track_boxes(region, 10)
-    ious = [_box_iou(g, mask_box(m)) for g, (_, m) in zip(got, frames)]
+    got = track_boxes(region, 10)
+    ious = [box_iou(g, mask_box(m)) for g, (_, m) in zip(got, frames)]
     assert min(ious) > 0.7, ious  # every frame, before and after the keyframe
     assert _metric(h, "dcsam_video_propagations_total", kind="video") == 1
 
 
 def test_video_task_from_another_videos_keyframe_example_and_broken_video(harness_factory, fake_ls, data_dir,
                                                                           tmp_path):
-    example = _davis(data_dir, "car-roundabout", 3, long_side=854)
-    fake_ls.files["/data/upload/1/ex.mp4"] = _mp4(tmp_path / "ex.mp4", example)
+    example = davis_frames(data_dir, "car-roundabout", 3, long_side=854)
+    fake_ls.files["/data/upload/1/ex.mp4"] = mp4_bytes(tmp_path / "ex.mp4", example)
     fake_ls.tasks.append({"id": 1, "project": 1, "data": {"video": "/data/upload/1/ex.mp4"},
-                          "annotations": [{"id": 11, "result": [_keyframe_region(example[0][1], 1)],
+                          "annotations": [{"id": 11, "result": [keyframe_region(example[0][1], 1)],
                                            "was_cancelled": False, "updated_at": "2026-11-01T10:00:00Z"}]})
-    frames = _davis(data_dir, "car-shadow", 6, long_side=854)
-    fake_ls.files["/data/upload/1/q.mp4"] = _mp4(tmp_path / "q.mp4", frames)
+    frames = davis_frames(data_dir, "car-shadow", 6, long_side=854)
+    fake_ls.files["/data/upload/1/q.mp4"] = mp4_bytes(tmp_path / "q.mp4", frames)
     fake_ls.files["/data/upload/1/bad.mp4"] = b"\x00\x00\x00 not a video"
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
     tasks = [{"id": 2, "project": 1, "data": {"video": "/data/upload/1/bad.mp4"}, "annotations": []},
@@ -272,8 +206,8 @@ def test_video_task_from_another_videos_keyframe_example_and_broken_video(harnes
     bad, good = h.predict(1, VIDEO_CONFIG, tasks).json["results"]
     assert bad["result"] == []
     [region] = good["result"]
-    got = _track_boxes(region, 6)
-    ious = [_box_iou(g, mask_box(m)) for g, (_, m) in zip(got, frames)]
+    got = track_boxes(region, 6)
+    ious = [box_iou(g, mask_box(m)) for g, (_, m) in zip(got, frames)]
     assert np.mean(ious) > 0.6
 
 
@@ -284,8 +218,8 @@ def test_training_a_frame_sequence_project_uses_mask_tubes(harness_factory, fake
 
     fake_ls.label_configs[1] = SEQUENCE_CONFIG
     for video, first_id in (("car-shadow", 100), ("car-roundabout", 200)):
-        frames = _davis(data_dir, video, 6)
-        _sequence_project(fake_ls, frames, video, first_id, annotate=(0, 2, 4))
+        frames = davis_frames(data_dir, video, 6)
+        sequence_project(fake_ls, frames, video, first_id, annotate=(0, 2, 4))
     seen = []
     orig = tubes_mod.finetune_lite_on_tubes
 
@@ -315,8 +249,8 @@ def test_frame_sequences_with_sam2_memory_propagation(harness_factory, fake_ls, 
     frame is propagated without error, in one propagation, and answered in order."""
     from dcsam.sam_models import build_sam_model
 
-    frames = _davis(data_dir, "car-shadow", 5)
-    tasks = _sequence_project(fake_ls, frames, "car-shadow", 700)
+    frames = davis_frames(data_dir, "car-shadow", 5)
+    tasks = sequence_project(fake_ls, frames, "car-shadow", 700)
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key,
                         DCSAM_VIDEO_PROPAGATION="sam2")
     h.service.predictor.video.sam2_model = build_sam_model("sam2.1_hiera_t", random_weights=True, image_size=256)
@@ -335,8 +269,8 @@ def test_frame_sequences_with_sam2_memory_propagation(harness_factory, fake_ls, 
 def test_preannotation_job_over_frame_sequences_and_video_tasks(harness_factory, fake_ls, data_dir, tmp_path):
     """A pre-annotation job (pages of 4 tasks) over two frame-sequence videos and a <Video> task project."""
     fake_ls.label_configs[1] = SEQUENCE_CONFIG
-    a = _sequence_project(fake_ls, _davis(data_dir, "car-shadow", 7), "car-shadow", 100)
-    b = _sequence_project(fake_ls, _davis(data_dir, "car-roundabout", 5), "car-roundabout", 200, annotate=())
+    a = sequence_project(fake_ls, davis_frames(data_dir, "car-shadow", 7), "car-shadow", 100)
+    b = sequence_project(fake_ls, davis_frames(data_dir, "car-roundabout", 5), "car-roundabout", 200, annotate=())
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key,
                         DCSAM_PREANNOTATE_CHUNK="4", DCSAM_PREANNOTATE_BACKOFF_S="0")
     r = h.client.post("/jobs/preannotate", json={"project": 1})
@@ -347,10 +281,10 @@ def test_preannotation_job_over_frame_sequences_and_video_tasks(harness_factory,
     assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 2  # once per video, across pages
     # <Video> tasks in another project
     fake_ls.label_configs[2] = VIDEO_CONFIG
-    frames = _davis(data_dir, "car-shadow", 4, long_side=426)
-    fake_ls.files["/data/upload/2/a.mp4"] = _mp4(tmp_path / "a.mp4", frames)
+    frames = davis_frames(data_dir, "car-shadow", 4, long_side=426)
+    fake_ls.files["/data/upload/2/a.mp4"] = mp4_bytes(tmp_path / "a.mp4", frames)
     fake_ls.tasks.append({"id": 900, "project": 2, "data": {"video": "/data/upload/2/a.mp4"},
-                          "annotations": [{"id": 91, "result": [_keyframe_region(frames[0][1], 1)],
+                          "annotations": [{"id": 91, "result": [keyframe_region(frames[0][1], 1)],
                                            "was_cancelled": False, "updated_at": "2026-11-01T10:00:00Z"}]})
     fake_ls.tasks.append({"id": 901, "project": 2, "data": {"video": "/data/upload/2/a.mp4"}, "annotations": []})
     r = h.client.post("/jobs/preannotate", json={"project": 2})

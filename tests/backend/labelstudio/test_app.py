@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import (BITMASK_CONFIG, BRUSH_CONFIG, INTERACTIVE_CONFIG, POLYGON_CONFIG, annotated_task, brush_region,
-                       data_url_png, decode_brush, iou)
-from .fakes import LEGACY_TOKEN, image_bytes, make_pat
+from dcsam.masks import iou
+from tests.support.configs import BITMASK_CONFIG, BRUSH_CONFIG, INTERACTIVE_CONFIG, POLYGON_CONFIG
+from tests.support.fakes import LEGACY_TOKEN, image_bytes, make_pat
+from tests.support.regions import annotated_task, brush_region, data_url_png, decode_brush
 
 
 def _ls_env(fake_ls, **extra):
@@ -158,8 +159,8 @@ def test_bitmask_output_is_png_with_alpha(harness_factory, fake_ls, perseg):
 
 # -- examples: selection, caching, invalidation ---------------------------------------------------
 def test_examples_are_the_latest_k_accepted_annotations_per_label(perseg):
-    from backend.services.examples import select_examples
     from backend.labelstudio.labelconfig import parse_label_config
+    from backend.services.examples import select_examples
 
     cfg = parse_label_config(BRUSH_CONFIG)
     m = perseg["cat_00"][1]

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from backend.labelstudio.outputs import mask_box
-
-from .ls_harness import LEGACY_TOKEN, Backend, LabelStudio
-from .test_e2e_labelstudio import brush_result, decode_brush, iou
-from .test_video import SEQUENCE_CONFIG, VIDEO_CONFIG, _box_iou, _davis, _keyframe_region, _mp4, _track_boxes
+from dcsam.masks import iou
+from tests.support.configs import SEQUENCE_CONFIG, VIDEO_CONFIG
+from tests.support.label_studio import LEGACY_TOKEN, Backend, LabelStudio
+from tests.support.regions import brush_result, decode_brush
+from tests.support.video import box_iou, davis_frames, keyframe_region, mp4_bytes, track_boxes
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def _latest_prediction(ls: LabelStudio, task_id: int) -> dict:
 
 
 def test_frame_sequence_tasks(ls, workdir, data_dir):
-    videos = {"car-shadow": _davis(data_dir, "car-shadow", 24), "car-roundabout": _davis(data_dir, "car-roundabout", 12)}
+    videos = {"car-shadow": davis_frames(data_dir, "car-shadow", 24), "car-roundabout": davis_frames(data_dir, "car-roundabout", 12)}
     folder = workdir / "sequence"
     folder.mkdir()
     paths = []
@@ -91,12 +92,12 @@ def test_frame_sequence_tasks(ls, workdir, data_dir):
 def test_video_tasks_get_videorectangle_tracks(ls, workdir, data_dir):
     folder = workdir / "videos"
     folder.mkdir()
-    clips = {"car-roundabout": _davis(data_dir, "car-roundabout", 12, long_side=854),  # DAVIS frames are 854x480
-             "car-shadow": _davis(data_dir, "car-shadow", 24, long_side=854)}
+    clips = {"car-roundabout": davis_frames(data_dir, "car-roundabout", 12, long_side=854),  # DAVIS frames are 854x480
+             "car-shadow": davis_frames(data_dir, "car-shadow", 24, long_side=854)}
     project = ls.create_project("E2E video tracks", VIDEO_CONFIG)
     for video, frames in clips.items():
         path = folder / f"{video}.mp4"
-        _mp4(path, frames)
+        mp4_bytes(path, frames)
         with open(path, "rb") as fh:
             r = ls.call("POST", f"/api/projects/{project}/import", files={"file": (path.name, fh, "video/mp4")})
         assert r.json()["task_count"] == 1
@@ -104,7 +105,7 @@ def test_video_tasks_get_videorectangle_tracks(ls, workdir, data_dir):
              for t in ls.all_tasks(project)}
     assert set(tasks) == set(clips), tasks
     # one keyframe box on frame 3 of car-roundabout, as the editor saves it
-    keyframe = _keyframe_region(clips["car-roundabout"][2][1], 3)
+    keyframe = keyframe_region(clips["car-roundabout"][2][1], 3)
     keyframe["value"].update(framesCount=12, duration=12 / 25)
     ls.annotate(tasks["car-roundabout"], [keyframe])
     backend = Backend(workdir, "video", LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=LEGACY_TOKEN, DCSAM_ENGINE="lite")
@@ -122,8 +123,8 @@ def test_video_tasks_get_videorectangle_tracks(ls, workdir, data_dir):
             seq = value["sequence"]
             assert seq[0]["frame"] == 1 and seq[-1]["enabled"] is False and all(kf["frame"] >= 1 for kf in seq)
             assert all(kf["time"] == pytest.approx(kf["frame"] / 25.0) for kf in seq)  # framerate="25"
-            boxes = _track_boxes(region, len(frames))
-            figures[video] = [_box_iou(b, mask_box(m)) for b, (_, m) in zip(boxes, frames)]
+            boxes = track_boxes(region, len(frames))
+            figures[video] = [box_iou(b, mask_box(m)) for b, (_, m) in zip(boxes, frames)]
             figures[video + " keyframes"] = len(seq)
         print("\n<Video> tracks, box IoU per frame vs ground truth: "
               + "; ".join(f"{k}: mean {np.mean(v):.3f}, min {min(v):.3f}" for k, v in figures.items()

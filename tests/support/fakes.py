@@ -43,7 +43,7 @@ class Recorded:
     authorization: str | None
 
 
-class _Server:
+class LoopbackServer:
     def __init__(self, app: Flask):
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.port = self.server.server_port
@@ -206,7 +206,7 @@ class FakeLabelStudio:
             name = uri.rsplit("/", 1)[-1]
             return redirect(f"{self.presign_target}/bucket/{name}?X-Signature=abc", code=303)
 
-        self._server = _Server(app)
+        self._server = LoopbackServer(app)
         self.url = self._server.url
         return self
 
@@ -243,7 +243,7 @@ class ExternalHost:
             data = self.files.get(name)
             return Response(data, mimetype="image/jpeg") if data is not None else ("missing", 404)
 
-        self._server = _Server(app)
+        self._server = LoopbackServer(app)
         self.url = self._server.url
         return self
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from dcsam.io import read_image, read_mask
-
-from .ls_harness import LEGACY_TOKEN, Backend, LabelStudio
-from .test_e2e_labelstudio import brush_result, decode_brush, iou
+from dcsam.masks import iou
+from tests.support.label_studio import LEGACY_TOKEN, Backend, LabelStudio
+from tests.support.regions import brush_result, decode_brush
 
 pytestmark = pytest.mark.slow
 

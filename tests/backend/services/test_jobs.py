@@ -9,8 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from .conftest import BRUSH_CONFIG, BackendHarness, annotated_task, brush_region
-from .fakes import image_bytes
+from tests.support.configs import BRUSH_CONFIG
+from tests.support.fakes import image_bytes
+from tests.support.harness import BackendHarness
+from tests.support.regions import annotated_task, brush_region
 
 
 class Crash(BaseException):
@@ -384,12 +386,11 @@ def test_automatic_training_after_n_annotations_is_debounced(jobs_harness, fake_
 
 def test_cli_preannotate_follows_the_job(jobs_harness, fake_ls, capsys):
     from backend.cli_preannotate import main
-
-    from .fakes import _Server
+    from tests.support.fakes import LoopbackServer
 
     ids = _project(fake_ls, 18, 6)
     h = jobs_harness()
-    server = _Server(h.app)
+    server = LoopbackServer(h.app)
     try:
         assert main(["--project", "18", "--backend", server.url, "--poll", "0.1"]) == 0
         err = capsys.readouterr().err

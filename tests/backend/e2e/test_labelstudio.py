@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from dcsam.io import read_mask
-
-from .ls_harness import Backend
+from dcsam.masks import iou
+from tests.support.label_studio import Backend
+from tests.support.regions import brush_result, decode_brush, polygon_mask
 
 pytestmark = pytest.mark.slow
 
@@ -30,31 +31,8 @@ INTERACTIVE = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="box" toName="image" smart="true"><Label value="sneaker"/></RectangleLabels></View>"""
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()))
 
 
-def brush_result(mask: np.ndarray, label: str) -> list:
-    from label_studio_sdk.converter.brush import mask2rle
-
-    h, w = mask.shape
-    return [{"from_name": "tag", "to_name": "image", "type": "brushlabels", "original_width": w, "original_height": h,
-             "image_rotation": 0, "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255),
-                                            "brushlabels": [label]}}]
-
-
-def decode_brush(region: dict) -> np.ndarray:
-    from label_studio_sdk.converter.brush import decode_rle
-
-    h, w = region["original_height"], region["original_width"]
-    return np.asarray(decode_rle(region["value"]["rle"])).reshape(h, w, 4)[:, :, 3] > 0
-
-
-def polygon_mask(points_pct, width: int, height: int) -> np.ndarray:
-    pts = np.asarray(points_pct, dtype=np.float64).reshape(-1, 2) * [width / 100.0, height / 100.0]
-    out = np.zeros((height, width), np.uint8)
-    cv2.fillPoly(out, [np.round(pts).astype(np.int32)], 1)
-    return out > 0
 
 
 @pytest.fixture(scope="module")
