@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
-import cv2
 import numpy as np
 
 from .config import SegmenterConfig
@@ -65,7 +65,7 @@ class InContextSegmenter:
         self._examples: dict[str, list[Any]] = {}
 
     @classmethod
-    def from_config(cls, config: SegmenterConfig | Mapping[str, Any] | None = None, **overrides: Any) -> "InContextSegmenter":
+    def from_config(cls, config: SegmenterConfig | Mapping[str, Any] | None = None, **overrides: Any) -> InContextSegmenter:
         if not isinstance(config, SegmenterConfig):
             config = SegmenterConfig.from_dict(config, **overrides)
         elif overrides:

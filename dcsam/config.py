@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ class SegmenterConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None = None, **overrides: Any) -> "SegmenterConfig":
+    def from_dict(cls, values: Mapping[str, Any] | None = None, **overrides: Any) -> SegmenterConfig:
         merged = {**(values or {}), **overrides}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(merged) - known)

@@ -11,14 +11,14 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-ImageSource = Union[str, os.PathLike, bytes, BinaryIO, np.ndarray, Image.Image]
+ImageSource = str | os.PathLike | bytes | BinaryIO | np.ndarray | Image.Image
 
 # Refuse decompression bombs but allow large scans (e.g. 20k x 20k slides are 400 MP).
 Image.MAX_IMAGE_PIXELS = 400_000_000
@@ -32,7 +32,7 @@ def _describe(source: ImageSource) -> str:
     return f"<{type(source).__name__}>"
 
 
-def _open(source: ImageSource) -> Image.Image:
+def _open(source: str | os.PathLike | bytes | BinaryIO | Image.Image) -> Image.Image:  # arrays need no decoding
     if isinstance(source, Image.Image):
         return source
     try:

@@ -14,7 +14,7 @@ The score is the model's score (1 without a prediction) times the fraction of pr
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -117,7 +117,9 @@ def refine_mask(
     if has_fg and has_bg:
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         try:
-            cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+            # OpenCV's stubs want a rect; GC_INIT_WITH_MASK takes None
+            cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iterations,  # type: ignore[call-overload]
+                        cv2.GC_INIT_WITH_MASK)
         except cv2.error:
             pass  # degenerate colour models: keep the seeds as they are
     out = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)

@@ -66,11 +66,10 @@ def _build_arch(spec: SamModelSpec, image_size: int | None = None) -> nn.Module:
         if image_size not in (None, 1024):
             raise ValueError("SAM 1 models only run at 1024x1024; sam_image_size applies to SAM 2")
         return sam_model_registry[spec.arch](checkpoint=None)
+    import sam2  # noqa: F401  (registers its config module with hydra)
     from hydra import compose
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-
-    import sam2  # noqa: F401  (registers its config module with hydra)
 
     # The same post-processing overrides as sam2.build_sam2 (dynamic multimask via stability).
     overrides = [

@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import cv2
-    import numpy as np
     import torch
 
     from dcsam.api import InContextSegmenter

@@ -53,7 +53,7 @@ def fss_episodes(root: Path, out_dir: Path) -> list[dict]:
     episodes = []
     for cls_dir in sorted(p for p in (root / "images").iterdir() if p.is_dir()):
         cls = cls_dir.name
-        item = lambda i: _item(cls_dir / f"{i}.jpg", root / "masks" / cls / f"{i}.png", out_dir)  # noqa: E731
+        item = lambda i, cls_dir=cls_dir, cls=cls: _item(cls_dir / f"{i}.jpg", root / "masks" / cls / f"{i}.png", out_dir)  # noqa: E731
         episodes.append({"label": cls, "support": [item(1)], "query": [item(i) for i in range(2, 11)]})
     return episodes
 
@@ -63,7 +63,7 @@ def davis_episodes(root: Path, out_dir: Path, every: int = 5) -> list[dict]:
     for seq_dir in sorted(p for p in (root / "JPEGImages").iterdir() if p.is_dir()):
         seq = seq_dir.name
         frames = sorted(int(p.stem) for p in seq_dir.glob("*.jpg"))
-        item = lambda f: _item(seq_dir / f"{f:05d}.jpg", root / "Annotations" / seq / f"{f:05d}.png", out_dir)  # noqa: E731
+        item = lambda f, seq_dir=seq_dir, seq=seq: _item(seq_dir / f"{f:05d}.jpg", root / "Annotations" / seq / f"{f:05d}.png", out_dir)  # noqa: E731
         episodes.append({
             "label": seq,
             "support": [item(frames[0])],

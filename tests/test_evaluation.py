@@ -13,8 +13,8 @@ from PIL import Image
 from dcsam.api import InContextSegmenter
 from dcsam.config import SegmenterConfig
 from dcsam.engines.base import Engine, Episode, SegmentResult
-from dcsam.errors import InputError
 from dcsam.episode_evaluation import evaluate_episodes, format_report, load_episodes
+from dcsam.errors import InputError
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

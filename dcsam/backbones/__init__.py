@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..config import default_cache_dir
 from ..weights import WeightFile, load_state_dict_file, resolve_weight_file
@@ -27,7 +27,7 @@ def _torchvision_file(url: str) -> WeightFile:
     return WeightFile(filename=name, url=url, sha256=name.rsplit("-", 1)[-1].split(".")[0])
 
 
-BACKBONES: dict[str, tuple[Callable[[], PriorBackbone], WeightFile | None]] = {
+BACKBONES: dict[str, tuple[type[PriorBackbone], WeightFile | None]] = {
     "resnet50_v2": (
         ResNet50V2,
         WeightFile(
@@ -62,6 +62,8 @@ def create_backbone(
         log.warning("backbone %s: RANDOM weights (asked for explicitly)", name)
     elif isinstance(model, EfficientNetLite0):
         model.load_bundled(Path(weights) if weights else None)
+    elif spec is None:
+        raise ValueError(f"backbone {name!r} has no weight file")
     else:
         path = resolve_weight_file(
             spec, weights, cache_dir=cache_dir or default_cache_dir(), allow_download=allow_download,

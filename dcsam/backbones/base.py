@@ -21,13 +21,13 @@ class PriorBackbone(nn.Module):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-    def freeze(self) -> "PriorBackbone":
+    def freeze(self) -> PriorBackbone:
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
         return self
 
-    def train(self, mode: bool = True) -> "PriorBackbone":
+    def train(self, mode: bool = True) -> PriorBackbone:
         # Frozen: BatchNorm always uses its running statistics.
         return super().train(False)
 

@@ -7,6 +7,7 @@ timm's ``tf_efficientnet_lite0`` (TF "same" padding). Inputs are normalised with
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -54,8 +55,8 @@ class EfficientNetLite0(PriorBackbone):
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, not {output_stride}")
         # output_stride < 32 dilates the deep blocks (same weights, finer grid, more compute).
-        extra = {} if output_stride == 32 else {"output_stride": output_stride}
-        self.net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="", **extra)
+        extra: dict[str, Any] = {} if output_stride == 32 else {"output_stride": output_stride}
+        self.net: Any = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="", **extra)
         del self.net.conv_head, self.net.bn2  # unused 1280-channel head
 
     def load_bundled(self, path: Path | None = None) -> None:

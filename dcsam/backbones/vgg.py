@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torchvision.models import VGG16_BN_Weights, vgg16_bn
 
 from .base import PriorBackbone

@@ -9,9 +9,9 @@ Draws come from a generator seeded by (seed, index), so an index always gives th
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image

@@ -68,7 +68,7 @@ def class_presence(benchmark: str, root: Path, split: str, cache: Path) -> dict[
     if not pairs:
         raise ValueError(f"{benchmark} {split}: no masks under {root} (see the expected layout in the README)")
     presence = {}
-    for img, mask in tqdm(pairs, desc=f"indexing {benchmark} {split}", unit="mask"):
+    for _img, mask in tqdm(pairs, desc=f"indexing {benchmark} {split}", unit="mask"):
         values, counts = np.unique(np.asarray(Image.open(mask)), return_counts=True)
         presence[str(mask)] = [int(v) for v, n in zip(values, counts) if 0 < v < 255 and n >= MIN_PIXELS]
     atomic_write_bytes(cache, json.dumps(presence).encode())

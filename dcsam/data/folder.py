@@ -39,7 +39,7 @@ class FolderEpisodes(Dataset):
         groups = folder_records(root)
         self.class_names = list(groups)
         records = []
-        for cid, (name, pairs) in enumerate(groups.items(), start=1):
+        for cid, pairs in enumerate(groups.values(), start=1):
             for k, (img, msk) in enumerate(pairs):
                 if (k % val_every == val_every - 1) == (split != "train"):
                     records.append(Record(str(img), str(msk), cid))

@@ -90,7 +90,7 @@ class SyntheticEpisodes(Dataset):
         others = [c for c in range(self.num_classes) if c != target]
         classes = [target] + list(rng.choice(others, size=self.distractors, replace=False))
         target_mask = np.zeros((s, s), bool)
-        for order, c in enumerate(rng.permutation(len(classes))):
+        for c in rng.permutation(len(classes)):
             cls = classes[c]
             shape, tex, colour = self.class_spec(cls)
             r = int(rng.integers(s // 10, s // 5))

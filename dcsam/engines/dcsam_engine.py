@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -257,7 +258,7 @@ def prompts_from_priors(pos: torch.Tensor, neg: torch.Tensor, frame: int, max_po
     or None when no location looks like the example's foreground.
     """
     diff = (pos - neg).cpu()
-    region = (diff > 0).numpy().astype(np.uint8)
+    region: np.ndarray = (diff > 0).numpy().astype(np.uint8)
     if not region.any():
         return None
     count, comp, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)

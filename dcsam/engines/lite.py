@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,11 +33,11 @@ import torch.nn.functional as F
 
 from ..config import SegmenterConfig
 from ..errors import CheckpointError, InputError
-from ..masks import resize_mask
 from ..lite import postprocess
 from ..lite.backbone import lite_backbone
 from ..lite.head import LiteHead
 from ..lite.matching import MatchBank, dense_features, mask_fraction, priors, resize_image, working_size
+from ..masks import resize_mask
 from ..training.loop import optimise
 from ..training.losses import soft_bce_dice_loss
 from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
@@ -147,7 +148,8 @@ class LiteQuery:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.feats[self.base].shape[-2:])
+        h, w = self.feats[self.base].shape[-2:]
+        return h, w
 
 
 class LiteEngine(Engine):
@@ -185,7 +187,7 @@ class LiteEngine(Engine):
         return (self.config.backbone, int(o["output_stride"]), int(o["size"]), tuple(o["layers"]))
 
     def _features(self, image: np.ndarray, long_side: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        size = working_size(*image.shape[:2], long_side)
+        size = working_size(image.shape[0], image.shape[1], long_side)
         return dense_features(self.backbone, image, size, tuple(self.opts["layers"]), self.device), size
 
     def encode_example(self, example: LabelledImage) -> LiteExample:
@@ -196,7 +198,7 @@ class LiteEngine(Engine):
         if not mask.any():
             raise InputError("the example mask is empty: an example needs at least one foreground pixel")
         feats, size = self._features(image, int(self.opts["size"]))
-        frac = mask_fraction(mask, feats.shape[-2:])
+        frac = mask_fraction(mask, (feats.shape[-2], feats.shape[-1]))
         bank = MatchBank.from_example(feats, frac)
         small_mask = resize_mask(mask, *size)
         colour = postprocess.ColourModel().add(resize_image(image, size), small_mask)
@@ -207,11 +209,8 @@ class LiteEngine(Engine):
         of the working long side ``size``) and the image resized to the working size."""
         base = int(self.opts["size"])
         sizes = sorted({base, *[int(s) for s in (self.opts["query_sizes"] or [])]})
-        feats, work = {}, None
-        for s in sizes:
-            feats[s], size = self._features(image, s)
-            if s == base:
-                work = resize_image(image, size)
+        feats = {s: self._features(image, s)[0] for s in sizes}
+        work = resize_image(image, working_size(image.shape[0], image.shape[1], base))
         return LiteQuery(feats=feats, base=base, work_image=work, image=image)
 
     # -- decoding ---------------------------------------------------------------------------------
@@ -220,7 +219,7 @@ class LiteEngine(Engine):
         o = self.opts
         grid = q.grid
         maps = []
-        for s, f in q.feats.items():
+        for f in q.feats.values():
             pos, neg = priors(f, bank, o["match"], int(o["k"]))
             m = torch.stack([pos, neg])
             if m.shape[-2:] != grid:
@@ -262,8 +261,7 @@ class LiteEngine(Engine):
         o = self.opts
         components = str(o["components"]) if components is None else components
         wh, ww = q.work_image.shape[:2]
-        z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
-        z = z.cpu().numpy()
+        z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
         if colour is not None and self._colour_weight():
             z = z + self._colour_weight() * colour.log_ratio(q.work_image)
         prob = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
@@ -404,7 +402,7 @@ class LiteEngine(Engine):
     def _training_sample(self, sources: list[LiteExample], q: LiteQuery, mask: np.ndarray) -> tuple:
         pm = self._prior_maps(q, MatchBank.concat([e.bank for e in sources]))
         grid = q.grid
-        offset = np.zeros(grid, np.float32)
+        offset: np.ndarray = np.zeros(grid, np.float32)
         if self._colour_weight(trained=True):
             colour = sources[0].colour.merged([e.colour for e in sources[1:]])
             llr = colour.log_ratio(q.work_image)
@@ -447,7 +445,7 @@ class LiteEngine(Engine):
             head.load_state_dict({k: torch.as_tensor(v) for k, v in state["head"].items()}, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"lite head state does not fit: {exc}") from exc
-        memory = {}
+        memory: dict[str, list[LiteExample]] = {}
         for label, banks in dict(state.get("memory") or {}).items():
             memory[label] = []
             for b in banks:

@@ -27,7 +27,7 @@ def lite_backbone(output_stride: int = 32, weights: str | Path | None = None, ra
     net = EfficientNetLite0(output_stride=output_stride)
     if not random_weights:
         net.load_bundled(Path(weights) if weights else None)
-    net = net.freeze()
+    net.freeze()
     if fold_batchnorm:
         fold_batchnorms(net)
     return net
@@ -35,6 +35,8 @@ def lite_backbone(output_stride: int = 32, weights: str | Path | None = None, ra
 
 @torch.no_grad()
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    if bn.running_var is None or bn.running_mean is None:
+        raise ValueError("a BatchNorm without running statistics cannot be folded into its convolution")
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     bias = bn.bias - bn.running_mean * scale
     if conv.bias is not None:

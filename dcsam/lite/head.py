@@ -30,7 +30,7 @@ class LiteHead(nn.Module):
 
     def reset_output(self) -> None:
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        nn.init.zeros_(self.out.bias)  # type: ignore[arg-type]  # Optional in torch's stubs; this conv has a bias
 
     def forward(self, feats: torch.Tensor, prior_maps: torch.Tensor) -> torch.Tensor:
         """feats (B, C, h, w), prior_maps (B, 3, h, w) -> residual logit (B, 1, h, w)."""

@@ -68,7 +68,7 @@ class MatchBank:
 
     @staticmethod
     def from_example(feats: torch.Tensor, frac: np.ndarray, fg_min: float = 0.5, bg_max: float = 0.5,
-                     max_bg: int = 6000) -> "MatchBank":
+                     max_bg: int = 6000) -> MatchBank:
         c = feats.shape[0]
         flat = feats.reshape(c, -1).T
         frac_t = torch.from_numpy(frac.ravel()).to(flat.device)
@@ -84,18 +84,18 @@ class MatchBank:
             bg = F.normalize(bg, dim=1)
         return MatchBank(fg=flat[fg_sel].contiguous(), bg=bg.contiguous())
 
-    def subsample_bg(self, limit: int) -> "MatchBank":
+    def subsample_bg(self, limit: int) -> MatchBank:
         if self.bg.shape[0] <= limit:
             return self
         idx = torch.linspace(0, self.bg.shape[0] - 1, limit, device=self.bg.device).long()
         return MatchBank(fg=self.fg, bg=self.bg[idx].contiguous())
 
-    def rounded_to_half(self) -> "MatchBank":
+    def rounded_to_half(self) -> MatchBank:
         """The same bank at float16 precision (how it is saved), so saving changes nothing."""
         return MatchBank(fg=self.fg.half().float(), bg=self.bg.half().float())
 
     @staticmethod
-    def concat(banks: list["MatchBank"]) -> "MatchBank":
+    def concat(banks: list[MatchBank]) -> MatchBank:
         if len(banks) == 1:
             return banks[0]
         return MatchBank(fg=torch.cat([b.fg for b in banks]), bg=torch.cat([b.bg for b in banks]))

@@ -131,7 +131,9 @@ def grabcut_refine(image: np.ndarray, prob: np.ndarray, iterations: int = 3,
         return fg
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     try:
-        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), init, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        # OpenCV's stubs want a rect; GC_INIT_WITH_MASK takes None
+        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), init, None, bgd, fgd, iterations,  # type: ignore[call-overload]
+                    cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # degenerate colour statistics (e.g. a flat image): keep the input
         return fg
     return (init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD)
@@ -155,7 +157,7 @@ def filter_components(mask: np.ndarray, prob: np.ndarray, mode: str = "weighted"
     evidence[0] = -np.inf
     best = float(evidence[1:].max())
     if mode == "largest":
-        keep = np.zeros(n, bool)
+        keep: np.ndarray = np.zeros(n, bool)
         keep[int(np.argmax(evidence))] = True
     elif mode == "weighted":
         keep = evidence >= keep_ratio * best
@@ -184,7 +186,7 @@ class ColourModel:
         q = (image.astype(np.int32) * self.bins) >> 8
         return (q[..., 0] * self.bins + q[..., 1]) * self.bins + q[..., 2]
 
-    def add(self, image: np.ndarray, mask: np.ndarray) -> "ColourModel":
+    def add(self, image: np.ndarray, mask: np.ndarray) -> ColourModel:
         idx = self._index(image).ravel()
         m = mask.ravel()
         n = self.bins**3
@@ -192,7 +194,7 @@ class ColourModel:
         self.bg += np.bincount(idx[~m], minlength=n)
         return self
 
-    def merged(self, others: list["ColourModel"]) -> "ColourModel":
+    def merged(self, others: list[ColourModel]) -> ColourModel:
         out = ColourModel(self.bins)
         for o in [self, *others]:
             out.fg += o.fg
@@ -200,10 +202,10 @@ class ColourModel:
         return out
 
     def _smoothed(self, hist: np.ndarray) -> np.ndarray:
-        h = hist.reshape(self.bins, self.bins, self.bins)
+        h: np.ndarray = hist.reshape(self.bins, self.bins, self.bins)
         for axis in range(3):  # separable [1, 2, 1] / 4 smoothing along each colour axis
             p = np.pad(h, [(1, 1) if a == axis else (0, 0) for a in range(3)], mode="edge")
-            sl = lambda a, b: tuple(slice(a, p.shape[i] - b) if i == axis else slice(None) for i in range(3))  # noqa: E731
+            sl = lambda a, b, p=p, axis=axis: tuple(slice(a, p.shape[i] - b) if i == axis else slice(None) for i in range(3))  # noqa: E731
             h = 0.25 * p[sl(0, 2)] + 0.5 * p[sl(1, 1)] + 0.25 * p[sl(2, 0)]
         return h.ravel()
 

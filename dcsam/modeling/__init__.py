@@ -1,6 +1,12 @@
 """DC-SAM building blocks: one small module per component."""
 
-from .attention import Attention, CycleCrossAttentionLayer, PositionEmbeddingSine, SelfAttentionLayer, cycle_consistency_bias
+from .attention import (
+    Attention,
+    CycleCrossAttentionLayer,
+    PositionEmbeddingSine,
+    SelfAttentionLayer,
+    cycle_consistency_bias,
+)
 from .dcsam import DCSAM, QueryFeatures, SupportFeatures
 from .prompt_generator import PromptGenerator, Sam2Downscale
 from .sam_adapter import SamAdapter, SamFeatures

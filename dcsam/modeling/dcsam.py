@@ -27,10 +27,10 @@ class QueryFeatures:
     sam: SamFeatures
 
     @staticmethod
-    def cat(items: list["QueryFeatures"]) -> "QueryFeatures":
+    def cat(items: list[QueryFeatures]) -> QueryFeatures:
         return QueryFeatures(torch.cat([i.mid for i in items]), torch.cat([i.high for i in items]), SamFeatures.cat([i.sam for i in items]))
 
-    def select(self, index) -> "QueryFeatures":
+    def select(self, index) -> QueryFeatures:
         return QueryFeatures(self.mid[index], self.high[index], self.sam.select(index))
 
 
@@ -49,17 +49,17 @@ class SupportFeatures:
     sam: SamFeatures
 
     @staticmethod
-    def cat(items: list["SupportFeatures"]) -> "SupportFeatures":
+    def cat(items: list[SupportFeatures]) -> SupportFeatures:
         return SupportFeatures(
             torch.cat([i.mid for i in items]), torch.cat([i.mask for i in items]),
             torch.cat([i.high_pos for i in items]), torch.cat([i.high_neg for i in items]),
             SamFeatures.cat([i.sam for i in items]),
         )
 
-    def select(self, index) -> "SupportFeatures":
+    def select(self, index) -> SupportFeatures:
         return SupportFeatures(self.mid[index], self.mask[index], self.high_pos[index], self.high_neg[index], self.sam.select(index))
 
-    def repeat(self, times: int) -> "SupportFeatures":
+    def repeat(self, times: int) -> SupportFeatures:
         """The same K shots for ``times`` queries (K shots stay contiguous per query)."""
         def rep(t):
             return t.repeat(times, *([1] * (t.dim() - 1)))

@@ -97,6 +97,7 @@ class PromptGenerator(nn.Module):
         self.variant = variant
         self.neg_stage2_source = neg_stage2_source
         self.dim = dim
+        self.down: nn.Sequential | None
         if variant == "full":
             self.down = nn.Sequential(nn.Conv2d(mid_channels, dim, 1, bias=False), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
             merge_in = 3 * dim + 1

@@ -4,6 +4,7 @@ either learned prompt tokens (batched, one image per token set) or classic point
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +24,17 @@ class SamFeatures:
     embed: torch.Tensor
     high_res: list[torch.Tensor] | None = None
 
-    def select(self, index) -> "SamFeatures":
+    def select(self, index) -> SamFeatures:
         return SamFeatures(self.embed[index], None if self.high_res is None else [h[index] for h in self.high_res])
 
     @staticmethod
-    def cat(items: list["SamFeatures"]) -> "SamFeatures":
-        hr = None if items[0].high_res is None else [torch.cat([i.high_res[k] for i in items]) for k in range(2)]
+    def cat(items: list[SamFeatures]) -> SamFeatures:
+        hr = None
+        if items[0].high_res is not None:
+            hr = [torch.cat([i.high_res[k] for i in items if i.high_res is not None]) for k in range(2)]
         return SamFeatures(torch.cat([i.embed for i in items]), hr)
 
-    def to(self, device=None, dtype=None) -> "SamFeatures":
+    def to(self, device=None, dtype=None) -> SamFeatures:
         return SamFeatures(
             self.embed.to(device=device, dtype=dtype),
             None if self.high_res is None else [h.to(device=device, dtype=dtype) for h in self.high_res],
@@ -41,25 +44,25 @@ class SamFeatures:
 class SamAdapter(nn.Module):
     """Wraps ``segment_anything.Sam`` (family "sam1") or ``sam2.SAM2Base`` (family "sam2")."""
 
-    def __init__(self, model: nn.Module, family: str) -> None:
+    def __init__(self, model: Any, family: str) -> None:
         super().__init__()
         if family not in ("sam1", "sam2"):
             raise ValueError(f"unknown SAM family {family!r}")
-        self.model = model
+        self.model = model  # segment_anything's Sam or sam2's SAM2Base (untyped: Any)
         self.family = family
         self.image_size = int(model.image_encoder.img_size if family == "sam1" else model.image_size)
         self.model.eval().requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "SamAdapter":
+    def train(self, mode: bool = True) -> SamAdapter:
         # Frozen and kept in eval mode (SAM 2's stability fallback stays active).
         return super().train(False)
 
     @property
-    def prompt_encoder(self) -> nn.Module:
+    def prompt_encoder(self) -> Any:  # the wrapped model's (untyped) prompt encoder
         return self.model.prompt_encoder if self.family == "sam1" else self.model.sam_prompt_encoder
 
     @property
-    def mask_decoder(self) -> nn.Module:
+    def mask_decoder(self) -> Any:  # the wrapped model's (untyped) mask decoder
         return self.model.mask_decoder if self.family == "sam1" else self.model.sam_mask_decoder
 
     @property
@@ -141,7 +144,7 @@ class SamAdapter(nn.Module):
         return masks, iou
 
 
-def _sam1_batched_decode(decoder: nn.Module, embed: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
+def _sam1_batched_decode(decoder: Any, embed: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
     """SAM 1's ``MaskDecoder.predict_masks`` with image i paired to token set i.
 
     Upstream repeats every image embedding once per prompt set (one image, many prompts);

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass
@@ -30,7 +31,7 @@ class TrainConfig:
     save_every: int = 0  # steps between resumable checkpoints (0: end of each epoch only)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -38,7 +39,7 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TrainConfig":
+    def from_file(cls, path: str | Path) -> TrainConfig:
         text = Path(path).read_text()
         if str(path).endswith((".yaml", ".yml")):
             import yaml
@@ -49,7 +50,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def with_overrides(self, assignments: list[str]) -> "TrainConfig":
+    def with_overrides(self, assignments: list[str]) -> TrainConfig:
         """Apply ``key=value`` or ``section.key=value`` strings (values parsed as JSON when possible)."""
         data = self.to_dict()
         for item in assignments:

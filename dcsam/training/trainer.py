@@ -202,7 +202,7 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
 
     train_set = build_dataset(config.dataset, "train")
     val_set = build_dataset(config.val_dataset or config.dataset, "val")
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
+    sampler: DistributedSampler[dict] = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
     # The loader gets its own generator so that it never draws from the global RNG (dropout's):
     # resuming then reproduces the same random stream as an uninterrupted run.
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
@@ -229,7 +229,7 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
         log.info("nothing to resume in %s; starting fresh", out)
 
     def save(epoch: int) -> None:
-        rng = [torch.get_rng_state()]
+        rng: list[Any] = [torch.get_rng_state()]
         if world > 1:
             rng = [None] * world
             dist.all_gather_object(rng, torch.get_rng_state())

@@ -7,8 +7,7 @@
 """
 
 from .api import VideoFrameResult, VideoSegmenter
-from .frames import (CallableSource, FrameSource, ImageFolderSource, ImageSequenceSource, VideoFileSource,
-                     open_frames)
+from .frames import CallableSource, FrameSource, ImageFolderSource, ImageSequenceSource, VideoFileSource, open_frames
 
 __all__ = [
     "CallableSource", "FrameSource", "ImageFolderSource", "ImageSequenceSource", "VideoFileSource",

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from ..engines.base import ProgressFn, SegmentResult
 from ..errors import InputError
 from ..io import ImageSource, read_mask
 from ..masks import resize_mask
-from .frames import FrameSource, FramesLike, VideoFileSource, open_frames
+from .frames import FramesLike, FrameSource, VideoFileSource, open_frames
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class VideoSegmenter:
     @classmethod
     def from_config(cls, config: SegmenterConfig | Mapping[str, Any] | None = None, *, propagation: str = "auto",
                     video_options: Mapping[str, Any] | None = None, sam2_model: Any = None,
-                    **overrides: Any) -> "VideoSegmenter":
+                    **overrides: Any) -> VideoSegmenter:
         """Like :meth:`InContextSegmenter.from_config` (same settings), plus the video ones."""
         return cls(InContextSegmenter.from_config(config, **overrides), propagation=propagation,
                    video_options=video_options, sam2_model=sam2_model)
@@ -237,7 +238,7 @@ class VideoSegmenter:
         del anchor
         yield self._result(source, frame_index, first, conditioning=True)
         tick(frame_index)
-        runs = []
+        runs: list[tuple[int, int | None, int]] = []
         if fwd:
             runs.append((frame_index + 1, stop, 1))
         if bwd:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,10 +82,10 @@ class FrameSource(ABC):
             raise IndexError(f"frame {index} out of range (0..{n - 1})")
         return self.read(index)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing open
         """Release any open file handle (sources reopen it when read again)."""
 
-    def __enter__(self) -> "FrameSource":
+    def __enter__(self) -> FrameSource:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -168,7 +169,7 @@ class VideoFileSource(FrameSource):
         self.backend = backend
         self.chunk = max(1, int(chunk))
         self.name = self.path.stem
-        self._cap = None  # OpenCV capture kept open for sequential reads
+        self._cap: Any = None  # OpenCV capture (cv2.VideoCapture) kept open for sequential reads
         self._next = 0  # index of the frame the open capture will decode next
         self._length = self._probe_length()
 
@@ -249,10 +250,10 @@ class VideoFileSource(FrameSource):
                 return frame
             raise InputError(f"{self.path}: frame {index} could not be decoded")
         self._cv_seek(index)
-        frame = self._cv_read()
-        if frame is None:
+        decoded = self._cv_read()
+        if decoded is None:
             raise InputError(f"{self.path}: frame {index} could not be decoded")
-        return frame
+        return decoded
 
     def iter_range(self, start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         if step not in (1, -1):
@@ -268,10 +269,10 @@ class VideoFileSource(FrameSource):
             self._cv_seek(start)
             i = start
             while end is None or i < end:
-                frame = self._cv_read()
-                if frame is None:  # the real end (the container's count may be off)
+                decoded = self._cv_read()
+                if decoded is None:  # the real end (the container's count may be off)
                     return
-                yield i, frame
+                yield i, decoded
                 i += 1
             return
         # backward: bounded chunks, each decoded forward and handed out reversed

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -114,7 +115,7 @@ class LitePropagator:
             raise TypeError("LitePropagator needs the lite engine")
         self.engine = engine
         self.opts = normalise_video_options(options)
-        self._dis = cv2.DISOpticalFlow_create(_flow_preset(str(self.opts["flow_preset"])))
+        self._dis = cv2.DISOpticalFlow.create(_flow_preset(str(self.opts["flow_preset"])))
         self.tracks: dict[str, _Track] = {}
         self._prev_grey: np.ndarray | None = None
         self._anchor_state: tuple | None = None
@@ -190,7 +191,7 @@ class LitePropagator:
             return probs
         if prev.shape != grey.shape:
             prev = cv2.resize(prev, (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_AREA)
-        flow = self._dis.calc(grey, prev, None)
+        flow = self._dis.calc(grey, prev, None)  # type: ignore[call-overload]  # OpenCV allocates the flow when given None; its stubs lack that
         h, w = grey.shape
         gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         mx, my = gx + flow[..., 0], gy + flow[..., 1]
@@ -230,8 +231,8 @@ class LitePropagator:
         wh, ww = q.work_image.shape[:2]
         grey = cv2.cvtColor(q.work_image, cv2.COLOR_RGB2GRAY)
         labels = list(self.tracks)
-        warped = self._warp(grey, [self.tracks[lab].prev_prob if self.tracks[lab].prev_prob is not None
-                                   else np.zeros((wh, ww), np.float32) for lab in labels])
+        warped = self._warp(grey, [p if (p := self.tracks[lab].prev_prob) is not None else np.zeros((wh, ww), np.float32)
+                                   for lab in labels])
         out: dict[str, SegmentResult] = {}
         self._frames_since_memory += 1
         add_memory = self._frames_since_memory >= int(self.opts["memory_every"])
@@ -243,8 +244,8 @@ class LitePropagator:
                 continue
             logit = eng.grid_logit(q, bank)
             w = float(self.opts["memory_weight"])
-            if t.memory and w > 0:
-                logit = (1.0 - w) * logit + w * eng.grid_logit(q, t.bank(with_memory=True))
+            if t.memory and w > 0 and (with_memory := t.bank(with_memory=True)) is not None:
+                logit = (1.0 - w) * logit + w * eng.grid_logit(q, with_memory)
             z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
             tracked = t.prev_prob is not None
             if tracked:

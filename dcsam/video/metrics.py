@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -56,7 +56,7 @@ def disk(radius: int) -> np.ndarray:
     return (xx * xx + yy * yy <= r * r).astype(np.uint8)
 
 
-def boundary_pixels(shape: tuple[int, int], bound_th: float = 0.008) -> int:
+def boundary_pixels(shape: tuple[int, ...], bound_th: float = 0.008) -> int:
     """Boundary tolerance in pixels: ``bound_th`` if >= 1, else ceil(bound_th x diagonal)."""
     return int(bound_th) if bound_th >= 1 else int(math.ceil(bound_th * math.hypot(*shape)))
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -164,8 +165,7 @@ class Sam2Propagator:
 
     def _results(self, logits: torch.Tensor, scores: torch.Tensor, shape: tuple[int, int]) -> dict[str, SegmentResult]:
         logits = fill_small_holes(logits.float(), self.fill_hole_area)
-        up = F.interpolate(logits, size=shape, mode="bilinear", align_corners=False)[:, 0] > 0
-        up = up.cpu().numpy()
+        up = (F.interpolate(logits, size=shape, mode="bilinear", align_corners=False)[:, 0] > 0).cpu().numpy()
         sc = torch.sigmoid(scores.float().view(-1)).cpu().numpy()
         return {lab: SegmentResult(up[i], float(sc[i]) if up[i].any() else 0.0) for i, lab in enumerate(self.labels)}
 

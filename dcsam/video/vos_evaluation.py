@@ -27,11 +27,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -89,9 +89,10 @@ def davis_samples(root: str | Path, sequences: Sequence[str] | None, *, in_conte
     for seq in names:
         if not (jpeg / seq).is_dir():
             raise InputError(f"{jpeg / seq}: no such sequence")
-        src = ImageFolderSource(jpeg / seq)
+        src: ImageSequenceSource = ImageFolderSource(jpeg / seq)
         if max_frames:
-            src = ImageSequenceSource(src.items[:max_frames], src.names[:max_frames], name=seq)
+            src = ImageSequenceSource(src.items[:max_frames], [src.frame_name(i) for i in range(min(max_frames, len(src)))],
+                                      name=seq)
         files = _annotation_files(ann / seq)
         first = files.get(src.frame_name(0))
         if first is None:
@@ -193,6 +194,8 @@ def evaluate_videos(
             masks = None
             if sample.given_first:
                 first = sample.gt(0)
+                if first is None:
+                    raise InputError(f"{sample.name}: the first frame has no annotation to start from")
                 masks = {lab: first[lab] for lab in sample.labels}
             else:
                 if sample.support is None:

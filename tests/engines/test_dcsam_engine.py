@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
 from dcsam import CheckpointError, InContextSegmenter
 from dcsam.engines.dcsam_engine import prompts_from_priors, save_prompt_generator
-
-import torch
 
 
 def synthetic_pair(seed: int):

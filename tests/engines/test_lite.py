@@ -15,8 +15,8 @@ from dcsam.config import SegmenterConfig
 from dcsam.engines.base import Episode, LabelledImage
 from dcsam.engines.lite import LiteEngine
 from dcsam.errors import InputError
-from dcsam.masks import iou
 from dcsam.lite import postprocess
+from dcsam.masks import iou
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 

@@ -6,9 +6,9 @@ import pytest
 from dcsam import InContextSegmenter, InputError, LabelledImage
 from dcsam.io import read_image, read_mask
 from dcsam.video import VideoSegmenter
-from dcsam.video.vos_evaluation import davis_samples, evaluate_videos
 from dcsam.video.lite import LitePropagator
 from dcsam.video.tubes import MaskTube, lite_tube_episodes, pseudo_tube, tube_from_video
+from dcsam.video.vos_evaluation import davis_samples, evaluate_videos
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,19 @@ import numpy as np
 import pytest
 
 from dcsam.masks import iou
-from dcsam.video.metrics import (ALL_FRAMES, DAVIS_FRAMES, SKIP_FIRST, SequenceScores, benchmark_means,
-                                 boundary_measure, boundary_pixels, disk, scored_frames,
-                                 seg2bmap, statistics)
+from dcsam.video.metrics import (
+    ALL_FRAMES,
+    DAVIS_FRAMES,
+    SKIP_FIRST,
+    SequenceScores,
+    benchmark_means,
+    boundary_measure,
+    boundary_pixels,
+    disk,
+    scored_frames,
+    seg2bmap,
+    statistics,
+)
 
 
 def square(shape=(100, 120), top=20, left=30, size=40):
