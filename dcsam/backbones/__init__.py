@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from ..config import default_cache_dir
