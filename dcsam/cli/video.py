@@ -55,7 +55,13 @@ def add_parsers(sub) -> None:
 def cmd_eval_video(args: argparse.Namespace) -> int:
     from ..api import InContextSegmenter
     from ..video.api import VideoSegmenter
-    from ..video.vos_evaluation import davis_samples, evaluate_videos, format_video_report, icvos_samples, parse_sequences
+    from ..video.vos_evaluation import (
+        davis_samples,
+        evaluate_videos,
+        format_video_report,
+        icvos_samples,
+        parse_sequences,
+    )
 
     if bool(args.davis_root) == bool(args.icvos_root):
         raise DcsamError("give either --davis-root DIR or --icvos-root DIR")
