@@ -7,6 +7,9 @@
   on by default here) or by the first request that needs it; /health and /setup never load it.
 * ``--preload`` (import the app in the master) is used only with ``DCSAM_DEVICE=cpu``: forking after
   CUDA was touched breaks CUDA in the workers.
+* ``/metrics`` sums the workers' counters (backend/metrics.py): the master empties a folder for their values
+  (``PROMETHEUS_MULTIPROC_DIR``, default ``MODEL_DIR/prometheus-multiproc``) and exports it before it imports
+  ``prometheus_client`` and forks; a worker that exits is marked dead there, so its per-worker gauges go.
 """
 
 from __future__ import annotations
@@ -16,23 +19,34 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .settings import ENV_DOC, BackendSettings
 
 log = logging.getLogger("backend.serve")
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to multiprocess mode
+
+# Read by `dcsam serve` only, so not in ENV_DOC (WORKERS, THREADS and PORT are there).
+SERVE_ENV_DOC = {
+    "HOST / LOG_LEVEL": "bind address (0.0.0.0), log level (INFO)",
+    MULTIPROC_ENV: "folder where the workers keep their /metrics values, emptied at start "
+                   "(default MODEL_DIR/prometheus-multiproc)",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    env_help = "\n".join(f"  {k:<34} {v}" for k, v in ENV_DOC.items())
+    env_help = "\n".join(f"  {k:<34} {v}" for k, v in {**ENV_DOC, **SERVE_ENV_DOC}.items())
     parser = argparse.ArgumentParser(
         prog="dcsam serve", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the Label Studio ML backend (gunicorn + Flask).",
         epilog="Configured by environment variables:\n" + env_help)
-    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="bind address (default 0.0.0.0)")
+    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="bind address (default $HOST or 0.0.0.0)")
     parser.add_argument("-p", "--port", type=int, default=None, help="port (default $PORT or 9090)")
     parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default $WORKERS or 1)")
     parser.add_argument("--threads", type=int, default=None, help="threads per worker (default $THREADS or 8)")
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
+                        help="DEBUG also logs every request (default $LOG_LEVEL or INFO)")
     parser.add_argument("--check", action="store_true", help="resolve the settings and the engine, print them, exit")
     return parser
 
@@ -45,6 +59,19 @@ def _int_env(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"dcsam serve: {name}={raw!r} is not an integer") from None
+
+
+def prepare_metrics_dir(model_dir: Path) -> Path:
+    """Empty the multiprocess metrics folder and export it to the workers (before prometheus_client is imported)."""
+    if "prometheus_client" in sys.modules and not os.environ.get(MULTIPROC_ENV):
+        # it chose one-process mode when imported: each worker would count for itself
+        raise RuntimeError(f"prometheus_client was imported before {MULTIPROC_ENV} was set")
+    path = Path(os.environ.get(MULTIPROC_ENV) or model_dir / "prometheus-multiproc")
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):  # values of an earlier run
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +98,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dcsam serve: error: {exc}", file=sys.stderr)
         return 2
-    from .app import CHOICE_ENV
+    if not args.check:
+        try:
+            metrics_dir = prepare_metrics_dir(settings.model_dir)
+        except (OSError, RuntimeError) as exc:
+            print(f"dcsam serve: error: metrics folder: {exc}", file=sys.stderr)
+            return 2
+        log.info("worker metrics in %s", metrics_dir)
+    from .service import CHOICE_ENV
 
     os.environ[CHOICE_ENV] = json.dumps({"engine": choice.engine, "sam_checkpoint": choice.sam_checkpoint,
                                          "reason": choice.reason})
@@ -85,15 +119,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from gunicorn.app.base import BaseApplication
+    from prometheus_client import multiprocess
 
     def post_worker_init(worker) -> None:
         if os.environ.get("DCSAM_WARMUP", "1") not in ("0", "false", "False", "no"):
-            backend = worker.wsgi.extensions.get("dcsam_backend") if hasattr(worker.wsgi, "extensions") else None
+            backend = worker.wsgi.extensions.get("dcsam_service") if hasattr(worker.wsgi, "extensions") else None
             if backend is not None:
-                backend.model.start_warmup()
-        backend = worker.wsgi.extensions.get("dcsam_backend") if hasattr(worker.wsgi, "extensions") else None
+                backend.runtime.start_warmup()
+        backend = worker.wsgi.extensions.get("dcsam_service") if hasattr(worker.wsgi, "extensions") else None
         if backend is not None:
             backend.runner.start()  # resumes jobs a killed process left behind, without waiting for a request
+
+    def child_exit(server, worker) -> None:
+        multiprocess.mark_process_dead(worker.pid)  # drops its live* gauges; its counts stay in the sums
 
     class _App(BaseApplication):
         def load_config(self) -> None:
@@ -106,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
                 "graceful_timeout": 30,
                 "preload_app": preload,
                 "post_worker_init": post_worker_init,
+                "child_exit": child_exit,
                 "accesslog": "-" if level <= logging.DEBUG else None,
                 "errorlog": "-",
                 "loglevel": str(args.log_level).lower(),
@@ -118,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                     self.cfg.set(key, value)
 
         def load(self):
-            from .app import create_app
+            from .labelstudio.app import create_app
 
             return create_app(BackendSettings.from_env())
 
