@@ -346,30 +346,6 @@ def test_real_fine_tune_scores_before_and_after(jobs_harness, fake_ls, perseg):
     assert (h.setup(16, BRUSH_CONFIG).json["model_version"] != h.service.version) == f["promoted"]
 
 
-def test_training_folds_are_by_task_and_stratified_by_label():
-    from backend.services.training import Item, assign_folds, split
-
-    pixel, mask = np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool)
-    items = [Item(t, "tag\x1fcat", pixel, mask, "") for t in range(1, 9)]
-    items += [Item(t, "tag\x1fdog", pixel, mask, "") for t in range(11, 15)]
-    items += [Item(20, "tag\x1fcat", pixel, mask, ""), Item(20, "tag\x1fdog", pixel, mask, "")]
-    items += [Item(t, "tag\x1fbird", pixel, mask, "") for t in (31, 32)]  # too few to validate
-    for project in range(1, 6):
-        fold_of = assign_folds(project, items, 4)
-        assert fold_of[31] is None and fold_of[32] is None
-        for label, n in (("cat", 9), ("dog", 5)):
-            tasks = {i.task_id for i in items if i.key == f"tag\x1f{label}"}
-            sizes = sorted(sum(fold_of[t] == f for t in tasks) for f in range(4))
-            assert sizes[-1] - sizes[0] <= 1 and sum(sizes) == n, (project, label, sizes)  # spread evenly
-        for fold in range(4):
-            train, val = split(items, fold_of, fold)
-            assert not {i.task_id for i in train} & {i.task_id for i in val}
-            for label in ("cat", "dog", "bird"):  # every label keeps two tasks to train on
-                assert len({i.task_id for i in train if i.key == f"tag\x1f{label}"}) >= 2
-    assert assign_folds(1, items, 4) == assign_folds(1, items, 4)
-    assert set(assign_folds(1, items[:2], 4).values()) == {None}  # too few tasks to hold any out
-
-
 def test_automatic_training_after_n_annotations_is_debounced(jobs_harness, fake_ls):
     h = jobs_harness(DCSAM_TRAIN_EVERY="3", DCSAM_TRAIN_DEBOUNCE_S="3600")
     ev = {"action": "ANNOTATION_CREATED", "project": {"id": 17}, "annotation": {"id": 1, "was_cancelled": False}}

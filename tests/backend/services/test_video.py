@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -213,7 +212,6 @@ def test_video_task_from_another_videos_keyframe_example_and_broken_video(harnes
 
 # -- fine-tuning from accepted frames: mask tubes -----------------------------------------------------
 def test_training_a_frame_sequence_project_uses_mask_tubes(harness_factory, fake_ls, data_dir, monkeypatch):
-    import backend.services.training as training
     import dcsam.video.tubes as tubes_mod
 
     fake_ls.label_configs[1] = SEQUENCE_CONFIG
@@ -237,11 +235,6 @@ def test_training_a_frame_sequence_project_uses_mask_tubes(harness_factory, fake
     assert job["figures"]["tubes"] == 2  # one tube per video (label car)
     # every fine-tuning run trained on tubes; the last one on every annotated frame: 3 per video, in order
     assert seen and seen[-1] == [("tag\x1fcar", 3), ("tag\x1fcar", 3)]
-    items = [training.Item(i, "k", np.full((2, 2, 3), f, np.uint8), np.ones((2, 2), bool), "", ("v", f))
-             for i, f in ((1, 10), (2, 0), (3, 5))]
-    [tube] = training.tubes(items)
-    assert [int(f.image[0, 0, 0]) for f in tube.frames] == [0, 5, 10]  # frame order, not task order
-    assert training.tubes(items + [training.Item(4, "k", items[0].image, items[0].mask, "")]) == []  # mixed: episodes
 
 
 def test_frame_sequences_with_sam2_memory_propagation(harness_factory, fake_ls, data_dir):
