@@ -42,8 +42,8 @@ METRICS = {
     "dcsam_task_errors_total": ("counter", "tasks that got an empty prediction because of an error"),
     "dcsam_predict_seconds_total": ("counter", "time spent in /predict"),
     "dcsam_webhook_events_total": ("counter", "webhook events by action"),
-    "dcsam_model_loaded": ("gauge", "1 once this process has loaded the model"),
-    "dcsam_model_loads_total": ("counter", "model loads in this process (1 expected)"),
+    "dcsam_model_loaded": ("gauge", "worker processes that hold the loaded model"),
+    "dcsam_model_loads_total": ("counter", "model loads (one per worker process expected)"),
     "dcsam_preannotate_tasks_total": ("counter", "tasks handled by pre-annotation jobs, by outcome"),
     "dcsam_preannotate_tasks_per_second": ("gauge", "throughput of the latest pre-annotation job run"),
     "dcsam_preannotate_import_retries_total": ("counter", "retried predictions imports"),
@@ -78,11 +78,11 @@ class Service:
         self.store = Store(settings.model_dir)
         self.store.versions.record_base(self.version, self.choice.engine, {"reason": self.choice.reason,
                                                                          "config": self.config.to_dict()})
-        self.runtime = ModelRuntime(self.config, segmenter_factory)
-        self.versions = VersionRegistry(self.store.versions, settings.model_dir, self.version, self.choice.engine)
         self.metrics = Metrics()
         for name, (kind, text) in METRICS.items():
             self.metrics.describe(name, kind, text)
+        self.runtime = ModelRuntime(self.config, segmenter_factory, on_load=self._count_model_load)
+        self.versions = VersionRegistry(self.store.versions, settings.model_dir, self.version, self.choice.engine)
         self.label_studio = LabelStudioProjects(self.store.projects, settings)
         self.examples = ExampleManager(self.store.projects, self.store.examples, self.runtime,
                                        k=settings.examples_per_label, recheck_s=settings.examples_recheck_s,
@@ -110,6 +110,10 @@ class Service:
             log.warning("basic auth is on but DCSAM_WEBHOOK_SECRET is unset: Label Studio sends webhooks without "
                         "credentials, so /webhook accepts them unauthenticated (it only triggers a re-sync of the "
                         "examples from the Label Studio API; payloads are never trusted)")
+
+    def _count_model_load(self) -> None:
+        self.metrics.set("dcsam_model_loaded", 1.0)
+        self.metrics.inc("dcsam_model_loads_total")
 
     # -- model versions --------------------------------------------------------------------------
     def version_for(self, project_id: int | None) -> str:
@@ -232,8 +236,6 @@ class Service:
     def render_metrics(self) -> str:
         """Prometheus text: counters, plus gauges rebuilt from the job table on every scrape."""
         m = self.metrics
-        m.set("dcsam_model_loaded", 1.0 if self.runtime.loaded else 0.0)
-        m.set("dcsam_model_loads_total", float(self.runtime.loads))
         m.clear("dcsam_job_progress")
         m.clear("dcsam_jobs")
         jobs = self.store.jobs

@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 from dcsam.io import read_image, read_mask  # noqa: E402
+from dcsam.masks import resize_mask  # noqa: E402
 from tests.support.label_studio import LEGACY_TOKEN, Backend, LabelStudio  # noqa: E402
 from tests.support.regions import brush_result  # noqa: E402
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         first = min(k for k in ids if "blackswan_00000" in k)
         img = read_image(work / "img" / f"{first}.jpg")
         mask = read_mask(DAVIS / "Annotations" / "blackswan" / "00000.png")
-        mask = cv2.resize(mask.astype(np.uint8), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        mask = resize_mask(mask, img.shape[0], img.shape[1])
         ls.annotate(ids[first], brush_result(mask, "blackswan"))
         backend = Backend(work, "bench", LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=LEGACY_TOKEN, DCSAM_ENGINE="lite",
                           DCSAM_PREANNOTATE_CHUNK=str(args.chunk), DCSAM_PREANNOTATE_IO_THREADS=str(args.threads),

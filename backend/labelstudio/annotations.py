@@ -29,8 +29,13 @@ def parse_project_id(value: Any) -> int | None:
     return None
 
 
+def is_skipped(annotation: Any) -> bool:
+    """A cancelled (skipped) annotation: a person said there is nothing to label here, not an example."""
+    return isinstance(annotation, dict) and bool(annotation.get("was_cancelled"))
+
+
 def is_accepted(annotation: Any) -> bool:
-    return isinstance(annotation, dict) and not annotation.get("was_cancelled") and annotation.get("id") is not None
+    return isinstance(annotation, dict) and not is_skipped(annotation) and annotation.get("id") is not None
 
 
 def accepted_annotations(task: dict) -> list[dict]:

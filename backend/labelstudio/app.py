@@ -29,7 +29,7 @@ from ..service import Service, VersionError
 from ..services.runtime import SegmenterFactory
 from ..settings import BackendSettings
 from ..store import FINAL
-from .annotations import parse_project_id
+from .annotations import is_skipped, parse_project_id
 from .labelconfig import LabelConfigError, parse_label_config
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def create_app(settings: BackendSettings | None = None, *, segmenter_factory: Se
         rev, job = service.annotations_changed(project_id, action)
         out = {"status": "ok", "action": action, "examples_rev": rev, "job": job}
         annotation = body.get("annotation")
-        if action in ACCEPTING_EVENTS and not (isinstance(annotation, dict) and annotation.get("was_cancelled")):
+        if action in ACCEPTING_EVENTS and not is_skipped(annotation):
             train_job = service.annotation_accepted(project_id)
             if train_job is not None:
                 out["train_job"] = train_job

@@ -13,11 +13,14 @@ import base64
 import io
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from dcsam.masks import resize_mask
 
 from .labelconfig import ControlTag
 
@@ -138,7 +141,7 @@ class BitmaskOutput(MaskOutput):
         else:
             mask = np.asarray(img.convert("L")) > 0
         if mask.shape != (height, width):
-            mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+            mask = resize_mask(mask, height, width)
         return mask
 
 
@@ -183,6 +186,21 @@ def output_for(control: ControlTag) -> MaskOutput:
         raise ValueError(f"no output writer for <{control.type}>") from None
 
 
+def mask_regions(masks: Mapping[str, np.ndarray], scores: Mapping[str, float],
+                 targets: Iterable[tuple[str, ControlTag, str]], min_score: float) -> list[dict]:
+    """Regions for the predicted masks: one per (key, control, label) target whose mask exists and scores
+    at least ``min_score``, in the control's output format (an empty mask gives no region)."""
+    regions = []
+    for key, control, label in targets:
+        mask, score = masks.get(key), float(scores.get(key, 0.0))
+        if mask is None or score < min_score:
+            continue
+        region = output_for(control).region(mask, label, score)
+        if region is not None:
+            regions.append(region)
+    return regions
+
+
 def annotation_mask(control: ControlTag, result: list, label: str) -> np.ndarray | None:
     """Union of ``control``'s regions labelled ``label`` in an annotation result (None if there are none).
 
@@ -200,7 +218,7 @@ def annotation_mask(control: ControlTag, result: list, label: str) -> np.ndarray
             mask = m
         else:
             if m.shape != mask.shape:
-                m = cv2.resize(m.astype(np.uint8), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+                m = resize_mask(m, mask.shape[0], mask.shape[1])
             mask |= m
     return mask
 

@@ -19,13 +19,13 @@ import numpy as np
 from dcsam.api import InContextSegmenter
 from dcsam.errors import DcsamError
 
+from ..labelstudio.annotations import accepted_annotations, control_labels
 from ..labelstudio.labelconfig import TRACK_CONTROL_TYPES, ControlTag, LabelConfig
 from ..labelstudio.media import LabelStudioAccess, LabelStudioError, MediaError, decode_image
+from ..labelstudio.outputs import RegionError, annotation_mask
 from ..store import ExampleStore, ProjectStore
 from .runtime import ModelRuntime
 from .tracks import box_to_mask, track_frame
-from ..labelstudio.annotations import accepted_annotations, control_labels
-from ..labelstudio.outputs import RegionError, annotation_mask
 
 log = logging.getLogger(__name__)
 

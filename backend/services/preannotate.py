@@ -26,9 +26,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..labelstudio.media import LabelStudioAccess
 from .deps import JobDeps
 from .jobs import JobContext, JobError
-from ..labelstudio.media import LabelStudioAccess, LabelStudioError
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import numpy as np
 
 from dcsam.errors import DcsamError
 
-from .examples import ExampleManager, example_key
 from ..labelstudio.labelconfig import ControlTag, LabelConfig
 from ..labelstudio.media import LabelStudioAccess, LabelStudioError, MediaError, decode_image, fetch_media
+from ..labelstudio.outputs import mask_regions, output_for, region_labels
+from .examples import ExampleManager, example_key
 from .runtime import ModelRuntime
-from ..labelstudio.outputs import output_for, region_labels
 from .video import VideoPredictor, sequence_id
 
 log = logging.getLogger(__name__)
@@ -156,13 +156,8 @@ class Predictor:
                         self.on_task_error("model")
                         results[i].error = pred.error
                         continue
-                    for control, label, key in wanted:
-                        mask, score = pred.masks.get(key), float(pred.scores.get(key, 0.0))
-                        if mask is None or score < self.min_score:
-                            continue
-                        region = output_for(control).region(mask, label, score)
-                        if region is not None:
-                            results[i].prediction["result"].append(region)
+                    results[i].prediction["result"] += mask_regions(
+                        pred.masks, pred.scores, [(key, control, label) for control, label, key in wanted], self.min_score)
         for pred in (o.prediction for o in results):
             scores = [r["score"] for r in pred["result"] if "score" in r]
             pred["score"] = float(np.mean(scores)) if scores else 0.0

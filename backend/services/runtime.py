@@ -28,9 +28,11 @@ def default_factory(config: SegmenterConfig) -> InContextSegmenter:
 
 
 class ModelRuntime:
-    def __init__(self, config: SegmenterConfig, factory: SegmenterFactory | None = None):
+    def __init__(self, config: SegmenterConfig, factory: SegmenterFactory | None = None,
+                 on_load: Callable[[], None] | None = None):
         self.config = config
         self._factory = factory or default_factory
+        self._on_load = on_load or (lambda: None)  # e.g. metrics, counted where the load happens
         self._base: InContextSegmenter | None = None
         self._load_lock = threading.Lock()
         self.inference_lock = threading.Lock()
@@ -66,6 +68,7 @@ class ModelRuntime:
                 self.load_error = None
                 self._base = base
                 log.info("engine %s loaded in %.1f s (weights %s)", self.config.engine, self.load_seconds, base.version)
+                self._on_load()
         return self._base
 
     def use_weights(self, tag: str, load: Callable[[], dict | None]) -> None:

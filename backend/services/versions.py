@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any

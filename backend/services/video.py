@@ -20,8 +20,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -34,14 +32,14 @@ import numpy as np
 
 from dcsam.errors import DcsamError, InputError
 from dcsam.video import VideoSegmenter
-from dcsam.video.frames import FrameSource, VideoFileSource
+from dcsam.video.frames import FrameSource
 
 from ..labelstudio.annotations import latest_accepted
-from .examples import example_key
-from .tracks import box_to_mask, downloaded_video
 from ..labelstudio.labelconfig import ControlTag, LabelConfig
 from ..labelstudio.media import LabelStudioAccess, LabelStudioError, MediaError, fetch_media
-from ..labelstudio.outputs import RegionError, VideoRectangleOutput, annotation_mask, mask_box, output_for
+from ..labelstudio.outputs import RegionError, VideoRectangleOutput, annotation_mask, mask_box, mask_regions
+from .examples import example_key
+from .tracks import box_to_mask, downloaded_video
 
 log = logging.getLogger(__name__)
 
@@ -315,15 +313,8 @@ class VideoPredictor:
                         if res.error:
                             run.put(task["id"], FrameOutcome([], res.error))
                             continue
-                        regions = []
-                        for k in labels:
-                            mask, score = res.masks.get(k), float(res.scores.get(k, 0.0))
-                            if mask is None or score < self.settings.min_score:
-                                continue
-                            control, lab = keys[k]
-                            region = output_for(control).region(mask, lab, score)
-                            if region is not None:
-                                regions.append(region)
+                        regions = mask_regions(res.masks, res.scores, [(k, *keys[k]) for k in labels],
+                                               self.settings.min_score)
                         run.put(task["id"], FrameOutcome(regions))
                         self.count("dcsam_video_frames_total", kind="sequence")
                 except (DcsamError, MediaError, LabelStudioError) as exc:
