@@ -12,16 +12,6 @@ from .model_args import add_model_args, model_config
 log = logging.getLogger("dcsam")
 
 
-def _key_values(items: list[str] | None, what: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DcsamError(f"{what} {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "eval-video", help="score video segmentation (J, F, J&F per sequence and the mean)",
@@ -96,3 +86,13 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
     report = {"protocol": protocol, "engine": cfg.engine, "propagation": shared.propagation, **report}
     print(json.dumps(report, indent=2) if args.json else format_video_report(report))
     return 0
+
+
+def _key_values(items: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DcsamError(f"{what} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out

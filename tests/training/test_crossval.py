@@ -26,6 +26,7 @@ from dcsam.training.crossval import (
     tubes,
     validation_ious,
 )
+from tests.support.spies import spy_on_tube_finetuning
 
 # a small working size keeps each fine-tune run to seconds on a CPU
 CONFIG = SegmenterConfig(engine="lite", device="cpu", options={"size": 128, "output_stride": 32})
@@ -274,16 +275,7 @@ def test_cancelling_stops_the_run(engine, serving, discs):
 
 
 def test_a_frame_sequence_project_fine_tunes_on_tubes(engine, serving, monkeypatch):
-    import dcsam.video.tubes as tubes_mod
-
-    seen = []
-    orig = tubes_mod.finetune_lite_on_tubes
-
-    def spy(segmenter, tubes, **kw):
-        seen.append([(t.label, len(t.frames)) for t in tubes])
-        return orig(segmenter, tubes, **kw)
-
-    monkeypatch.setattr(tubes_mod, "finetune_lite_on_tubes", spy)
+    seen = spy_on_tube_finetuning(monkeypatch)
     frames = [LabelledTask(10 * v + f, "disc", *_scene(10 * v + f), "", (f"video{v}", f))
               for v in (1, 2) for f in range(2)]
     rec = Recorder(engine, serving)

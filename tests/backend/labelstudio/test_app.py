@@ -342,12 +342,16 @@ def _inside_point(mask: np.ndarray) -> tuple[float, float]:
     return float(x), float(y)
 
 
-def test_interactive_keypoint_and_box_return_one_region_for_the_mask_control(harness_factory, fake_ls, perseg):
+def _click_on_a_cat(harness_factory, fake_ls, perseg):
+    """The cat project, a backend, cat_01's ground truth and a point well inside it."""
     tasks = _cat_project(fake_ls, perseg)
-    h = harness_factory(**_ls_env(fake_ls))
     gt = perseg["cat_01"][1]
+    return tasks, harness_factory(**_ls_env(fake_ls)), gt, _inside_point(gt)
+
+
+def test_interactive_keypoint_and_box_return_one_region_for_the_mask_control(harness_factory, fake_ls, perseg):
+    tasks, h, gt, (x, y) = _click_on_a_cat(harness_factory, fake_ls, perseg)
     H, W = gt.shape
-    x, y = _inside_point(gt)
     keypoint = {"id": "k1", "from_name": "kp", "to_name": "image", "type": "keypointlabels", "original_width": W,
                 "original_height": H, "value": {"x": x / W * 100, "y": y / H * 100, "width": 0.5, "keypointlabels": ["cat"]}}
     r = h.predict(1, INTERACTIVE_CONFIG, tasks[:1], context={"result": [keypoint]})  # is_positive missing: positive
@@ -371,11 +375,8 @@ def test_interactive_keypoint_and_box_return_one_region_for_the_mask_control(har
 
 
 def test_interactive_negative_click_removes_that_spot(harness_factory, fake_ls, perseg):
-    tasks = _cat_project(fake_ls, perseg)
-    h = harness_factory(**_ls_env(fake_ls))
-    gt = perseg["cat_01"][1]
+    tasks, h, gt, (x, y) = _click_on_a_cat(harness_factory, fake_ls, perseg)
     H, W = gt.shape
-    x, y = _inside_point(gt)
 
     def kp(px, py, positive):
         return {"from_name": "kp", "to_name": "image", "type": "keypointlabels", "is_positive": positive,

@@ -156,13 +156,6 @@ def test_failed_media_is_reported_not_imported(jobs_harness, fake_ls):
     assert "1 failed" in job["message"]
 
 
-def test_preannotate_without_examples_fails_clearly(jobs_harness, fake_ls):
-    _project(fake_ls, 8, 4, annotated=0)
-    h = jobs_harness()
-    job = _run(h, 8)
-    assert job["status"] == "failed" and "no accepted annotation" in job["message"]
-
-
 def test_cancel_a_running_preannotation(jobs_harness, fake_ls, monkeypatch):
     ids = _project(fake_ls, 9, 10)
     h = jobs_harness()
@@ -233,6 +226,16 @@ def _train(h: BackendHarness, project: int) -> dict:
     assert r.status_code == 200
     assert h.service.runner.wait_idle(300)
     return h.client.get(f"/jobs/{r.json['job']}").json
+
+
+@pytest.mark.parametrize(("project", "annotated", "run", "message"), [
+    (8, 0, _run, "no accepted annotation"),  # pre-annotation needs an example
+    (15, 2, _train, "at least 3 annotated tasks"),  # training needs two to train and one to validate per label
+])
+def test_jobs_without_enough_annotations_fail_clearly(jobs_harness, fake_ls, project, annotated, run, message):
+    _project(fake_ls, project, 4, annotated=annotated)
+    job = run(jobs_harness(), project)
+    assert job["status"] == "failed" and message in job["message"]
 
 
 def test_training_promotes_only_a_better_model_and_rolls_back(jobs_harness, fake_ls, perseg, monkeypatch):
@@ -326,13 +329,6 @@ def test_training_compares_the_engines_step_choices_by_cross_validation(jobs_har
     assert f["val_miou_before"] == 0.5 and f["val_miou_after"] == 0.6
     assert ran == [0, 3] * f["folds"] + [0]  # each choice once per fold, then the best one on everything
     assert job["progress_done"] == job["progress_total"] == 2 * f["folds"] + 1
-
-
-def test_training_needs_enough_annotations(jobs_harness, fake_ls):
-    _project(fake_ls, 15, 4, annotated=2)
-    h = jobs_harness()
-    job = _train(h, 15)
-    assert job["status"] == "failed" and "at least 3 annotated tasks" in job["message"]
 
 
 def test_real_fine_tune_scores_before_and_after(jobs_harness, fake_ls, perseg):

@@ -11,6 +11,7 @@ from backend.labelstudio.outputs import VideoRectangleOutput, mask_box
 from dcsam.masks import iou
 from tests.support.configs import SEQUENCE_CONFIG, VIDEO_CONFIG
 from tests.support.regions import brush_region, decode_brush
+from tests.support.spies import spy_on_tube_finetuning
 from tests.support.video import box_iou, davis_frames, keyframe_region, mp4_bytes, sequence_project, track_boxes
 
 
@@ -212,20 +213,11 @@ def test_video_task_from_another_videos_keyframe_example_and_broken_video(harnes
 
 # -- fine-tuning from accepted frames: mask tubes -----------------------------------------------------
 def test_training_a_frame_sequence_project_uses_mask_tubes(harness_factory, fake_ls, data_dir, monkeypatch):
-    import dcsam.video.tubes as tubes_mod
-
     fake_ls.label_configs[1] = SEQUENCE_CONFIG
     for video, first_id in (("car-shadow", 100), ("car-roundabout", 200)):
         frames = davis_frames(data_dir, video, 6)
         sequence_project(fake_ls, frames, video, first_id, annotate=(0, 2, 4))
-    seen = []
-    orig = tubes_mod.finetune_lite_on_tubes
-
-    def spy(segmenter, tubes, **kw):
-        seen.append([(t.label, len(t.frames)) for t in tubes])
-        return orig(segmenter, tubes, **kw)
-
-    monkeypatch.setattr(tubes_mod, "finetune_lite_on_tubes", spy)
+    seen = spy_on_tube_finetuning(monkeypatch)
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_TRAIN_STEPS="2",
                         DCSAM_PREANNOTATE_AFTER_TRAIN="0")
     r = h.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
