@@ -18,16 +18,24 @@ FINAL = ("done", "failed", "cancelled", "interrupted", "skipped")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dcsam preannotate",
-                                description="Pre-annotate every task of a Label Studio project that lacks a prediction "
-                                            "of the backend's current model_version (runs as a job in the backend).")
+    p = argparse.ArgumentParser(
+        prog="dcsam preannotate",
+        description="Pre-annotate every task of a Label Studio project that lacks a prediction "
+        "of the backend's current model_version (runs as a job in the backend).",
+    )
     p.add_argument("--project", required=True, type=int, help="Label Studio project id")
     default_url = os.environ.get("DCSAM_BACKEND_URL") or f"http://127.0.0.1:{os.environ.get('PORT', '9090')}"
-    p.add_argument("--backend", default=default_url,
-                   help=f"URL of the running `dcsam serve` (default $DCSAM_BACKEND_URL or {default_url})")
-    p.add_argument("--user", default=os.environ.get("BASIC_AUTH_USER"), help="basic auth user (default $BASIC_AUTH_USER)")
-    p.add_argument("--password", default=os.environ.get("BASIC_AUTH_PASS"),
-                   help="basic auth password (default $BASIC_AUTH_PASS)")
+    p.add_argument(
+        "--backend",
+        default=default_url,
+        help=f"URL of the running `dcsam serve` (default $DCSAM_BACKEND_URL or {default_url})",
+    )
+    p.add_argument(
+        "--user", default=os.environ.get("BASIC_AUTH_USER"), help="basic auth user (default $BASIC_AUTH_USER)"
+    )
+    p.add_argument(
+        "--password", default=os.environ.get("BASIC_AUTH_PASS"), help="basic auth password (default $BASIC_AUTH_PASS)"
+    )
     p.add_argument("--page-size", type=int, default=None, help="tasks per page / per import (default: the backend's)")
     p.add_argument("--no-wait", action="store_true", help="start the job, print its id, exit")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between progress checks (default 1)")
@@ -92,16 +100,21 @@ def run(args: argparse.Namespace) -> int:
             bar.n = job.get("progress_done") or 0
             figures = job.get("figures") or {}
             if figures:
-                bar.set_postfix(imported=figures.get("imported"), failed=figures.get("failed"),
-                                rate=f"{figures.get('tasks_per_second', 0):.2f}/s")
+                bar.set_postfix(
+                    imported=figures.get("imported"),
+                    failed=figures.get("failed"),
+                    rate=f"{figures.get('tasks_per_second', 0):.2f}/s",
+                )
             bar.refresh()
             if job["status"] in FINAL:
                 break
             time.sleep(args.poll)
     except KeyboardInterrupt:
         bar.close()
-        print(f"\nstopped watching; job {job['id']} goes on in the backend (cancel: POST {base}/jobs/{job['id']}/cancel)",
-              file=sys.stderr)
+        print(
+            f"\nstopped watching; job {job['id']} goes on in the backend (cancel: POST {base}/jobs/{job['id']}/cancel)",
+            file=sys.stderr,
+        )
         return 130
     bar.close()
     print(f"job {job['id']}: {job['status']}: {job.get('message', '')}", file=sys.stderr)

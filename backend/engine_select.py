@@ -66,8 +66,9 @@ def choose_engine(settings: BackendSettings, *, try_download: bool = False) -> E
         from dcsam.weights import resolve_weight_file
 
         try:
-            path = resolve_weight_file(spec.weights, None, cache_dir=_cache_dir(settings), allow_download=True,
-                                       setting="DCSAM_SAM_CHECKPOINT")
+            path = resolve_weight_file(
+                spec.weights, None, cache_dir=_cache_dir(settings), allow_download=True, setting="DCSAM_SAM_CHECKPOINT"
+            )
             return EngineChoice("dcsam", str(path), f"SAM checkpoint {path} (downloaded)")
         except (CheckpointError, OSError) as exc:
             why += f"; the download failed ({exc})"

@@ -31,22 +31,29 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to mult
 SERVE_ENV_DOC = {
     "HOST / LOG_LEVEL": "bind address (0.0.0.0), log level (INFO)",
     MULTIPROC_ENV: "folder where the workers keep their /metrics values, emptied at start "
-                   "(default MODEL_DIR/prometheus-multiproc)",
+    "(default MODEL_DIR/prometheus-multiproc)",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     env_help = "\n".join(f"  {k:<34} {v}" for k, v in {**ENV_DOC, **SERVE_ENV_DOC}.items())
     parser = argparse.ArgumentParser(
-        prog="dcsam serve", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="dcsam serve",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the Label Studio ML backend (gunicorn + Flask).",
-        epilog="Configured by environment variables:\n" + env_help)
-    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="bind address (default $HOST or 0.0.0.0)")
+        epilog="Configured by environment variables:\n" + env_help,
+    )
+    parser.add_argument(
+        "--host", default=os.environ.get("HOST", "0.0.0.0"), help="bind address (default $HOST or 0.0.0.0)"
+    )
     parser.add_argument("-p", "--port", type=int, default=None, help="port (default $PORT or 9090)")
     parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default $WORKERS or 1)")
     parser.add_argument("--threads", type=int, default=None, help="threads per worker (default $THREADS or 8)")
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
-                        help="DEBUG also logs every request (default $LOG_LEVEL or INFO)")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "INFO"),
+        help="DEBUG also logs every request (default $LOG_LEVEL or INFO)",
+    )
     parser.add_argument("--check", action="store_true", help="resolve the settings and the engine, print them, exit")
     return parser
 
@@ -107,15 +114,37 @@ def run(args: argparse.Namespace) -> int:
         log.info("worker metrics in %s", metrics_dir)
     from .service import CHOICE_ENV
 
-    os.environ[CHOICE_ENV] = json.dumps({"engine": choice.engine, "sam_checkpoint": choice.sam_checkpoint,
-                                         "reason": choice.reason})
+    os.environ[CHOICE_ENV] = json.dumps(
+        {"engine": choice.engine, "sam_checkpoint": choice.sam_checkpoint, "reason": choice.reason}
+    )
     version = model_version(settings, choice)
     preload = settings.device == "cpu"
-    log.info("serving on %s:%d, %d worker(s) x %d thread(s), engine %s (%s), model_version %s%s", args.host, port,
-             workers, threads, choice.engine, choice.reason, version, ", --preload" if preload else "")
+    log.info(
+        "serving on %s:%d, %d worker(s) x %d thread(s), engine %s (%s), model_version %s%s",
+        args.host,
+        port,
+        workers,
+        threads,
+        choice.engine,
+        choice.reason,
+        version,
+        ", --preload" if preload else "",
+    )
     if args.check:
-        print(json.dumps({"engine": choice.engine, "reason": choice.reason, "model_version": version, "port": port,
-                          "workers": workers, "threads": threads, "preload": preload}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "engine": choice.engine,
+                    "reason": choice.reason,
+                    "model_version": version,
+                    "port": port,
+                    "workers": workers,
+                    "threads": threads,
+                    "preload": preload,
+                },
+                indent=2,
+            )
+        )
         return 0
 
     from gunicorn.app.base import BaseApplication

@@ -69,47 +69,84 @@ def _choice_from_env() -> EngineChoice | None:
 class Service:
     """One process's backend: settings, state, the lazily loaded model, examples, versions, jobs, metrics."""
 
-    def __init__(self, settings: BackendSettings, *, segmenter_factory: SegmenterFactory | None = None,
-                 choice: EngineChoice | None = None):
+    def __init__(
+        self,
+        settings: BackendSettings,
+        *,
+        segmenter_factory: SegmenterFactory | None = None,
+        choice: EngineChoice | None = None,
+    ):
         self.settings = settings
         self.choice = choice or _choice_from_env() or choose_engine(settings, try_download=False)
         self.config = segmenter_config(settings, self.choice)
         self.version = model_version(settings, self.choice)
         self.store = Store(settings.model_dir)
-        self.store.versions.record_base(self.version, self.choice.engine, {"reason": self.choice.reason,
-                                                                         "config": self.config.to_dict()})
+        self.store.versions.record_base(
+            self.version, self.choice.engine, {"reason": self.choice.reason, "config": self.config.to_dict()}
+        )
         self.metrics = Metrics()
         for name, (kind, text) in METRICS.items():
             self.metrics.describe(name, kind, text)
         self.runtime = ModelRuntime(self.config, segmenter_factory, on_load=self._count_model_load)
         self.versions = VersionRegistry(self.store.versions, settings.model_dir, self.version, self.choice.engine)
         self.label_studio = LabelStudioProjects(self.store.projects, settings)
-        self.examples = ExampleManager(self.store.projects, self.store.examples, self.runtime,
-                                       k=settings.examples_per_label, recheck_s=settings.examples_recheck_s,
-                                       max_pixels=settings.max_image_pixels)
+        self.examples = ExampleManager(
+            self.store.projects,
+            self.store.examples,
+            self.runtime,
+            k=settings.examples_per_label,
+            recheck_s=settings.examples_recheck_s,
+            max_pixels=settings.max_image_pixels,
+        )
         self.predictor = Predictor(
-            model=self.runtime, examples=self.examples, version=self.version, batch_size=settings.batch_size,
-            min_score=settings.min_score, max_pixels=settings.max_image_pixels,
-            max_download_bytes=settings.max_download_bytes, local_files_root=settings.local_files_root,
+            model=self.runtime,
+            examples=self.examples,
+            version=self.version,
+            batch_size=settings.batch_size,
+            min_score=settings.min_score,
+            max_pixels=settings.max_image_pixels,
+            max_download_bytes=settings.max_download_bytes,
+            local_files_root=settings.local_files_root,
             on_task_error=lambda kind: self.metrics.inc("dcsam_task_errors_total", kind=kind),
-            version_for=self.version_for, prepare=self.prepare,
-            video=VideoPredictor(model=self.runtime, settings=settings, prepare=self.prepare, count=self.metrics.inc))
-        self.deps = JobDeps(settings=settings, runtime=self.runtime, versions=self.versions, examples=self.examples,
-                            predictor=self.predictor, ledger=self.store.ledger, projects=self.store.projects,
-                            label_studio=self.label_studio, metrics=self.metrics, prepare=self.prepare,
-                            submit_preannotate=self.submit_preannotate)
+            version_for=self.version_for,
+            prepare=self.prepare,
+            video=VideoPredictor(model=self.runtime, settings=settings, prepare=self.prepare, count=self.metrics.inc),
+        )
+        self.deps = JobDeps(
+            settings=settings,
+            runtime=self.runtime,
+            versions=self.versions,
+            examples=self.examples,
+            predictor=self.predictor,
+            ledger=self.store.ledger,
+            projects=self.store.projects,
+            label_studio=self.label_studio,
+            metrics=self.metrics,
+            prepare=self.prepare,
+            submit_preannotate=self.submit_preannotate,
+        )
         deps = self.deps
-        self.runner = JobRunner(self.store.jobs, {
-            "preannotate": JobKind(lambda ctx: run_preannotate(deps, ctx), lane="model", resumable=True),
-            "train": JobKind(lambda ctx: run_train(deps, ctx), lane="model"),
-            "sync_examples": JobKind(lambda ctx: run_sync(deps, ctx), lane="sync", resumable=True),
-        })
-        log.info("dcsam backend: engine %s (%s), model_version %s, state %s", self.choice.engine, self.choice.reason,
-                 self.version, self.store.path)
+        self.runner = JobRunner(
+            self.store.jobs,
+            {
+                "preannotate": JobKind(lambda ctx: run_preannotate(deps, ctx), lane="model", resumable=True),
+                "train": JobKind(lambda ctx: run_train(deps, ctx), lane="model"),
+                "sync_examples": JobKind(lambda ctx: run_sync(deps, ctx), lane="sync", resumable=True),
+            },
+        )
+        log.info(
+            "dcsam backend: engine %s (%s), model_version %s, state %s",
+            self.choice.engine,
+            self.choice.reason,
+            self.version,
+            self.store.path,
+        )
         if settings.basic_auth and not settings.webhook_secret:
-            log.warning("basic auth is on but DCSAM_WEBHOOK_SECRET is unset: Label Studio sends webhooks without "
-                        "credentials, so /webhook accepts them unauthenticated (it only triggers a re-sync of the "
-                        "examples from the Label Studio API; payloads are never trusted)")
+            log.warning(
+                "basic auth is on but DCSAM_WEBHOOK_SECRET is unset: Label Studio sends webhooks without "
+                "credentials, so /webhook accepts them unauthenticated (it only triggers a re-sync of the "
+                "examples from the Label Studio API; payloads are never trusted)"
+            )
 
     def _count_model_load(self) -> None:
         self.metrics.set("dcsam_model_loaded", 1.0)
@@ -152,10 +189,16 @@ class Service:
     def label_config(self, project_id: int | None, xml: str | None) -> LabelConfig:
         return self.label_studio.label_config(project_id, xml)
 
-    def setup_project(self, project_id: int, label_config: str, hostname: str | None, access_token: str | None,
-                      extra_params: object) -> None:
-        self.store.projects.save(project_id, label_config=label_config, hostname=hostname, access_token=access_token,
-                                 extra_params=extra_params)
+    def setup_project(
+        self, project_id: int, label_config: str, hostname: str | None, access_token: str | None, extra_params: object
+    ) -> None:
+        self.store.projects.save(
+            project_id,
+            label_config=label_config,
+            hostname=hostname,
+            access_token=access_token,
+            extra_params=extra_params,
+        )
 
     def predict(self, project_id: int | None, tasks: list[dict], cfg: LabelConfig, context: dict | None) -> list[dict]:
         """One prediction per task: interactive refinement when ``context`` has a result, else in-context."""
@@ -193,8 +236,9 @@ class Service:
         n = self.store.projects.bump_annotation_counter(project_id)
         if n < self.settings.train_every:
             return None
-        return self.submit_train(project_id, reason=f"{n} new accepted annotation(s)",
-                                 delay_s=self.settings.train_debounce_s)
+        return self.submit_train(
+            project_id, reason=f"{n} new accepted annotation(s)", delay_s=self.settings.train_debounce_s
+        )
 
     # -- jobs ------------------------------------------------------------------------------------
     def _queued(self, job_id: int, kind: str) -> int:
@@ -206,8 +250,9 @@ class Service:
         """Queue a re-sync of the project's examples; events within the debounce merge into one job."""
         now = time.time()
         delay = self.settings.sync_debounce_s
-        job, _created = self.store.jobs.add_or_merge("sync_examples", project_id, {}, run_after=now + delay,
-                                                     latest_run_after=now + 10 * delay, message=reason)
+        job, _created = self.store.jobs.add_or_merge(
+            "sync_examples", project_id, {}, run_after=now + delay, latest_run_after=now + 10 * delay, message=reason
+        )
         return self._queued(job, "sync_examples")
 
     def submit_preannotate(self, project_id: int, *, reason: str = "", params: dict | None = None) -> int:
@@ -217,8 +262,7 @@ class Service:
             return existing["id"]
         if existing is not None and existing["params"].get("version") == self.version_for(project_id):
             return existing["id"]  # running for the current version: it covers every task
-        return self._queued(self.store.jobs.add("preannotate", project_id, params or {}, message=reason),
-                            "preannotate")
+        return self._queued(self.store.jobs.add("preannotate", project_id, params or {}, message=reason), "preannotate")
 
     def submit_train(self, project_id: int, *, reason: str = "", delay_s: float = 0.0) -> int:
         """Queue a fine-tune; a queued one is reused (and postponed by ``delay_s``: debouncing)."""
@@ -227,8 +271,7 @@ class Service:
         if existing is not None and existing["status"] == "queued":
             self.store.jobs.postpone(existing["id"], run_after)
             return existing["id"]
-        return self._queued(self.store.jobs.add("train", project_id, {}, run_after=run_after, message=reason),
-                            "train")
+        return self._queued(self.store.jobs.add("train", project_id, {}, run_after=run_after, message=reason), "train")
 
     def cancel_job(self, job_id: int) -> dict | None:
         return self.store.jobs.request_cancel(job_id)
@@ -240,8 +283,14 @@ class Service:
         m.clear("dcsam_jobs")
         jobs = self.store.jobs
         for job in jobs.list(limit=1000, status="running") + jobs.list(limit=1000, status="queued"):
-            m.set("dcsam_job_progress", job["progress_done"] / max(1, job["progress_total"] or 0), job=str(job["id"]),
-                  kind=job["kind"], project=str(job["project_id"]), state=job["status"])
+            m.set(
+                "dcsam_job_progress",
+                job["progress_done"] / max(1, job["progress_total"] or 0),
+                job=str(job["id"]),
+                kind=job["kind"],
+                project=str(job["project_id"]),
+                state=job["status"],
+            )
         for (kind, status), n in jobs.counts().items():
             m.set("dcsam_jobs", float(n), kind=kind, state=status)
         return m.render()

@@ -20,8 +20,16 @@ from dcsam.config import DEFAULT_BACKBONE, DEFAULT_SAM
 MB = 1024 * 1024
 
 
-def setting(default: Any, *env: str, doc: str, minimum: float | None = None, choices: tuple[str, ...] = (),
-            kind: str | None = None, scale: int = 1, factory: Any = None) -> Any:
+def setting(
+    default: Any,
+    *env: str,
+    doc: str,
+    minimum: float | None = None,
+    choices: tuple[str, ...] = (),
+    kind: str | None = None,
+    scale: int = 1,
+    factory: Any = None,
+) -> Any:
     """A settings field: ``env`` names (the first is documented, the others are aliases), bounds, help.
 
     ``kind`` overrides the parser chosen from the default's type (``str``, ``int``, ``float``,
@@ -38,88 +46,169 @@ def setting(default: Any, *env: str, doc: str, minimum: float | None = None, cho
 class BackendSettings:
     # Label Studio and this server
     label_studio_url: str | None = setting(
-        None, "LABEL_STUDIO_URL", "LABEL_STUDIO_HOST",
-        doc="Label Studio base URL with scheme, e.g. http://ls.example.org:8080 (alias LABEL_STUDIO_HOST)")
+        None,
+        "LABEL_STUDIO_URL",
+        "LABEL_STUDIO_HOST",
+        doc="Label Studio base URL with scheme, e.g. http://ls.example.org:8080 (alias LABEL_STUDIO_HOST)",
+    )
     label_studio_api_key: str | None = setting(
-        None, "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN",
+        None,
+        "LABEL_STUDIO_API_KEY",
+        "LABEL_STUDIO_ACCESS_TOKEN",
         doc="legacy token or Personal Access Token (alias LABEL_STUDIO_ACCESS_TOKEN); only sent to "
-            "LABEL_STUDIO_URL's host")
-    model_dir: Path = setting(None, "MODEL_DIR", kind="path", factory=lambda: Path("dcsam-backend-data"),
-                              doc="backend state (SQLite), fine-tuned checkpoints and scratch space")
-    basic_auth_user: str | None = setting(None, "BASIC_AUTH_USER",
-                                          doc="with BASIC_AUTH_PASS: HTTP Basic auth on every endpoint but /webhook")
+        "LABEL_STUDIO_URL's host",
+    )
+    model_dir: Path = setting(
+        None,
+        "MODEL_DIR",
+        kind="path",
+        factory=lambda: Path("dcsam-backend-data"),
+        doc="backend state (SQLite), fine-tuned checkpoints and scratch space",
+    )
+    basic_auth_user: str | None = setting(
+        None, "BASIC_AUTH_USER", doc="with BASIC_AUTH_PASS: HTTP Basic auth on every endpoint but /webhook"
+    )
     basic_auth_pass: str | None = setting(None, "BASIC_AUTH_PASS", doc="see BASIC_AUTH_USER")
     local_files_root: str | None = setting(
-        None, "LOCAL_FILES_DOCUMENT_ROOT", doc="read /data/local-files/?d=... directly from this folder (never outside it)")
-    webhook_secret: str | None = setting(None, "DCSAM_WEBHOOK_SECRET",
-                                         doc="shared secret for /webhook: header X-Webhook-Secret or query ?token=")
+        None,
+        "LOCAL_FILES_DOCUMENT_ROOT",
+        doc="read /data/local-files/?d=... directly from this folder (never outside it)",
+    )
+    webhook_secret: str | None = setting(
+        None, "DCSAM_WEBHOOK_SECRET", doc="shared secret for /webhook: header X-Webhook-Secret or query ?token="
+    )
     # model
-    engine: str = setting("auto", "DCSAM_ENGINE", choices=("auto", "dcsam", "lite"),
-                          doc="auto: dcsam when a SAM checkpoint is available, else lite")
+    engine: str = setting(
+        "auto",
+        "DCSAM_ENGINE",
+        choices=("auto", "dcsam", "lite"),
+        doc="auto: dcsam when a SAM checkpoint is available, else lite",
+    )
     sam: str = setting(DEFAULT_SAM, "DCSAM_SAM", doc="SAM base model for the dcsam engine")
-    sam_checkpoint: str | None = setting(None, "DCSAM_SAM_CHECKPOINT",
-                                         doc="path to the SAM checkpoint (unset: the dcsam cache, or a download)")
-    prompt_generator: str | None = setting(None, "DCSAM_PROMPT_GENERATOR",
-                                           doc="trained DC-SAM prompt-generator checkpoint (unset: cold start)")
+    sam_checkpoint: str | None = setting(
+        None, "DCSAM_SAM_CHECKPOINT", doc="path to the SAM checkpoint (unset: the dcsam cache, or a download)"
+    )
+    prompt_generator: str | None = setting(
+        None, "DCSAM_PROMPT_GENERATOR", doc="trained DC-SAM prompt-generator checkpoint (unset: cold start)"
+    )
     backbone: str = setting(DEFAULT_BACKBONE, "DCSAM_BACKBONE", doc="DC-SAM prior backbone")
-    allow_download: bool = setting(True, "DCSAM_ALLOW_DOWNLOAD", doc="1/0: may `dcsam serve` download the SAM "
-                                   "checkpoint at start")
+    allow_download: bool = setting(
+        True, "DCSAM_ALLOW_DOWNLOAD", doc="1/0: may `dcsam serve` download the SAM checkpoint at start"
+    )
     cache_dir: str | None = setting(None, "DCSAM_CACHE_DIR", doc="where weights are cached (unset: ~/.cache/dcsam)")
     device: str = setting("auto", "DCSAM_DEVICE", doc="auto | cpu | cuda | cuda:N")
     precision: str = setting("auto", "DCSAM_PRECISION", choices=("auto", "fp32", "bf16"), doc="model precision")
     batch_size: int = setting(4, "DCSAM_BATCH_SIZE", minimum=1, doc="images per model call")
-    engine_options: dict[str, Any] = setting(None, "DCSAM_ENGINE_OPTIONS", kind="json", factory=dict,
-                                             doc="JSON object of engine options (e.g. lite refinement switches)")
+    engine_options: dict[str, Any] = setting(
+        None,
+        "DCSAM_ENGINE_OPTIONS",
+        kind="json",
+        factory=dict,
+        doc="JSON object of engine options (e.g. lite refinement switches)",
+    )
     # examples and outputs
-    examples_per_label: int = setting(5, "DCSAM_EXAMPLES_PER_LABEL", minimum=1,
-                                      doc="K: the latest K accepted annotations per label are the examples")
-    examples_recheck_s: float = setting(30.0, "DCSAM_EXAMPLES_RECHECK_S", minimum=0,
-                                        doc="re-list annotations from Label Studio at most this often, webhooks aside")
-    sync_debounce_s: float = setting(1.0, "DCSAM_SYNC_DEBOUNCE_S", minimum=0,
-                                     doc="annotation webhooks within this many seconds merge into one examples re-sync")
-    min_score: float = setting(0.0, "DCSAM_MIN_SCORE", doc="drop predicted regions scoring below this (0: keep every "
-                               "non-empty mask)")
-    max_image_pixels: int = setting(100_000_000, "DCSAM_MAX_IMAGE_PIXELS", minimum=1,
-                                    doc="refuse (per task) images with more pixels than this")
-    max_download_bytes: int = setting(256 * MB, "DCSAM_MAX_DOWNLOAD_MB", kind="float", scale=MB, minimum=0,
-                                      doc="refuse (per task) media files larger than this many megabytes")
-    warmup: bool = setting(False, "DCSAM_WARMUP", doc="1/0: load the model in the background when a worker starts "
-                           "(`dcsam serve` turns it on)")
+    examples_per_label: int = setting(
+        5, "DCSAM_EXAMPLES_PER_LABEL", minimum=1, doc="K: the latest K accepted annotations per label are the examples"
+    )
+    examples_recheck_s: float = setting(
+        30.0,
+        "DCSAM_EXAMPLES_RECHECK_S",
+        minimum=0,
+        doc="re-list annotations from Label Studio at most this often, webhooks aside",
+    )
+    sync_debounce_s: float = setting(
+        1.0,
+        "DCSAM_SYNC_DEBOUNCE_S",
+        minimum=0,
+        doc="annotation webhooks within this many seconds merge into one examples re-sync",
+    )
+    min_score: float = setting(
+        0.0, "DCSAM_MIN_SCORE", doc="drop predicted regions scoring below this (0: keep every non-empty mask)"
+    )
+    max_image_pixels: int = setting(
+        100_000_000, "DCSAM_MAX_IMAGE_PIXELS", minimum=1, doc="refuse (per task) images with more pixels than this"
+    )
+    max_download_bytes: int = setting(
+        256 * MB,
+        "DCSAM_MAX_DOWNLOAD_MB",
+        kind="float",
+        scale=MB,
+        minimum=0,
+        doc="refuse (per task) media files larger than this many megabytes",
+    )
+    warmup: bool = setting(
+        False,
+        "DCSAM_WARMUP",
+        doc="1/0: load the model in the background when a worker starts (`dcsam serve` turns it on)",
+    )
     # background jobs
-    train_every: int = setting(0, "DCSAM_TRAIN_EVERY", minimum=0,
-                               doc="fine-tune after this many new accepted annotations of a project (0: only on "
-                                   "Start Training)")
-    train_debounce_s: float = setting(60.0, "DCSAM_TRAIN_DEBOUNCE_S", minimum=0,
-                                      doc="wait this long after the last annotation before an automatic fine-tune")
-    train_steps: int | None = setting(None, "DCSAM_TRAIN_STEPS", kind="int", minimum=1,
-                                      doc="optimisation steps per fine-tune (unset: the engine's own choices)")
-    train_folds: int = setting(4, "DCSAM_TRAIN_FOLDS", minimum=2,
-                               doc="cross-validation folds that score a fine-tune before it is promoted")
-    train_min_gain: float = setting(0.0, "DCSAM_TRAIN_MIN_GAIN", minimum=-1.0,
-                                    doc="promote a fine-tune only if validation mIoU rises by more than this")
-    preannotate_after_train: bool = setting(True, "DCSAM_PREANNOTATE_AFTER_TRAIN",
-                                            doc="1/0: pre-annotate the whole project after a promoted fine-tune")
-    preannotate_chunk: int = setting(100, "DCSAM_PREANNOTATE_CHUNK", minimum=1,
-                                     doc="tasks per page and per predictions import of a pre-annotation job")
-    preannotate_io_threads: int = setting(8, "DCSAM_PREANNOTATE_IO_THREADS", minimum=1,
-                                          doc="concurrent downloads / Label Studio calls of a job")
-    preannotate_retries: int = setting(5, "DCSAM_PREANNOTATE_RETRIES", minimum=0,
-                                       doc="retries of a failed predictions import, exponential backoff")
-    preannotate_backoff_s: float = setting(1.0, "DCSAM_PREANNOTATE_BACKOFF_S", minimum=0,
-                                           doc="first retry delay, doubled each time, at most 60 s")
-    preannotate_import_timeout_s: float = setting(120.0, "DCSAM_PREANNOTATE_IMPORT_TIMEOUT_S", minimum=1,
-                                                  doc="timeout of one predictions import call")
+    train_every: int = setting(
+        0,
+        "DCSAM_TRAIN_EVERY",
+        minimum=0,
+        doc="fine-tune after this many new accepted annotations of a project (0: only on Start Training)",
+    )
+    train_debounce_s: float = setting(
+        60.0,
+        "DCSAM_TRAIN_DEBOUNCE_S",
+        minimum=0,
+        doc="wait this long after the last annotation before an automatic fine-tune",
+    )
+    train_steps: int | None = setting(
+        None,
+        "DCSAM_TRAIN_STEPS",
+        kind="int",
+        minimum=1,
+        doc="optimisation steps per fine-tune (unset: the engine's own choices)",
+    )
+    train_folds: int = setting(
+        4, "DCSAM_TRAIN_FOLDS", minimum=2, doc="cross-validation folds that score a fine-tune before it is promoted"
+    )
+    train_min_gain: float = setting(
+        0.0,
+        "DCSAM_TRAIN_MIN_GAIN",
+        minimum=-1.0,
+        doc="promote a fine-tune only if validation mIoU rises by more than this",
+    )
+    preannotate_after_train: bool = setting(
+        True, "DCSAM_PREANNOTATE_AFTER_TRAIN", doc="1/0: pre-annotate the whole project after a promoted fine-tune"
+    )
+    preannotate_chunk: int = setting(
+        100,
+        "DCSAM_PREANNOTATE_CHUNK",
+        minimum=1,
+        doc="tasks per page and per predictions import of a pre-annotation job",
+    )
+    preannotate_io_threads: int = setting(
+        8, "DCSAM_PREANNOTATE_IO_THREADS", minimum=1, doc="concurrent downloads / Label Studio calls of a job"
+    )
+    preannotate_retries: int = setting(
+        5, "DCSAM_PREANNOTATE_RETRIES", minimum=0, doc="retries of a failed predictions import, exponential backoff"
+    )
+    preannotate_backoff_s: float = setting(
+        1.0, "DCSAM_PREANNOTATE_BACKOFF_S", minimum=0, doc="first retry delay, doubled each time, at most 60 s"
+    )
+    preannotate_import_timeout_s: float = setting(
+        120.0, "DCSAM_PREANNOTATE_IMPORT_TIMEOUT_S", minimum=1, doc="timeout of one predictions import call"
+    )
     # video
     video_key: str = setting("video", "DCSAM_VIDEO_KEY", doc="task data key of a frame-sequence task's video id")
     frame_key: str = setting("frame", "DCSAM_FRAME_KEY", doc="task data key of a frame-sequence task's frame number")
-    video_propagation: str = setting("auto", "DCSAM_VIDEO_PROPAGATION", choices=("auto", "sam2", "lite"),
-                                     doc="how masks travel through a video (auto: SAM 2 memory with a SAM 2 model, "
-                                         "else lite)")
-    video_cache: int = setting(16, "DCSAM_VIDEO_CACHE", minimum=1,
-                               doc="frame-sequence videos whose propagated regions are kept in memory")
-    video_keyframe_tolerance: float = setting(0.5, "DCSAM_VIDEO_KEYFRAME_TOLERANCE", minimum=0,
-                                              doc="VideoRectangle tracks: leave out frames Label Studio interpolates "
-                                                  "within this many percent")
+    video_propagation: str = setting(
+        "auto",
+        "DCSAM_VIDEO_PROPAGATION",
+        choices=("auto", "sam2", "lite"),
+        doc="how masks travel through a video (auto: SAM 2 memory with a SAM 2 model, else lite)",
+    )
+    video_cache: int = setting(
+        16, "DCSAM_VIDEO_CACHE", minimum=1, doc="frame-sequence videos whose propagated regions are kept in memory"
+    )
+    video_keyframe_tolerance: float = setting(
+        0.5,
+        "DCSAM_VIDEO_KEYFRAME_TOLERANCE",
+        minimum=0,
+        doc="VideoRectangle tracks: leave out frames Label Studio interpolates within this many percent",
+    )
 
     @property
     def basic_auth(self) -> bool:

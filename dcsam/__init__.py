@@ -8,6 +8,14 @@ from .errors import CheckpointError, DcsamError, InputError
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "DcsamError", "Episode", "InContextSegmenter", "InputError", "LabelledImage",
-    "Prediction", "SegmentResult", "SegmenterConfig", "__version__",
+    "CheckpointError",
+    "DcsamError",
+    "Episode",
+    "InContextSegmenter",
+    "InputError",
+    "LabelledImage",
+    "Prediction",
+    "SegmentResult",
+    "SegmenterConfig",
+    "__version__",
 ]

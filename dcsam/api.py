@@ -65,7 +65,9 @@ class InContextSegmenter:
         self._examples: dict[str, list[Any]] = {}
 
     @classmethod
-    def from_config(cls, config: SegmenterConfig | Mapping[str, Any] | None = None, **overrides: Any) -> InContextSegmenter:
+    def from_config(
+        cls, config: SegmenterConfig | Mapping[str, Any] | None = None, **overrides: Any
+    ) -> InContextSegmenter:
         if not isinstance(config, SegmenterConfig):
             config = SegmenterConfig.from_dict(config, **overrides)
         elif overrides:
@@ -136,7 +138,9 @@ class InContextSegmenter:
         return refine_mask(self, image, points, box, label, mask=mask)
 
     # -- learning -----------------------------------------------------------------------------
-    def finetune(self, episodes: Sequence[Episode], *, steps: int | None = None, progress: ProgressFn | None = None) -> dict:
+    def finetune(
+        self, episodes: Sequence[Episode], *, steps: int | None = None, progress: ProgressFn | None = None
+    ) -> dict:
         """Fine-tune the engine's trainable part.
 
         Cached example features hold only frozen-network outputs, so they stay valid.

@@ -19,20 +19,30 @@ def build_dcsam(config: SegmenterConfig, *, meta: bool = False) -> DCSAM:
             backbone = BACKBONES[config.backbone][0]().freeze()
     else:
         backbone = create_backbone(
-            config.backbone, weights=config.backbone_weights, random_weights=config.random_backbone_weights,
-            cache_dir=config.resolved_cache_dir(), allow_download=config.allow_download,
+            config.backbone,
+            weights=config.backbone_weights,
+            random_weights=config.random_backbone_weights,
+            cache_dir=config.resolved_cache_dir(),
+            allow_download=config.allow_download,
         )
     sam = build_sam_model(
-        config.sam, checkpoint=config.sam_checkpoint, random_weights=config.random_sam_weights,
-        cache_dir=config.resolved_cache_dir(), allow_download=config.allow_download, meta=meta,
+        config.sam,
+        checkpoint=config.sam_checkpoint,
+        random_weights=config.random_sam_weights,
+        cache_dir=config.resolved_cache_dir(),
+        allow_download=config.allow_download,
+        meta=meta,
         image_size=config.sam_image_size,
     )
     if config.backbone_input_size:
         backbone.input_size = config.backbone_input_size
     with torch.device("meta") if meta else torch.device("cpu"):
         generator = PromptGenerator(
-            backbone.mid_channels, variant=config.variant, sam2_fusion=spec.family == "sam2",
-            neg_stage2_source=config.neg_stage2_source, dropout=config.dropout,
+            backbone.mid_channels,
+            variant=config.variant,
+            sam2_fusion=spec.family == "sam2",
+            neg_stage2_source=config.neg_stage2_source,
+            dropout=config.dropout,
         )
     return DCSAM(backbone, SamAdapter(sam, spec.family), generator, image_size=config.image_size)
 

@@ -17,10 +17,14 @@ from .io import atomic_write_bytes
 FORMAT = "dcsam-checkpoint/1"
 
 
-def save_checkpoint(path: str | Path, kind: str, state_dict: Mapping[str, torch.Tensor], settings: Mapping[str, Any], **extra: Any) -> str:
+def save_checkpoint(
+    path: str | Path, kind: str, state_dict: Mapping[str, torch.Tensor], settings: Mapping[str, Any], **extra: Any
+) -> str:
     """Write ``{format, kind, settings, state_dict, ...}`` atomically; returns a short content hash."""
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "kind": kind, "settings": dict(settings), "state_dict": dict(state_dict), **extra}, buf)
+    torch.save(
+        {"format": FORMAT, "kind": kind, "settings": dict(settings), "state_dict": dict(state_dict), **extra}, buf
+    )
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()[:12]
@@ -36,8 +40,9 @@ def read_torch_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip / pickle errors from truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({path.stat().st_size} bytes; "
-                              f"truncated or corrupt?): {exc}") from exc
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({path.stat().st_size} bytes; truncated or corrupt?): {exc}"
+        ) from exc
 
 
 def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:

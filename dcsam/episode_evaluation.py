@@ -88,8 +88,11 @@ def load_episodes(path: str | Path) -> list[dict]:
 def _gt_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     gt = read_mask(path)
     if gt.shape != shape:
-        warnings.warn(f"{path}: mask is {gt.shape[1]}x{gt.shape[0]} but its image is {shape[1]}x{shape[0]}; "
-                      "resizing the mask (nearest neighbour)", stacklevel=3)
+        warnings.warn(
+            f"{path}: mask is {gt.shape[1]}x{gt.shape[0]} but its image is {shape[1]}x{shape[0]}; "
+            "resizing the mask (nearest neighbour)",
+            stacklevel=3,
+        )
         gt = resize_mask(gt, *shape)
     return gt
 
@@ -187,8 +190,7 @@ def evaluate_episodes(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(miou=f"{np.mean(all_ious):.3f}")
-            record.update(queries=names, ious=ious, scores=scores,
-                          mean_iou=float(np.mean(ious)) if ious else None)
+            record.update(queries=names, ious=ious, scores=scores, mean_iou=float(np.mean(ious)) if ious else None)
             if not ious:
                 log.warning("episode %d (%s): no query left to score after fine-tuning on %d", ei, label, finetune_on)
             per_episode.append(record)
@@ -281,7 +283,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("")
     spq = report.get("seconds_per_query")
     lines += [
-        f"queries scored     {report['num_queries']}" + (f" (first {ft} per episode used for fine-tuning)" if ft else ""),
+        f"queries scored     {report['num_queries']}"
+        + (f" (first {ft} per episode used for fine-tuning)" if ft else ""),
         f"mean IoU           {fmt(report['mean_iou'])}",
         f"class mIoU         {fmt(report['class_miou'])}",
         f"FB-IoU             {fmt(report['fb_iou'])}",
@@ -292,7 +295,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines[-4:-1] = [
             f"mean IoU           {fmt(report['mean_iou'])}  (before fine-tuning {fmt(report['baseline_mean_iou'])}, "
             f"{'change -' if imp is None else f'change {imp * 100:+.1f} points'})",
-            f"class mIoU         {fmt(report['class_miou'])}  (before fine-tuning {fmt(report['baseline_class_miou'])})",
+            f"class mIoU         {fmt(report['class_miou'])}  "
+            f"(before fine-tuning {fmt(report['baseline_class_miou'])})",
             f"FB-IoU             {fmt(report['fb_iou'])}  (before fine-tuning {fmt(report['baseline_fb_iou'])})",
         ]
     if ft:

@@ -77,8 +77,11 @@ def read_image(source: ImageSource) -> np.ndarray:
         if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
             raise InputError(f"image array has shape {source.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
         if arr.dtype != np.uint8:
-            arr = _high_bit_depth_to_uint8(arr) if np.issubdtype(arr.dtype, np.integer) else (
-                np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+            arr = (
+                _high_bit_depth_to_uint8(arr)
+                if np.issubdtype(arr.dtype, np.integer)
+                else (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+            )
         arr = arr[..., :3]
         return np.ascontiguousarray(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr)
     img = _open(source)

@@ -67,5 +67,10 @@ class DatasetIoU:
         if not self.count:
             return {"class_iou": ious, "miou": None, "fg_iou": None, "bg_iou": None, "fb_iou": None}
         fg, bg = self.fg_iou(), self.bg_iou()
-        return {"class_iou": ious, "miou": float(np.mean(list(ious.values()))), "fg_iou": fg, "bg_iou": bg,
-                "fb_iou": (fg + bg) / 2}
+        return {
+            "class_iou": ious,
+            "miou": float(np.mean(list(ious.values()))),
+            "fg_iou": fg,
+            "bg_iou": bg,
+            "fb_iou": (fg + bg) / 2,
+        }

@@ -54,7 +54,9 @@ def refine_mask(
             raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {width}x{height}")
     points = [(float(x), float(y), bool(pos)) for x, y, pos in points]
     if not points and box is None:
-        return (mask.copy() if mask is not None else np.zeros((height, width), bool)), (score if mask is not None else 0.0)
+        return (mask.copy() if mask is not None else np.zeros((height, width), bool)), (
+            score if mask is not None else 0.0
+        )
     if mask is not None and mask.any():
         # A prediction that already obeys every prompt is kept as it is (full resolution, no drift).
         kept = mask if box is None else mask & _box_mask(box, height, width)
@@ -101,7 +103,7 @@ def refine_mask(
     gc[start] = cv2.GC_PR_FGD
     if box_px is not None:
         outside = np.ones((sh, sw), bool)
-        outside[box_px[1]:box_px[3], box_px[0]:box_px[2]] = False
+        outside[box_px[1] : box_px[3], box_px[0] : box_px[2]] = False
         gc[outside] = cv2.GC_BGD
     fg = np.zeros((sh, sw), np.uint8)
     for x, y in positives:
@@ -118,8 +120,15 @@ def refine_mask(
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         try:
             # OpenCV's stubs want a rect; GC_INIT_WITH_MASK takes None
-            cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iterations,  # type: ignore[call-overload]
-                        cv2.GC_INIT_WITH_MASK)
+            cv2.grabCut(
+                cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
+                gc,
+                None,
+                bgd,
+                fgd,
+                iterations,  # type: ignore[call-overload]
+                cv2.GC_INIT_WITH_MASK,
+            )
         except cv2.error:
             pass  # degenerate colour models: keep the seeds as they are
     out = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
@@ -136,8 +145,9 @@ def refine_mask(
         # where GrabCut agrees with the prediction at the working size, keep the full-resolution prediction
         start_small = resize_mask(mask, sh, sw)
         out_small = resize_mask(out, sh, sw)
-        changed = resize_mask(cv2.dilate((start_small != out_small).astype(np.uint8), np.ones((3, 3), np.uint8)),
-                              height, width)
+        changed = resize_mask(
+            cv2.dilate((start_small != out_small).astype(np.uint8), np.ones((3, 3), np.uint8)), height, width
+        )
         out = np.where(changed, out, mask)
     if box is not None:
         out &= _box_mask(box, height, width)
@@ -149,8 +159,10 @@ def refine_mask(
 def _box_mask(box: PixelBox, height: int, width: int) -> np.ndarray:
     x0, y0, x1, y1 = box
     clip = np.zeros((height, width), bool)
-    clip[max(0, int(np.floor(min(y0, y1)))):max(0, int(np.ceil(max(y0, y1)))),
-         max(0, int(np.floor(min(x0, x1)))):max(0, int(np.ceil(max(x0, x1))))] = True
+    clip[
+        max(0, int(np.floor(min(y0, y1)))) : max(0, int(np.ceil(max(y0, y1)))),
+        max(0, int(np.floor(min(x0, x1)))) : max(0, int(np.ceil(max(x0, x1)))),
+    ] = True
     return clip
 
 

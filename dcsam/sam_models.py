@@ -119,8 +119,11 @@ def build_sam_model(
         model = _build_arch(spec, image_size)
     else:
         path = resolve_weight_file(
-            spec.weights, checkpoint, cache_dir=cache_dir or default_cache_dir(),
-            allow_download=allow_download, setting="--sam-checkpoint / DCSAM_SAM_CHECKPOINT",
+            spec.weights,
+            checkpoint,
+            cache_dir=cache_dir or default_cache_dir(),
+            allow_download=allow_download,
+            setting="--sam-checkpoint / DCSAM_SAM_CHECKPOINT",
         )
         state = load_state_dict_file(path, key="model" if spec.family == "sam2" else None)
         model = _build_arch(spec, image_size)

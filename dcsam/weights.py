@@ -89,8 +89,7 @@ def resolve_weight_file(
     if spec.url is None or not allow_download:
         raise CheckpointError(
             f"weight file {spec.filename} is not available: put it at {cached} or give its path "
-            f"with {setting} (get it from {where})"
-            + ("" if allow_download else "; downloads are disabled")
+            f"with {setting} (get it from {where})" + ("" if allow_download else "; downloads are disabled")
         )
     log.info("downloading %s into %s", spec.url, cached)
     try:

@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = get_spec(args.sam)
     args.dest.mkdir(parents=True, exist_ok=True)
-    cached = resolve_weight_file(spec.weights, None, cache_dir=args.download_cache, allow_download=True,
-                                 setting="the SAM_MODEL build argument")
+    cached = resolve_weight_file(
+        spec.weights, None, cache_dir=args.download_cache, allow_download=True, setting="the SAM_MODEL build argument"
+    )
     digest = sha256_of(cached)
     print(f"{spec.weights.filename}: sha256 {digest}", flush=True)
     expected = args.sha256.strip().lower()
@@ -65,12 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"unknown backbone {args.backbone!r}; choose one of {sorted(BACKBONES)}")
     weights = BACKBONES[args.backbone][1]
     if weights is not None and weights.url is None:
-        print(f"backbone {args.backbone}: no public URL; mount its file at <DCSAM_CACHE_DIR>/{weights.filename}",
-              flush=True)
+        print(
+            f"backbone {args.backbone}: no public URL; mount its file at <DCSAM_CACHE_DIR>/{weights.filename}",
+            flush=True,
+        )
         return 0
     create_backbone(args.backbone, cache_dir=args.dest, allow_download=True)
-    print(f"backbone {args.backbone}: weights " + ("bundled with its package" if weights is None else
-                                                   f"in {args.dest / weights.filename}"), flush=True)
+    print(
+        f"backbone {args.backbone}: weights "
+        + ("bundled with its package" if weights is None else f"in {args.dest / weights.filename}"),
+        flush=True,
+    )
     return 0
 
 

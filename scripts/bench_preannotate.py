@@ -32,8 +32,10 @@ from tests.support.label_studio import LEGACY_TOKEN, Backend, LabelStudio  # noq
 from tests.support.regions import brush_result  # noqa: E402
 
 DAVIS = REPO.parent / "shared" / "data" / "davis16-dev"
-CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
-          '<Label value="blackswan"/></BrushLabels></View>')
+CONFIG = (
+    '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+    '<Label value="blackswan"/></BrushLabels></View>'
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         mask = read_mask(DAVIS / "Annotations" / "blackswan" / "00000.png")
         mask = resize_mask(mask, img.shape[0], img.shape[1])
         ls.annotate(ids[first], brush_result(mask, "blackswan"))
-        backend = Backend(work, "bench", LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=LEGACY_TOKEN, DCSAM_ENGINE="lite",
-                          DCSAM_PREANNOTATE_CHUNK=str(args.chunk), DCSAM_PREANNOTATE_IO_THREADS=str(args.threads),
-                          DCSAM_BATCH_SIZE=str(args.batch))
+        backend = Backend(
+            work,
+            "bench",
+            LABEL_STUDIO_URL=ls.url,
+            LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
+            DCSAM_ENGINE="lite",
+            DCSAM_PREANNOTATE_CHUNK=str(args.chunk),
+            DCSAM_PREANNOTATE_IO_THREADS=str(args.threads),
+            DCSAM_BATCH_SIZE=str(args.batch),
+        )
         deadline = time.monotonic() + 300
         while not backend.get("/health").json().get("model_loaded") and time.monotonic() < deadline:
             time.sleep(0.5)  # measure the job, not the model load
@@ -86,13 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         load_after = os.getloadavg()
         counts = Counter(p["task"] for p in ls.project_predictions(project))
         report = {
-            "tasks": args.tasks, "image": "854x480 JPEG" if not args.long_side else f"long side {args.long_side}",
-            "status": job["status"], "message": job["message"],
+            "tasks": args.tasks,
+            "image": "854x480 JPEG" if not args.long_side else f"long side {args.long_side}",
+            "status": job["status"],
+            "message": job["message"],
             "tasks_per_second_job": job["figures"].get("tasks_per_second"),
-            "tasks_per_second_wall": round(args.tasks / wall, 3), "wall_seconds": round(wall, 1),
+            "tasks_per_second_wall": round(args.tasks / wall, 3),
+            "wall_seconds": round(wall, 1),
             "exactly_once": len(counts) == len(ids) and set(counts.values()) == {1},
-            "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
-            "cpus": os.cpu_count(), "chunk": args.chunk, "io_threads": args.threads, "batch": args.batch,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in load_after],
+            "cpus": os.cpu_count(),
+            "chunk": args.chunk,
+            "io_threads": args.threads,
+            "batch": args.batch,
         }
         print(json.dumps(report, indent=2))
         return 0 if job["status"] == "done" and report["exactly_once"] else 1

@@ -66,8 +66,9 @@ def run_one(args: argparse.Namespace) -> dict:
         masks[f"object{k}"] = m
     torch.manual_seed(0)
     if args.propagation == "sam2":
-        seg = InContextSegmenter.from_config(engine="dcsam", sam="sam2.1_hiera_t", random_sam_weights=True,
-                                             sam_image_size=args.image_size, device="cpu")
+        seg = InContextSegmenter.from_config(
+            engine="dcsam", sam="sam2.1_hiera_t", random_sam_weights=True, sam_image_size=args.image_size, device="cpu"
+        )
     else:
         seg = InContextSegmenter.from_config(engine="lite", device="cpu")
     vs = VideoSegmenter(seg, propagation=args.propagation)
@@ -83,7 +84,10 @@ def run_one(args: argparse.Namespace) -> dict:
             samples.append({"frame": n, "rss_mb": round(_status_kb("VmRSS") / 1024, 1)})
     seconds = time.perf_counter() - t0
     return {
-        "propagation": args.propagation, "length": args.length, "frames_done": n, "objects": args.objects,
+        "propagation": args.propagation,
+        "length": args.length,
+        "frames_done": n,
+        "objects": args.objects,
         "image_size": args.image_size if args.propagation == "sam2" else None,
         "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
         "rss_after_model_load_mb": round(rss_after_load / 1024, 1),
@@ -113,8 +117,21 @@ def main(argv: list[str] | None = None) -> int:
     load_start = [round(v, 2) for v in os.getloadavg()]
     for prop in [x for x in args.propagation.split(",") if x]:
         for length in [int(x) for x in args.lengths.split(",") if x]:
-            cmd = [sys.executable, __file__, "--child", "--propagation", prop, "--length", str(length),
-                   "--image-size", str(args.image_size), "--objects", str(args.objects), "--data", args.data]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--propagation",
+                prop,
+                "--length",
+                str(length),
+                "--image-size",
+                str(args.image_size),
+                "--objects",
+                str(args.objects),
+                "--data",
+                args.data,
+            ]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -126,11 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for prop in {r["propagation"] for r in runs}:
         peaks = [r["peak_rss_mb"] for r in runs if r["propagation"] == prop]
-        summary[prop] = {"peak_rss_mb_min": min(peaks), "peak_rss_mb_max": max(peaks),
-                         "growth_mb_shortest_to_longest": round(peaks[-1] - peaks[0], 1)}
-    print(json.dumps({"runs": runs, "summary": summary, "frame_size": "854x480 (DAVIS 480p, cycled)",
-                      "load_average_start": load_start, "load_average_end": [round(v, 2) for v in os.getloadavg()],
-                      "cpu_count": os.cpu_count()}, indent=2))
+        summary[prop] = {
+            "peak_rss_mb_min": min(peaks),
+            "peak_rss_mb_max": max(peaks),
+            "growth_mb_shortest_to_longest": round(peaks[-1] - peaks[0], 1),
+        }
+    print(
+        json.dumps(
+            {
+                "runs": runs,
+                "summary": summary,
+                "frame_size": "854x480 (DAVIS 480p, cycled)",
+                "load_average_start": load_start,
+                "load_average_end": [round(v, 2) for v in os.getloadavg()],
+                "cpu_count": os.cpu_count(),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -41,11 +41,13 @@ def perseg_episodes(root: Path, out_dir: Path) -> list[dict]:
     objects = sorted({m.group(1) for p in root.glob("*_00.jpg") if (m := re.match(r"(.+)_00$", p.stem))})
     episodes = []
     for obj in objects:
-        episodes.append({
-            "label": obj,
-            "support": [_item(root / f"{obj}_00.jpg", root / f"{obj}_00.png", out_dir)],
-            "query": [_item(root / f"{obj}_{i:02d}.jpg", root / f"{obj}_{i:02d}.png", out_dir) for i in (1, 2)],
-        })
+        episodes.append(
+            {
+                "label": obj,
+                "support": [_item(root / f"{obj}_00.jpg", root / f"{obj}_00.png", out_dir)],
+                "query": [_item(root / f"{obj}_{i:02d}.jpg", root / f"{obj}_{i:02d}.png", out_dir) for i in (1, 2)],
+            }
+        )
     return episodes
 
 
@@ -53,7 +55,10 @@ def fss_episodes(root: Path, out_dir: Path) -> list[dict]:
     episodes = []
     for cls_dir in sorted(p for p in (root / "images").iterdir() if p.is_dir()):
         cls = cls_dir.name
-        item = lambda i, cls_dir=cls_dir, cls=cls: _item(cls_dir / f"{i}.jpg", root / "masks" / cls / f"{i}.png", out_dir)  # noqa: E731
+
+        def item(i: int, cls_dir: Path = cls_dir, cls: str = cls) -> dict:
+            return _item(cls_dir / f"{i}.jpg", root / "masks" / cls / f"{i}.png", out_dir)
+
         episodes.append({"label": cls, "support": [item(1)], "query": [item(i) for i in range(2, 11)]})
     return episodes
 
@@ -63,12 +68,17 @@ def davis_episodes(root: Path, out_dir: Path, every: int = 5) -> list[dict]:
     for seq_dir in sorted(p for p in (root / "JPEGImages").iterdir() if p.is_dir()):
         seq = seq_dir.name
         frames = sorted(int(p.stem) for p in seq_dir.glob("*.jpg"))
-        item = lambda f, seq_dir=seq_dir, seq=seq: _item(seq_dir / f"{f:05d}.jpg", root / "Annotations" / seq / f"{f:05d}.png", out_dir)  # noqa: E731
-        episodes.append({
-            "label": seq,
-            "support": [item(frames[0])],
-            "query": [item(f) for f in frames if f >= frames[0] + every and (f - frames[0]) % every == 0],
-        })
+
+        def item(f: int, seq_dir: Path = seq_dir, seq: str = seq) -> dict:
+            return _item(seq_dir / f"{f:05d}.jpg", root / "Annotations" / seq / f"{f:05d}.png", out_dir)
+
+        episodes.append(
+            {
+                "label": seq,
+                "support": [item(frames[0])],
+                "query": [item(f) for f in frames if f >= frames[0] + every and (f - frames[0]) % every == 0],
+            }
+        )
     return episodes
 
 

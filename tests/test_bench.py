@@ -18,9 +18,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_parser_defaults_and_options():
-    args = _parser().parse_args(["bench", "--sam", "sam2.1_hiera_t", "--random-weights", "--batch-size", "4",
-                                 "--precision", "bf16", "--image-size", "256", "--input-size", "640x480",
-                                 "--iterations", "3", "--warmup", "0", "--compile", "--device", "cpu"])
+    args = _parser().parse_args(
+        [
+            "bench",
+            "--sam",
+            "sam2.1_hiera_t",
+            "--random-weights",
+            "--batch-size",
+            "4",
+            "--precision",
+            "bf16",
+            "--image-size",
+            "256",
+            "--input-size",
+            "640x480",
+            "--iterations",
+            "3",
+            "--warmup",
+            "0",
+            "--compile",
+            "--device",
+            "cpu",
+        ]
+    )
     assert args.func is bench_cli.cmd_bench
     opts = bench.BenchOptions.from_args(args)
     assert opts.random_weights == "sam"  # alone: SAM only, the default backbone's weights are bundled
@@ -33,17 +53,39 @@ def test_parser_defaults_and_options():
 
 
 def test_parser_video_options():
-    args = _parser().parse_args(["bench", "--video-frames", "5", "--video-size", "160x120", "--video-objects", "3,1,3",
-                                 "--video-warmup-frames", "2"])
+    args = _parser().parse_args(
+        [
+            "bench",
+            "--video-frames",
+            "5",
+            "--video-size",
+            "160x120",
+            "--video-objects",
+            "3,1,3",
+            "--video-warmup-frames",
+            "2",
+        ]
+    )
     opts = bench.BenchOptions.from_args(args)
     assert (opts.video, opts.video_frames, opts.video_size, opts.video_objects) == (True, 5, (160, 120), (3, 1))
     assert opts.video_warmup_frames == 2
     assert bench.BenchOptions.from_args(_parser().parse_args(["bench", "--no-video"])).video is False
 
 
-@pytest.mark.parametrize("argv", [["--batch-size", "0"], ["--input-size", "640"], ["--precision", "fp8"],
-                                  ["--warmup", "-1"], ["--video-frames", "1"], ["--video-objects", "0,3"],
-                                  ["--video-objects", "one"], ["--video-size", "854"], ["--video-warmup-frames", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--batch-size", "0"],
+        ["--input-size", "640"],
+        ["--precision", "fp8"],
+        ["--warmup", "-1"],
+        ["--video-frames", "1"],
+        ["--video-objects", "0,3"],
+        ["--video-objects", "one"],
+        ["--video-size", "854"],
+        ["--video-warmup-frames", "0"],
+    ],
+)
 def test_parser_rejects_bad_values(argv, capsys):
     with pytest.raises(SystemExit):
         _parser().parse_args(["bench", *argv])
@@ -123,15 +165,44 @@ def _positive_numbers(obj, path="$"):
 
 @pytest.mark.slow
 def test_bench_tiny_sam2_on_cpu_prints_json(capsys):
-    args = _parser().parse_args([
-        "bench", "--sam", "sam2.1_hiera_t", "--random-weights", "--image-size", "256", "--input-size", "192x144",
-        "--batch-size", "2", "--iterations", "1", "--warmup", "1", "--offline", "--device", "cpu", "--no-video",
-    ])
+    args = _parser().parse_args(
+        [
+            "bench",
+            "--sam",
+            "sam2.1_hiera_t",
+            "--random-weights",
+            "--image-size",
+            "256",
+            "--input-size",
+            "192x144",
+            "--batch-size",
+            "2",
+            "--iterations",
+            "1",
+            "--warmup",
+            "1",
+            "--offline",
+            "--device",
+            "cpu",
+            "--no-video",
+        ]
+    )
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)  # stdout holds the JSON and nothing else
 
-    assert set(out) >= {"schema", "device", "config", "example", "end_to_end", "stages", "stages_total",
-                        "sam_encoder_raw", "ratios", "video", "notes"}
+    assert set(out) >= {
+        "schema",
+        "device",
+        "config",
+        "example",
+        "end_to_end",
+        "stages",
+        "stages_total",
+        "sam_encoder_raw",
+        "ratios",
+        "video",
+        "notes",
+    }
     assert out["device"]["type"] == "cpu"
     cfg = out["config"]
     assert cfg["sam"] == "sam2.1_hiera_t" and cfg["batch_size"] == 2 and cfg["sam_image_size"] == 256
@@ -150,8 +221,11 @@ def test_bench_tiny_sam2_on_cpu_prints_json(capsys):
     assert out["peak_gpu_memory_mib"] is None  # CPU
     assert out["video"] == {"status": "skipped (--no-video)"}
 
-    numbers = dict(_positive_numbers({k: out[k] for k in ("example", "end_to_end", "stages", "stages_total",
-                                                         "sam_encoder_raw", "ratios")}))
+    numbers = dict(
+        _positive_numbers(
+            {k: out[k] for k in ("example", "end_to_end", "stages", "stages_total", "sam_encoder_raw", "ratios")}
+        )
+    )
     numbers.pop("$.end_to_end.masks_nonempty")  # a count, may be 0 with random weights
     shares = [k for k in numbers if k.endswith(".share")]
     for key in shares:  # a share rounds to 0 for a very cheap stage
@@ -163,11 +237,35 @@ def test_bench_tiny_sam2_on_cpu_prints_json(capsys):
 def test_bench_video_tiny_sam2_on_cpu(capsys):
     """Ours against upstream SAM2VideoPredictor on a 5-frame 160x120 clip, 1 and 3 objects (the image
     part as small as it goes)."""
-    args = _parser().parse_args([
-        "bench", "--sam", "sam2.1_hiera_t", "--random-weights", "--image-size", "256", "--input-size", "160x120",
-        "--batch-size", "1", "--iterations", "1", "--warmup", "0", "--offline", "--device", "cpu",
-        "--video-frames", "5", "--video-size", "160x120", "--video-objects", "1,3", "--video-warmup-frames", "2",
-    ])
+    args = _parser().parse_args(
+        [
+            "bench",
+            "--sam",
+            "sam2.1_hiera_t",
+            "--random-weights",
+            "--image-size",
+            "256",
+            "--input-size",
+            "160x120",
+            "--batch-size",
+            "1",
+            "--iterations",
+            "1",
+            "--warmup",
+            "0",
+            "--offline",
+            "--device",
+            "cpu",
+            "--video-frames",
+            "5",
+            "--video-size",
+            "160x120",
+            "--video-objects",
+            "1,3",
+            "--video-warmup-frames",
+            "2",
+        ]
+    )
     assert args.func(args) == 0
     video = json.loads(capsys.readouterr().out)["video"]
 

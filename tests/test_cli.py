@@ -12,7 +12,9 @@ from PIL import Image
 
 def run_cli(*args, check=True, env=None):
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "dcsam.cli", *map(str, args)], capture_output=True, text=True, env=full_env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcsam.cli", *map(str, args)], capture_output=True, text=True, env=full_env
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"dcsam {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -23,7 +25,9 @@ def run_cli(*args, check=True, env=None):
     [("vit_h", "full", 2_394_624), ("sam2.1_hiera_l", "full", 2_468_800), ("vit_h", "prior_only", 1_870_336)],
 )
 def test_model_info_trainable_counts(sam, variant, expected):
-    info = json.loads(run_cli("model-info", "--sam", sam, "--backbone", "resnet50_v2", "--variant", variant, "--json").stdout)
+    info = json.loads(
+        run_cli("model-info", "--sam", sam, "--backbone", "resnet50_v2", "--variant", variant, "--json").stdout
+    )
     assert info["trainable_params"] == expected
     assert info["frozen_params"] > 100_000_000
 
@@ -33,8 +37,21 @@ def test_predict_end_to_end_random_sam2_tiny(tmp_path, data_dir):
     root = data_dir / "perseg-mini"
     queries = [root / "duck_toy_01.jpg", root / "duck_toy_02.jpg"]
     proc = run_cli(
-        "predict", "--engine", "dcsam", "--sam", "sam2.1_hiera_t", "--random-weights", "sam", "--offline",
-        "--example", root / "duck_toy_00.jpg", "--example-mask", root / "duck_toy_00.png", "--out", tmp_path, *queries,
+        "predict",
+        "--engine",
+        "dcsam",
+        "--sam",
+        "sam2.1_hiera_t",
+        "--random-weights",
+        "sam",
+        "--offline",
+        "--example",
+        root / "duck_toy_00.jpg",
+        "--example-mask",
+        root / "duck_toy_00.png",
+        "--out",
+        tmp_path,
+        *queries,
     )
     assert "RANDOM weights" in proc.stderr
     for q in queries:
@@ -43,15 +60,29 @@ def test_predict_end_to_end_random_sam2_tiny(tmp_path, data_dir):
         assert set(np.unique(mask)) <= {0, 255}
         record = json.loads((tmp_path / f"{q.stem}.json").read_text())
         assert 0.0 <= record["score"] <= 1.0
-        assert record["model_version"].startswith("dcsam-sam2.1_hiera_t-") and record["model_version"].endswith("-random")
+        assert record["model_version"].startswith("dcsam-sam2.1_hiera_t-") and record["model_version"].endswith(
+            "-random"
+        )
 
 
 def test_predict_without_checkpoint_offline_is_a_clear_error(tmp_path, data_dir):
     root = data_dir / "perseg-mini"
     proc = run_cli(
-        "predict", "--engine", "dcsam", "--sam", "vit_b", "--offline", "--example", root / "cat_00.jpg",
-        "--example-mask", root / "cat_00.png", "--out", tmp_path / "out", root / "cat_01.jpg",
-        check=False, env={"DCSAM_CACHE_DIR": str(tmp_path / "empty-cache")},
+        "predict",
+        "--engine",
+        "dcsam",
+        "--sam",
+        "vit_b",
+        "--offline",
+        "--example",
+        root / "cat_00.jpg",
+        "--example-mask",
+        root / "cat_00.png",
+        "--out",
+        tmp_path / "out",
+        root / "cat_01.jpg",
+        check=False,
+        env={"DCSAM_CACHE_DIR": str(tmp_path / "empty-cache")},
     )
     assert proc.returncode == 2
     assert "sam_vit_b_01ec64.pth" in proc.stderr and "--sam-checkpoint" in proc.stderr
@@ -60,8 +91,19 @@ def test_predict_without_checkpoint_offline_is_a_clear_error(tmp_path, data_dir)
 
 def test_unpaired_examples_are_rejected(tmp_path, data_dir):
     root = data_dir / "perseg-mini"
-    proc = run_cli("predict", "--example", root / "cat_00.jpg", "--example", root / "cat_01.jpg",
-                   "--example-mask", root / "cat_00.png", "--out", tmp_path, root / "cat_02.jpg", check=False)
+    proc = run_cli(
+        "predict",
+        "--example",
+        root / "cat_00.jpg",
+        "--example",
+        root / "cat_01.jpg",
+        "--example-mask",
+        root / "cat_00.png",
+        "--out",
+        tmp_path,
+        root / "cat_02.jpg",
+        check=False,
+    )
     assert proc.returncode == 2 and "in pairs" in proc.stderr
 
 
@@ -82,9 +124,16 @@ def test_model_flags_are_shared_and_default_to_the_config(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     parser = cli.build_parser()
     flags = ["--sam", "vit_b", "--random-weights", "--precision", "bf16", "--offline"]
-    common = {"sam": "vit_b", "random_sam_weights": True, "random_backbone_weights": False, "precision": "bf16",
-              "allow_download": False}
-    predict = parser.parse_args(["predict", "--example", "e.jpg", "--example-mask", "e.png", "--out", "o", "q.jpg", *flags])
+    common = {
+        "sam": "vit_b",
+        "random_sam_weights": True,
+        "random_backbone_weights": False,
+        "precision": "bf16",
+        "allow_download": False,
+    }
+    predict = parser.parse_args(
+        ["predict", "--example", "e.jpg", "--example-mask", "e.png", "--out", "o", "q.jpg", *flags]
+    )
     video = parser.parse_args(["eval-video", "--davis-root", "d", *flags])
     bench = parser.parse_args(["bench", *flags])
     for args, extra in ((predict, {}), (video, {}), (bench, {"engine": "dcsam"})):

@@ -40,8 +40,10 @@ def test_broken_files_fail(tmp_path):
     tree = _copy_tree(tmp_path)
     compose = (tree / "docker-compose.yml").read_text()
     (tree / "docker-compose.yml").write_text(
-        compose.replace("heartexlabs/label-studio:1.23.2", "heartexlabs/label-studio:latest")
-        .replace("    restart: unless-stopped\n", "    restart: unless-stopped\n    gpus_please: true\n", 1))
+        compose.replace("heartexlabs/label-studio:1.23.2", "heartexlabs/label-studio:latest").replace(
+            "    restart: unless-stopped\n", "    restart: unless-stopped\n    gpus_please: true\n", 1
+        )
+    )
     cpu = (tree / "docker-compose.cpu.yml").read_text()
     (tree / "docker-compose.cpu.yml").write_text(cpu.replace("    deploy: !reset {}\n", ""))
     dockerfile = (tree / "docker" / "Dockerfile").read_text()
@@ -58,7 +60,9 @@ def test_broken_files_fail(tmp_path):
 def test_semantic_checks_fail_on_valid_but_wrong_compose(tmp_path):
     tree = _copy_tree(tmp_path)
     compose = (tree / "docker-compose.yml").read_text()
-    (tree / "docker-compose.yml").write_text(compose.replace("heartexlabs/label-studio:1.23.2", "heartexlabs/label-studio:latest"))
+    (tree / "docker-compose.yml").write_text(
+        compose.replace("heartexlabs/label-studio:1.23.2", "heartexlabs/label-studio:latest")
+    )
     cpu = (tree / "docker-compose.cpu.yml").read_text()
     (tree / "docker-compose.cpu.yml").write_text(cpu.replace("    deploy: !reset {}\n", ""))
     proc = run_check(tree)

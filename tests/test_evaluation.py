@@ -61,18 +61,30 @@ def episode_file(tmp_path) -> Path:
     d.mkdir()
     sup = _pair(d, "s", (0, 10, 0, 10), (0, 10, 0, 10))
     episodes = [
-        {"label": "a", "support": [sup],
-         "query": [_pair(d, "a1", (0, 10, 0, 10), (0, 10, 0, 10)),     # IoU 1
-                   _pair(d, "a2", (0, 10, 0, 10), (0, 10, 0, 20))]},   # IoU 100/200
-        {"label": "b", "support": [sup],
-         "query": [_pair(d, "b1", (0, 10, 0, 10), (10, 20, 10, 20))]},  # IoU 0
-        {"label": "a", "support": [sup],
-         "query": [_pair(d, "a3", (0, 20, 0, 20), (0, 20, 0, 20))]},   # IoU 1
+        {
+            "label": "a",
+            "support": [sup],
+            "query": [
+                _pair(d, "a1", (0, 10, 0, 10), (0, 10, 0, 10)),  # IoU 1
+                _pair(d, "a2", (0, 10, 0, 10), (0, 10, 0, 20)),
+            ],
+        },  # IoU 100/200
+        {"label": "b", "support": [sup], "query": [_pair(d, "b1", (0, 10, 0, 10), (10, 20, 10, 20))]},  # IoU 0
+        {"label": "a", "support": [sup], "query": [_pair(d, "a3", (0, 20, 0, 20), (0, 20, 0, 20))]},  # IoU 1
     ]
     path = tmp_path / "episodes.json"
-    path.write_text(json.dumps([{**e, "support": [{k: f"data/{v}" for k, v in s.items()} for s in e["support"]],
-                                 "query": [{k: f"data/{v}" for k, v in q.items()} for q in e["query"]]}
-                                for e in episodes]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    **e,
+                    "support": [{k: f"data/{v}" for k, v in s.items()} for s in e["support"]],
+                    "query": [{k: f"data/{v}" for k, v in q.items()} for q in e["query"]],
+                }
+                for e in episodes
+            ]
+        )
+    )
     return path
 
 
@@ -83,16 +95,22 @@ def test_load_episodes_resolves_relative_paths(episode_file):
     assert Path(eps[0]["query"][1]["mask"]).is_file()
 
 
-@pytest.mark.parametrize("content, message", [
-    ("not json", "not a valid JSON"),
-    ("{}", "non-empty JSON list"),
-    ("[]", "non-empty JSON list"),
-    ('[{"support": [], "query": []}]', "'support' must be a non-empty list"),
-    ('[{"support": [{"image": "x.png"}], "query": [{"image": "x.png", "mask": "x.png"}]}]', "'image' and 'mask'"),
-    ('[{"support": [{"image": "nope.png", "mask": "nope.png"}], "query": [{"image": "a", "mask": "b"}]}]', "not found"),
-    ('[{"support": [], "query": [], "extra": 1}]', "unknown field"),
-    ('[{"label": 3, "support": [], "query": []}]', "label"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json", "not a valid JSON"),
+        ("{}", "non-empty JSON list"),
+        ("[]", "non-empty JSON list"),
+        ('[{"support": [], "query": []}]', "'support' must be a non-empty list"),
+        ('[{"support": [{"image": "x.png"}], "query": [{"image": "x.png", "mask": "x.png"}]}]', "'image' and 'mask'"),
+        (
+            '[{"support": [{"image": "nope.png", "mask": "nope.png"}], "query": [{"image": "a", "mask": "b"}]}]',
+            "not found",
+        ),
+        ('[{"support": [], "query": [], "extra": 1}]', "unknown field"),
+        ('[{"label": 3, "support": [], "query": []}]', "label"),
+    ],
+)
 def test_load_episodes_errors(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -122,8 +140,8 @@ def test_metrics_with_a_stub_engine(episode_file):
     assert report["per_class_iou"]["b"] == 0.0
     assert report["class_miou"] == pytest.approx((600 / 700 + 0) / 2)
     fg = 600 / (700 + 200)
-    bg_inter = (300 + 200 + 200 + 0)  # pixels outside both masks
-    bg_union = (300 + 300 + 400 + 0)  # pixels outside at least one
+    bg_inter = 300 + 200 + 200 + 0  # pixels outside both masks
+    bg_union = 300 + 300 + 400 + 0  # pixels outside at least one
     assert report["fb_iou"] == pytest.approx((fg + bg_inter / bg_union) / 2)
     assert report["seconds_per_query"] >= 0
     json.dumps(report)  # JSON-serialisable
@@ -161,8 +179,9 @@ def test_finetune_report_compares_with_the_model_before_fine_tuning(episode_file
     text = format_report(report)
     assert "before fine-tuning 0.5000" in text and "change +0.0 points" in text
     json.dumps(report)
-    off = evaluate_episodes(lambda: InContextSegmenter(StubEngine()), episode_file, finetune_on=1, progress=False,
-                            baseline=False)
+    off = evaluate_episodes(
+        lambda: InContextSegmenter(StubEngine()), episode_file, finetune_on=1, progress=False, baseline=False
+    )
     assert "baseline_mean_iou" not in off and "baseline_ious" not in off["episodes"][0]
     plain = evaluate_episodes(lambda: InContextSegmenter(StubEngine()), episode_file, progress=False)
     assert "baseline_mean_iou" not in plain  # nothing to compare without fine-tuning
@@ -172,11 +191,20 @@ def test_finetune_report_compares_with_the_model_before_fine_tuning(episode_file
 def test_lite_engine_on_one_perseg_episode(tmp_path):
     root = (DATA / "perseg-mini").resolve()
     path = tmp_path / "one.json"
-    path.write_text(json.dumps([{
-        "label": "duck_toy",
-        "support": [{"image": str(root / "duck_toy_00.jpg"), "mask": str(root / "duck_toy_00.png")}],
-        "query": [{"image": str(root / f"duck_toy_0{i}.jpg"), "mask": str(root / f"duck_toy_0{i}.png")} for i in (1, 2)],
-    }]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "label": "duck_toy",
+                    "support": [{"image": str(root / "duck_toy_00.jpg"), "mask": str(root / "duck_toy_00.png")}],
+                    "query": [
+                        {"image": str(root / f"duck_toy_0{i}.jpg"), "mask": str(root / f"duck_toy_0{i}.png")}
+                        for i in (1, 2)
+                    ],
+                }
+            ]
+        )
+    )
     cfg = SegmenterConfig(engine="lite", device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

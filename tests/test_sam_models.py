@@ -52,7 +52,9 @@ def test_missing_weights_offline_names_file_and_setting(tmp_path):
 
 
 def test_every_named_model_has_weights_and_architecture():
-    expected = {"vit_b", "vit_l", "vit_h"} | {f"{p}_hiera_{s}" for p in ("sam2.1", "sam2") for s in ("t", "s", "b+", "l")}
+    expected = {"vit_b", "vit_l", "vit_h"} | {
+        f"{p}_hiera_{s}" for p in ("sam2.1", "sam2") for s in ("t", "s", "b+", "l")
+    }
     assert set(SAM_MODELS) == expected
     for spec in SAM_MODELS.values():
         assert spec.weights.url.startswith("https://") and spec.weights.url.endswith(spec.weights.filename)

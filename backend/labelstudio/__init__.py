@@ -1,1 +1,2 @@
-"""The Label Studio adapter: the HTTP protocol (app), and Label Studio I/O (API access, media, label configs, region formats, annotations)."""
+"""The Label Studio adapter: the HTTP protocol (app), and Label Studio I/O (API access, media, label
+configs, region formats, annotations)."""

@@ -34,8 +34,15 @@ from .labelconfig import LabelConfigError, parse_label_config
 
 log = logging.getLogger(__name__)
 
-ANNOTATION_EVENTS = {"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_UPDATED",
-                     "ANNOTATION_DELETED", "ANNOTATIONS_DELETED", "TASKS_DELETED"}
+ANNOTATION_EVENTS = {
+    "ANNOTATION_CREATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_UPDATED",
+    "ANNOTATION_DELETED",
+    "ANNOTATIONS_DELETED",
+    "TASKS_DELETED",
+}
 ACCEPTING_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_UPDATED")
 KNOWN_EVENTS = ANNOTATION_EVENTS | {"PROJECT_UPDATED", "PROJECT_DELETED", "START_TRAINING"}
 
@@ -61,8 +68,9 @@ def _auth_ok(settings: BackendSettings) -> bool:
     auth = request.authorization
     if not auth or auth.type != "basic":
         return False
-    return hmac.compare_digest(str(auth.username or ""), settings.basic_auth_user or "") and \
-        hmac.compare_digest(str(auth.password or ""), settings.basic_auth_pass or "")
+    return hmac.compare_digest(str(auth.username or ""), settings.basic_auth_user or "") and hmac.compare_digest(
+        str(auth.password or ""), settings.basic_auth_pass or ""
+    )
 
 
 def _webhook_ok(settings: BackendSettings) -> bool:
@@ -74,8 +82,12 @@ def _webhook_ok(settings: BackendSettings) -> bool:
     return True
 
 
-def create_app(settings: BackendSettings | None = None, *, segmenter_factory: SegmenterFactory | None = None,
-               choice: EngineChoice | None = None) -> Flask:
+def create_app(
+    settings: BackendSettings | None = None,
+    *,
+    segmenter_factory: SegmenterFactory | None = None,
+    choice: EngineChoice | None = None,
+) -> Flask:
     settings = settings or BackendSettings.from_env()
     service = Service(settings, segmenter_factory=segmenter_factory, choice=choice)
     app = Flask("dcsam-backend")
@@ -91,7 +103,9 @@ def create_app(settings: BackendSettings | None = None, *, segmenter_factory: Se
     def _check_auth():
         if request.endpoint == "webhook":
             if not _webhook_ok(settings):
-                return jsonify({"status": 401, "detail": "webhook secret missing or wrong (X-Webhook-Secret header or ?token=)"}), 401
+                return jsonify(
+                    {"status": 401, "detail": "webhook secret missing or wrong (X-Webhook-Secret header or ?token=)"}
+                ), 401
             return None
         if settings.basic_auth and not _auth_ok(settings):
             resp = jsonify({"status": 401, "detail": "basic auth required"})
@@ -133,9 +147,16 @@ def create_app(settings: BackendSettings | None = None, *, segmenter_factory: Se
     @app.get("/")
     @app.get("/health")
     def health():
-        return jsonify({"status": "UP", "model_class": "DCSAMBackend", "engine": service.choice.engine,
-                        "model_version": service.version, "model_loaded": service.runtime.loaded,
-                        "model_error": service.runtime.load_error})
+        return jsonify(
+            {
+                "status": "UP",
+                "model_class": "DCSAMBackend",
+                "engine": service.choice.engine,
+                "model_version": service.version,
+                "model_loaded": service.runtime.loaded,
+                "model_error": service.runtime.load_error,
+            }
+        )
 
     @app.post("/setup")
     def setup():
@@ -148,10 +169,12 @@ def create_app(settings: BackendSettings | None = None, *, segmenter_factory: Se
             token = body.get("access_token")
             ok_host = isinstance(hostname, str) and hostname.startswith(("http://", "https://"))
             service.setup_project(
-                project_id, schema,
+                project_id,
+                schema,
                 hostname=hostname.rstrip("/") if ok_host and token else None,
                 access_token=token if ok_host and isinstance(token, str) and token else None,
-                extra_params=body.get("extra_params"))
+                extra_params=body.get("extra_params"),
+            )
         return jsonify({"model_version": service.version_for(project_id)})
 
     @app.post("/predict")
@@ -213,7 +236,7 @@ def create_app(settings: BackendSettings | None = None, *, segmenter_factory: Se
         raw = (body or {}).get("project", request.args.get("project"))
         if raw is None:
             if required:
-                raise BadRequest("say which project: {\"project\": ID} (or ?project=ID)")
+                raise BadRequest('say which project: {"project": ID} (or ?project=ID)')
             return None
         project_id = parse_project_id(raw)
         if project_id is None or project_id == 0:

@@ -119,7 +119,9 @@ def parse_label_config(xml: str | None) -> LabelConfig:
         if not targets:
             continue
         labels = _labels(el)
-        tag = ControlTag(el.get("name"), kind, targets[0], labels, _truthy(el.get("smart")) or _truthy(el.get("smartOnly")))
+        tag = ControlTag(
+            el.get("name"), kind, targets[0], labels, _truthy(el.get("smart")) or _truthy(el.get("smartOnly"))
+        )
         if kind in MASK_CONTROL_TYPES:
             if labels:
                 cfg.mask_controls.append(tag)
@@ -129,11 +131,14 @@ def parse_label_config(xml: str | None) -> LabelConfig:
         return cfg
     if cfg.videos and not cfg.images:
         raise LabelConfigError(
-            "the label config has a <Video> but no <VideoRectangle toName=\"...\"> with a <Labels toName=\"...\"> "
-            "on it (at least one <Label>): this backend writes VideoRectangle tracks")
+            'the label config has a <Video> but no <VideoRectangle toName="..."> with a <Labels toName="..."> '
+            "on it (at least one <Label>): this backend writes VideoRectangle tracks"
+        )
     if not cfg.images:
-        raise LabelConfigError("the label config has no <Image> tag with a $value: this backend segments images "
-                               "(and videos: <Video> with <VideoRectangle> and <Labels>)")
+        raise LabelConfigError(
+            "the label config has no <Image> tag with a $value: this backend segments images "
+            "(and videos: <Video> with <VideoRectangle> and <Labels>)"
+        )
     if not cfg.mask_controls:
         raise LabelConfigError(
             "the label config has no mask control on an image: add <BrushLabels>, <BitmaskLabels> or "

@@ -24,7 +24,8 @@ import posixpath
 import shutil
 import tempfile
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -77,8 +78,10 @@ def decode_image(data: bytes, max_pixels: int, what: str = "image") -> np.ndarra
     except Exception as exc:
         raise MediaError(f"{what}: not a readable image ({type(exc).__name__}: {exc})") from exc
     if width * height > max_pixels:
-        raise MediaError(f"{what}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels} "
-                         "(DCSAM_MAX_IMAGE_PIXELS)")
+        raise MediaError(
+            f"{what}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels} "
+            "(DCSAM_MAX_IMAGE_PIXELS)"
+        )
     try:
         return read_image(data)
     except InputError as exc:
@@ -113,8 +116,9 @@ class LabelStudioAccess:
         try:
             header = sdk_bridge.authorization_header(self.sdk())
         except Exception as exc:
-            raise LabelStudioError(f"Label Studio at {self.url} refused the API key ({_describe_exc(exc)}); "
-                                   "check LABEL_STUDIO_API_KEY") from exc
+            raise LabelStudioError(
+                f"Label Studio at {self.url} refused the API key ({_describe_exc(exc)}); check LABEL_STUDIO_API_KEY"
+            ) from exc
         return header.split(" ", 1)[1]
 
     def auth_header(self) -> dict[str, str]:
@@ -129,8 +133,10 @@ class LabelStudioAccess:
         except requests.RequestException as exc:
             raise LabelStudioError(f"GET {url}: {_describe_exc(exc)}") from exc
         if resp.status_code == 401:
-            raise LabelStudioError(f"GET {url}: 401 unauthorized ({resp.text[:200]}); with Label Studio >= 1.20 legacy "
-                                   "tokens are often disabled: set LABEL_STUDIO_API_KEY to a Personal Access Token")
+            raise LabelStudioError(
+                f"GET {url}: 401 unauthorized ({resp.text[:200]}); with Label Studio >= 1.20 legacy "
+                "tokens are often disabled: set LABEL_STUDIO_API_KEY to a Personal Access Token"
+            )
         if resp.status_code != 200:
             raise LabelStudioError(f"GET {url}: HTTP {resp.status_code} {resp.text[:200]}")
         try:
@@ -138,8 +144,9 @@ class LabelStudioAccess:
         except ValueError as exc:
             raise LabelStudioError(f"GET {url}: not JSON") from exc
 
-    def tasks(self, project_id: int, filters: list[dict] | None = None, *, include: str | None = None,
-              page_size: int = 100) -> Iterator[dict]:
+    def tasks(
+        self, project_id: int, filters: list[dict] | None = None, *, include: str | None = None, page_size: int = 100
+    ) -> Iterator[dict]:
         """Every task of the project (with ``fields=all``: annotations included) matching the Data
         Manager ``filters`` (all of them), page by page."""
         params: dict[str, Any] = {"project": project_id, "fields": "all", "page_size": page_size}
@@ -153,8 +160,7 @@ class LabelStudioAccess:
             tasks = body.get("tasks", []) if isinstance(body, dict) else body
             if not tasks:
                 return
-            for task in tasks:
-                yield task
+            yield from tasks
             seen += len(tasks)
             total = body.get("total") if isinstance(body, dict) else None
             if total is not None and seen >= total or len(tasks) < page_size:
@@ -163,12 +169,17 @@ class LabelStudioAccess:
 
     def annotated_tasks(self, project_id: int, page_size: int = 100) -> Iterator[dict]:
         """Every task of the project with at least one submitted (non-cancelled) annotation."""
-        return self.tasks(project_id, [{"filter": "filter:tasks:total_annotations", "operator": "greater",
-                                        "type": "Number", "value": 0}], page_size=page_size)
+        return self.tasks(
+            project_id,
+            [{"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}],
+            page_size=page_size,
+        )
 
     # -- media -----------------------------------------------------------------------------------
     def fetch(self, ref: str, task_id: int | None = None) -> bytes:
-        return fetch_media(ref, task_id, access=self, max_bytes=self.max_download_bytes, local_files_root=self.local_files_root)
+        return fetch_media(
+            ref, task_id, access=self, max_bytes=self.max_download_bytes, local_files_root=self.local_files_root
+        )
 
 
 def _describe_exc(exc: BaseException) -> str:
@@ -179,8 +190,9 @@ def _describe_exc(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-def fetch_media(ref: Any, task_id: int | None, *, access: LabelStudioAccess | None, max_bytes: int,
-                local_files_root: str | None) -> bytes:
+def fetch_media(
+    ref: Any, task_id: int | None, *, access: LabelStudioAccess | None, max_bytes: int, local_files_root: str | None
+) -> bytes:
     """The bytes behind a task's data value (see the module docstring for the kinds of reference)."""
     if not isinstance(ref, str) or not ref.strip():
         raise MediaError(f"task data value {ref!r} is not a media reference")
@@ -209,8 +221,12 @@ def fetch_media(ref: Any, task_id: int | None, *, access: LabelStudioAccess | No
     token = access.token() if access else None
     scratch = tempfile.mkdtemp(prefix="dcsam-media-")
     try:
-        with sdk_bridge.bounded_downloads(max_bytes, lambda url, size: MediaError(
-                f"{_safe_url(url)}: {size} bytes is over the limit of {max_bytes} (DCSAM_MAX_DOWNLOAD_MB)")):
+        with sdk_bridge.bounded_downloads(
+            max_bytes,
+            lambda url, size: MediaError(
+                f"{_safe_url(url)}: {size} bytes is over the limit of {max_bytes} (DCSAM_MAX_DOWNLOAD_MB)"
+            ),
+        ):
             try:
                 path = sdk_bridge.get_local_path(
                     ref,

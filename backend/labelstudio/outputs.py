@@ -186,8 +186,12 @@ def output_for(control: ControlTag) -> MaskOutput:
         raise ValueError(f"no output writer for <{control.type}>") from None
 
 
-def mask_regions(masks: Mapping[str, np.ndarray], scores: Mapping[str, float],
-                 targets: Iterable[tuple[str, ControlTag, str]], min_score: float) -> list[dict]:
+def mask_regions(
+    masks: Mapping[str, np.ndarray],
+    scores: Mapping[str, float],
+    targets: Iterable[tuple[str, ControlTag, str]],
+    min_score: float,
+) -> list[dict]:
     """Regions for the predicted masks: one per (key, control, label) target whose mask exists and scores
     at least ``min_score``, in the control's output format (an empty mask gives no region)."""
     regions = []
@@ -249,7 +253,7 @@ def _keep_keyframes(boxes: list[Box], tolerance: float) -> list[int]:
             continue
         t = (np.arange(a + 1, b) - a) / (b - a)
         interp = arr[a] + t[:, None] * (arr[b] - arr[a])
-        err = np.abs(arr[a + 1:b] - interp).max(axis=1)
+        err = np.abs(arr[a + 1 : b] - interp).max(axis=1)
         worst = int(err.argmax())
         if err[worst] > tolerance:
             mid = a + 1 + worst
@@ -284,14 +288,23 @@ class VideoRectangleOutput:
             j = i
             while j + 1 < n and boxes[j + 1] is not None:
                 j += 1
-            run = boxes[i:j + 1]
+            run = boxes[i : j + 1]
             kept = _keep_keyframes(run, self.tolerance)
             for k in kept:
                 x, y, w, h = run[k]
                 frame = i + k + 1
-                sequence.append({"frame": frame, "enabled": k != kept[-1], "rotation": 0,
-                                 "x": round(x, 4), "y": round(y, 4), "width": round(w, 4), "height": round(h, 4),
-                                 "time": round(frame / framerate, 6)})
+                sequence.append(
+                    {
+                        "frame": frame,
+                        "enabled": k != kept[-1],
+                        "rotation": 0,
+                        "x": round(x, 4),
+                        "y": round(y, 4),
+                        "width": round(w, 4),
+                        "height": round(h, 4),
+                        "time": round(frame / framerate, 6),
+                    }
+                )
             i = j + 1
         if not sequence:
             return None

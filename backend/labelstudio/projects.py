@@ -37,8 +37,12 @@ class LabelStudioProjects:
         self._lock = threading.Lock()
 
     def _new_access(self, url: str, token: str) -> LabelStudioAccess:
-        return LabelStudioAccess(url, token, max_download_bytes=self.settings.max_download_bytes,
-                                 local_files_root=self.settings.local_files_root)
+        return LabelStudioAccess(
+            url,
+            token,
+            max_download_bytes=self.settings.max_download_bytes,
+            local_files_root=self.settings.local_files_root,
+        )
 
     def access_for(self, project_id: int | None) -> LabelStudioAccess | None:
         """The environment's Label Studio URL + token; else what /setup passed for this project."""

@@ -33,8 +33,9 @@ def get_local_path(url: str, **kwargs: Any) -> str:
 class _BoundedSession(requests.Session):
     """A requests session that refuses bodies larger than ``limit`` bytes and never waits forever."""
 
-    def __init__(self, limit: int, too_big: Callable[[str, int], Exception],
-                 timeout: tuple[float, float] = (5.0, 120.0)):
+    def __init__(
+        self, limit: int, too_big: Callable[[str, int], Exception], timeout: tuple[float, float] = (5.0, 120.0)
+    ):
         super().__init__()
         self.limit = limit
         self.too_big = too_big

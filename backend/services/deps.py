@@ -42,9 +42,11 @@ class JobDeps:
             raise JobError(f"{what} needs a project id")
         access = self.label_studio.access_for(project_id)
         if access is None:
-            raise JobError(f"project {project_id}: no Label Studio URL/token: set LABEL_STUDIO_URL and "
-                           "LABEL_STUDIO_API_KEY, or connect the backend to the project in Label Studio first (its "
-                           "/setup passes them)")
+            raise JobError(
+                f"project {project_id}: no Label Studio URL/token: set LABEL_STUDIO_URL and "
+                "LABEL_STUDIO_API_KEY, or connect the backend to the project in Label Studio first (its "
+                "/setup passes them)"
+            )
         return project_id, access
 
     def project_config(self, project_id: int, access: LabelStudioAccess) -> LabelConfig:

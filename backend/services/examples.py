@@ -70,18 +70,34 @@ def select_examples(tasks, cfg: LabelConfig, k: int) -> dict[str, list[ExampleRe
                 media = cfg.images.get(control.to_name) or cfg.videos[control.to_name]
                 ref = (task.get("data") or {}).get(media.value_key)
                 for label in control_labels(result, control):
-                    found.setdefault(example_key(control.name, label), []).append(ExampleRef(
-                        control.name, label, int(ann["id"]), int(task["id"]), str(ann.get("updated_at") or ""),
-                        ref, tuple(result)))
-    for key, refs in found.items():
+                    found.setdefault(example_key(control.name, label), []).append(
+                        ExampleRef(
+                            control.name,
+                            label,
+                            int(ann["id"]),
+                            int(task["id"]),
+                            str(ann.get("updated_at") or ""),
+                            ref,
+                            tuple(result),
+                        )
+                    )
+    for refs in found.values():
         refs.sort(key=lambda r: (r.updated_at, r.annotation_id), reverse=True)
         del refs[k:]
     return found
 
 
 class ExampleManager:
-    def __init__(self, projects: ProjectStore, rows: ExampleStore, model: ModelRuntime, *, k: int, recheck_s: float,
-                 max_pixels: int):
+    def __init__(
+        self,
+        projects: ProjectStore,
+        rows: ExampleStore,
+        model: ModelRuntime,
+        *,
+        k: int,
+        recheck_s: float,
+        max_pixels: int,
+    ):
         self.projects = projects
         self.rows = rows
         self.model = model
@@ -99,7 +115,9 @@ class ExampleManager:
         with self._lock:
             self._projects.pop(project_id, None)
 
-    def ensure(self, project_id: int, cfg: LabelConfig, access: LabelStudioAccess | None, *, force: bool = False) -> ProjectExamples:
+    def ensure(
+        self, project_id: int, cfg: LabelConfig, access: LabelStudioAccess | None, *, force: bool = False
+    ) -> ProjectExamples:
         """Bring the project's examples up to date when needed; errors keep the previous examples."""
         pe = self.project(project_id)
         with pe.lock:
@@ -108,8 +126,11 @@ class ExampleManager:
             if not due:
                 return pe
             if access is None:
-                log.error("project %s: cannot read its annotations: no Label Studio URL/token (set LABEL_STUDIO_URL and "
-                          "LABEL_STUDIO_API_KEY, or connect the model from Label Studio so /setup passes one)", project_id)
+                log.error(
+                    "project %s: cannot read its annotations: no Label Studio URL/token (set LABEL_STUDIO_URL and "
+                    "LABEL_STUDIO_API_KEY, or connect the model from Label Studio so /setup passes one)",
+                    project_id,
+                )
                 return pe
             try:
                 selected = select_examples(access.annotated_tasks(project_id), cfg, self.k)
@@ -131,15 +152,30 @@ class ExampleManager:
                     continue
                 self._encode(project_id, pe, key, controls[refs[0].control], refs, access)
             pe.rev_seen, pe.checked_at, pe.synced = rev, time.monotonic(), True
-            self.rows.replace(project_id, [
-                (r.control, r.label, r.annotation_id, r.task_id, r.updated_at)
-                for key, refs in selected.items() if key in pe.encoded for r in refs])
+            self.rows.replace(
+                project_id,
+                [
+                    (r.control, r.label, r.annotation_id, r.task_id, r.updated_at)
+                    for key, refs in selected.items()
+                    if key in pe.encoded
+                    for r in refs
+                ],
+            )
             n = {key.split("\x1f", 1)[1]: len(refs) for key, refs in selected.items()}
-            log.info("project %s: examples per label %s (latest %d accepted annotations each)", project_id, n or "{}", self.k)
+            log.info(
+                "project %s: examples per label %s (latest %d accepted annotations each)", project_id, n or "{}", self.k
+            )
             return pe
 
-    def _encode(self, project_id: int, pe: ProjectExamples, key: str, control: ControlTag, refs: list[ExampleRef],
-                access: LabelStudioAccess) -> None:
+    def _encode(
+        self,
+        project_id: int,
+        pe: ProjectExamples,
+        key: str,
+        control: ControlTag,
+        refs: list[ExampleRef],
+        access: LabelStudioAccess,
+    ) -> None:
         images, masks = [], []  # a mask, or a keyframe box (percent) turned into one under the lock below
         for ref in refs:
             try:
@@ -149,10 +185,18 @@ class ExampleManager:
                     mask = annotation_mask(control, list(ref.result), ref.label)
                     if mask is None or not mask.any():
                         raise RegionError("empty mask")
-                    image = decode_image(access.fetch(ref.image_ref, ref.task_id), self.max_pixels, f"task {ref.task_id}")
+                    image = decode_image(
+                        access.fetch(ref.image_ref, ref.task_id), self.max_pixels, f"task {ref.task_id}"
+                    )
             except (MediaError, RegionError, LabelStudioError) as exc:
-                log.error("project %s: annotation %s of task %s cannot be an example for %r: %s",
-                          project_id, ref.annotation_id, ref.task_id, ref.label, exc)
+                log.error(
+                    "project %s: annotation %s of task %s cannot be an example for %r: %s",
+                    project_id,
+                    ref.annotation_id,
+                    ref.task_id,
+                    ref.label,
+                    exc,
+                )
                 continue
             images.append(image)
             masks.append(mask)

@@ -76,9 +76,18 @@ class JobContext:
     def params(self) -> dict:
         return self.job["params"]
 
-    def report(self, *, done: int | None = None, total: int | None = None, figures: dict | None = None,
-               params: dict | None = None, message: str | None = None, force: bool = False) -> None:
-        """Record progress; writes at most ~4 times a second unless ``force`` or ``params`` (a resume point) is given."""
+    def report(
+        self,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        figures: dict | None = None,
+        params: dict | None = None,
+        message: str | None = None,
+        force: bool = False,
+    ) -> None:
+        """Record progress; writes at most ~4 times a second unless ``force`` or ``params`` (a resume point)
+        is given."""
         now = time.monotonic()
         if not force and params is None and now - self._last_write < 0.25:
             return
@@ -168,8 +177,11 @@ class JobRunner:
         self._last_recover = time.monotonic()
         recovered = self.store.recover(self._is_stale, self._resumable)
         if recovered:
-            log.warning("jobs %s were interrupted (their process is gone): %s resume, other kinds are marked "
-                        "interrupted", recovered, sorted(self._resumable))
+            log.warning(
+                "jobs %s were interrupted (their process is gone): %s resume, other kinds are marked interrupted",
+                recovered,
+                sorted(self._resumable),
+            )
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -215,8 +227,13 @@ class JobRunner:
     def _run(self, lane: str, job: dict) -> None:
         ctx = JobContext(job, self.store)
         self.current[lane] = job["id"]
-        log.info("job %s (%s, project %s) started%s", job["id"], job["kind"], job["project_id"],
-                 f" (resumed, restart {job['restarts']})" if job["restarts"] else "")
+        log.info(
+            "job %s (%s, project %s) started%s",
+            job["id"],
+            job["kind"],
+            job["project_id"],
+            f" (resumed, restart {job['restarts']})" if job["restarts"] else "",
+        )
         try:
             out = self.kinds[job["kind"]].handler(ctx)
             status, message, figures = out if out else ("done", "", None)

@@ -36,15 +36,33 @@ log = logging.getLogger(__name__)
 # -- Label Studio calls -------------------------------------------------------------------------------
 def list_page(access: LabelStudioAccess, project_id: int, after_id: int, page_size: int) -> tuple[list[dict], int]:
     """Tasks with ``id > after_id`` in id order (one page) and how many such tasks there are."""
-    query = json.dumps({"filters": {"conjunction": "and", "items": [
-        {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": int(after_id)}]},
-        "ordering": ["tasks:id"]})
-    body = access.api_get("/api/tasks", {"project": project_id, "include": "id,data,total_predictions",
-                                         "query": query, "page": 1, "page_size": page_size})
+    query = json.dumps(
+        {
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": int(after_id)}
+                ],
+            },
+            "ordering": ["tasks:id"],
+        }
+    )
+    body = access.api_get(
+        "/api/tasks",
+        {
+            "project": project_id,
+            "include": "id,data,total_predictions",
+            "query": query,
+            "page": 1,
+            "page_size": page_size,
+        },
+    )
     tasks = body.get("tasks", []) if isinstance(body, dict) else body
     total = body.get("total", len(tasks)) if isinstance(body, dict) else len(tasks)
-    tasks = sorted((t for t in tasks if isinstance(t, dict) and isinstance(t.get("id"), int) and t["id"] > after_id),
-                   key=lambda t: t["id"])
+    tasks = sorted(
+        (t for t in tasks if isinstance(t, dict) and isinstance(t.get("id"), int) and t["id"] > after_id),
+        key=lambda t: t["id"],
+    )
     return tasks, int(total)
 
 
@@ -52,10 +70,14 @@ def prediction_versions(access: LabelStudioAccess, task_id: int) -> list[str]:
     preds = access.api_get("/api/predictions", {"task": task_id})
     if isinstance(preds, dict):
         preds = preds.get("results", [])
-    return [str(p.get("model_version")) for p in preds or [] if isinstance(p, dict) and p.get("task", task_id) == task_id]
+    return [
+        str(p.get("model_version")) for p in preds or [] if isinstance(p, dict) and p.get("task", task_id) == task_id
+    ]
 
 
-def tasks_with_version(access: LabelStudioAccess, task_ids: list[int], version: str, pool: ThreadPoolExecutor) -> set[int]:
+def tasks_with_version(
+    access: LabelStudioAccess, task_ids: list[int], version: str, pool: ThreadPoolExecutor
+) -> set[int]:
     found = pool.map(lambda t: (t, version in prediction_versions(access, t)), task_ids)
     return {t for t, has in found if has}
 
@@ -85,16 +107,30 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
             version = deps.version_for(project_id)
             if params.get("version") != version:
                 if params.get("version"):
-                    log.info("job %s: model_version changed from %s to %s: pre-annotating from the start", ctx.id,
-                             params.get("version"), version)
-                params = {"version": version, "cursor": 0, "done": 0, "imported": 0, "existing": 0, "failed": 0,
-                          "failed_ids": [], "page_size": page_size}
+                    log.info(
+                        "job %s: model_version changed from %s to %s: pre-annotating from the start",
+                        ctx.id,
+                        params.get("version"),
+                        version,
+                    )
+                params = {
+                    "version": version,
+                    "cursor": 0,
+                    "done": 0,
+                    "imported": 0,
+                    "existing": 0,
+                    "failed": 0,
+                    "failed_ids": [],
+                    "page_size": page_size,
+                }
                 ctx.report(params=params)
             pe, plan = deps.predictor.plan(project_id, cfg, access)
             if not plan:
                 labels = sorted({lab for c in cfg.label_controls for lab in c.labels})
-                raise JobError(f"project {project_id} has no accepted annotation with any of the labels {labels}: "
-                               "annotate (and submit) at least one task first")
+                raise JobError(
+                    f"project {project_id} has no accepted annotation with any of the labels {labels}: "
+                    "annotate (and submit) at least one task first"
+                )
             value_keys = sorted({cfg.images[name].value_key for name in plan if name in cfg.images})  # not videos
             # a restart may have left an import whose bookkeeping did not happen: ask Label Studio
             pending = ledger.pending(project_id, version)
@@ -102,10 +138,15 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                 there = tasks_with_version(access, pending, version, io_pool)
                 ledger.mark(project_id, version, sorted(there), "done", ctx.id)
                 ledger.forget_pending(project_id, version, [t for t in pending if t not in there])
-                log.info("job %s: %d pending task(s) from an interrupted run: %d already in Label Studio, %d to redo",
-                         ctx.id, len(pending), len(there), len(pending) - len(there))
+                log.info(
+                    "job %s: %d pending task(s) from an interrupted run: %d already in Label Studio, %d to redo",
+                    ctx.id,
+                    len(pending),
+                    len(there),
+                    len(pending) - len(there),
+                )
 
-            def fetch(after: int):
+            def fetch(after: int, version: str = version, value_keys: list[str] = value_keys):
                 tasks, remaining = list_page(access, project_id, after, page_size)
                 done = ledger.done_ids(project_id, version, [t["id"] for t in tasks])
                 maybe = [t["id"] for t in tasks if t["id"] not in done and (t.get("total_predictions") or 0) > 0]
@@ -128,8 +169,11 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                 future = lister.submit(fetch, last_id)  # the next page downloads while the model runs
                 if existing:
                     ledger.mark(project_id, version, sorted(existing), "done", ctx.id)
-                outcomes = deps.predictor.predict_outcomes(project_id, todo, cfg, access, preloaded=images,
-                                                              planned=(pe, plan)) if todo else []
+                outcomes = (
+                    deps.predictor.predict_outcomes(project_id, todo, cfg, access, preloaded=images, planned=(pe, plan))
+                    if todo
+                    else []
+                )
                 ok = [(t["id"], o.prediction) for t, o in zip(todo, outcomes) if o.error is None]
                 failed = [t["id"] for t, o in zip(todo, outcomes) if o.error is not None]
                 if ok:
@@ -159,8 +203,10 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
         elapsed = time.monotonic() - t_start
         rate = processed_now / elapsed if elapsed > 0 else 0.0
         figures = _figures(params, rate, elapsed)
-        msg = (f"{params['imported']} prediction(s) of {version} imported, {params['existing']} task(s) already had one, "
-               f"{params['failed']} failed")
+        msg = (
+            f"{params['imported']} prediction(s) of {version} imported, {params['existing']} task(s) already had one, "
+            f"{params['failed']} failed"
+        )
         if params["failed"]:
             msg += f" (task ids {params['failed_ids'][:10]}...; see the backend log); run the job again to retry them"
         ctx.report(done=params["done"], total=params["done"], force=True)
@@ -171,13 +217,27 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
 
 
 def _figures(params: dict, rate: float, elapsed: float) -> dict[str, Any]:
-    return {"model_version": params["version"], "tasks_done": params["done"], "imported": params["imported"],
-            "existing": params["existing"], "failed": params["failed"], "failed_ids": params["failed_ids"][:20],
-            "tasks_per_second": round(rate, 3), "seconds_this_run": round(elapsed, 2)}
+    return {
+        "model_version": params["version"],
+        "tasks_done": params["done"],
+        "imported": params["imported"],
+        "existing": params["existing"],
+        "failed": params["failed"],
+        "failed_ids": params["failed_ids"][:20],
+        "tasks_per_second": round(rate, 3),
+        "seconds_this_run": round(elapsed, 2),
+    }
 
 
-def _import_with_retry(deps: JobDeps, ctx: JobContext, access: LabelStudioAccess, project_id: int, version: str,
-                       items: list[tuple[int, dict]], pool: ThreadPoolExecutor) -> None:
+def _import_with_retry(
+    deps: JobDeps,
+    ctx: JobContext,
+    access: LabelStudioAccess,
+    project_id: int,
+    version: str,
+    items: list[tuple[int, dict]],
+    pool: ThreadPoolExecutor,
+) -> None:
     s = deps.settings
     ids = [t for t, _ in items]
     deps.ledger.mark(project_id, version, ids, "pending", ctx.id)
@@ -189,19 +249,35 @@ def _import_with_retry(deps: JobDeps, ctx: JobContext, access: LabelStudioAccess
                 there = tasks_with_version(access, ids, version, pool)  # an earlier attempt may have got through
                 todo = [(t, p) for t, p in items if t not in there]
             if todo:
-                import_predictions(access, project_id, [{"task": t, "result": p["result"], "score": p.get("score", 0.0),
-                                                         "model_version": version} for t, p in todo],
-                                   s.preannotate_import_timeout_s)
+                import_predictions(
+                    access,
+                    project_id,
+                    [
+                        {"task": t, "result": p["result"], "score": p.get("score", 0.0), "model_version": version}
+                        for t, p in todo
+                    ],
+                    s.preannotate_import_timeout_s,
+                )
             return
         except Exception as exc:  # network errors, 5xx, timeouts: retried with backoff
             attempt += 1
             deps.metrics.inc("dcsam_preannotate_import_retries_total", project=str(project_id))
             if attempt > s.preannotate_retries:
-                raise JobError(f"importing predictions for tasks {ids[0]}..{ids[-1]} failed {attempt} time(s); last "
-                               f"error: {type(exc).__name__}: {str(exc)[:300]}") from exc
+                raise JobError(
+                    f"importing predictions for tasks {ids[0]}..{ids[-1]} failed {attempt} time(s); last "
+                    f"error: {type(exc).__name__}: {str(exc)[:300]}"
+                ) from exc
             delay = min(60.0, s.preannotate_backoff_s * 2 ** (attempt - 1))
-            log.warning("job %s: importing %d prediction(s) failed (%s: %s); retry %d/%d in %.1f s", ctx.id, len(items),
-                        type(exc).__name__, str(exc)[:200], attempt, s.preannotate_retries, delay)
+            log.warning(
+                "job %s: importing %d prediction(s) failed (%s: %s); retry %d/%d in %.1f s",
+                ctx.id,
+                len(items),
+                type(exc).__name__,
+                str(exc)[:200],
+                attempt,
+                s.preannotate_retries,
+                delay,
+            )
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 ctx.check_cancel()

@@ -1,15 +1,17 @@
 """/predict: batch pre-annotation from the project's examples, and interactive refinement from a context.
 
 Protocol handling only: every model call goes through ``dcsam.api.InContextSegmenter`` (and the
-refinement entry point); media and outputs live in :mod:`backend.labelstudio.media` and :mod:`backend.labelstudio.outputs`.
+refinement entry point); media and outputs live in :mod:`backend.labelstudio.media` and
+:mod:`backend.labelstudio.outputs`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -36,11 +38,22 @@ def empty_prediction(version: str) -> dict:
 
 
 class Predictor:
-    def __init__(self, *, model: ModelRuntime, examples: ExampleManager, version: str, batch_size: int,
-                 min_score: float, max_pixels: int, max_download_bytes: int, local_files_root: str | None,
-                 on_task_error: Callable[[str], None] | None = None,
-                 version_for: Callable[[int | None], str] | None = None,
-                 prepare: Callable[[int | None], None] | None = None, video: VideoPredictor | None = None):
+    def __init__(
+        self,
+        *,
+        model: ModelRuntime,
+        examples: ExampleManager,
+        version: str,
+        batch_size: int,
+        min_score: float,
+        max_pixels: int,
+        max_download_bytes: int,
+        local_files_root: str | None,
+        on_task_error: Callable[[str], None] | None = None,
+        version_for: Callable[[int | None], str] | None = None,
+        prepare: Callable[[int | None], None] | None = None,
+        video: VideoPredictor | None = None,
+    ):
         self.model = model
         self.examples = examples
         self.version = version
@@ -61,18 +74,28 @@ class Predictor:
         data = task.get("data")
         if not isinstance(data, dict) or key not in data:
             raise MediaError(f"task {task.get('id')}: data has no {key!r} field")
-        raw = fetch_media(data[key], task.get("id"), access=access, max_bytes=self.max_download_bytes,
-                          local_files_root=self.local_files_root)
+        raw = fetch_media(
+            data[key],
+            task.get("id"),
+            access=access,
+            max_bytes=self.max_download_bytes,
+            local_files_root=self.local_files_root,
+        )
         return decode_image(raw, self.max_pixels, f"task {task.get('id')}")
 
     # -- batch -------------------------------------------------------------------------------
-    def predict_tasks(self, project_id: int | None, tasks: list[dict], cfg: LabelConfig,
-                      access: LabelStudioAccess | None) -> list[dict]:
+    def predict_tasks(
+        self, project_id: int | None, tasks: list[dict], cfg: LabelConfig, access: LabelStudioAccess | None
+    ) -> list[dict]:
         """One prediction per task, in order; a task whose image fails gets an empty one (logged)."""
         return [o.prediction for o in self.predict_outcomes(project_id, tasks, cfg, access)]
 
-    def plan(self, project_id: int, cfg: LabelConfig, access: LabelStudioAccess | None,
-             ) -> tuple[object, dict[str, list[tuple[ControlTag, str, str]]]]:
+    def plan(
+        self,
+        project_id: int,
+        cfg: LabelConfig,
+        access: LabelStudioAccess | None,
+    ) -> tuple[object, dict[str, list[tuple[ControlTag, str, str]]]]:
         """The project's examples and, per image (or video) tag, the (control, label, key) that have examples."""
         pe = self.examples.ensure(project_id, cfg, access)
         keys = set(pe.keys())
@@ -84,18 +107,30 @@ class Predictor:
                     plan.setdefault(control.to_name, []).append((control, label, key))
         return pe, plan
 
-    def load_many(self, tasks: list[dict], value_keys: list[str], access: LabelStudioAccess | None,
-                  pool: ThreadPoolExecutor) -> dict[tuple[int, str], tuple[np.ndarray | None, str | None]]:
+    def load_many(
+        self, tasks: list[dict], value_keys: list[str], access: LabelStudioAccess | None, pool: ThreadPoolExecutor
+    ) -> dict[tuple[int, str], tuple[np.ndarray | None, str | None]]:
         """Download and decode every task's image(s) with ``pool``: {(index, value key): (image, error)}.
 
         Frame-sequence tasks are left out: their video's propagation reads its frames itself."""
-        futures = {(i, key): pool.submit(self._try_load, task, key, access)
-                   for i, task in enumerate(tasks) for key in value_keys if not self._is_frame(task)}
+        futures = {
+            (i, key): pool.submit(self._try_load, task, key, access)
+            for i, task in enumerate(tasks)
+            for key in value_keys
+            if not self._is_frame(task)
+        }
         return {k: f.result() for k, f in futures.items()}
 
-    def predict_outcomes(self, project_id: int | None, tasks: list[dict], cfg: LabelConfig,
-                         access: LabelStudioAccess | None, *, preloaded: dict | None = None,
-                         planned: tuple | None = None) -> list[TaskOutcome]:
+    def predict_outcomes(
+        self,
+        project_id: int | None,
+        tasks: list[dict],
+        cfg: LabelConfig,
+        access: LabelStudioAccess | None,
+        *,
+        preloaded: dict | None = None,
+        planned: tuple | None = None,
+    ) -> list[TaskOutcome]:
         """Like :meth:`predict_tasks`, with each task's error (None when it was predicted)."""
         version = self.version_for(project_id)
         results = [TaskOutcome(empty_prediction(version)) for _ in tasks]
@@ -107,9 +142,13 @@ class Predictor:
         pe, plan = planned or self.plan(project_id, cfg, access)
         if not plan:
             labels = sorted({lab for c in cfg.label_controls for lab in c.labels})
-            log.warning("project %s has no accepted annotation with any of the labels %s yet: returning %d empty "
-                        "predictions. Annotate one image (and submit it), then retrieve predictions again.",
-                        project_id, labels, len(tasks))
+            log.warning(
+                "project %s has no accepted annotation with any of the labels %s yet: returning %d empty "
+                "predictions. Annotate one image (and submit it), then retrieve predictions again.",
+                project_id,
+                labels,
+                len(tasks),
+            )
             for o in results:
                 o.error = "no examples"
             return results
@@ -120,20 +159,24 @@ class Predictor:
             value_key = cfg.images[image_name].value_key
             single = list(range(len(tasks)))
             if self.video is not None and any(self._is_frame(t) for t in tasks):
-                framed = self.video.predict_sequences(project_id, tasks, cfg, image_name, access, pe, version,
-                                                      self._load_for(access))
+                framed = self.video.predict_sequences(
+                    project_id, tasks, cfg, image_name, access, pe, version, self._load_for(access)
+                )
                 for i, outcome in framed.items():
                     self._record(tasks[i], results[i], outcome.regions, outcome.error)
                 single = [i for i in single if i not in framed]
             for start in range(0, len(single), self.batch_size):
-                chunk = single[start:start + self.batch_size]
+                chunk = single[start : start + self.batch_size]
                 if preloaded is not None:
                     loaded = [preloaded.get((i, value_key)) or (None, "not downloaded") for i in chunk]
                 else:
                     with ThreadPoolExecutor(max_workers=min(4, len(chunk))) as pool:
-                        loaded = list(pool.map(lambda i: self._try_load(tasks[i], value_key, access), chunk))
+                        n = len(chunk)
+                        loaded = list(
+                            pool.map(self._try_load, [tasks[i] for i in chunk], [value_key] * n, [access] * n)
+                        )
                 ok = [(i, img) for i, (img, err) in zip(chunk, loaded) if img is not None]
-                for i, (img, err) in zip(chunk, loaded):
+                for i, (_img, err) in zip(chunk, loaded):
                     if err:
                         log.error("task %s: no prediction: %s", tasks[i].get("id"), err)
                         self.on_task_error("media")
@@ -145,7 +188,12 @@ class Predictor:
                         self.prepare(project_id)
                         preds = pe.segmenter.predict([img for _, img in ok], labels=[key for _, _, key in wanted])
                 except DcsamError as exc:
-                    log.error("project %s: the model refused tasks %s: %s", project_id, [tasks[i].get("id") for i, _ in ok], exc)
+                    log.error(
+                        "project %s: the model refused tasks %s: %s",
+                        project_id,
+                        [tasks[i].get("id") for i, _ in ok],
+                        exc,
+                    )
                     self.on_task_error("model")
                     for i, _ in ok:
                         results[i].error = f"model: {exc}"
@@ -157,15 +205,21 @@ class Predictor:
                         results[i].error = pred.error
                         continue
                     results[i].prediction["result"] += mask_regions(
-                        pred.masks, pred.scores, [(key, control, label) for control, label, key in wanted], self.min_score)
+                        pred.masks,
+                        pred.scores,
+                        [(key, control, label) for control, label, key in wanted],
+                        self.min_score,
+                    )
         for pred in (o.prediction for o in results):
             scores = [r["score"] for r in pred["result"] if "score" in r]
             pred["score"] = float(np.mean(scores)) if scores else 0.0
         return results
 
     def _is_frame(self, task: dict) -> bool:
-        return self.video is not None and sequence_id(task, self.video.settings.video_key,
-                                                      self.video.settings.frame_key) is not None
+        return (
+            self.video is not None
+            and sequence_id(task, self.video.settings.video_key, self.video.settings.frame_key) is not None
+        )
 
     def _load_for(self, access: LabelStudioAccess | None) -> Callable[[dict, str], np.ndarray]:
         return lambda task, key: self._load(task, key, access)
@@ -177,14 +231,23 @@ class Predictor:
             outcome.error = error
         outcome.prediction["result"].extend(regions)
 
-    def _predict_videos(self, project_id: int, tasks: list[dict], cfg: LabelConfig, video_name: str,
-                        controls: list[ControlTag], access: LabelStudioAccess | None, pe,
-                        results: list[TaskOutcome]) -> None:
+    def _predict_videos(
+        self,
+        project_id: int,
+        tasks: list[dict],
+        cfg: LabelConfig,
+        video_name: str,
+        controls: list[ControlTag],
+        access: LabelStudioAccess | None,
+        pe,
+        results: list[TaskOutcome],
+    ) -> None:
         if self.video is None:
             return
         for task, outcome in zip(tasks, results):
-            got = self.video.predict_video_task(project_id, task, cfg, video_name, list(dict.fromkeys(controls)),
-                                                access, pe)
+            got = self.video.predict_video_task(
+                project_id, task, cfg, video_name, list(dict.fromkeys(controls)), access, pe
+            )
             self._record(task, outcome, got.regions, got.error)
 
     def _try_load(self, task: dict, value_key: str, access) -> tuple[np.ndarray | None, str | None]:
@@ -196,11 +259,16 @@ class Predictor:
             return None, f"{type(exc).__name__}: {exc}"
 
     # -- interactive -------------------------------------------------------------------------
-    def predict_interactive(self, project_id: int | None, task: dict, context: dict, cfg: LabelConfig,
-                            access: LabelStudioAccess | None) -> dict:
+    def predict_interactive(
+        self, project_id: int | None, task: dict, context: dict, cfg: LabelConfig, access: LabelStudioAccess | None
+    ) -> dict:
         """Refine the task's mask with the smart-tool prompts; one region for the target mask control."""
-        prompts = [r for r in (context.get("result") or []) if isinstance(r, dict)
-                   and str(r.get("type", "")).lower() in ("keypointlabels", "keypoint", "rectanglelabels", "rectangle")]
+        prompts = [
+            r
+            for r in (context.get("result") or [])
+            if isinstance(r, dict)
+            and str(r.get("type", "")).lower() in ("keypointlabels", "keypoint", "rectanglelabels", "rectangle")
+        ]
         if not prompts:
             log.info("task %s: interactive context without keypoint / rectangle prompts; nothing to do", task.get("id"))
             return empty_prediction(self.version_for(project_id))
@@ -214,8 +282,13 @@ class Predictor:
         candidates = [c for c in cfg.mask_controls if c.to_name == to_name] or cfg.mask_controls
         target = next((c for c in candidates if label in c.labels), candidates[0])
         if label not in target.labels:
-            log.info("interactive label %r is not a label of <%s name=%s>; using %r", label, target.type, target.name,
-                     target.labels[0])
+            log.info(
+                "interactive label %r is not a label of <%s name=%s>; using %r",
+                label,
+                target.type,
+                target.name,
+                target.labels[0],
+            )
             label = target.labels[0]
         try:
             image = self._load(task, cfg.images[target.to_name].value_key, access)
@@ -272,7 +345,11 @@ class Predictor:
             self.on_task_error("model")
             return empty_prediction(self.version_for(project_id))
         region = output_for(target).region(np.asarray(mask, bool), label, float(score))
-        return {"result": [region] if region else [], "score": float(score) if region else 0.0, "model_version": self.version_for(project_id)}
+        return {
+            "result": [region] if region else [],
+            "score": float(score) if region else 0.0,
+            "model_version": self.version_for(project_id),
+        }
 
 
 def refine(segmenter, image: np.ndarray, mask: np.ndarray | None, points: list, box: Any, key: str):

@@ -1,4 +1,5 @@
-"""The model runtime: the segmenter, loaded once per process on first use (or by a warm-up thread), never by /health or /setup.
+"""The model runtime: the segmenter, loaded once per process on first use (or by a warm-up thread),
+never by /health or /setup.
 
 ``inference_lock`` serialises every model call in the process (one writer to the GPU); request
 threads wait on it, /health and /setup never touch it.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from dcsam.api import InContextSegmenter
 from dcsam.checkpoints import clone_state
@@ -28,8 +29,12 @@ def default_factory(config: SegmenterConfig) -> InContextSegmenter:
 
 
 class ModelRuntime:
-    def __init__(self, config: SegmenterConfig, factory: SegmenterFactory | None = None,
-                 on_load: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        config: SegmenterConfig,
+        factory: SegmenterFactory | None = None,
+        on_load: Callable[[], None] | None = None,
+    ):
         self.config = config
         self._factory = factory or default_factory
         self._on_load = on_load or (lambda: None)  # e.g. metrics, counted where the load happens

@@ -63,8 +63,9 @@ class downloaded_video:
             os.unlink(self.path)
 
 
-def track_frame(control: ControlTag, result: list, label: str, video_ref: Any, task_id: int,
-                access: LabelStudioAccess) -> tuple[np.ndarray, tuple]:
+def track_frame(
+    control: ControlTag, result: list, label: str, video_ref: Any, task_id: int, access: LabelStudioAccess
+) -> tuple[np.ndarray, tuple]:
     """The frame of ``label``'s first keyframe in an annotated video, and that keyframe's box (percent):
     the makings of an in-context example (see :func:`box_to_mask`). Raises RegionError / MediaError."""
     first = VideoRectangleOutput(control).first_box(result, label)

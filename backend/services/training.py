@@ -6,7 +6,8 @@ by ``POST /jobs/train``, and after ``DCSAM_TRAIN_EVERY`` new accepted annotation
 
 1. Every task's latest accepted (submitted, not cancelled) annotation gives one labelled image per
    (mask control, label) it contains.
-2. The cross-validated decision is :func:`dcsam.training.crossval.cross_validate`: the tasks go into ``DCSAM_TRAIN_FOLDS`` (4) cross-validation folds, stratified by label. Episodes
+2. The cross-validated decision is :func:`dcsam.training.crossval.cross_validate`: the tasks go into
+   ``DCSAM_TRAIN_FOLDS`` (4) cross-validation folds, stratified by label. Episodes
    share a label and their images are different tasks: groups of up to K+1 training tasks
    (K = ``DCSAM_EXAMPLES_PER_LABEL``), K supports and the rest queries.
 3. For each fold: validation IoU of each held-out (task, label) with the serving weights (examples: the
@@ -62,8 +63,18 @@ def collect(deps: JobDeps, project_id: int, cfg, access, ctx: JobContext) -> lis
         for control in cfg.mask_controls:
             ref = (task.get("data") or {}).get(cfg.images[control.to_name].value_key)
             for label in sorted(control_labels(result, control)):
-                wanted.append((int(task["id"]), example_key(control.name, label), ref, control, label, result,
-                               str(ann.get("updated_at") or ""), frame_of))
+                wanted.append(
+                    (
+                        int(task["id"]),
+                        example_key(control.name, label),
+                        ref,
+                        control,
+                        label,
+                        result,
+                        str(ann.get("updated_at") or ""),
+                        frame_of,
+                    )
+                )
     ctx.check_cancel()
     images: dict[int, np.ndarray | None] = {}
 
@@ -108,11 +119,21 @@ def run_train(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
     with runtime.inference_lock:  # one writer to the accelerator; see the module docstring
         try:
             result = cross_validate(
-                runtime.base().engine, runtime.base().config, items, seed=project_id, folds=s.train_folds,
-                k=s.examples_per_label, reset_weights=lambda: deps.prepare(project_id),
-                step_choices=[s.train_steps] if s.train_steps is not None else None, min_gain=s.train_min_gain,
-                weights_changing=runtime.forget_weights, report=ctx.report, check_cancel=ctx.check_cancel,
-                extra_figures={"parent_version": parent}, score=validation_ious)
+                runtime.base().engine,
+                runtime.base().config,
+                items,
+                seed=project_id,
+                folds=s.train_folds,
+                k=s.examples_per_label,
+                reset_weights=lambda: deps.prepare(project_id),
+                step_choices=[s.train_steps] if s.train_steps is not None else None,
+                min_gain=s.train_min_gain,
+                weights_changing=runtime.forget_weights,
+                report=ctx.report,
+                check_cancel=ctx.check_cancel,
+                extra_figures={"parent_version": parent},
+                score=validation_ious,
+            )
         except NotEnoughData as exc:
             raise JobError(f"project {project_id}: {exc}") from exc
         except CrossValError as exc:
@@ -123,15 +144,22 @@ def run_train(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
     figures["seconds"] = round(time.monotonic() - t0, 2)
     if not result.promote or result.candidate_state is None:
         figures["promoted"] = False
-        return "done", (f"not promoted: cross-validated mIoU {figures['val_miou_before']:.4f} -> "
-                        f"{figures['val_miou_after']:.4f} (a gain of more than {s.train_min_gain:g} is needed); "
-                        f"still serving {parent}"), figures
+        return (
+            "done",
+            (
+                f"not promoted: cross-validated mIoU {figures['val_miou_before']:.4f} -> "
+                f"{figures['val_miou_after']:.4f} (a gain of more than {s.train_min_gain:g} is needed); "
+                f"still serving {parent}"
+            ),
+            figures,
+        )
     ctx.check_cancel()
     version = deps.versions.promote(project_id, result.candidate_state, figures, parent)
     figures["promoted"] = True
     figures["new_version"] = version
-    msg = (f"promoted {version}: cross-validated mIoU {figures['val_miou_before']:.4f} -> "
-           f"{figures['val_miou_after']:.4f}")
+    msg = (
+        f"promoted {version}: cross-validated mIoU {figures['val_miou_before']:.4f} -> {figures['val_miou_after']:.4f}"
+    )
     if s.preannotate_after_train:
         job = deps.submit_preannotate(project_id, reason=f"after training job {ctx.id}")
         figures["preannotate_job"] = job

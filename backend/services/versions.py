@@ -83,8 +83,15 @@ class VersionRegistry:
         folder = self.dir / str(int(project_id))
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{version}.pt"
-        digest = save_checkpoint(path, CHECKPOINT_KIND, trainable_state, {"engine": self.engine, "base": self.base_version},
-                                 version=version, parent=parent, project=int(project_id))
+        digest = save_checkpoint(
+            path,
+            CHECKPOINT_KIND,
+            trainable_state,
+            {"engine": self.engine, "base": self.base_version},
+            version=version,
+            parent=parent,
+            project=int(project_id),
+        )
         self.rows.add_active(version, project_id, parent, str(path), digest, figures)
         return version
 
@@ -92,8 +99,10 @@ class VersionRegistry:
         """Serve ``version`` for its project (the base version needs ``project_id``); returns (project, version)."""
         if version == self.base_version:
             if project_id is None:
-                raise VersionError(f"{version} is the base version of every project: say which project "
-                                   "(?project=ID or {\"project\": ID})")
+                raise VersionError(
+                    f"{version} is the base version of every project: say which project "
+                    '(?project=ID or {"project": ID})'
+                )
         else:
             info = self.info(version)
             if info is None:

@@ -23,10 +23,11 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -159,8 +160,9 @@ def segments(anchors: list, n: int, first: set[int]) -> list[tuple[int, int, int
 class VideoPredictor:
     """Frame-sequence and ``<Video>`` predictions for :class:`backend.services.predictor.Predictor`."""
 
-    def __init__(self, *, model, settings, prepare: Callable[[int | None], None],
-                 count: Callable[..., None] | None = None):
+    def __init__(
+        self, *, model, settings, prepare: Callable[[int | None], None], count: Callable[..., None] | None = None
+    ):
         self.model = model
         self.settings = settings
         self.prepare = prepare
@@ -199,9 +201,17 @@ class VideoPredictor:
             return next(iterator, None)
 
     # -- 1. frame-sequence image tasks -------------------------------------------------------------
-    def predict_sequences(self, project_id: int, tasks: list[dict], cfg: LabelConfig, image_name: str,
-                          access: LabelStudioAccess | None, pe, version: str, load: Callable[[dict, str], np.ndarray],
-                          ) -> dict[int, FrameOutcome]:
+    def predict_sequences(
+        self,
+        project_id: int,
+        tasks: list[dict],
+        cfg: LabelConfig,
+        image_name: str,
+        access: LabelStudioAccess | None,
+        pe,
+        version: str,
+        load: Callable[[dict, str], np.ndarray],
+    ) -> dict[int, FrameOutcome]:
         """Outcomes (by index into ``tasks``) of the frame-sequence tasks among ``tasks``."""
         s = self.settings
         by_video: dict[str, list[int]] = {}
@@ -219,8 +229,9 @@ class VideoPredictor:
             wanted_ids = [tasks[i]["id"] for i in indices]
             try:
                 for _ in range(2):  # a run superseded while we waited (new annotations): wait for its successor
-                    run = self._sequence_run(project_id, cfg, image_name, video, wanted_ids, access, pe, version,
-                                             load, vs)
+                    run = self._sequence_run(
+                        project_id, cfg, image_name, video, wanted_ids, access, pe, version, load, vs
+                    )
                     got = run.wait(wanted_ids)
                     if not run.cancelled:
                         break
@@ -233,14 +244,19 @@ class VideoPredictor:
                 out[i] = got.get(tasks[i]["id"]) or FrameOutcome([], "not a frame of the propagated video")
         return out
 
-    def _video_tasks(self, project_id: int, video: str, must_have: list[int], access: LabelStudioAccess,
-                     rev: Any) -> list[dict]:
+    def _video_tasks(
+        self, project_id: int, video: str, must_have: list[int], access: LabelStudioAccess, rev: Any
+    ) -> list[dict]:
         """The project's tasks of ``video`` (annotations included), listed once per examples revision."""
         s = self.settings
         key = (project_id, video)
         cached = self._listings.get(key)
-        if cached and cached[0] == rev and time.monotonic() - cached[1] < s.examples_recheck_s \
-                and set(must_have) <= {t["id"] for t in cached[2]}:
+        if (
+            cached
+            and cached[0] == rev
+            and time.monotonic() - cached[1] < s.examples_recheck_s
+            and set(must_have) <= {t["id"] for t in cached[2]}
+        ):
             return cached[2]
         flt = [{"filter": f"filter:tasks:data.{s.video_key}", "operator": "equal", "type": "String", "value": video}]
         found = [t for t in access.tasks(project_id, flt) if self._of_video(t, video)]
@@ -253,20 +269,30 @@ class VideoPredictor:
         sid = sequence_id(task, self.settings.video_key, self.settings.frame_key)
         return sid is not None and sid[0] == video and isinstance(task.get("id"), int)
 
-    def _sequence_run(self, project_id, cfg, image_name, video, wanted_ids, access, pe, version, load, vs) -> SequenceRun:
+    def _sequence_run(
+        self, project_id, cfg, image_name, video, wanted_ids, access, pe, version, load, vs
+    ) -> SequenceRun:
         s = self.settings
         rev = (pe.rev_seen, tuple(sorted(pe.fingerprints.items())))
-        frames = sorted(self._video_tasks(project_id, video, wanted_ids, access, rev),
-                        key=lambda t: (sequence_id(t, s.video_key, s.frame_key)[1], t["id"]))
+        frames = sorted(
+            self._video_tasks(project_id, video, wanted_ids, access, rev),
+            key=lambda t: (sequence_id(t, s.video_key, s.frame_key)[1], t["id"]),
+        )
         controls = [c for c in cfg.mask_controls if c.to_name == image_name]
         anchors: list[tuple[int, dict]] = []  # (position, annotation)
         for pos, task in enumerate(frames):
             ann = latest_accepted(task)
-            if ann and any(isinstance(r, dict) and r.get("from_name") in {c.name for c in controls}
-                           for r in ann.get("result") or []):
+            if ann and any(
+                isinstance(r, dict) and r.get("from_name") in {c.name for c in controls}
+                for r in ann.get("result") or []
+            ):
                 anchors.append((pos, ann))
-        key = (version, rev, tuple(t["id"] for t in frames),
-               tuple((pos, ann["id"], str(ann.get("updated_at"))) for pos, ann in anchors))
+        key = (
+            version,
+            rev,
+            tuple(t["id"] for t in frames),
+            tuple((pos, ann["id"], str(ann.get("updated_at"))) for pos, ann in anchors),
+        )
         slot = (project_id, image_name, video)
         with self._lock:
             run = self._runs.get(slot)
@@ -282,13 +308,28 @@ class VideoPredictor:
                 self._runs.popitem(last=False)
         self.count("dcsam_video_propagations_total", kind="sequence")
         # not a daemon: the interpreter lets it finish instead of killing it inside the model
-        thread = threading.Thread(target=self._propagate_sequence, name=f"dcsam-video-{video}"[:60],
-                                  args=(run, project_id, cfg, image_name, video, frames, anchors, controls, pe, load, vs))
+        thread = threading.Thread(
+            target=self._propagate_sequence,
+            name=f"dcsam-video-{video}"[:60],
+            args=(run, project_id, cfg, image_name, video, frames, anchors, controls, pe, load, vs),
+        )
         thread.start()
         return run
 
-    def _propagate_sequence(self, run: SequenceRun, project_id, cfg, image_name, video, frames, anchors, controls,
-                            pe, load, vs: VideoSegmenter) -> None:
+    def _propagate_sequence(
+        self,
+        run: SequenceRun,
+        project_id,
+        cfg,
+        image_name,
+        video,
+        frames,
+        anchors,
+        controls,
+        pe,
+        load,
+        vs: VideoSegmenter,
+    ) -> None:
         value_key = cfg.images[image_name].value_key
         loaders = [lambda t=t: load(t, value_key) for t in frames]
         source = TaskFrames(loaders, str(video), self._pool)
@@ -304,7 +345,9 @@ class VideoPredictor:
                         run.put(t["id"], FrameOutcome([], "no examples and no annotated frame for this video's labels"))
                     continue
                 try:
-                    iterator = vs.segment(SubFrames(source, lo, hi), masks=masks, frame_index=anchor - lo, labels=labels)
+                    iterator = vs.segment(
+                        SubFrames(source, lo, hi), masks=masks, frame_index=anchor - lo, labels=labels
+                    )
                     while not run.cancelled:
                         res = self._step(project_id, iterator)
                         if res is None:
@@ -313,8 +356,9 @@ class VideoPredictor:
                         if res.error:
                             run.put(task["id"], FrameOutcome([], res.error))
                             continue
-                        regions = mask_regions(res.masks, res.scores, [(k, *keys[k]) for k in labels],
-                                               self.settings.min_score)
+                        regions = mask_regions(
+                            res.masks, res.scores, [(k, *keys[k]) for k in labels], self.settings.min_score
+                        )
                         run.put(task["id"], FrameOutcome(regions))
                         self.count("dcsam_video_frames_total", kind="sequence")
                 except (DcsamError, MediaError, LabelStudioError) as exc:
@@ -331,8 +375,14 @@ class VideoPredictor:
         finally:
             source.close()
             run.finish(error)
-        log.info("project %s, video %r: %d frames propagated from %d annotated frame(s) in %.1f s", project_id, video,
-                 len(frames), len(anchors), time.monotonic() - t0)
+        log.info(
+            "project %s, video %r: %d frames propagated from %d annotated frame(s) in %.1f s",
+            project_id,
+            video,
+            len(frames),
+            len(anchors),
+            time.monotonic() - t0,
+        )
 
     def _anchor_masks(self, annotation: dict, controls: list[ControlTag], project_id: int) -> dict[str, np.ndarray]:
         masks = {}
@@ -348,8 +398,16 @@ class VideoPredictor:
         return masks
 
     # -- 2. <Video> tasks ---------------------------------------------------------------------------
-    def predict_video_task(self, project_id: int, task: dict, cfg: LabelConfig, video_name: str,
-                           controls: list[ControlTag], access: LabelStudioAccess | None, pe) -> FrameOutcome:
+    def predict_video_task(
+        self,
+        project_id: int,
+        task: dict,
+        cfg: LabelConfig,
+        video_name: str,
+        controls: list[ControlTag],
+        access: LabelStudioAccess | None,
+        pe,
+    ) -> FrameOutcome:
         """One task's VideoRectangle tracks (one region per label that is seen)."""
         tag = cfg.videos[video_name]
         data = task.get("data") if isinstance(task.get("data"), dict) else {}
@@ -360,8 +418,14 @@ class VideoPredictor:
             return FrameOutcome([], f"video propagation unavailable: {self._unsupported}")
         annotation = self._task_annotation(task, access)
         try:
-            fetch = partial(fetch_media, data[tag.value_key], task.get("id"), access=access,
-                            max_bytes=self.settings.max_download_bytes, local_files_root=self.settings.local_files_root)
+            fetch = partial(
+                fetch_media,
+                data[tag.value_key],
+                task.get("id"),
+                access=access,
+                max_bytes=self.settings.max_download_bytes,
+                local_files_root=self.settings.local_files_root,
+            )
             with downloaded_video(fetch, task.get("id")) as source:
                 masks, anchor = {}, 0
                 if annotation is not None:
@@ -396,7 +460,8 @@ class VideoPredictor:
             if score < self.settings.min_score:
                 continue
             region = VideoRectangleOutput(control, self.settings.video_keyframe_tolerance).region(
-                boxes[k][:n], lab, score, tag.fps(data))
+                boxes[k][:n], lab, score, tag.fps(data)
+            )
             if region is not None:
                 regions.append(region)
         return FrameOutcome(regions)

@@ -26,5 +26,4 @@ class Store:
         self.ledger = PredictionLedger(self.db, self.jobs)
 
 
-__all__ = ["FINAL", "Database", "ExampleStore", "JobStore", "PredictionLedger", "ProjectStore", "Store",
-           "VersionStore"]
+__all__ = ["FINAL", "Database", "ExampleStore", "JobStore", "PredictionLedger", "ProjectStore", "Store", "VersionStore"]

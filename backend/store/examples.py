@@ -17,11 +17,16 @@ class ExampleStore:
             con.execute("DELETE FROM examples WHERE project_id=?", (project_id,))
             con.executemany(
                 "INSERT OR REPLACE INTO examples(project_id, control, label, annotation_id, task_id, updated_at) "
-                "VALUES(?, ?, ?, ?, ?, ?)", [(project_id, *r) for r in rows])
+                "VALUES(?, ?, ?, ?, ?, ?)",
+                [(project_id, *r) for r in rows],
+            )
 
     def of_project(self, project_id: int) -> list[dict]:
-        rows = self.db.query("SELECT control, label, annotation_id, task_id, updated_at FROM examples "
-                             "WHERE project_id=? ORDER BY control, label, updated_at DESC", (project_id,))
+        rows = self.db.query(
+            "SELECT control, label, annotation_id, task_id, updated_at FROM examples "
+            "WHERE project_id=? ORDER BY control, label, updated_at DESC",
+            (project_id,),
+        )
         return [dict(zip(COLUMNS, r)) for r in rows]
 
     def delete_project(self, project_id: int) -> None:

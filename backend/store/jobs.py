@@ -15,8 +15,25 @@ from typing import Any
 from .database import Database
 
 FINAL = ("done", "failed", "cancelled", "interrupted", "skipped")
-COLUMNS = ("id", "kind", "project_id", "status", "message", "created_at", "finished_at", "params", "progress_done",
-           "progress_total", "figures", "started_at", "updated_at", "owner", "cancel_requested", "run_after", "restarts")
+COLUMNS = (
+    "id",
+    "kind",
+    "project_id",
+    "status",
+    "message",
+    "created_at",
+    "finished_at",
+    "params",
+    "progress_done",
+    "progress_total",
+    "figures",
+    "started_at",
+    "updated_at",
+    "owner",
+    "cancel_requested",
+    "run_after",
+    "restarts",
+)
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 
 
@@ -46,18 +63,35 @@ class JobStore:
     def __init__(self, db: Database):
         self.db = db
 
-    def add(self, kind: str, project_id: int | None, params: dict | None = None, *, run_after: float = 0.0,
-            status: str = "queued", message: str = "") -> int:
+    def add(
+        self,
+        kind: str,
+        project_id: int | None,
+        params: dict | None = None,
+        *,
+        run_after: float = 0.0,
+        status: str = "queued",
+        message: str = "",
+    ) -> int:
         now = time.time()
         with self.db.transaction() as con:
             cur = con.execute(
                 "INSERT INTO jobs(kind, project_id, status, message, created_at, params, run_after, updated_at) "
                 "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, project_id, status, message, now, _json(params or {}), run_after, now))
+                (kind, project_id, status, message, now, _json(params or {}), run_after, now),
+            )
             return int(cur.lastrowid or 0)
 
-    def add_or_merge(self, kind: str, project_id: int | None, params: dict, *, run_after: float,
-                     latest_run_after: float, message: str = "") -> tuple[int, bool]:
+    def add_or_merge(
+        self,
+        kind: str,
+        project_id: int | None,
+        params: dict,
+        *,
+        run_after: float,
+        latest_run_after: float,
+        message: str = "",
+    ) -> tuple[int, bool]:
         """Queue a job, or merge into the queued one of this kind and project (at most one queued).
 
         Merging replaces its params and postpones it to ``run_after``, never past ``latest_run_after``
@@ -66,26 +100,33 @@ class JobStore:
         """
         now = time.time()
         with self.db.transaction() as con:
-            row = con.execute("SELECT id, created_at FROM jobs WHERE kind=? AND project_id IS ? AND status='queued' "
-                              "ORDER BY id LIMIT 1", (kind, project_id)).fetchone()
+            row = con.execute(
+                "SELECT id, created_at FROM jobs WHERE kind=? AND project_id IS ? AND status='queued' "
+                "ORDER BY id LIMIT 1",
+                (kind, project_id),
+            ).fetchone()
             if row is not None:
                 job_id, created = row
                 cap = created + (latest_run_after - now)
-                con.execute("UPDATE jobs SET params=?, run_after=?, message=?, updated_at=? WHERE id=?",
-                            (_json(params), min(run_after, cap), message, now, job_id))
+                con.execute(
+                    "UPDATE jobs SET params=?, run_after=?, message=?, updated_at=? WHERE id=?",
+                    (_json(params), min(run_after, cap), message, now, job_id),
+                )
                 return int(job_id), False
             cur = con.execute(
                 "INSERT INTO jobs(kind, project_id, status, message, created_at, params, run_after, updated_at) "
                 "VALUES(?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (kind, project_id, message, now, _json(params), run_after, now))
+                (kind, project_id, message, now, _json(params), run_after, now),
+            )
             return int(cur.lastrowid or 0), True
 
     def get(self, job_id: int) -> dict | None:
         rows = self.db.query(f"{SELECT} WHERE id=?", (job_id,))
         return _row(rows[0]) if rows else None
 
-    def list(self, *, limit: int = 50, project_id: int | None = None, status: str | None = None,
-             kind: str | None = None) -> list[dict]:
+    def list(
+        self, *, limit: int = 50, project_id: int | None = None, status: str | None = None, kind: str | None = None
+    ) -> list[dict]:
         where, args = [], []
         for col, val in (("project_id", project_id), ("status", status), ("kind", kind)):
             if val is not None:
@@ -100,15 +141,21 @@ class JobStore:
 
     def open_job(self, kind: str, project_id: int | None) -> dict | None:
         """The queued or running job of this kind for this project, if any (queued first, newest first)."""
-        rows = self.db.query(f"{SELECT} WHERE kind=? AND project_id IS ? AND status IN ('queued', 'running') "
-                             "ORDER BY status='queued' DESC, id DESC LIMIT 1", (kind, project_id))
+        rows = self.db.query(
+            f"{SELECT} WHERE kind=? AND project_id IS ? AND status IN ('queued', 'running') "
+            "ORDER BY status='queued' DESC, id DESC LIMIT 1",
+            (kind, project_id),
+        )
         return _row(rows[0]) if rows else None
 
     def busy(self, kinds: tuple[str, ...], due_by: float) -> bool:
         """True while a job of ``kinds`` runs, or is queued to run before ``due_by`` (epoch seconds)."""
         marks = ",".join("?" * len(kinds))
-        rows = self.db.query(f"SELECT 1 FROM jobs WHERE kind IN ({marks}) AND (status='running' OR "
-                             "(status='queued' AND run_after<=?)) LIMIT 1", (*kinds, due_by))
+        rows = self.db.query(
+            f"SELECT 1 FROM jobs WHERE kind IN ({marks}) AND (status='running' OR "
+            "(status='queued' AND run_after<=?)) LIMIT 1",
+            (*kinds, due_by),
+        )
         return bool(rows)
 
     def claim(self, owner: str, kinds: tuple[str, ...]) -> dict | None:
@@ -116,16 +163,30 @@ class JobStore:
         now = time.time()
         marks = ",".join("?" * len(kinds))
         with self.db.transaction() as con:
-            row = con.execute(f"SELECT id FROM jobs WHERE status='queued' AND run_after<=? AND kind IN ({marks}) "
-                              "ORDER BY run_after, id LIMIT 1", (now, *kinds)).fetchone()
+            row = con.execute(
+                f"SELECT id FROM jobs WHERE status='queued' AND run_after<=? AND kind IN ({marks}) "
+                "ORDER BY run_after, id LIMIT 1",
+                (now, *kinds),
+            ).fetchone()
             if row is None:
                 return None
-            con.execute("UPDATE jobs SET status='running', owner=?, started_at=COALESCE(started_at, ?), updated_at=? "
-                        "WHERE id=?", (owner, now, now, row[0]))
+            con.execute(
+                "UPDATE jobs SET status='running', owner=?, started_at=COALESCE(started_at, ?), updated_at=? "
+                "WHERE id=?",
+                (owner, now, now, row[0]),
+            )
         return self.get(row[0])
 
-    def update(self, job_id: int, *, done: int | None = None, total: int | None = None, figures: dict | None = None,
-               params: dict | None = None, message: str | None = None) -> None:
+    def update(
+        self,
+        job_id: int,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        figures: dict | None = None,
+        params: dict | None = None,
+        message: str | None = None,
+    ) -> None:
         sets, args = ["updated_at=?"], [time.time()]
         for col, value in (("progress_done", done), ("progress_total", total)):
             if value is not None:
@@ -149,20 +210,28 @@ class JobStore:
         now = time.time()
         with self.db.transaction() as con:
             if figures is None:
-                con.execute("UPDATE jobs SET status=?, message=?, finished_at=?, updated_at=? WHERE id=?",
-                            (status, message[:1000], now, now, job_id))
+                con.execute(
+                    "UPDATE jobs SET status=?, message=?, finished_at=?, updated_at=? WHERE id=?",
+                    (status, message[:1000], now, now, job_id),
+                )
             else:
-                con.execute("UPDATE jobs SET status=?, message=?, finished_at=?, updated_at=?, figures=? WHERE id=?",
-                            (status, message[:1000], now, now, _json(figures), job_id))
+                con.execute(
+                    "UPDATE jobs SET status=?, message=?, finished_at=?, updated_at=?, figures=? WHERE id=?",
+                    (status, message[:1000], now, now, _json(figures), job_id),
+                )
 
     def request_cancel(self, job_id: int) -> dict | None:
         """Queued: cancelled now. Running: flagged (the job stops at its next check). Final: unchanged."""
         now = time.time()
         with self.db.transaction() as con:
-            con.execute("UPDATE jobs SET status='cancelled', cancel_requested=1, finished_at=?, updated_at=?, "
-                        "message='cancelled before it started' WHERE id=? AND status='queued'", (now, now, job_id))
-            con.execute("UPDATE jobs SET cancel_requested=1, updated_at=? WHERE id=? AND status='running'",
-                        (now, job_id))
+            con.execute(
+                "UPDATE jobs SET status='cancelled', cancel_requested=1, finished_at=?, updated_at=?, "
+                "message='cancelled before it started' WHERE id=? AND status='queued'",
+                (now, now, job_id),
+            )
+            con.execute(
+                "UPDATE jobs SET cancel_requested=1, updated_at=? WHERE id=? AND status='running'", (now, job_id)
+            )
         return self.get(job_id)
 
     def cancel_requested(self, job_id: int) -> bool:
@@ -171,8 +240,10 @@ class JobStore:
 
     def postpone(self, job_id: int, run_after: float) -> None:
         with self.db.transaction() as con:
-            con.execute("UPDATE jobs SET run_after=?, updated_at=? WHERE id=? AND status='queued'",
-                        (run_after, time.time(), job_id))
+            con.execute(
+                "UPDATE jobs SET run_after=?, updated_at=? WHERE id=? AND status='queued'",
+                (run_after, time.time(), job_id),
+            )
 
     def recover(self, is_stale: Callable[[str | None], bool], resumable: frozenset[str]) -> list[int]:
         """Running jobs whose owner is gone: ``resumable`` kinds back to ``queued``, others ``interrupted``."""
@@ -185,13 +256,19 @@ class JobStore:
                     continue
                 recovered.append(job_id)
                 if cancel:
-                    con.execute("UPDATE jobs SET status='cancelled', finished_at=?, updated_at=?, message=? WHERE id=?",
-                                (now, now, f"cancelled (its process {owner} stopped)", job_id))
+                    con.execute(
+                        "UPDATE jobs SET status='cancelled', finished_at=?, updated_at=?, message=? WHERE id=?",
+                        (now, now, f"cancelled (its process {owner} stopped)", job_id),
+                    )
                 elif kind in resumable:
-                    con.execute("UPDATE jobs SET status='queued', owner=NULL, restarts=restarts+1, updated_at=?, "
-                                "message=? WHERE id=?", (now, f"interrupted (process {owner} stopped); resuming", job_id))
+                    con.execute(
+                        "UPDATE jobs SET status='queued', owner=NULL, restarts=restarts+1, updated_at=?, "
+                        "message=? WHERE id=?",
+                        (now, f"interrupted (process {owner} stopped); resuming", job_id),
+                    )
                 else:
-                    con.execute("UPDATE jobs SET status='interrupted', finished_at=?, updated_at=?, message=? WHERE id=?",
-                                (now, now, f"interrupted: its process {owner} stopped; the serving model is unchanged",
-                                 job_id))
+                    con.execute(
+                        "UPDATE jobs SET status='interrupted', finished_at=?, updated_at=?, message=? WHERE id=?",
+                        (now, now, f"interrupted: its process {owner} stopped; the serving model is unchanged", job_id),
+                    )
         return recovered

@@ -13,8 +13,15 @@ class ProjectStore:
     def __init__(self, db: Database):
         self.db = db
 
-    def save(self, project_id: int, *, label_config: str | None = None, hostname: str | None = None,
-             access_token: str | None = None, extra_params: Any = None) -> None:
+    def save(
+        self,
+        project_id: int,
+        *,
+        label_config: str | None = None,
+        hostname: str | None = None,
+        access_token: str | None = None,
+        extra_params: Any = None,
+    ) -> None:
         """Insert or update; fields given as None keep their stored value."""
         now = time.time()
         extra = json.dumps(extra_params) if extra_params is not None else None
@@ -28,21 +35,29 @@ class ProjectStore:
             )
 
     def get(self, project_id: int) -> dict | None:
-        rows = self.db.query("SELECT label_config, hostname, access_token, extra_params, examples_rev FROM projects "
-                             "WHERE id=?", (project_id,))
+        rows = self.db.query(
+            "SELECT label_config, hostname, access_token, extra_params, examples_rev FROM projects WHERE id=?",
+            (project_id,),
+        )
         if not rows:
             return None
         label_config, hostname, token, extra, rev = rows[0]
-        return {"label_config": label_config, "hostname": hostname, "access_token": token,
-                "extra_params": json.loads(extra) if extra else None, "examples_rev": rev}
+        return {
+            "label_config": label_config,
+            "hostname": hostname,
+            "access_token": token,
+            "extra_params": json.loads(extra) if extra else None,
+            "examples_rev": rev,
+        }
 
     def bump_examples_rev(self, project_id: int) -> int:
         """Mark the project's examples stale (a webhook said its annotations changed)."""
         now = time.time()
         with self.db.transaction() as con:
             con.execute("INSERT OR IGNORE INTO projects(id, updated_at) VALUES(?, ?)", (project_id, now))
-            con.execute("UPDATE projects SET examples_rev = examples_rev + 1, updated_at=? WHERE id=?",
-                        (now, project_id))
+            con.execute(
+                "UPDATE projects SET examples_rev = examples_rev + 1, updated_at=? WHERE id=?", (now, project_id)
+            )
             return con.execute("SELECT examples_rev FROM projects WHERE id=?", (project_id,)).fetchone()[0]
 
     def examples_rev(self, project_id: int) -> int:
@@ -57,12 +72,18 @@ class ProjectStore:
     def bump_annotation_counter(self, project_id: int, n: int = 1) -> int:
         now = time.time()
         with self.db.transaction() as con:
-            con.execute("INSERT INTO annotation_counters(project_id, new_annotations, last_event) VALUES(?, 0, ?) "
-                        "ON CONFLICT(project_id) DO NOTHING", (project_id, now))
-            con.execute("UPDATE annotation_counters SET new_annotations=new_annotations+?, last_event=? "
-                        "WHERE project_id=?", (n, now, project_id))
-            return con.execute("SELECT new_annotations FROM annotation_counters WHERE project_id=?",
-                               (project_id,)).fetchone()[0]
+            con.execute(
+                "INSERT INTO annotation_counters(project_id, new_annotations, last_event) VALUES(?, 0, ?) "
+                "ON CONFLICT(project_id) DO NOTHING",
+                (project_id, now),
+            )
+            con.execute(
+                "UPDATE annotation_counters SET new_annotations=new_annotations+?, last_event=? WHERE project_id=?",
+                (n, now, project_id),
+            )
+            return con.execute(
+                "SELECT new_annotations FROM annotation_counters WHERE project_id=?", (project_id,)
+            ).fetchone()[0]
 
     def reset_annotation_counter(self, project_id: int) -> None:
         with self.db.transaction() as con:

@@ -25,7 +25,8 @@ class VersionStore:
             con.execute(
                 "INSERT INTO versions(version, engine, details, first_seen, last_seen) VALUES(?, ?, ?, ?, ?) "
                 "ON CONFLICT(version) DO UPDATE SET last_seen=excluded.last_seen, details=excluded.details",
-                (version, engine, json.dumps(details, default=str), now, now))
+                (version, engine, json.dumps(details, default=str), now, now),
+            )
 
     def base_versions(self) -> list[str]:
         return [r[0] for r in self.db.query("SELECT version FROM versions ORDER BY last_seen DESC")]
@@ -36,8 +37,9 @@ class VersionStore:
         return rows[0][0] if rows else None
 
     def info(self, version: str) -> dict | None:
-        rows = self.db.query(f"SELECT {', '.join(MODEL_VERSION_COLUMNS)} FROM model_versions WHERE version=?",
-                             (version,))
+        rows = self.db.query(
+            f"SELECT {', '.join(MODEL_VERSION_COLUMNS)} FROM model_versions WHERE version=?", (version,)
+        )
         if not rows:
             return None
         out = dict(zip(MODEL_VERSION_COLUMNS, rows[0]))
@@ -46,8 +48,9 @@ class VersionStore:
 
     def of_project(self, project_id: int) -> list[str]:
         """The project's fine-tuned versions, newest first."""
-        rows = self.db.query("SELECT version FROM model_versions WHERE project_id=? ORDER BY created_at DESC",
-                             (project_id,))
+        rows = self.db.query(
+            "SELECT version FROM model_versions WHERE project_id=? ORDER BY created_at DESC", (project_id,)
+        )
         return [r[0] for r in rows]
 
     def fine_tuned(self) -> list[str]:
@@ -57,8 +60,10 @@ class VersionStore:
         """Record a new fine-tuned version and make it the project's active one, in one transaction."""
         now = time.time()
         with self.db.transaction() as con:
-            con.execute(f"INSERT INTO model_versions({', '.join(MODEL_VERSION_COLUMNS)}) VALUES(?, ?, ?, ?, ?, ?, ?)",
-                        (version, project_id, parent, path, digest, json.dumps(figures, default=str), now))
+            con.execute(
+                f"INSERT INTO model_versions({', '.join(MODEL_VERSION_COLUMNS)}) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                (version, project_id, parent, path, digest, json.dumps(figures, default=str), now),
+            )
             _set_active(con, project_id, version, now)
 
     def set_active(self, project_id: int, version: str) -> None:
@@ -67,6 +72,8 @@ class VersionStore:
 
 
 def _set_active(con, project_id: int, version: str, now: float) -> None:
-    con.execute("INSERT INTO active_versions(project_id, version, updated_at) VALUES(?, ?, ?) "
-                "ON CONFLICT(project_id) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
-                (project_id, version, now))
+    con.execute(
+        "INSERT INTO active_versions(project_id, version, updated_at) VALUES(?, ?, ?) "
+        "ON CONFLICT(project_id) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
+        (project_id, version, now),
+    )

@@ -1,8 +1,8 @@
 """Prior backbones by name, frozen, with their ImageNet weights resolved in one place.
 
-    create_backbone("efficientnet_lite0")             # bundled weights, offline
-    create_backbone("resnet50_v2", weights="resnet50_v2.pth")
-    create_backbone("vgg16_bn", random_weights=True)  # tests and benchmarks only
+create_backbone("efficientnet_lite0")             # bundled weights, offline
+create_backbone("resnet50_v2", weights="resnet50_v2.pth")
+create_backbone("vgg16_bn", random_weights=True)  # tests and benchmarks only
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def create_backbone(
         raise ValueError(f"backbone {name!r} has no weight file")
     else:
         path = resolve_weight_file(
-            spec, weights, cache_dir=cache_dir or default_cache_dir(), allow_download=allow_download,
+            spec,
+            weights,
+            cache_dir=cache_dir or default_cache_dir(),
+            allow_download=allow_download,
             setting="--backbone-weights / DCSAM_BACKBONE_WEIGHTS",
         )
         state = load_state_dict_file(path)

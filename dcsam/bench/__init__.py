@@ -40,6 +40,18 @@ from .synthetic import encode_jpeg, synthetic_scene, synthetic_video
 from .video import VIDEO_TARGETS, mean_iou, video_bench
 
 __all__ = [
-    "BENCH_SCHEMA", "OUTPUTS_GROUP", "VIDEO_TARGETS", "BenchOptions", "BenchOutput", "encode_jpeg", "load_output",
-    "mean_iou", "output_names", "png_output", "run_bench", "synthetic_scene", "synthetic_video", "video_bench",
+    "BENCH_SCHEMA",
+    "OUTPUTS_GROUP",
+    "VIDEO_TARGETS",
+    "BenchOptions",
+    "BenchOutput",
+    "encode_jpeg",
+    "load_output",
+    "mean_iou",
+    "output_names",
+    "png_output",
+    "run_bench",
+    "synthetic_scene",
+    "synthetic_video",
+    "video_bench",
 ]

@@ -32,8 +32,11 @@ def segmenter_config(opts: BenchOptions) -> SegmenterConfig:
     sizes: dict[str, Any] = {}
     if opts.image_size is not None:
         # SAM 2 at a smaller input; the prior backbone at the same size, DC-SAM's grid at half of it.
-        sizes = {"sam_image_size": opts.image_size, "backbone_input_size": opts.image_size,
-                 "image_size": max(64, opts.image_size // 2)}
+        sizes = {
+            "sam_image_size": opts.image_size,
+            "backbone_input_size": opts.image_size,
+            "image_size": max(64, opts.image_size // 2),
+        }
     return model_config(opts, engine="dcsam", batch_size=opts.batch_size, **sizes)
 
 
@@ -84,8 +87,11 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             notes.append("decoder 'trained' without --prompt-generator: untrained generator weights (timing only)")
         elif decoder == "coldstart" and engine.trained:
             engine.trained = False
-        effective = "bf16" if device.type == "cuda" and dtype == torch.bfloat16 else (
-            "fp16" if device.type == "cuda" and dtype == torch.float16 else "fp32")
+        effective = (
+            "bf16"
+            if device.type == "cuda" and dtype == torch.bfloat16
+            else ("fp16" if device.type == "cuda" and dtype == torch.float16 else "fp32")
+        )
         if effective == "fp32" and opts.precision == "bf16":
             notes.append("bf16 asked for, but the engine autocasts on CUDA only: measured in fp32")
         adapter = engine.model.sam
@@ -103,10 +109,14 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         example_s = time.perf_counter() - t0
         support = SupportFeatures.cat([engine.encode_example(LabelledImage(ex_img, ex_mask))])
 
-        pool = [encode_jpeg(synthetic_scene(*opts.input_size, rng)[0], opts.jpeg_quality)
-                for _ in range(max(opts.batch_size, 4))]
-        batches = [[pool[(b * opts.batch_size + i) % len(pool)] for i in range(opts.batch_size)]
-                   for b in range(opts.warmup + opts.iterations)]
+        pool = [
+            encode_jpeg(synthetic_scene(*opts.input_size, rng)[0], opts.jpeg_quality)
+            for _ in range(max(opts.batch_size, 4))
+        ]
+        batches = [
+            [pool[(b * opts.batch_size + i) % len(pool)] for i in range(opts.batch_size)]
+            for b in range(opts.warmup + opts.iterations)
+        ]
 
         def decode_all(data: list[bytes]) -> list[np.ndarray]:
             return [output.decode(d) for d in data]
@@ -185,27 +195,51 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         "schema": BENCH_SCHEMA,
         "device": device_info(device),
         "config": {
-            "engine": "dcsam", "model_version": seg.version, "sam": opts.sam, "backbone": opts.backbone,
-            "decoder": decoder, "random_weights": opts.random_weights, "batch_size": opts.batch_size,
-            "precision": {"requested": opts.precision, "effective": effective}, "compile": opts.compile,
-            "sam_image_size": size, "backbone_input_size": engine.model.backbone.input_size,
-            "dcsam_image_size": engine.model.image_size, "input_size": list(opts.input_size),
-            "jpeg_kib_mean": round(jpeg_kib, 1), "iterations": opts.iterations, "warmup": opts.warmup,
-            "model_build_s": round(build_s, 3), "output": output.name,
+            "engine": "dcsam",
+            "model_version": seg.version,
+            "sam": opts.sam,
+            "backbone": opts.backbone,
+            "decoder": decoder,
+            "random_weights": opts.random_weights,
+            "batch_size": opts.batch_size,
+            "precision": {"requested": opts.precision, "effective": effective},
+            "compile": opts.compile,
+            "sam_image_size": size,
+            "backbone_input_size": engine.model.backbone.input_size,
+            "dcsam_image_size": engine.model.image_size,
+            "input_size": list(opts.input_size),
+            "jpeg_kib_mean": round(jpeg_kib, 1),
+            "iterations": opts.iterations,
+            "warmup": opts.warmup,
+            "model_build_s": round(build_s, 3),
+            "output": output.name,
         },
         "example": {"cached": True, "encode_ms": positive_ms(example_s)},
         "end_to_end": {
-            "path": output.path, "images": n_img, "images_per_s": round(e2e_ips, 4), "batch_ms": summary(e2e),
+            "path": output.path,
+            "images": n_img,
+            "images_per_s": round(e2e_ips, 4),
+            "batch_ms": summary(e2e),
             "masks_nonempty": nonempty,
         },
         "stages": {
-            k: {"ms_per_batch": positive_ms(v), "ms_per_image": positive_ms(v / opts.batch_size),
-                "share": round(v / stages_total, 4)}
+            k: {
+                "ms_per_batch": positive_ms(v),
+                "ms_per_image": positive_ms(v / opts.batch_size),
+                "share": round(v / stages_total, 4),
+            }
             for k, v in stage_mean.items()
         },
-        "stages_total": {"ms_per_batch": positive_ms(stages_total), "images_per_s": round(opts.batch_size / stages_total, 4)},
-        "sam_encoder_raw": {"callable": encoder_name, "ms_per_batch": positive_ms(raw_mean),
-                            "batch_ms": summary(raw), "images_per_s": round(raw_ips, 4)},
+        "stages_total": {
+            "ms_per_batch": positive_ms(stages_total),
+            "images_per_s": round(opts.batch_size / stages_total, 4),
+        },
+        "sam_encoder_raw": {
+            "callable": encoder_name,
+            "ms_per_batch": positive_ms(raw_mean),
+            "batch_ms": summary(raw),
+            "images_per_s": round(raw_ips, 4),
+        },
         "ratios": {
             # 1.0 would mean pre-annotation runs as fast as SAM's encoder alone (the hardware-bound ceiling).
             "end_to_end_over_raw_encoder": round(e2e_ips / raw_ips, 4),

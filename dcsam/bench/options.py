@@ -77,8 +77,13 @@ def png_output() -> BenchOutput:
     def encode(mask: np.ndarray, label: str, score: float) -> bytes | None:
         return encode_png(mask.astype(np.uint8) * 255) if mask.any() else None
 
-    return BenchOutput(PNG, decode=read_image, encode=encode, stage="png",
-                       path="dcsam.io.read_image -> InContextSegmenter.predict -> dcsam.io.encode_png")
+    return BenchOutput(
+        PNG,
+        decode=read_image,
+        encode=encode,
+        stage="png",
+        path="dcsam.io.read_image -> InContextSegmenter.predict -> dcsam.io.encode_png",
+    )
 
 
 def _registered() -> dict[str, importlib.metadata.EntryPoint]:

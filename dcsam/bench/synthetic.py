@@ -23,25 +23,35 @@ def synthetic_scene(width: int, height: int, rng: np.random.Generator) -> tuple[
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
-def synthetic_video(width: int, height: int, num_frames: int, num_objects: int,
-                    rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+def synthetic_video(
+    width: int, height: int, num_frames: int, num_objects: int, rng: np.random.Generator
+) -> tuple[list[np.ndarray], np.ndarray]:
     """A clip of ``num_objects`` textured shapes (ellipse, square, diamond...) moving over a noisy
     gradient, one horizontal lane each (they never overlap nor leave the frame, so no mask is ever
     empty). Returns the uint8 RGB (H, W, 3) frames and the objects' bool masks on frame 0 (K, H, W)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base = rng.uniform(50, 190, size=3).astype(np.float32)
     slope = rng.uniform(-50, 50, size=(2, 3)).astype(np.float32)
-    background = (base + (xx / width)[..., None] * slope[0] + (yy / height)[..., None] * slope[1]
-                  + rng.normal(0, 8, size=(height, width, 3)).astype(np.float32))
+    background = (
+        base
+        + (xx / width)[..., None] * slope[0]
+        + (yy / height)[..., None] * slope[1]
+        + rng.normal(0, 8, size=(height, width, 3)).astype(np.float32)
+    )
     lane = height / num_objects
     objects = []
     for _ in range(num_objects):
         rx, ry = rng.uniform(0.06, 0.12) * width, rng.uniform(0.2, 0.3) * lane
-        objects.append({
-            "rx": rx, "ry": ry, "x0": rng.uniform(rx, width - rx),
-            "vx": rng.choice([-1.0, 1.0]) * rng.uniform(0.01, 0.03) * width,  # per frame
-            "colour": rng.uniform(0, 255, size=3).astype(np.float32), "angle": rng.uniform(0, np.pi),
-        })
+        objects.append(
+            {
+                "rx": rx,
+                "ry": ry,
+                "x0": rng.uniform(rx, width - rx),
+                "vx": rng.choice([-1.0, 1.0]) * rng.uniform(0.01, 0.03) * width,  # per frame
+                "colour": rng.uniform(0, 255, size=3).astype(np.float32),
+                "angle": rng.uniform(0, np.pi),
+            }
+        )
     frames: list[np.ndarray] = []
     first: list[np.ndarray] = []
     for t in range(num_frames):
@@ -52,7 +62,7 @@ def synthetic_video(width: int, height: int, num_frames: int, num_objects: int,
             cx = o["rx"] + (pos if pos <= span else 2 * span - pos)
             cy = (k + 0.5) * lane + 0.1 * lane * np.sin(t / 5.0 + k)
             dx, dy = np.abs(xx - cx) / o["rx"], np.abs(yy - cy) / o["ry"]
-            inside = (dx ** 2 + dy ** 2 <= 1.0, np.maximum(dx, dy) <= 1.0, dx + dy <= 1.0)[k % 3]
+            inside = (dx**2 + dy**2 <= 1.0, np.maximum(dx, dy) <= 1.0, dx + dy <= 1.0)[k % 3]
             stripes = np.sin((xx * np.cos(o["angle"]) + yy * np.sin(o["angle"])) / 5.0) * 0.2 + 0.8
             img = np.where(inside[..., None], o["colour"] * stripes[..., None], img)
             if t == 0:

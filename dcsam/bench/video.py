@@ -30,8 +30,12 @@ def upstream_video_predictor(model, sam_name: str, device, fill_hole_area: int):
     with ``model``'s weights (the same input size)."""
     from sam2.build_sam import build_sam2_video_predictor  # sam2 (and hydra) load only when the video part runs
 
-    predictor = build_sam2_video_predictor(get_spec(sam_name).arch, ckpt_path=None, device=device,
-                                           hydra_overrides_extra=[f"++model.image_size={model.image_size}"])
+    predictor = build_sam2_video_predictor(
+        get_spec(sam_name).arch,
+        ckpt_path=None,
+        device=device,
+        hydra_overrides_extra=[f"++model.image_size={model.image_size}"],
+    )
     # the same weights (strict); a torch.compile'd encoder names its parameters "._orig_mod."
     predictor.load_state_dict({k.replace("._orig_mod", ""): v for k, v in model.state_dict().items()})
     predictor.fill_hole_area = fill_hole_area
@@ -45,8 +49,9 @@ def mean_iou(ours: dict[int, list[np.ndarray]], theirs: dict[int, np.ndarray]) -
 
 
 def nonempty_share(masks: dict[int, Any]) -> float:
-    return round(float(sum(m.any() for ms in masks.values() for m in ms)
-                       / max(1, sum(len(ms) for ms in masks.values()))), 4)
+    return round(
+        float(sum(m.any() for ms in masks.values() for m in ms) / max(1, sum(len(ms) for ms in masks.values()))), 4
+    )
 
 
 def video_bench(opts: BenchOptions, seg: InContextSegmenter, effective: str) -> dict[str, Any]:
@@ -73,19 +78,24 @@ def video_bench(opts: BenchOptions, seg: InContextSegmenter, effective: str) -> 
         predictor.image_encoder = torch.compile(predictor.image_encoder)
         notes.append("both image encoders compiled with torch.compile (the warm-up clips include compilation)")
     if fill_hole_area == 0:
-        notes.append("hole filling off on both sides (fill_hole_area 0): upstream's needs its CUDA extension "
-                     "(sam2._C), absent here; the product's default is 8")
+        notes.append(
+            "hole filling off on both sides (fill_hole_area 0): upstream's needs its CUDA extension "
+            "(sam2._C), absent here; the product's default is 8"
+        )
     vs = VideoSegmenter(seg, propagation="sam2", video_options={"fill_hole_area": fill_hole_area})
 
     width, height = opts.video_size
-    frames, masks0 = synthetic_video(width, height, opts.video_frames, max(opts.video_objects),
-                                     np.random.default_rng(opts.seed))
+    frames, masks0 = synthetic_video(
+        width, height, opts.video_frames, max(opts.video_objects), np.random.default_rng(opts.seed)
+    )
 
     def ours(clip: list[np.ndarray], k: int) -> dict[int, list[np.ndarray]]:
         labels = [f"object{j + 1}" for j in range(k)]
         given = dict(zip(labels, masks0[:k]))
-        return {r.index: [r.masks[lab] for lab in labels]
-                for r in vs.segment(clip, masks=given, labels=labels, direction="forward")}
+        return {
+            r.index: [r.masks[lab] for lab in labels]
+            for r in vs.segment(clip, masks=given, labels=labels, direction="forward")
+        }
 
     def upstream(clip: list[np.ndarray], k: int, split: dict[str, float]) -> dict[int, np.ndarray]:
         def load_video_frames(video_path, image_size, offload_video_to_cpu, **kwargs):
@@ -94,8 +104,11 @@ def video_bench(opts: BenchOptions, seg: InContextSegmenter, effective: str) -> 
 
         out: dict[int, np.ndarray] = {}
         t0 = time.perf_counter()
-        with ref.autocast(), mock.patch.object(upstream_module, "load_video_frames", load_video_frames), \
-                mock.patch.object(upstream_module, "tqdm", lambda items, **kwargs: items):  # no progress bar
+        with (
+            ref.autocast(),
+            mock.patch.object(upstream_module, "load_video_frames", load_video_frames),
+            mock.patch.object(upstream_module, "tqdm", lambda items, **kwargs: items),
+        ):  # no progress bar
             state = predictor.init_state("<in-memory frames>")
             sync(device)
             t1 = time.perf_counter()
@@ -117,7 +130,7 @@ def video_bench(opts: BenchOptions, seg: InContextSegmenter, effective: str) -> 
         return result, time.perf_counter() - t0, peak_mib(device)
 
     n = opts.video_frames
-    warm = frames[:min(n, opts.video_warmup_frames)]
+    warm = frames[: min(n, opts.video_warmup_frames)]
     runs: dict[str, dict[str, Any]] = {}
     for k in opts.video_objects:
         ours(warm, k)
@@ -129,15 +142,18 @@ def video_bench(opts: BenchOptions, seg: InContextSegmenter, effective: str) -> 
         ratio = our_fps / their_fps
         target = VIDEO_TARGETS.get(k)
         runs[str(k)] = {
-            "objects": k, "frames": n,
-            "ours_fps": round(our_fps, 4), "sam2_video_predictor_fps": round(their_fps, 4),
-            "ratio": round(ratio, 4), "target_ratio": target,
+            "objects": k,
+            "frames": n,
+            "ours_fps": round(our_fps, 4),
+            "sam2_video_predictor_fps": round(their_fps, 4),
+            "ratio": round(ratio, 4),
+            "target_ratio": target,
             "target_met": None if target is None else bool(ratio >= target),
-            "ours_s": round(our_s, 4), "sam2_video_predictor_s": round(their_s, 4),
+            "ours_s": round(our_s, 4),
+            "sam2_video_predictor_s": round(their_s, 4),
             "sam2_video_predictor_split_s": {key: round(v, 4) for key, v in split.items()},
             "agreement_mean_iou": round(mean_iou(our_masks, their_masks), 4),
-            "nonempty_share": {"ours": nonempty_share(our_masks),
-                               "sam2_video_predictor": nonempty_share(their_masks)},
+            "nonempty_share": {"ours": nonempty_share(our_masks), "sam2_video_predictor": nonempty_share(their_masks)},
             "peak_gpu_memory_mib": {"ours": our_peak, "sam2_video_predictor": their_peak},
         }
     if opts.random_weights:
@@ -148,15 +164,21 @@ def video_bench(opts: BenchOptions, seg: InContextSegmenter, effective: str) -> 
         "status": "measured",
         "ours": "dcsam.video.VideoSegmenter.segment (Sam2Propagator: all objects in one batch, bounded memory)",
         "sam2_video_predictor": f"sam2=={importlib.metadata.version('sam2')} SAM2VideoPredictor "
-                                "(build_sam2_video_predictor, the same weights): init_state, add_new_mask per "
-                                "object, propagate_in_video (objects one after the other)",
+        "(build_sam2_video_predictor, the same weights): init_state, add_new_mask per "
+        "object, propagate_in_video (objects one after the other)",
         "frames_fed": "the same in-memory uint8 RGB frames to both: ours as a list of arrays; upstream's "
-                      "init_state through its load_video_frames slot, resized and normalised as ours does "
-                      "(no JPEG decoding on either side)",
+        "init_state through its load_video_frames slot, resized and normalised as ours does "
+        "(no JPEG decoding on either side)",
         "timed": "the whole run on all frames, frame 0's masks in, every frame's bool masks on the host out; "
-                 "upstream's init_state (all frames' preprocessing, frame 0's encoding) included and split out",
-        "frames": n, "frame_size": [width, height], "warmup_frames": len(warm),
-        "sam_image_size": ref.size, "precision": effective, "compile": opts.compile,
-        "fill_hole_area": fill_hole_area, "targets": {str(k): v for k, v in VIDEO_TARGETS.items()},
-        "by_objects": runs, "notes": notes,
+        "upstream's init_state (all frames' preprocessing, frame 0's encoding) included and split out",
+        "frames": n,
+        "frame_size": [width, height],
+        "warmup_frames": len(warm),
+        "sam_image_size": ref.size,
+        "precision": effective,
+        "compile": opts.compile,
+        "fill_hole_area": fill_hole_area,
+        "targets": {str(k): v for k, v in VIDEO_TARGETS.items()},
+        "by_objects": runs,
+        "notes": notes,
     }

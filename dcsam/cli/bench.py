@@ -55,24 +55,43 @@ def add_parsers(sub) -> None:
     from ..bench import output_names
 
     p = sub.add_parser(
-        "bench", help="measure pre-annotation throughput on this device (JSON)",
+        "bench",
+        help="measure pre-annotation throughput on this device (JSON)",
         description="Measure end-to-end pre-annotation throughput (encoded image in, a platform's regions out, "
-                    "e.g. Label Studio brush RLE), a per-stage breakdown, and SAM's raw image encoder at the same "
-                    "batch size and precision. Prints JSON. The engine is DC-SAM.")
+        "e.g. Label Studio brush RLE), a per-stage breakdown, and SAM's raw image encoder at the same "
+        "batch size and precision. Prints JSON. The engine is DC-SAM.",
+    )
     add_model_args(p, engine=False)
-    p.add_argument("--decoder", choices=["auto", "coldstart", "trained"], default="auto",
-                   help="auto: the trained path with --prompt-generator, else the cold start; 'trained' without a "
-                        "checkpoint times the trained path with untrained generator weights")
+    p.add_argument(
+        "--decoder",
+        choices=["auto", "coldstart", "trained"],
+        default="auto",
+        help="auto: the trained path with --prompt-generator, else the cold start; 'trained' without a "
+        "checkpoint times the trained path with untrained generator weights",
+    )
     names = output_names()
-    p.add_argument("--output", choices=names, default=None,
-                   help=f"the platform edges of the end-to-end path (default {names[0]}: an installed platform's "
-                        "when there is one, else png)")
+    p.add_argument(
+        "--output",
+        choices=names,
+        default=None,
+        help=f"the platform edges of the end-to-end path (default {names[0]}: an installed platform's "
+        "when there is one, else png)",
+    )
     p.add_argument("--batch-size", type=_positive, default=8, help="images per model call (default 8)")
-    p.add_argument("--image-size", type=_positive, default=None,
-                   help="SAM input size (SAM 2 only; default 1024); the prior backbone runs at the same size and "
-                        "DC-SAM's grid at half of it")
-    p.add_argument("--input-size", type=_size, default=(1280, 960), metavar="WxH",
-                   help="size of the synthetic query JPEGs (default 1280x960)")
+    p.add_argument(
+        "--image-size",
+        type=_positive,
+        default=None,
+        help="SAM input size (SAM 2 only; default 1024); the prior backbone runs at the same size and "
+        "DC-SAM's grid at half of it",
+    )
+    p.add_argument(
+        "--input-size",
+        type=_size,
+        default=(1280, 960),
+        metavar="WxH",
+        help="size of the synthetic query JPEGs (default 1280x960)",
+    )
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--iterations", type=_positive, default=10, help="timed batches per measurement (default 10)")
     p.add_argument("--warmup", type=_non_negative, default=2, help="untimed batches first (default 2)")
@@ -81,12 +100,26 @@ def add_parsers(sub) -> None:
     v = p.add_argument_group("video", "our SAM 2 propagation against upstream SAM2VideoPredictor (SAM 2 models)")
     v.add_argument("--no-video", action="store_true", help="skip the video measurement")
     v.add_argument("--video-frames", type=_at_least_two, default=64, help="frames of the synthetic clip (default 64)")
-    v.add_argument("--video-size", type=_size, default=(854, 480), metavar="WxH",
-                   help="size of the synthetic clip's frames (default 854x480, 480p)")
-    v.add_argument("--video-objects", type=_counts, default=(1, 3), metavar="N[,N...]",
-                   help="object counts to measure, one run each (default 1,3)")
-    v.add_argument("--video-warmup-frames", type=_positive, default=16,
-                   help="frames of the untimed warm-up clip per object count and side (default 16)")
+    v.add_argument(
+        "--video-size",
+        type=_size,
+        default=(854, 480),
+        metavar="WxH",
+        help="size of the synthetic clip's frames (default 854x480, 480p)",
+    )
+    v.add_argument(
+        "--video-objects",
+        type=_counts,
+        default=(1, 3),
+        metavar="N[,N...]",
+        help="object counts to measure, one run each (default 1,3)",
+    )
+    v.add_argument(
+        "--video-warmup-frames",
+        type=_positive,
+        default=16,
+        help="frames of the untimed warm-up clip per object count and side (default 16)",
+    )
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=cmd_bench)
 

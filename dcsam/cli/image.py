@@ -36,7 +36,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("eval", help="score an engine on an episodes file")
     add_model_args(p)
     p.add_argument("--episodes", help="JSON list of {support: [...], query: [...]} episodes")
-    p.add_argument("--finetune-on", type=int, default=0, metavar="K", help="fine-tune on the first K queries of each episode first")
+    p.add_argument(
+        "--finetune-on", type=int, default=0, metavar="K", help="fine-tune on the first K queries of each episode first"
+    )
     p.add_argument("--benchmark", choices=["coco20i", "pascal5i"], help="paper protocol on a standard benchmark")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--shots", type=int, default=1)
@@ -71,7 +73,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..io import atomic_write_bytes, write_mask_png
 
     if len(args.example) != len(args.example_mask):
-        raise DcsamError(f"{len(args.example)} --example but {len(args.example_mask)} --example-mask; give them in pairs")
+        raise DcsamError(
+            f"{len(args.example)} --example but {len(args.example_mask)} --example-mask; give them in pairs"
+        )
     seg = InContextSegmenter.from_config(model_config(args))
     log.info("engine %s, model version %s", seg.engine.name, seg.version)
     seg.add_examples(args.example, args.example_mask, label=args.label)
@@ -81,7 +85,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for query in tqdm(args.queries, desc="predicting", unit="image", disable=not sys.stderr.isatty()):
         t0 = time.perf_counter()
         [pred] = seg.predict([query])
-        record = {"image": str(query), "engine": seg.engine.name, "model_version": seg.version, "seconds": round(time.perf_counter() - t0, 3)}
+        record = {
+            "image": str(query),
+            "engine": seg.engine.name,
+            "model_version": seg.version,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         stem = Path(query).stem
         if pred.error:
             failures += 1
@@ -89,7 +98,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             mask = pred.masks[args.label]
             write_mask_png(out / f"{stem}.png", mask)
-            record.update(label=args.label, score=pred.scores[args.label], width=mask.shape[1], height=mask.shape[0], area=int(mask.sum()))
+            record.update(
+                label=args.label,
+                score=pred.scores[args.label],
+                width=mask.shape[1],
+                height=mask.shape[0],
+                area=int(mask.sum()),
+            )
         atomic_write_bytes(out / f"{stem}.json", (json.dumps(record, indent=2) + "\n").encode())
         print(json.dumps(record))
     return 1 if failures else 0
@@ -105,8 +120,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_benchmark(args)
     cfg = model_config(args)
     report = evaluate_episodes(
-        lambda: InContextSegmenter.from_config(cfg), load_episodes(args.episodes),
-        finetune_on=args.finetune_on, progress=not args.json,
+        lambda: InContextSegmenter.from_config(cfg),
+        load_episodes(args.episodes),
+        finetune_on=args.finetune_on,
+        progress=not args.json,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -127,13 +144,34 @@ def _eval_benchmark(args: argparse.Namespace) -> int:
     settings = {k: ckpt["settings"][k] for k in (*ARCH_SETTINGS, "neg_stage2_source") if k in ckpt["settings"]}
     _, _, device = dist_setup()
     # The architecture is the checkpoint's, whatever --sam / --backbone say; only the weights' sources come from flags.
-    cfg = SegmenterConfig(engine="dcsam", sam_checkpoint=args.sam_checkpoint, backbone_weights=args.backbone_weights,
-                          allow_download=not args.offline, **settings)
+    cfg = SegmenterConfig(
+        engine="dcsam",
+        sam_checkpoint=args.sam_checkpoint,
+        backbone_weights=args.backbone_weights,
+        allow_download=not args.offline,
+        **settings,
+    )
     model = build_dcsam(cfg).to(device).eval()
     load_strict(model.generator, ckpt["state_dict"], source=args.checkpoint)
-    dataset = build_dataset({"name": args.benchmark, "root": args.data_root, "fold": args.fold, "shots": args.shots}, "val")
-    summary = evaluate_fewshot(model, dataset, episodes=args.num_episodes, seed=args.seed, batch_size=args.batch_size, device=device, progress=True)
-    report = {"benchmark": args.benchmark, "fold": args.fold, "shots": args.shots, "checkpoint": args.checkpoint, **summary}
+    dataset = build_dataset(
+        {"name": args.benchmark, "root": args.data_root, "fold": args.fold, "shots": args.shots}, "val"
+    )
+    summary = evaluate_fewshot(
+        model,
+        dataset,
+        episodes=args.num_episodes,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
+    report = {
+        "benchmark": args.benchmark,
+        "fold": args.fold,
+        "shots": args.shots,
+        "checkpoint": args.checkpoint,
+        **summary,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -14,7 +14,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--preset", help="named configuration, e.g. pascal5i-fold0-r50-sam or tiny-synthetic-cpu")
     p.add_argument("--data-root", help="dataset root (sets dataset.root)")
     p.add_argument("--out", help="run folder (sets out_dir)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set lr=1e-4 --set dataset.fold=2")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set lr=1e-4 --set dataset.fold=2",
+    )
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule still spans every epoch)")
     p.set_defaults(func=cmd_train)

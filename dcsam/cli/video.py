@@ -14,11 +14,13 @@ log = logging.getLogger("dcsam")
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
-        "eval-video", help="score video segmentation (J, F, J&F per sequence and the mean)",
+        "eval-video",
+        help="score video segmentation (J, F, J&F per sequence and the mean)",
         description="DAVIS protocol (--davis-root: the first frame's mask is given), in-context protocol "
-                    "(--support-image/--support-mask: an example from another image prompts the first frame), "
-                    "or the IC-VOS layout (--icvos-root). Scored frames: DAVIS rule (all but the first and the "
-                    "last) when the first frame is given, every frame otherwise.")
+        "(--support-image/--support-mask: an example from another image prompts the first frame), "
+        "or the IC-VOS layout (--icvos-root). Scored frames: DAVIS rule (all but the first and the "
+        "last) when the first frame is given, every frame otherwise.",
+    )
     add_model_args(p)
     p.add_argument("--davis-root", help="DAVIS folder: JPEGImages/<seq>/, Annotations/<seq>/")
     p.add_argument("--sequences", help="comma-separated sequence names (default: all)")
@@ -28,15 +30,26 @@ def add_parsers(sub) -> None:
     p.add_argument("--support-dir", help="IC-VOS: per-class supports <class_id>.jpg + <class_id>.png")
     p.add_argument("--support-image", help="in-context protocol: example image (from another image or video)")
     p.add_argument("--support-mask", help="mask of --support-image")
-    p.add_argument("--propagation", choices=["auto", "sam2", "lite"], default="auto",
-                   help="auto: SAM 2 memory with a DC-SAM SAM 2 engine, else the lite engine's propagation")
+    p.add_argument(
+        "--propagation",
+        choices=["auto", "sam2", "lite"],
+        default="auto",
+        help="auto: SAM 2 memory with a DC-SAM SAM 2 engine, else the lite engine's propagation",
+    )
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="engine option (e.g. lite 'size=640')")
-    p.add_argument("--video-option", action="append", metavar="KEY=VALUE",
-                   help="propagation option (lite: memory_frames, prior_weight, flow ...; sam2: fill_hole_area)")
+    p.add_argument(
+        "--video-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="propagation option (lite: memory_frames, prior_weight, flow ...; sam2: fill_hole_area)",
+    )
     p.add_argument("--sam-image-size", type=int, help="SAM 2 input size (default 1024; smaller for CPU smoke runs)")
     p.add_argument("--max-frames", type=int, help="only the first N frames of each video (IC-VOS default 512)")
-    p.add_argument("--score-frames", choices=["davis", "all", "skip-first"],
-                   help="which frames count (default: davis when the first frame is given, else all)")
+    p.add_argument(
+        "--score-frames",
+        choices=["davis", "all", "skip-first"],
+        help="which frames count (default: davis when the first frame is given, else all)",
+    )
     p.add_argument("--eval-size", type=int, help="score at SxS (IC-VOS default 512; DAVIS default: native size)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_video)
@@ -65,12 +78,23 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
     video_options = _key_values(args.video_option, "--video-option")
     eval_size = args.eval_size
     if args.davis_root:
-        samples = davis_samples(args.davis_root, parse_sequences(args.sequences), in_context=support is not None,
-                                support=support, max_frames=args.max_frames)
+        samples = davis_samples(
+            args.davis_root,
+            parse_sequences(args.sequences),
+            in_context=support is not None,
+            support=support,
+            max_frames=args.max_frames,
+        )
         protocol = "in-context" if support else "davis"
     else:
-        samples = icvos_samples(args.icvos_root, parse_sequences(args.videos), support_dir=args.support_dir,
-                                support=support, classes=parse_sequences(args.classes), max_frames=args.max_frames or 512)
+        samples = icvos_samples(
+            args.icvos_root,
+            parse_sequences(args.videos),
+            support_dir=args.support_dir,
+            support=support,
+            classes=parse_sequences(args.classes),
+            max_frames=args.max_frames or 512,
+        )
         protocol = "icvos"
         eval_size = 512 if eval_size is None else eval_size
 
@@ -82,7 +106,9 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
         return shared
 
     log.info("eval-video: %s protocol, %d samples, %s", protocol, len(samples), shared.version)
-    report = evaluate_videos(factory, samples, frame_rule=args.score_frames, eval_size=eval_size, progress=not args.json)
+    report = evaluate_videos(
+        factory, samples, frame_rule=args.score_frames, eval_size=eval_size, progress=not args.json
+    )
     report = {"protocol": protocol, "engine": cfg.engine, "propagation": shared.propagation, **report}
     print(json.dumps(report, indent=2) if args.json else format_video_report(report))
     return 0

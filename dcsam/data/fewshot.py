@@ -75,7 +75,9 @@ def class_presence(benchmark: str, root: Path, split: str, cache: Path) -> dict[
     return presence
 
 
-def fold_records(benchmark: str, root: str | Path, fold: int, split: str, list_dir: str | Path | None = None) -> list[Record]:
+def fold_records(
+    benchmark: str, root: str | Path, fold: int, split: str, list_dir: str | Path | None = None
+) -> list[Record]:
     root = Path(root)
     cache_dir = Path(list_dir) if list_dir else root / "dcsam_lists"
     presence = class_presence(benchmark, root, split, cache_dir / f"{benchmark}_{split}_classes.json")
@@ -86,12 +88,31 @@ def fold_records(benchmark: str, root: str | Path, fold: int, split: str, list_d
 
 
 class FewShotBenchmark(Dataset):
-    def __init__(self, benchmark: str, root: str, fold: int = 0, split: str = "train", shots: int = 1,
-                 image_size: int = 512, seed: int = 321, list_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        benchmark: str,
+        root: str,
+        fold: int = 0,
+        split: str = "train",
+        shots: int = 1,
+        image_size: int = 512,
+        seed: int = 321,
+        list_dir: str | None = None,
+    ) -> None:
         records = fold_records(benchmark, root, fold, split, list_dir)
-        self.inner = RecordEpisodes(records, shots=shots, image_size=image_size, seed=seed,
-                                    name=f"{benchmark}-f{fold}-{split}", per_image=split == "train")
-        self.classes = fold_test_classes(benchmark, fold) if split == "val" else sorted(set(all_classes(benchmark)) - set(fold_test_classes(benchmark, fold)))
+        self.inner = RecordEpisodes(
+            records,
+            shots=shots,
+            image_size=image_size,
+            seed=seed,
+            name=f"{benchmark}-f{fold}-{split}",
+            per_image=split == "train",
+        )
+        self.classes = (
+            fold_test_classes(benchmark, fold)
+            if split == "val"
+            else sorted(set(all_classes(benchmark)) - set(fold_test_classes(benchmark, fold)))
+        )
 
     def __len__(self) -> int:
         return len(self.inner)

@@ -22,7 +22,11 @@ def folder_records(root: str | Path) -> dict[str, list[tuple[Path, Path]]]:
     out = {}
     for cls in sorted(p for p in root.iterdir() if p.is_dir()):
         masks = {m.stem: m for m in (cls / "masks").glob("*") if m.suffix.lower() in IMAGE_SUFFIXES}
-        pairs = [(i, masks[i.stem]) for i in sorted((cls / "images").glob("*")) if i.suffix.lower() in IMAGE_SUFFIXES and i.stem in masks]
+        pairs = [
+            (i, masks[i.stem])
+            for i in sorted((cls / "images").glob("*"))
+            if i.suffix.lower() in IMAGE_SUFFIXES and i.stem in masks
+        ]
         if pairs:
             out[cls.name] = pairs
     if not out:
@@ -35,7 +39,15 @@ def _binary_mask(path: str, _class_id: int) -> np.ndarray:
 
 
 class FolderEpisodes(Dataset):
-    def __init__(self, root: str, split: str = "train", shots: int = 1, image_size: int = 512, seed: int = 321, val_every: int = 5) -> None:
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        shots: int = 1,
+        image_size: int = 512,
+        seed: int = 321,
+        val_every: int = 5,
+    ) -> None:
         groups = folder_records(root)
         self.class_names = list(groups)
         records = []
@@ -43,7 +55,9 @@ class FolderEpisodes(Dataset):
             for k, (img, msk) in enumerate(pairs):
                 if (k % val_every == val_every - 1) == (split != "train"):
                     records.append(Record(str(img), str(msk), cid))
-        self.inner = RecordEpisodes(records, shots=shots, image_size=image_size, seed=seed, mask_reader=_binary_mask, name=f"folder-{split}")
+        self.inner = RecordEpisodes(
+            records, shots=shots, image_size=image_size, seed=seed, mask_reader=_binary_mask, name=f"folder-{split}"
+        )
 
     def __len__(self) -> int:
         return len(self.inner)

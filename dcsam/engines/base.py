@@ -63,8 +63,12 @@ class Engine(ABC):
     def version(self) -> str:
         """A short, stable description of the weights in use (goes into ``model_version``)."""
 
-    def prompt(self, image: np.ndarray, points: Sequence[tuple[float, float, bool]],
-               box: tuple[float, float, float, float] | None) -> SegmentResult | None:
+    def prompt(
+        self,
+        image: np.ndarray,
+        points: Sequence[tuple[float, float, bool]],
+        box: tuple[float, float, float, float] | None,
+    ) -> SegmentResult | None:
         """Segment ``image`` from clicks ``(x, y, positive)`` and/or a box ``(x0, y0, x1, y1)`` in native
         pixels with the engine's own promptable model; None when it has none (the caller then refines
         by colour, see :mod:`dcsam.prompting`)."""

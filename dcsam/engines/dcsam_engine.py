@@ -78,11 +78,17 @@ class DCSAMEngine(Engine):
     # -- weights -------------------------------------------------------------------------------
     def load_prompt_generator(self, path) -> None:
         ckpt = load_checkpoint(path, PROMPT_GENERATOR_KIND)
-        mismatched = {k: (ckpt["settings"].get(k), getattr(self.config, k)) for k in ARCH_SETTINGS if ckpt["settings"].get(k) != getattr(self.config, k)}
+        mismatched = {
+            k: (ckpt["settings"].get(k), getattr(self.config, k))
+            for k in ARCH_SETTINGS
+            if ckpt["settings"].get(k) != getattr(self.config, k)
+        }
         if mismatched:
             raise CheckpointError(f"{path}: trained for other settings (checkpoint vs current): {mismatched}")
         self.load_trainable_state_dict(ckpt["state_dict"])
-        self.model.generator.neg_stage2_source = ckpt["settings"].get("neg_stage2_source", self.config.neg_stage2_source)
+        self.model.generator.neg_stage2_source = ckpt["settings"].get(
+            "neg_stage2_source", self.config.neg_stage2_source
+        )
 
     def trainable_state_dict(self) -> dict[str, Any]:
         return self.model.generator.state_dict() if self.trained else {}
@@ -104,8 +110,9 @@ class DCSAMEngine(Engine):
         return f"dcsam-{self.config.sam}-{self.config.backbone}-{self._version_tag}{random}"
 
     # -- fine-tuning -----------------------------------------------------------------------------
-    def finetune(self, episodes: Sequence[Episode], *, steps: int | None = None,
-                 progress: ProgressFn | None = None) -> dict[str, Any]:
+    def finetune(
+        self, episodes: Sequence[Episode], *, steps: int | None = None, progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
         """Fine-tune the trained prompt generator on episodes; SAM and the backbone stay frozen.
 
         Every labelled image of an episode is a query once, with the episode's other images (at most
@@ -114,8 +121,10 @@ class DCSAMEngine(Engine):
         from the trained weights), ``seed`` (0).
         """
         if not self.trained:
-            raise InputError("the cold start has no trained prompt generator to fine-tune: train one with "
-                             "`dcsam train` and serve it (prompt_generator / DCSAM_PROMPT_GENERATOR) first")
+            raise InputError(
+                "the cold start has no trained prompt generator to fine-tune: train one with "
+                "`dcsam train` and serve it (prompt_generator / DCSAM_PROMPT_GENERATOR) first"
+            )
         t0 = time.perf_counter()
         size = self.model.sam.image_size
         samples: list[tuple[SupportFeatures, QueryFeatures, torch.Tensor]] = []
@@ -138,8 +147,9 @@ class DCSAMEngine(Engine):
         total = int(steps if steps is not None else opts.get("finetune_steps", 100))
         rng = np.random.default_rng(int(opts.get("seed", 0)))
         generator = self.model.generator
-        optimizer = torch.optim.AdamW([p for p in generator.parameters()], lr=float(opts.get("finetune_lr", 1e-5)),
-                                      weight_decay=1e-6)
+        optimizer = torch.optim.AdamW(
+            [p for p in generator.parameters()], lr=float(opts.get("finetune_lr", 1e-5)), weight_decay=1e-6
+        )
 
         def step_loss(step: int) -> torch.Tensor:
             support, query, target = samples[int(rng.integers(len(samples)))]
@@ -152,9 +162,13 @@ class DCSAMEngine(Engine):
             torch.manual_seed(int(opts.get("seed", 0)))
             losses = optimise(generator, optimizer, step_loss, total, progress)
         self._version_tag = "pg-" + state_dict_digest(generator.state_dict())
-        return {"loss_first": losses[0] if losses else None,
-                "loss_last": float(np.mean(losses[-10:])) if losses else None,
-                "steps": total, "pairs": len(samples), "seconds": time.perf_counter() - t0}
+        return {
+            "loss_first": losses[0] if losses else None,
+            "loss_last": float(np.mean(losses[-10:])) if losses else None,
+            "steps": total,
+            "pairs": len(samples),
+            "seconds": time.perf_counter() - t0,
+        }
 
     # -- inference -------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -171,7 +185,9 @@ class DCSAMEngine(Engine):
             return self.model.encode_support(image, mask_tensor(example.mask, size, self.device))
 
     @torch.no_grad()
-    def predict(self, images: Sequence[np.ndarray], examples: Mapping[str, Sequence[Any]]) -> list[dict[str, SegmentResult]]:
+    def predict(
+        self, images: Sequence[np.ndarray], examples: Mapping[str, Sequence[Any]]
+    ) -> list[dict[str, SegmentResult]]:
         size = self.model.sam.image_size
         batch = torch.cat([to_tensor(img, size, self.device) for img in images])
         results: list[dict[str, SegmentResult]] = [{} for _ in images]
@@ -186,8 +202,12 @@ class DCSAMEngine(Engine):
         return results
 
     @torch.no_grad()
-    def prompt(self, image: np.ndarray, points: Sequence[tuple[float, float, bool]],
-               box: tuple[float, float, float, float] | None) -> SegmentResult | None:
+    def prompt(
+        self,
+        image: np.ndarray,
+        points: Sequence[tuple[float, float, bool]],
+        box: tuple[float, float, float, float] | None,
+    ) -> SegmentResult | None:
         """SAM's own point / box prompting (the multi-mask output with the best predicted IoU)."""
         if not points and box is None:
             return None
@@ -207,11 +227,19 @@ class DCSAMEngine(Engine):
             feats = self.model.sam.encode(to_tensor(image, size, self.device))
             logits, iou_pred = self.model.sam.decode_prompts(feats, points=pts, boxes=boxes, multimask=True)
         best = int(iou_pred[0].float().argmax())
-        mask = upsample_mask(logits[0, best:best + 1], height, width)
-        return SegmentResult(mask, float(iou_pred[0, best].float().clamp(0, 1)) if mask.any() else 0.0, {"prompted": True})
+        mask = upsample_mask(logits[0, best : best + 1], height, width)
+        return SegmentResult(
+            mask, float(iou_pred[0, best].float().clamp(0, 1)) if mask.any() else 0.0, {"prompted": True}
+        )
 
-    def predict_trained(self, images: Sequence[np.ndarray], query: QueryFeatures, support: SupportFeatures,
-                        label: str, results: list[dict[str, SegmentResult]]) -> None:
+    def predict_trained(
+        self,
+        images: Sequence[np.ndarray],
+        query: QueryFeatures,
+        support: SupportFeatures,
+        label: str,
+        results: list[dict[str, SegmentResult]],
+    ) -> None:
         """Decode with the trained prompt generator: ``results[i][label]`` for every image.
 
         ``query``: ``model.encode_query`` of the B images (B, 3, S, S); ``support``: one label's
@@ -224,8 +252,14 @@ class DCSAMEngine(Engine):
             score = float(out["iou"][i, 0].clamp(0, 1)) if mask.any() else 0.0
             results[i][label] = SegmentResult(mask, score)
 
-    def predict_cold_start(self, images: Sequence[np.ndarray], query: QueryFeatures, support: SupportFeatures,
-                           label: str, results: list[dict[str, SegmentResult]]) -> None:
+    def predict_cold_start(
+        self,
+        images: Sequence[np.ndarray],
+        query: QueryFeatures,
+        support: SupportFeatures,
+        label: str,
+        results: list[dict[str, SegmentResult]],
+    ) -> None:
         """Decode training-free: SAM prompted with points and a box read off DC-SAM's priors; the
         same inputs and outputs as :meth:`predict_trained`."""
         n = len(images)
@@ -238,7 +272,9 @@ class DCSAMEngine(Engine):
             coords, labels, box, region = prompts
             feats = query.sam.select(slice(i, i + 1))
             logits, iou_pred = self.model.sam.decode_prompts(
-                feats, points=(coords[None].to(self.device), labels[None].to(self.device)), boxes=box[None].to(self.device)
+                feats,
+                points=(coords[None].to(self.device), labels[None].to(self.device)),
+                boxes=box[None].to(self.device),
             )
             # Pick the candidate that agrees best with the prior region, weighted by SAM's own IoU guess.
             grid = (F.interpolate(logits.float(), size=region.shape, mode="bilinear", align_corners=False)[0] > 0).cpu()
@@ -246,7 +282,9 @@ class DCSAMEngine(Engine):
             quality = agreement * iou_pred[0].float().clamp(0, 1)
             best = int(quality.argmax())
             mask = upsample_mask(logits[0, best : best + 1], *img.shape[:2])
-            results[i][label] = SegmentResult(mask, float(quality[best]) if mask.any() else 0.0, {"agreement": float(agreement[best])})
+            results[i][label] = SegmentResult(
+                mask, float(quality[best]) if mask.any() else 0.0, {"agreement": float(agreement[best])}
+            )
 
 
 def prompts_from_priors(pos: torch.Tensor, neg: torch.Tensor, frame: int, max_pos: int = 3, max_neg: int = 2):

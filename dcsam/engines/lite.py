@@ -118,8 +118,11 @@ def _normalise_options(o: dict[str, Any]) -> dict[str, Any]:
         o[key] = int(o[key])
     for key in ("temperature", "colour", "colour_finetuned", "guided_eps", "keep_ratio", "threshold", "lr"):
         o[key] = float(o[key])
-    for key, allowed in (("match", ("knn", "max", "prototype")), ("refine", ("bilinear", "guided", "grabcut")),
-                         ("components", ("none", "largest", "weighted", "confident"))):
+    for key, allowed in (
+        ("match", ("knn", "max", "prototype")),
+        ("refine", ("bilinear", "guided", "grabcut")),
+        ("components", ("none", "largest", "weighted", "confident")),
+    ):
         o[key] = str(o[key])
         if o[key] not in allowed:
             raise ValueError(f"lite option {key}={o[key]!r}; choose one of {list(allowed)}")
@@ -193,8 +196,9 @@ class LiteEngine(Engine):
     def encode_example(self, example: LabelledImage) -> LiteExample:
         image, mask = example.image, example.mask
         if mask.shape != image.shape[:2]:
-            raise InputError(f"example mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                             f"{image.shape[1]}x{image.shape[0]}")
+            raise InputError(
+                f"example mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}"
+            )
         if not mask.any():
             raise InputError("the example mask is empty: an example needs at least one foreground pixel")
         feats, size = self._features(image, int(self.opts["size"]))
@@ -253,15 +257,20 @@ class LiteEngine(Engine):
             return "confident"
         return str(self.opts["components"])
 
-    def decode_logit(self, q: LiteQuery, logit: torch.Tensor, colour: postprocess.ColourModel | None,
-                     components: str | None = None) -> SegmentResult:
+    def decode_logit(
+        self, q: LiteQuery, logit: torch.Tensor, colour: postprocess.ColourModel | None, components: str | None = None
+    ) -> SegmentResult:
         """A logit of ``q`` (any size, upsampled to the working size) -> the refined mask at the
         image's native (H, W): colour model (``colour``: the label's colour statistics, None for
         none), refinement, component filter ``components`` (None: the ``components`` option)."""
         o = self.opts
         components = str(o["components"]) if components is None else components
         wh, ww = q.work_image.shape[:2]
-        z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+        z = (
+            F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
+            .cpu()
+            .numpy()
+        )
         if colour is not None and self._colour_weight():
             z = z + self._colour_weight() * colour.log_ratio(q.work_image)
         prob = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
@@ -300,7 +309,9 @@ class LiteEngine(Engine):
             raise InputError(f"example encoded with lite settings {ex.signature}, engine uses {self.signature()}")
         return ex
 
-    def predict(self, images: Sequence[np.ndarray], examples: Mapping[str, Sequence[Any]]) -> list[dict[str, SegmentResult]]:
+    def predict(
+        self, images: Sequence[np.ndarray], examples: Mapping[str, Sequence[Any]]
+    ) -> list[dict[str, SegmentResult]]:
         prepared = {}
         for label, exs in examples.items():
             exs = [self.check_example(e) for e in exs]
@@ -312,16 +323,21 @@ class LiteEngine(Engine):
         out = []
         for image in images:
             q = self.encode_query(image)
-            out.append({label: self.decode_logit(q, self.grid_logit(q, bank), colour, self.components_mode(label))
-                        for label, (bank, colour) in prepared.items()})
+            out.append(
+                {
+                    label: self.decode_logit(q, self.grid_logit(q, bank), colour, self.components_mode(label))
+                    for label, (bank, colour) in prepared.items()
+                }
+            )
         return out
 
     # -- learning ------------------------------------------------------------------------------------
     def _new_head(self) -> LiteHead:
         return LiteHead(self.feat_channels, int(self.opts["hidden"])).to(self.device)
 
-    def finetune(self, episodes: Sequence[Episode], *, steps: int | None = None,
-                 progress: ProgressFn | None = None) -> dict[str, Any]:
+    def finetune(
+        self, episodes: Sequence[Episode], *, steps: int | None = None, progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
         """Train the head on every ordered pair (example -> target) of labelled images per episode."""
         o = self.opts
         t0 = time.perf_counter()
@@ -348,7 +364,7 @@ class LiteEngine(Engine):
                 for src in sources:
                     samples.append(self._training_sample(src, q_j, mask_j))
             if use_memory:
-                memory_add.setdefault(ep.label, []).extend(e for e, _, _ in encoded[len(ep.support):])
+                memory_add.setdefault(ep.label, []).extend(e for e, _, _ in encoded[len(ep.support) :])
         if not samples:
             raise InputError("fine-tuning needs episodes with at least two labelled images (support + query)")
         total = int(steps if steps is not None else o["steps"])
@@ -379,8 +395,9 @@ class LiteEngine(Engine):
             # fine-tuning again from a fine-tuned state sees the same images again: keep each one once
             seen = {_bank_key(e.bank) for e in kept}
             for e in exs:
-                entry = LiteExample(bank=e.bank.subsample_bg(MEMORY_MAX_BG).rounded_to_half(), colour=e.colour,
-                                    signature=e.signature)
+                entry = LiteExample(
+                    bank=e.bank.subsample_bg(MEMORY_MAX_BG).rounded_to_half(), colour=e.colour, signature=e.signature
+                )
                 key = _bank_key(entry.bank)
                 if key not in seen:
                     seen.add(key)
@@ -406,10 +423,17 @@ class LiteEngine(Engine):
         if self._colour_weight(trained=True):
             colour = sources[0].colour.merged([e.colour for e in sources[1:]])
             llr = colour.log_ratio(q.work_image)
-            offset = self._colour_weight(trained=True) * cv2.resize(llr, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+            offset = self._colour_weight(trained=True) * cv2.resize(
+                llr, (grid[1], grid[0]), interpolation=cv2.INTER_AREA
+            )
         target = mask_fraction(mask, grid)
-        return (q.feats[q.base], self._head_input(pm), pm[0],
-                torch.from_numpy(offset).to(self.device), torch.from_numpy(target).to(self.device))
+        return (
+            q.feats[q.base],
+            self._head_input(pm),
+            pm[0],
+            torch.from_numpy(offset).to(self.device),
+            torch.from_numpy(target).to(self.device),
+        )
 
     def trainable_state_dict(self) -> dict[str, Any]:
         if not self.trained:
@@ -418,8 +442,10 @@ class LiteEngine(Engine):
             "head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()},
             "feat_channels": self.feat_channels,
             "options": {k: self.opts[k] for k in HEAD_OPTIONS},
-            "memory": {label: [{"fg": e.bank.fg.detach().cpu().half(), "bg": e.bank.bg.detach().cpu().half()} for e in exs]
-                       for label, exs in self.memory.items()},
+            "memory": {
+                label: [{"fg": e.bank.fg.detach().cpu().half(), "bg": e.bank.bg.detach().cpu().half()} for e in exs]
+                for label, exs in self.memory.items()
+            },
             "single_instance": dict(self.single_instance),
             "format": 1,
         }
@@ -449,12 +475,21 @@ class LiteEngine(Engine):
         for label, banks in dict(state.get("memory") or {}).items():
             memory[label] = []
             for b in banks:
-                fg, bg = torch.as_tensor(b["fg"]).float().to(self.device), torch.as_tensor(b["bg"]).float().to(self.device)
-                if fg.ndim != 2 or fg.shape[1] != self.feat_channels or bg.ndim != 2 or bg.shape[1] != self.feat_channels:
-                    raise CheckpointError(f"lite memory for {label!r} does not fit {self.feat_channels}-channel features")
+                fg, bg = (
+                    torch.as_tensor(b["fg"]).float().to(self.device),
+                    torch.as_tensor(b["bg"]).float().to(self.device),
+                )
+                if (
+                    fg.ndim != 2
+                    or fg.shape[1] != self.feat_channels
+                    or bg.ndim != 2
+                    or bg.shape[1] != self.feat_channels
+                ):
+                    raise CheckpointError(
+                        f"lite memory for {label!r} does not fit {self.feat_channels}-channel features"
+                    )
                 # colour statistics are not saved: an empty model adds nothing when merged
-                memory[label].append(LiteExample(MatchBank(fg=fg, bg=bg),
-                                                 postprocess.ColourModel(), self.signature()))
+                memory[label].append(LiteExample(MatchBank(fg=fg, bg=bg), postprocess.ColourModel(), self.signature()))
         self.head = head.eval()
         self.memory = memory
         self.single_instance = {str(k): bool(v) for k, v in dict(state.get("single_instance") or {}).items()}

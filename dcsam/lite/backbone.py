@@ -22,8 +22,12 @@ _PAIRS = {
 }
 
 
-def lite_backbone(output_stride: int = 32, weights: str | Path | None = None, random_weights: bool = False,
-                  fold_batchnorm: bool = True) -> EfficientNetLite0:
+def lite_backbone(
+    output_stride: int = 32,
+    weights: str | Path | None = None,
+    random_weights: bool = False,
+    fold_batchnorm: bool = True,
+) -> EfficientNetLite0:
     net = EfficientNetLite0(output_stride=output_stride)
     if not random_weights:
         net.load_bundled(Path(weights) if weights else None)

@@ -25,7 +25,9 @@ GRID_STRIDE = 8
 def working_size(h: int, w: int, long_side: int, multiple: int = 32) -> tuple[int, int]:
     """(height, width) with the long side near ``long_side``, both multiples of ``multiple``."""
     s = long_side / max(h, w)
-    return max(multiple, int(round(h * s / multiple)) * multiple), max(multiple, int(round(w * s / multiple)) * multiple)
+    return max(multiple, int(round(h * s / multiple)) * multiple), max(
+        multiple, int(round(w * s / multiple)) * multiple
+    )
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -37,8 +39,9 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def dense_features(backbone, image: np.ndarray, size: tuple[int, int], layers: tuple[int, ...],
-                   device: torch.device) -> torch.Tensor:
+def dense_features(
+    backbone, image: np.ndarray, size: tuple[int, int], layers: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
     """(C, h/8, w/8) unit-norm features of uint8 RGB ``image`` resized to ``size``."""
     img = resize_image(image, size)
     x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
@@ -67,8 +70,9 @@ class MatchBank:
     bg: torch.Tensor  # (Nb, C)
 
     @staticmethod
-    def from_example(feats: torch.Tensor, frac: np.ndarray, fg_min: float = 0.5, bg_max: float = 0.5,
-                     max_bg: int = 6000) -> MatchBank:
+    def from_example(
+        feats: torch.Tensor, frac: np.ndarray, fg_min: float = 0.5, bg_max: float = 0.5, max_bg: int = 6000
+    ) -> MatchBank:
         c = feats.shape[0]
         flat = feats.reshape(c, -1).T
         frac_t = torch.from_numpy(frac.ravel()).to(flat.device)

@@ -57,8 +57,14 @@ def _strip_maps(h_src: int, w_src: int, h: int, w: int, y0: int, y1: int) -> tup
     return np.broadcast_to(xs, (y1 - y0, w)).copy(), np.broadcast_to(ys[:, None], (y1 - y0, w)).copy()
 
 
-def upsample_guided(a_coef: np.ndarray, b_coef: np.ndarray, image: np.ndarray, drop: np.ndarray | None = None,
-                    threshold: float = 0.5, strip_rows: int = 1024) -> np.ndarray:
+def upsample_guided(
+    a_coef: np.ndarray,
+    b_coef: np.ndarray,
+    image: np.ndarray,
+    drop: np.ndarray | None = None,
+    threshold: float = 0.5,
+    strip_rows: int = 1024,
+) -> np.ndarray:
     """Full-resolution bool mask ``A . image + b > threshold`` (fast guided filter upsampling).
 
     ``a_coef``/``b_coef`` come from :func:`guided_coefficients` at a lower resolution; ``image`` is
@@ -83,8 +89,13 @@ def upsample_guided(a_coef: np.ndarray, b_coef: np.ndarray, image: np.ndarray, d
     return out
 
 
-def upsample_linear(prob: np.ndarray, shape: tuple[int, int], drop: np.ndarray | None = None,
-                    threshold: float = 0.5, strip_rows: int = 1024) -> np.ndarray:
+def upsample_linear(
+    prob: np.ndarray,
+    shape: tuple[int, int],
+    drop: np.ndarray | None = None,
+    threshold: float = 0.5,
+    strip_rows: int = 1024,
+) -> np.ndarray:
     """Full-resolution bool mask of a bilinearly upsampled probability (no edge awareness)."""
     h, w = shape
     hs, ws = prob.shape
@@ -111,8 +122,9 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) * (1.0 / 255.0)
 
 
-def grabcut_refine(image: np.ndarray, prob: np.ndarray, iterations: int = 3,
-                   sure_fg: float = 0.9, sure_bg: float = 0.1) -> np.ndarray:
+def grabcut_refine(
+    image: np.ndarray, prob: np.ndarray, iterations: int = 3, sure_fg: float = 0.9, sure_bg: float = 0.1
+) -> np.ndarray:
     """One GrabCut run on uint8 RGB ``image`` initialised from ``prob``; returns a bool mask.
 
     Pixels above ``sure_fg`` (eroded) are fixed foreground, below ``sure_bg`` fixed background,
@@ -132,14 +144,23 @@ def grabcut_refine(image: np.ndarray, prob: np.ndarray, iterations: int = 3,
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     try:
         # OpenCV's stubs want a rect; GC_INIT_WITH_MASK takes None
-        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), init, None, bgd, fgd, iterations,  # type: ignore[call-overload]
-                    cv2.GC_INIT_WITH_MASK)
+        cv2.grabCut(
+            np.ascontiguousarray(image[..., ::-1]),
+            init,
+            None,
+            bgd,
+            fgd,
+            iterations,  # type: ignore[call-overload]
+            cv2.GC_INIT_WITH_MASK,
+        )
     except cv2.error:  # degenerate colour statistics (e.g. a flat image): keep the input
         return fg
     return (init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD)
 
 
-def filter_components(mask: np.ndarray, prob: np.ndarray, mode: str = "weighted", keep_ratio: float = 0.2) -> np.ndarray:
+def filter_components(
+    mask: np.ndarray, prob: np.ndarray, mode: str = "weighted", keep_ratio: float = 0.2
+) -> np.ndarray:
     """Which pixels of ``mask`` to keep, dropping weak connected components.
 
     A component's evidence is the sum of ``prob - 0.5`` over it. ``largest``: keep the strongest
@@ -205,7 +226,10 @@ class ColourModel:
         h: np.ndarray = hist.reshape(self.bins, self.bins, self.bins)
         for axis in range(3):  # separable [1, 2, 1] / 4 smoothing along each colour axis
             p = np.pad(h, [(1, 1) if a == axis else (0, 0) for a in range(3)], mode="edge")
-            sl = lambda a, b, p=p, axis=axis: tuple(slice(a, p.shape[i] - b) if i == axis else slice(None) for i in range(3))  # noqa: E731
+
+            def sl(a: int, b: int, p: np.ndarray = p, axis: int = axis) -> tuple[slice, ...]:
+                return tuple(slice(a, p.shape[i] - b) if i == axis else slice(None) for i in range(3))
+
             h = 0.25 * p[sl(0, 2)] + 0.5 * p[sl(1, 1)] + 0.25 * p[sl(2, 0)]
         return h.ravel()
 

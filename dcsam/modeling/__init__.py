@@ -12,7 +12,16 @@ from .prompt_generator import PromptGenerator, Sam2Downscale
 from .sam_adapter import SamAdapter, SamFeatures
 
 __all__ = [
-    "Attention", "CycleCrossAttentionLayer", "DCSAM", "PositionEmbeddingSine", "PromptGenerator",
-    "QueryFeatures", "Sam2Downscale", "SamAdapter", "SamFeatures", "SelfAttentionLayer", "SupportFeatures",
+    "Attention",
+    "CycleCrossAttentionLayer",
+    "DCSAM",
+    "PositionEmbeddingSine",
+    "PromptGenerator",
+    "QueryFeatures",
+    "Sam2Downscale",
+    "SamAdapter",
+    "SamFeatures",
+    "SelfAttentionLayer",
+    "SupportFeatures",
     "cycle_consistency_bias",
 ]

@@ -17,7 +17,9 @@ class PositionEmbeddingSine(nn.Module):
         self.num_feats = num_feats
         self.temperature = temperature
 
-    def forward(self, height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def forward(
+        self, height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """Returns (1, 2*num_feats, H, W)."""
         ones = torch.ones(1, height, width, device=device, dtype=torch.float32)
         y = ones.cumsum(1)
@@ -68,7 +70,9 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """q (B, Nt, C), k/v (B, Ns, C), labels (B, Ns) or None -> (B, Nt, C)."""
         qh, kh, vh = self._split(self.q_proj(q)), self._split(self.k_proj(k)), self._split(self.v_proj(v))
         logits = qh @ kh.transpose(-2, -1) / math.sqrt(self.head_dim)

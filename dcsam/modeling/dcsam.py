@@ -28,7 +28,11 @@ class QueryFeatures:
 
     @staticmethod
     def cat(items: list[QueryFeatures]) -> QueryFeatures:
-        return QueryFeatures(torch.cat([i.mid for i in items]), torch.cat([i.high for i in items]), SamFeatures.cat([i.sam for i in items]))
+        return QueryFeatures(
+            torch.cat([i.mid for i in items]),
+            torch.cat([i.high for i in items]),
+            SamFeatures.cat([i.sam for i in items]),
+        )
 
     def select(self, index) -> QueryFeatures:
         return QueryFeatures(self.mid[index], self.high[index], self.sam.select(index))
@@ -51,25 +55,34 @@ class SupportFeatures:
     @staticmethod
     def cat(items: list[SupportFeatures]) -> SupportFeatures:
         return SupportFeatures(
-            torch.cat([i.mid for i in items]), torch.cat([i.mask for i in items]),
-            torch.cat([i.high_pos for i in items]), torch.cat([i.high_neg for i in items]),
+            torch.cat([i.mid for i in items]),
+            torch.cat([i.mask for i in items]),
+            torch.cat([i.high_pos for i in items]),
+            torch.cat([i.high_neg for i in items]),
             SamFeatures.cat([i.sam for i in items]),
         )
 
     def select(self, index) -> SupportFeatures:
-        return SupportFeatures(self.mid[index], self.mask[index], self.high_pos[index], self.high_neg[index], self.sam.select(index))
+        return SupportFeatures(
+            self.mid[index], self.mask[index], self.high_pos[index], self.high_neg[index], self.sam.select(index)
+        )
 
     def repeat(self, times: int) -> SupportFeatures:
         """The same K shots for ``times`` queries (K shots stay contiguous per query)."""
+
         def rep(t):
             return t.repeat(times, *([1] * (t.dim() - 1)))
 
         hr = None if self.sam.high_res is None else [rep(h) for h in self.sam.high_res]
-        return SupportFeatures(rep(self.mid), rep(self.mask), rep(self.high_pos), rep(self.high_neg), SamFeatures(rep(self.sam.embed), hr))
+        return SupportFeatures(
+            rep(self.mid), rep(self.mask), rep(self.high_pos), rep(self.high_neg), SamFeatures(rep(self.sam.embed), hr)
+        )
 
 
 class DCSAM(nn.Module):
-    def __init__(self, backbone: PriorBackbone, sam: SamAdapter, generator: PromptGenerator, image_size: int = 512) -> None:
+    def __init__(
+        self, backbone: PriorBackbone, sam: SamAdapter, generator: PromptGenerator, image_size: int = 512
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.sam = sam
@@ -96,7 +109,9 @@ class DCSAM(nn.Module):
         return QueryFeatures(mid, self.backbone.forward_high(l3), sam if sam is not None else self.sam.encode(images))
 
     @torch.no_grad()
-    def encode_support(self, images: torch.Tensor, masks: torch.Tensor, sam: SamFeatures | None = None) -> SupportFeatures:
+    def encode_support(
+        self, images: torch.Tensor, masks: torch.Tensor, sam: SamFeatures | None = None
+    ) -> SupportFeatures:
         """images (N, 3, H, W) in [0, 1]; masks (N, 1, H, W) in {0, 1} at the images' size."""
         mid, l3 = self._backbone(images)
         size = self.backbone.input_size
@@ -119,7 +134,9 @@ class DCSAM(nn.Module):
         return self._to_grid(pos), self._to_grid(neg)
 
     # -- trainable path ------------------------------------------------------------------------
-    def decode(self, query_sam: SamFeatures, z_pos: torch.Tensor, z_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, query_sam: SamFeatures, z_pos: torch.Tensor, z_neg: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt SAM with [P+ + e_pos ; P- + e_neg] -> logits (B, 1, 256, 256), iou (B, 1)."""
         e_pos = self.sam.positive_embedding.to(z_pos.dtype)
         e_neg = self.sam.negative_embedding.to(z_neg.dtype)
@@ -157,7 +174,9 @@ class DCSAM(nn.Module):
     def upsample(self, logits: torch.Tensor) -> torch.Tensor:
         return F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear", align_corners=True)
 
-    def forward(self, query_images: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, query_images: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """query (B, 3, H, W); support (B, K, 3, H, W); masks (B, K, H, W) -> logits (B, 1, 512, 512)."""
         b, k = support_images.shape[:2]
         query = self.encode_query(query_images)

@@ -64,7 +64,9 @@ class BranchDecoder(nn.Module):
         pos = self.token_pos.weight.unsqueeze(0).expand(b, -1, -1)
         return self.support_attn(z0, pos, support, support_pos, labels)
 
-    def stage2(self, z1: torch.Tensor, query: torch.Tensor, query_pos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def stage2(
+        self, z1: torch.Tensor, query: torch.Tensor, query_pos: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         pos = self.token_pos.weight.unsqueeze(0).expand(z1.shape[0], -1, -1)
         u = self.query_attn(z1, pos, query, query_pos, labels)
         return self.self_attn(u, pos)
@@ -99,7 +101,9 @@ class PromptGenerator(nn.Module):
         self.dim = dim
         self.down: nn.Sequential | None
         if variant == "full":
-            self.down = nn.Sequential(nn.Conv2d(mid_channels, dim, 1, bias=False), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+            self.down = nn.Sequential(
+                nn.Conv2d(mid_channels, dim, 1, bias=False), nn.ReLU(inplace=True), nn.Dropout2d(dropout)
+            )
             merge_in = 3 * dim + 1
         else:
             self.down = None
@@ -136,7 +140,9 @@ class PromptGenerator(nn.Module):
         """Masked average pooling: (N, C, H, W), (N, 1, H, W) -> (N, C, 1, 1)."""
         return (feats * mask).sum((2, 3), keepdim=True) / (mask.sum((2, 3), keepdim=True) + 5e-4)
 
-    def merged(self, merge: nn.Module, reduced: torch.Tensor, proto: torch.Tensor, sam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def merged(
+        self, merge: nn.Module, reduced: torch.Tensor, proto: torch.Tensor, sam: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         tiled = proto.expand(-1, -1, *reduced.shape[-2:])
         parts = [reduced, tiled, sam, 10.0 * mask] if self.down is not None else [sam, tiled, 10.0 * mask]
         return merge(torch.cat(parts, dim=1))
@@ -162,7 +168,10 @@ class PromptGenerator(nn.Module):
         red_s = self.reduce(support_mid, support_sam)
         red_q = self.reduce(query_mid, query_sam)
         out = {}
-        for sign, merge, m, prior in (("pos", self.merge_pos, m_pos, prior_pos), ("neg", self.merge_neg, m_neg, prior_neg)):
+        for sign, merge, m, prior in (
+            ("pos", self.merge_pos, m_pos, prior_pos),
+            ("neg", self.merge_neg, m_neg, prior_neg),
+        ):
             proto = self.prototype(red_s, m)  # (B*K, C, 1, 1)
             s_map = self.merged(merge, red_s, proto, support_sam, m)
             q_proto = proto.view(b, k, *proto.shape[1:]).mean(1)

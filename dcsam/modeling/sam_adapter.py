@@ -99,7 +99,9 @@ class SamAdapter(nn.Module):
     # -- decoding learned tokens (batched) -----------------------------------------------------
     def dense_inputs(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pe = self.prompt_encoder.get_dense_pe().to(like.dtype)
-        dense = self.prompt_encoder.no_mask_embed.weight.to(like.dtype).view(1, -1, 1, 1).expand(batch, -1, *pe.shape[-2:])
+        dense = (
+            self.prompt_encoder.no_mask_embed.weight.to(like.dtype).view(1, -1, 1, 1).expand(batch, -1, *pe.shape[-2:])
+        )
         return pe, dense
 
     def decode_tokens(self, feats: SamFeatures, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +110,12 @@ class SamAdapter(nn.Module):
         pe, dense = self.dense_inputs(b, sparse)
         if self.family == "sam2":
             masks, iou, _, _ = self.mask_decoder(
-                image_embeddings=feats.embed, image_pe=pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=False, repeat_image=False,
+                image_embeddings=feats.embed,
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+                repeat_image=False,
                 high_res_features=feats.high_res,
             )
             return masks, iou
@@ -133,18 +139,27 @@ class SamAdapter(nn.Module):
         pe = self.prompt_encoder.get_dense_pe()
         if self.family == "sam1":
             return self.mask_decoder(
-                image_embeddings=feats.embed, image_pe=pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=multimask,
+                image_embeddings=feats.embed,
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
             )
         masks, iou, _, _ = self.mask_decoder(
-            image_embeddings=feats.embed, image_pe=pe, sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=multimask, repeat_image=sparse.shape[0] > 1,
+            image_embeddings=feats.embed,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            repeat_image=sparse.shape[0] > 1,
             high_res_features=feats.high_res,
         )
         return masks, iou
 
 
-def _sam1_batched_decode(decoder: Any, embed: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
+def _sam1_batched_decode(
+    decoder: Any, embed: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+):
     """SAM 1's ``MaskDecoder.predict_masks`` with image i paired to token set i.
 
     Upstream repeats every image embedding once per prompt set (one image, many prompts);

@@ -38,8 +38,20 @@ from ..masks import iou
 from ..video.tubes import MaskTube, finetune_on_tubes
 
 __all__ = [
-    "CrossValError", "CrossValResult", "FinetuneRefused", "LabelledTask", "NoValidationPair", "NotEnoughData",
-    "ReportFn", "assign_folds", "cross_validate", "episodes", "split", "steps_name", "task_rank", "tubes",
+    "CrossValError",
+    "CrossValResult",
+    "FinetuneRefused",
+    "LabelledTask",
+    "NoValidationPair",
+    "NotEnoughData",
+    "ReportFn",
+    "assign_folds",
+    "cross_validate",
+    "episodes",
+    "split",
+    "steps_name",
+    "task_rank",
+    "tubes",
     "validation_ious",
 ]
 
@@ -79,8 +91,15 @@ class FinetuneRefused(CrossValError):
 class ReportFn(Protocol):
     """Progress sink, shaped like the backend's ``JobContext.report`` (writes may be throttled unless ``force``)."""
 
-    def __call__(self, *, done: int | None = ..., total: int | None = ..., figures: dict | None = ...,
-                 message: str | None = ..., force: bool = ...) -> None: ...
+    def __call__(
+        self,
+        *,
+        done: int | None = ...,
+        total: int | None = ...,
+        figures: dict | None = ...,
+        message: str | None = ...,
+        force: bool = ...,
+    ) -> None: ...
 
 
 def _no_report(**_: Any) -> None:
@@ -126,8 +145,9 @@ def assign_folds(seed: int, items: Sequence[LabelledTask], folds: int) -> dict[i
     return out
 
 
-def split(items: Sequence[LabelledTask], fold_of: Mapping[int, int | None],
-          fold: int) -> tuple[list[LabelledTask], list[LabelledTask]]:
+def split(
+    items: Sequence[LabelledTask], fold_of: Mapping[int, int | None], fold: int
+) -> tuple[list[LabelledTask], list[LabelledTask]]:
     """(train, validation) items for one fold."""
     return ([it for it in items if fold_of[it.task_id] != fold], [it for it in items if fold_of[it.task_id] == fold])
 
@@ -147,13 +167,18 @@ def episodes(seed: int, train: Sequence[LabelledTask], k: int) -> list[Episode]:
             continue
         its = sorted(its, key=lambda i: task_rank(seed, i.task_id))
         size = k + 1
-        groups = [its[i:i + size] for i in range(0, len(its), size)]
+        groups = [its[i : i + size] for i in range(0, len(its), size)]
         if len(groups) > 1 and len(groups[-1]) < 2:
             groups[-2].extend(groups.pop())
         for g in groups:
             n_support = max(1, min(k, len(g) - 1))
-            out.append(Episode(support=[LabelledImage(i.image, i.mask) for i in g[:n_support]],
-                               query=[LabelledImage(i.image, i.mask) for i in g[n_support:]], label=key))
+            out.append(
+                Episode(
+                    support=[LabelledImage(i.image, i.mask) for i in g[:n_support]],
+                    query=[LabelledImage(i.image, i.mask) for i in g[n_support:]],
+                    label=key,
+                )
+            )
     return out
 
 
@@ -165,13 +190,20 @@ def tubes(train: Sequence[LabelledTask]) -> list[MaskTube]:
     by: dict[tuple[str, str], list[tuple[LabelledTask, int]]] = {}
     for it, (video, frame) in framed:
         by.setdefault((video, it.key), []).append((it, frame))
-    return [MaskTube(key, [LabelledImage(i.image, i.mask) for i, _ in sorted(its, key=lambda p: p[1])])
-            for (_, key), its in sorted(by.items(), key=lambda kv: kv[0])]
+    return [
+        MaskTube(key, [LabelledImage(i.image, i.mask) for i, _ in sorted(its, key=lambda p: p[1])])
+        for (_, key), its in sorted(by.items(), key=lambda kv: kv[0])
+    ]
 
 
-def validation_ious(engine: Engine, config: SegmenterConfig, train: Sequence[LabelledTask],
-                    val: Sequence[LabelledTask], k: int,
-                    check_cancel: Callable[[], None] | None = None) -> list[float]:
+def validation_ious(
+    engine: Engine,
+    config: SegmenterConfig,
+    train: Sequence[LabelledTask],
+    val: Sequence[LabelledTask],
+    k: int,
+    check_cancel: Callable[[], None] | None = None,
+) -> list[float]:
     """IoU of each validation (task, label) pair; its examples are the label's latest K training tasks.
 
     Scores the weights the engine holds now. A label with no training task gives no pair; a missing
@@ -259,16 +291,22 @@ def cross_validate(
     used_folds = [f for f in range(folds) if any(fold == f for fold in fold_of.values())]
     n_tasks = len(fold_of)
     figures: dict[str, Any] = {
-        "annotated_tasks": n_tasks, "labels": len({i.key for i in items}), "folds": len(used_folds),
-        "val_tasks": sum(fold is not None for fold in fold_of.values()), "episodes": len(episodes(seed, items, k)),
+        "annotated_tasks": n_tasks,
+        "labels": len({i.key for i in items}),
+        "folds": len(used_folds),
+        "val_tasks": sum(fold is not None for fold in fold_of.values()),
+        "episodes": len(episodes(seed, items, k)),
     }
     n_tubes = len(tubes(items))
     if n_tubes:
         figures["tubes"] = n_tubes  # a frame-sequence project: mask-tube fine-tuning
     if not used_folds:
-        raise NotEnoughData(f"not enough accepted annotations to fine-tune and validate ({n_tasks} usable "
-                            f"task(s)): a label needs at least 3 annotated tasks (2 to train, 1 to validate); "
-                            f"{figures}", figures)
+        raise NotEnoughData(
+            f"not enough accepted annotations to fine-tune and validate ({n_tasks} usable "
+            f"task(s)): a label needs at least 3 annotated tasks (2 to train, 1 to validate); "
+            f"{figures}",
+            figures,
+        )
     figures.update(extra_figures or {})
     choices = list(step_choices) if step_choices is not None else list(engine.finetune_step_choices())
     runs = len(used_folds) * len(choices) + 1  # each choice fine-tuned once per fold, then the kept one on all
@@ -288,8 +326,7 @@ def cross_validate(
         try:
             video_tubes = tubes(train)
             if video_tubes:
-                out = finetune_on_tubes(InContextSegmenter(engine, config), video_tubes, steps=steps,
-                                        progress=on_step)
+                out = finetune_on_tubes(InContextSegmenter(engine, config), video_tubes, steps=steps, progress=on_step)
             else:
                 out = engine.finetune(episodes(seed, train, k), steps=steps, progress=on_step)
         except NotImplementedError as exc:
@@ -311,8 +348,10 @@ def cross_validate(
         reset_weights()
         b = scorer(engine, config, train, val, k, cancel)
         before += b
-        row: dict[str, Any] = {"val_tasks": len({i.task_id for i in val}),
-                               "before": round(float(np.mean(b)), 4) if b else None}
+        row: dict[str, Any] = {
+            "val_tasks": len({i.task_id for i in val}),
+            "before": round(float(np.mean(b)), 4) if b else None,
+        }
         for i, steps in enumerate(choices):
             emit(message=f"fold {n + 1}/{len(used_folds)}: fine-tuning ({steps_name(steps)})", force=True)
             finetune(train, steps)
@@ -324,10 +363,15 @@ def cross_validate(
         raise NoValidationPair("no validation pair: every validation label lacks training examples")
     scores = {i: float(np.mean(v)) for i, v in after.items()}
     best = max(scores, key=lambda i: (scores[i], -i))  # ties: the earlier (cheaper) choice
-    figures.update(val_pairs=len(before), val_miou_before=round(float(np.mean(before)), 4),
-                   val_miou_after=round(scores[best], 4), chosen_steps=steps_name(choices[best]),
-                   choices={steps_name(c): round(scores[i], 4) for i, c in enumerate(choices)},
-                   per_fold=per_fold, min_gain=min_gain)
+    figures.update(
+        val_pairs=len(before),
+        val_miou_before=round(float(np.mean(before)), 4),
+        val_miou_after=round(scores[best], 4),
+        chosen_steps=steps_name(choices[best]),
+        choices={steps_name(c): round(scores[i], 4) for i, c in enumerate(choices)},
+        per_fold=per_fold,
+        min_gain=min_gain,
+    )
     if not scores[best] - float(np.mean(before)) > min_gain:
         return CrossValResult(figures, False, None, choices[best])
     emit(figures=figures, message="fine-tuning on every accepted annotation", force=True)

@@ -10,8 +10,13 @@ from torch import nn
 from ..engines.base import ProgressFn
 
 
-def optimise(module: nn.Module, optimizer: torch.optim.Optimizer, step_loss: Callable[[int], torch.Tensor],
-             steps: int, progress: ProgressFn | None = None) -> list[float]:
+def optimise(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step_loss: Callable[[int], torch.Tensor],
+    steps: int,
+    progress: ProgressFn | None = None,
+) -> list[float]:
     """Run ``steps`` optimiser steps on ``step_loss(step)`` with ``module`` in training mode.
 
     ``progress(step, steps, {"loss": ...})`` is called after each step. The module's previous

@@ -23,16 +23,37 @@ _PATTERN = re.compile(r"^(pascal5i|coco20i)-fold([0-3])-(r50|vgg16)-(sam2?)$")
 # longer depends on the support); at 2e-4 (the paper's PASCAL rate) the tokens stay distinct and,
 # given 8 epochs, the model learns to pick the support's class out of the distractors.
 TINY = {
-    "model": {"sam": "sam2.1_hiera_t", "random_sam_weights": True, "image_size": 128,
-              "backbone_input_size": 256, "sam_image_size": 256},
-    "dataset": {"name": "synthetic", "image_size": 128, "length": 192, "val_length": 48, "classes": 6, "distractors": 1},
-    "epochs": 8, "batch_size": 4, "lr": 2e-4, "num_workers": 0, "train_sam_decoder": True,
-    "cache_features": True, "val_episodes": 48, "seed": 0, "out_dir": "runs/tiny-synthetic-cpu",
+    "model": {
+        "sam": "sam2.1_hiera_t",
+        "random_sam_weights": True,
+        "image_size": 128,
+        "backbone_input_size": 256,
+        "sam_image_size": 256,
+    },
+    "dataset": {
+        "name": "synthetic",
+        "image_size": 128,
+        "length": 192,
+        "val_length": 48,
+        "classes": 6,
+        "distractors": 1,
+    },
+    "epochs": 8,
+    "batch_size": 4,
+    "lr": 2e-4,
+    "num_workers": 0,
+    "train_sam_decoder": True,
+    "cache_features": True,
+    "val_episodes": 48,
+    "seed": 0,
+    "out_dir": "runs/tiny-synthetic-cpu",
 }
 
 
 def preset_names() -> list[str]:
-    rows = [f"{b}-fold{f}-{k}-{s}" for b in ("pascal5i", "coco20i") for f in range(4) for k in _BACKBONES for s in _SAMS]
+    rows = [
+        f"{b}-fold{f}-{k}-{s}" for b in ("pascal5i", "coco20i") for f in range(4) for k in _BACKBONES for s in _SAMS
+    ]
     return rows + ["tiny-synthetic-cpu"]
 
 

@@ -134,8 +134,17 @@ def load_trainable_state(model: DCSAM, state: dict[str, torch.Tensor]) -> None:
 
 # -- evaluation ------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate_fewshot(model: DCSAM, dataset, *, episodes: int, seed: int, batch_size: int, device: torch.device,
-                     encoder: FeatureEncoder | None = None, progress: bool = False) -> dict:
+def evaluate_fewshot(
+    model: DCSAM,
+    dataset,
+    *,
+    episodes: int,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    encoder: FeatureEncoder | None = None,
+    progress: bool = False,
+) -> dict:
     """A few-shot dataset split (:mod:`dcsam.data`) by the paper's protocol: a fixed-seed sample of
     ``episodes`` episodes (cycling through the list), masks compared at the model's resolution,
     ignore pixels left out, accumulated mIoU over classes and FB-IoU (:class:`dcsam.metrics.DatasetIoU`).
@@ -148,7 +157,9 @@ def evaluate_fewshot(model: DCSAM, dataset, *, episodes: int, seed: int, batch_s
     indices = [order[i % len(order)] for i in range(episodes)][rank::world]
     score = DatasetIoU()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    for start in tqdm(range(0, len(indices), batch_size), desc="evaluating", disable=not progress or rank != 0, leave=False):
+    for start in tqdm(
+        range(0, len(indices), batch_size), desc="evaluating", disable=not progress or rank != 0, leave=False
+    ):
         items = [dataset[i] for i in indices[start : start + batch_size]]
         batch = torch.utils.data.default_collate(items)
         query, support = encoder(batch)
@@ -164,8 +175,12 @@ def evaluate_fewshot(model: DCSAM, dataset, *, episodes: int, seed: int, batch_s
         for part in gathered:
             score.merge(part)
     summary = score.summary()
-    return {"miou": summary["miou"], "fb_iou": summary["fb_iou"], "class_iou": dict(sorted(summary["class_iou"].items())),
-            "episodes": score.count}
+    return {
+        "miou": summary["miou"],
+        "fb_iou": summary["fb_iou"],
+        "class_iou": dict(sorted(summary["class_iou"].items())),
+        "episodes": score.count,
+    }
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -185,7 +200,9 @@ def _write_rows(path: Path, header: list[str], rows: list[list], keep_until_step
         w.writerows(rows)
 
 
-def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+def train(
+    config: TrainConfig, *, resume: bool = False, max_steps: int | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Train a prompt generator. ``max_steps`` stops early (the schedule still spans all epochs)."""
     rank, world, device = dist_setup()
     out = Path(config.out_dir)
@@ -202,16 +219,26 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
 
     train_set = build_dataset(config.dataset, "train")
     val_set = build_dataset(config.val_dataset or config.dataset, "val")
-    sampler: DistributedSampler[dict] = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
+    sampler: DistributedSampler[dict] = DistributedSampler(
+        train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True
+    )
     # The loader gets its own generator so that it never draws from the global RNG (dropout's):
     # resuming then reproduces the same random stream as an uninterrupted run.
-    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                        drop_last=True, persistent_workers=config.num_workers > 0,
-                        generator=torch.Generator().manual_seed(config.seed))
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        drop_last=True,
+        persistent_workers=config.num_workers > 0,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     iters = min(len(loader), config.iters_per_epoch or len(loader))
     total = iters * config.epochs
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
     encoder = FeatureEncoder(model, device, config.cache_features)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -235,9 +262,16 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
             dist.all_gather_object(rng, torch.get_rng_state())
         if rank == 0:
             save_checkpoint(
-                last_path, TRAINING_KIND, trainable_state(model), config.to_dict(),
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), step=step, epoch=epoch,
-                best_miou=best, rng=rng,
+                last_path,
+                TRAINING_KIND,
+                trainable_state(model),
+                config.to_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                step=step,
+                epoch=epoch,
+                best_miou=best,
+                rng=rng,
             )
 
     if rank == 0:
@@ -264,7 +298,9 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
             scheduler.step()
             step += 1
             value = float(loss.detach())
-            rows.append([step, epoch, f"{value:.8f}", f"{scheduler.get_last_lr()[0]:.8e}", f"{time.perf_counter() - t0:.3f}"])
+            rows.append(
+                [step, epoch, f"{value:.8f}", f"{scheduler.get_last_lr()[0]:.8e}", f"{time.perf_counter() - t0:.3f}"]
+            )
             history.append(value)
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}")
@@ -274,11 +310,22 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
             _write_rows(out / "log.csv", [], rows)
         epoch_done = step % iters == 0
         if epoch_done and ((step // iters) % config.val_every == 0 or step == total):
-            summary = evaluate_fewshot(model, val_set, episodes=config.val_episodes, seed=config.val_seed,
-                               batch_size=config.batch_size, device=device, encoder=encoder if config.cache_features else None)
+            summary = evaluate_fewshot(
+                model,
+                val_set,
+                episodes=config.val_episodes,
+                seed=config.val_seed,
+                batch_size=config.batch_size,
+                device=device,
+                encoder=encoder if config.cache_features else None,
+            )
             miou = summary["miou"]
             if rank == 0:
-                _write_rows(out / "val.csv", ["step", "epoch", "miou", "fb_iou"], [[step, epoch, f"{miou:.6f}", f"{summary['fb_iou']:.6f}"]])
+                _write_rows(
+                    out / "val.csv",
+                    ["step", "epoch", "miou", "fb_iou"],
+                    [[step, epoch, f"{miou:.6f}", f"{summary['fb_iou']:.6f}"]],
+                )
                 log.info("epoch %d: val mIoU %.4f FB-IoU %.4f", epoch, miou, summary["fb_iou"])
                 if miou > best:
                     best = miou

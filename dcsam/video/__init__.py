@@ -10,6 +10,12 @@ from .api import VideoFrameResult, VideoSegmenter
 from .frames import CallableSource, FrameSource, ImageFolderSource, ImageSequenceSource, VideoFileSource, open_frames
 
 __all__ = [
-    "CallableSource", "FrameSource", "ImageFolderSource", "ImageSequenceSource", "VideoFileSource",
-    "VideoFrameResult", "VideoSegmenter", "open_frames",
+    "CallableSource",
+    "FrameSource",
+    "ImageFolderSource",
+    "ImageSequenceSource",
+    "VideoFileSource",
+    "VideoFrameResult",
+    "VideoSegmenter",
+    "open_frames",
 ]

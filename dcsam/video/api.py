@@ -62,8 +62,14 @@ class VideoFrameResult:
 class VideoSegmenter:
     """In-context video segmentation over any :class:`InContextSegmenter` engine."""
 
-    def __init__(self, segmenter: InContextSegmenter, *, propagation: str = "auto",
-                 video_options: Mapping[str, Any] | None = None, sam2_model: Any = None) -> None:
+    def __init__(
+        self,
+        segmenter: InContextSegmenter,
+        *,
+        propagation: str = "auto",
+        video_options: Mapping[str, Any] | None = None,
+        sam2_model: Any = None,
+    ) -> None:
         """``propagation``: auto | sam2 | lite. ``video_options``: lite propagation options
         (:data:`dcsam.video.lite.LITE_VIDEO_DEFAULTS`) or, for sam2, ``fill_hole_area``.
         ``sam2_model``: a SAM 2 model (``SAM2Base``) or name to propagate with, instead of the
@@ -80,16 +86,28 @@ class VideoSegmenter:
 
             normalise_video_options(self.video_options)  # fail early on unknown options
         elif set(self.video_options) - {"fill_hole_area"}:
-            raise ValueError(f"unknown sam2 video option(s) {sorted(set(self.video_options) - {'fill_hole_area'})}; "
-                             "known: ['fill_hole_area']")
+            raise ValueError(
+                f"unknown sam2 video option(s) {sorted(set(self.video_options) - {'fill_hole_area'})}; "
+                "known: ['fill_hole_area']"
+            )
 
     @classmethod
-    def from_config(cls, config: SegmenterConfig | Mapping[str, Any] | None = None, *, propagation: str = "auto",
-                    video_options: Mapping[str, Any] | None = None, sam2_model: Any = None,
-                    **overrides: Any) -> VideoSegmenter:
+    def from_config(
+        cls,
+        config: SegmenterConfig | Mapping[str, Any] | None = None,
+        *,
+        propagation: str = "auto",
+        video_options: Mapping[str, Any] | None = None,
+        sam2_model: Any = None,
+        **overrides: Any,
+    ) -> VideoSegmenter:
         """Like :meth:`InContextSegmenter.from_config` (same settings), plus the video ones."""
-        return cls(InContextSegmenter.from_config(config, **overrides), propagation=propagation,
-                   video_options=video_options, sam2_model=sam2_model)
+        return cls(
+            InContextSegmenter.from_config(config, **overrides),
+            propagation=propagation,
+            video_options=video_options,
+            sam2_model=sam2_model,
+        )
 
     # -- set-up ----------------------------------------------------------------------------------
     def _resolve(self, propagation: str) -> str:
@@ -102,8 +120,10 @@ class VideoSegmenter:
             if self._sam2_model is not None or sam2_model_of(engine) is not None:
                 return "sam2"
             if engine.name != "lite":
-                raise InputError(f"no video propagation for engine {engine.name!r} on {self.segmenter.config.sam}: "
-                                 "use a SAM 2 model, or give sam2_model='sam2.1_hiera_t' (or another SAM 2 name)")
+                raise InputError(
+                    f"no video propagation for engine {engine.name!r} on {self.segmenter.config.sam}: "
+                    "use a SAM 2 model, or give sam2_model='sam2.1_hiera_t' (or another SAM 2 name)"
+                )
             return "lite"
         if propagation == "lite" and engine.name != "lite":
             raise InputError("propagation 'lite' needs the lite engine (engine='lite')")
@@ -119,8 +139,13 @@ class VideoSegmenter:
         if get_spec(name).family != "sam2":
             raise InputError(f"propagation 'sam2' needs a SAM 2 model; {name} is SAM 1")
         return build_sam_model(
-            name, checkpoint=checkpoint, random_weights=cfg.random_sam_weights, cache_dir=cfg.resolved_cache_dir(),
-            allow_download=cfg.allow_download, device=cfg.resolved_device(), image_size=cfg.sam_image_size,
+            name,
+            checkpoint=checkpoint,
+            random_weights=cfg.random_sam_weights,
+            cache_dir=cfg.resolved_cache_dir(),
+            allow_download=cfg.allow_download,
+            device=cfg.resolved_device(),
+            image_size=cfg.sam_image_size,
         )
 
     def _propagator(self):
@@ -132,8 +157,12 @@ class VideoSegmenter:
 
         model = self._sam2_model if self._sam2_model is not None else sam2_model_of(self.segmenter.engine)
         cfg = self.segmenter.config
-        return Sam2Propagator(model, device=cfg.resolved_device(), dtype=cfg.resolved_dtype(),
-                              fill_hole_area=int(self.video_options.get("fill_hole_area", 8)))
+        return Sam2Propagator(
+            model,
+            device=cfg.resolved_device(),
+            dtype=cfg.resolved_dtype(),
+            fill_hole_area=int(self.video_options.get("fill_hole_area", 8)),
+        )
 
     @property
     def sam2_model(self) -> Any:
@@ -155,8 +184,9 @@ class VideoSegmenter:
     def clear_examples(self, label: str | None = None) -> None:
         self.segmenter.clear_examples(label)
 
-    def finetune(self, tubes: Sequence[Any], *, steps: int | None = None, progress: ProgressFn | None = None,
-                 **kwargs: Any) -> dict[str, Any]:
+    def finetune(
+        self, tubes: Sequence[Any], *, steps: int | None = None, progress: ProgressFn | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         """Mask-tube fine-tuning from annotated videos (:class:`dcsam.video.tubes.MaskTube`, e.g.
         from :func:`dcsam.video.tubes.tube_from_video`): the lite engine's head, or DC-SAM's prompt
         generator through SAM 2 memory. Returns figures (losses, steps, seconds)."""
@@ -204,16 +234,33 @@ class VideoSegmenter:
         stop = n if end is None else min(n, int(end))
         return self._run(source, source is not frames, given, wanted, frame_index, direction, stop, progress)
 
-    def _run(self, source: FrameSource, owned: bool, given: Mapping[str, Any], wanted: list[str], frame_index: int,
-             direction: str, stop: int, progress: ProgressFn | None) -> Iterator[VideoFrameResult]:
+    def _run(
+        self,
+        source: FrameSource,
+        owned: bool,
+        given: Mapping[str, Any],
+        wanted: list[str],
+        frame_index: int,
+        direction: str,
+        stop: int,
+        progress: ProgressFn | None,
+    ) -> Iterator[VideoFrameResult]:
         try:
             yield from self._propagate(source, given, wanted, frame_index, direction, stop, progress)
         finally:
             if owned:
                 source.close()
 
-    def _propagate(self, source: FrameSource, given: Mapping[str, Any], wanted: list[str], frame_index: int,
-                   direction: str, stop: int, progress: ProgressFn | None) -> Iterator[VideoFrameResult]:
+    def _propagate(
+        self,
+        source: FrameSource,
+        given: Mapping[str, Any],
+        wanted: list[str],
+        frame_index: int,
+        direction: str,
+        stop: int,
+        progress: ProgressFn | None,
+    ) -> Iterator[VideoFrameResult]:
         n = len(source)
         fwd = direction in ("both", "forward")
         bwd = direction in ("both", "backward") and frame_index > 0
@@ -267,7 +314,11 @@ class VideoSegmenter:
         if isinstance(source, VideoFileSource):  # sequential (forward) or chunked (backward) decoding
             yield from source.iter_range(start, stop, step)
             return
-        indices = range(start, stop if stop is not None else len(source)) if step > 0 else range(start, -1 if stop is None else stop, -1)
+        indices = (
+            range(start, stop if stop is not None else len(source))
+            if step > 0
+            else range(start, -1 if stop is None else stop, -1)
+        )
         for i in indices:  # random access: one bad frame does not end the run
             try:
                 yield i, source.read(i)
@@ -275,14 +326,18 @@ class VideoSegmenter:
                 log.error("frame %d: %s", i, exc)
                 yield i, exc
 
-    def _conditioning_masks(self, frame: np.ndarray, given: Mapping[str, Any], wanted: list[str]) -> dict[str, np.ndarray]:
+    def _conditioning_masks(
+        self, frame: np.ndarray, given: Mapping[str, Any], wanted: list[str]
+    ) -> dict[str, np.ndarray]:
         h, w = frame.shape[:2]
         out: dict[str, np.ndarray] = {}
         for lab in wanted:
             if lab in given:
                 m = read_mask(given[lab])
                 if m.shape != (h, w):
-                    log.warning("mask of %r is %dx%d, the frame %dx%d: resized (nearest)", lab, m.shape[1], m.shape[0], w, h)
+                    log.warning(
+                        "mask of %r is %dx%d, the frame %dx%d: resized (nearest)", lab, m.shape[1], m.shape[0], w, h
+                    )
                     m = resize_mask(m, h, w)
                 out[lab] = m
         predict = [lab for lab in wanted if lab not in given]
@@ -297,9 +352,12 @@ class VideoSegmenter:
         return out
 
     @staticmethod
-    def _result(source: FrameSource, index: int, out: Mapping[str, SegmentResult], conditioning: bool = False) -> VideoFrameResult:
+    def _result(
+        source: FrameSource, index: int, out: Mapping[str, SegmentResult], conditioning: bool = False
+    ) -> VideoFrameResult:
         return VideoFrameResult(
-            index=index, name=source.frame_name(index),
+            index=index,
+            name=source.frame_name(index),
             masks={lab: r.mask for lab, r in out.items()},
             scores={lab: float(r.score) for lab, r in out.items()},
             conditioning=conditioning,

@@ -137,8 +137,10 @@ class ImageFolderSource(ImageSequenceSource):
         folder = Path(folder)
         if not folder.is_dir():
             raise InputError(f"{folder}: no such folder of frames")
-        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in extensions and p.is_file()),
-                       key=lambda p: natural_key(p.name))
+        files = sorted(
+            (p for p in folder.iterdir() if p.suffix.lower() in extensions and p.is_file()),
+            key=lambda p: natural_key(p.name),
+        )
         if not files:
             raise InputError(f"{folder}: no image files ({', '.join(extensions)})")
         super().__init__([str(p) for p in files], [p.stem for p in files], name=folder.name)
@@ -317,4 +319,6 @@ def open_frames(frames: FramesLike, *, video_backend: str = "auto") -> FrameSour
         if not frames:
             raise InputError("no frames given")
         return ImageSequenceSource(frames)
-    raise InputError(f"cannot read frames from {type(frames).__name__}; give a folder, a video file or a list of images")
+    raise InputError(
+        f"cannot read frames from {type(frames).__name__}; give a folder, a video file or a list of images"
+    )

@@ -65,8 +65,11 @@ LITE_VIDEO_DEFAULTS: dict[str, Any] = {
 
 
 def _flow_preset(name: str) -> int:
-    presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+    presets = {
+        "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+        "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+        "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+    }
     if name not in presets:
         raise ValueError(f"flow_preset {name!r}; choose one of {sorted(presets)}")
     return presets[name]
@@ -130,8 +133,9 @@ class LitePropagator:
         mode = str(self.opts["components"])
         return self.engine.components_mode(label) if mode == "auto" else mode
 
-    def start(self, frame: np.ndarray, masks: Mapping[str, np.ndarray | None],
-              examples: Mapping[str, list[Any]] | None = None) -> dict[str, SegmentResult]:
+    def start(
+        self, frame: np.ndarray, masks: Mapping[str, np.ndarray | None], examples: Mapping[str, list[Any]] | None = None
+    ) -> dict[str, SegmentResult]:
         """Begin at the conditioning frame with a mask per label (None/empty: not visible yet).
 
         ``examples``: in-context examples per label (encoded by the lite engine), kept in the bank.
@@ -199,7 +203,9 @@ class LitePropagator:
         for p in probs:
             if p.shape != grey.shape:
                 p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
-            out.append(cv2.remap(p, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0))
+            out.append(
+                cv2.remap(p, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            )
         return out
 
     def _temporal_logit(self, prior: np.ndarray) -> np.ndarray:
@@ -231,8 +237,10 @@ class LitePropagator:
         wh, ww = q.work_image.shape[:2]
         grey = cv2.cvtColor(q.work_image, cv2.COLOR_RGB2GRAY)
         labels = list(self.tracks)
-        warped = self._warp(grey, [p if (p := self.tracks[lab].prev_prob) is not None else np.zeros((wh, ww), np.float32)
-                                   for lab in labels])
+        warped = self._warp(
+            grey,
+            [p if (p := self.tracks[lab].prev_prob) is not None else np.zeros((wh, ww), np.float32) for lab in labels],
+        )
         out: dict[str, SegmentResult] = {}
         self._frames_since_memory += 1
         add_memory = self._frames_since_memory >= int(self.opts["memory_every"])
@@ -259,8 +267,9 @@ class LitePropagator:
                     t.cond = self._encode_predicted(q, res.mask, frame)
                 elif add_memory and self.opts["memory_frames"] > 0 and res.score >= self.opts["memory_min_score"]:
                     # only cells surely inside / outside the predicted mask (its edge may be wrong)
-                    mem = MatchBank.from_example(q.feats[q.base], mask_fraction(res.mask, q.grid), fg_min=0.95,
-                                                 bg_max=0.05).subsample_bg(int(self.opts["memory_bg"]))
+                    mem = MatchBank.from_example(
+                        q.feats[q.base], mask_fraction(res.mask, q.grid), fg_min=0.95, bg_max=0.05
+                    ).subsample_bg(int(self.opts["memory_bg"]))
                     t.memory.append(mem)
                     while len(t.memory) > int(self.opts["memory_frames"]):
                         t.memory.popleft()

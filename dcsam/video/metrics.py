@@ -137,9 +137,15 @@ class SequenceScores:
     def summary(self) -> dict:
         js, fs = statistics(self.j), statistics(self.f)
         return {
-            "name": self.name, "frames_scored": len(self.frames),
-            "J": js["mean"], "F": fs["mean"], "J&F": (js["mean"] + fs["mean"]) / 2,
-            "J_recall": js["recall"], "F_recall": fs["recall"], "J_decay": js["decay"], "F_decay": fs["decay"],
+            "name": self.name,
+            "frames_scored": len(self.frames),
+            "J": js["mean"],
+            "F": fs["mean"],
+            "J&F": (js["mean"] + fs["mean"]) / 2,
+            "J_recall": js["recall"],
+            "F_recall": fs["recall"],
+            "J_decay": js["decay"],
+            "F_decay": fs["decay"],
         }
 
 

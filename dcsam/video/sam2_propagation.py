@@ -64,8 +64,14 @@ class Sam2Propagator:
 
     name = "sam2"
 
-    def __init__(self, model: torch.nn.Module, *, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32, fill_hole_area: int = 8) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        fill_hole_area: int = 8,
+    ) -> None:
         from sam2.modeling.sam2_base import SAM2Base
 
         if not isinstance(model, SAM2Base):
@@ -155,7 +161,9 @@ class Sam2Propagator:
         features = out["vision_features"]
         if m.no_obj_embed_spatial is not None:
             absent = 1 - (object_score_logits > 0).float()
-            features = features + absent[..., None, None] * m.no_obj_embed_spatial[..., None, None].expand(*features.shape)
+            features = features + absent[..., None, None] * m.no_obj_embed_spatial[..., None, None].expand(
+                *features.shape
+            )
         return features, out["vision_pos_enc"]
 
     def memory_size(self) -> dict[str, int]:
@@ -171,8 +179,9 @@ class Sam2Propagator:
 
     # -- tracking --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def start(self, frame: np.ndarray, masks: Mapping[str, np.ndarray | None], index: int = 0,
-              num_frames: int | None = None) -> dict[str, SegmentResult]:
+    def start(
+        self, frame: np.ndarray, masks: Mapping[str, np.ndarray | None], index: int = 0, num_frames: int | None = None
+    ) -> dict[str, SegmentResult]:
         """Condition on ``frame`` (video index ``index``) with one mask per label (None: empty)."""
         m = self.model
         self.labels = list(masks)
@@ -189,21 +198,33 @@ class Sam2Propagator:
                 full[i, 0] = torch.from_numpy(mk)
         mask_inputs = full.to(self.device)
         if (h, w) != (self.size, self.size):  # as add_new_mask: antialiased resize, then >= 0.5
-            mask_inputs = (F.interpolate(mask_inputs, size=(self.size, self.size), mode="bilinear",
-                                         align_corners=False, antialias=True) >= 0.5).float()
+            mask_inputs = (
+                F.interpolate(
+                    mask_inputs, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
+                )
+                >= 0.5
+            ).float()
         self._pos_enc = None
         self.cond, self.non_cond = {}, OrderedDict()
         with self.autocast():
             feats, pos, sizes = self._encode(frame, b)
             out = m.track_step(
-                frame_idx=index, is_init_cond_frame=True, current_vision_feats=feats,
-                current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs=None, mask_inputs=mask_inputs,
+                frame_idx=index,
+                is_init_cond_frame=True,
+                current_vision_feats=feats,
+                current_vision_pos_embeds=pos,
+                feat_sizes=sizes,
+                point_inputs=None,
+                mask_inputs=mask_inputs,
                 output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-                num_frames=self.num_frames, run_mem_encoder=False,
+                num_frames=self.num_frames,
+                run_mem_encoder=False,
             )
             # memory as propagate_in_video_preflight encodes it: the low-res mask, upsampled and
             # binarised (a prompted frame, binarize_mask_from_pts_for_mem_enc=True in video mode)
-            high = F.interpolate(out["pred_masks"].float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
+            high = F.interpolate(
+                out["pred_masks"].float(), size=(self.size, self.size), mode="bilinear", align_corners=False
+            )
             mem, mem_pos = self._encode_memory(feats, sizes, (high > 0).float(), out["object_score_logits"])
         out["maskmem_features"], out["maskmem_pos_enc"] = mem, mem_pos
         self.cond[index] = self._compact(out)
@@ -227,10 +248,17 @@ class Sam2Propagator:
         with self.autocast():
             feats, pos, sizes = self._encode(frame, b)
             out = self.model.track_step(
-                frame_idx=index, is_init_cond_frame=False, current_vision_feats=feats,
-                current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs=None, mask_inputs=None,
+                frame_idx=index,
+                is_init_cond_frame=False,
+                current_vision_feats=feats,
+                current_vision_pos_embeds=pos,
+                feat_sizes=sizes,
+                point_inputs=None,
+                mask_inputs=None,
                 output_dict={"cond_frame_outputs": self.cond, "non_cond_frame_outputs": self.non_cond},
-                num_frames=self.num_frames, track_in_reverse=reverse, run_mem_encoder=True,
+                num_frames=self.num_frames,
+                track_in_reverse=reverse,
+                run_mem_encoder=True,
             )
         self.non_cond[index] = self._compact(out)
         self._trim(index)

@@ -58,8 +58,17 @@ def pseudo_tube(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | 
     rot = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
     frames = [
         (image, mask),
-        (cv2.warpAffine(image, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=IMAGENET_MEAN_RGB),
-         cv2.warpAffine(mask.astype(np.uint8), rot, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0),
+        (
+            cv2.warpAffine(
+                image,
+                rot,
+                (w, h),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=IMAGENET_MEAN_RGB,
+            ),
+            cv2.warpAffine(mask.astype(np.uint8), rot, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0,
+        ),
         (np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])),
         (np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])),
         (cv2.GaussianBlur(image, (5, 5), 0), mask),
@@ -113,12 +122,20 @@ def lite_tube_episodes(tubes: Sequence[MaskTube], max_frames: int = 5, seed: int
     return episodes
 
 
-def finetune_lite_on_tubes(segmenter: Any, tubes: Sequence[MaskTube], *, steps: int | None = None,
-                           max_frames: int = 5, progress: ProgressFn | None = None) -> dict[str, Any]:
+def finetune_lite_on_tubes(
+    segmenter: Any,
+    tubes: Sequence[MaskTube],
+    *,
+    steps: int | None = None,
+    max_frames: int = 5,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
     """Fine-tune a lite :class:`InContextSegmenter` (or VideoSegmenter) on mask tubes."""
     seg = getattr(segmenter, "segmenter", segmenter)
     if seg.engine.name != "lite":
-        raise InputError("finetune_lite_on_tubes needs the lite engine; use finetune_prompt_generator_on_tubes for DC-SAM")
+        raise InputError(
+            "finetune_lite_on_tubes needs the lite engine; use finetune_prompt_generator_on_tubes for DC-SAM"
+        )
     episodes = lite_tube_episodes(tubes, max_frames)
     figures = seg.finetune(episodes, steps=steps, progress=progress)
     return {**figures, "tubes": len(tubes), "frames": sum(1 + len(e.query) for e in episodes)}
@@ -151,8 +168,12 @@ class TubeForward:
         sparse = torch.cat([out["tokens_pos"] + e_pos, out["tokens_neg"] + e_neg], dim=1)
         pe, dense = model.sam.dense_inputs(sparse.shape[0], sparse)
         low, _, tokens, obj_logits = m.sam_mask_decoder(
-            image_embeddings=query.sam.embed, image_pe=pe, sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=False, repeat_image=False,
+            image_embeddings=query.sam.embed,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+            repeat_image=False,
             high_res_features=query.sam.high_res,
         )
         obj_ptr = m.obj_ptr_proj(tokens[:, 0])
@@ -172,8 +193,12 @@ class TubeForward:
         if m.no_obj_embed_spatial is not None:
             appear = (obj_logits > 0).float()
             feats = feats + (1 - appear[..., None, None]) * m.no_obj_embed_spatial[..., None, None].expand(*feats.shape)
-        entry = {"maskmem_features": feats, "maskmem_pos_enc": mem["vision_pos_enc"], "obj_ptr": obj_ptr,
-                 "object_score_logits": obj_logits}
+        entry = {
+            "maskmem_features": feats,
+            "maskmem_pos_enc": mem["vision_pos_enc"],
+            "obj_ptr": obj_ptr,
+            "object_score_logits": obj_logits,
+        }
         return low, entry
 
     def __call__(self, support, frames: list[tuple[Any, tuple]]) -> list[torch.Tensor]:
@@ -188,10 +213,16 @@ class TubeForward:
         outs = [low0]
         for t, (_, (feats, pos, sizes)) in enumerate(frames[1:], start=1):
             cur = self.sam2.track_step(
-                frame_idx=t, is_init_cond_frame=False, current_vision_feats=feats, current_vision_pos_embeds=pos,
-                feat_sizes=sizes, point_inputs=None, mask_inputs=None,
+                frame_idx=t,
+                is_init_cond_frame=False,
+                current_vision_feats=feats,
+                current_vision_pos_embeds=pos,
+                feat_sizes=sizes,
+                point_inputs=None,
+                mask_inputs=None,
                 output_dict={"cond_frame_outputs": cond, "non_cond_frame_outputs": non_cond},
-                num_frames=len(frames), run_mem_encoder=True,
+                num_frames=len(frames),
+                run_mem_encoder=True,
             )
             non_cond[t] = cur
             outs.append(cur["pred_masks"])
@@ -200,8 +231,12 @@ class TubeForward:
 
 def tube_loss(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
     """BCE (mean over the tube's pixels) + Dice over the whole tube."""
-    z = torch.cat([F.interpolate(lg.float(), size=tg.shape[-2:], mode="bilinear", align_corners=False).flatten()
-                   for lg, tg in zip(logits, targets)])
+    z = torch.cat(
+        [
+            F.interpolate(lg.float(), size=tg.shape[-2:], mode="bilinear", align_corners=False).flatten()
+            for lg, tg in zip(logits, targets)
+        ]
+    )
     y = torch.cat([tg.flatten() for tg in targets])
     return soft_bce_dice_loss(z[None], y[None])  # the tube is one sample
 
@@ -223,8 +258,10 @@ def finetune_prompt_generator_on_tubes(
     from ..engines.dcsam_engine import mask_tensor, to_tensor  # late: loads SAM's builders
 
     if not engine.trained and not from_scratch:
-        raise InputError("the cold start has no trained prompt generator to fine-tune on mask tubes: train one "
-                         "with `dcsam train` and serve it (prompt_generator / DCSAM_PROMPT_GENERATOR) first")
+        raise InputError(
+            "the cold start has no trained prompt generator to fine-tune on mask tubes: train one "
+            "with `dcsam train` and serve it (prompt_generator / DCSAM_PROMPT_GENERATOR) first"
+        )
     model = engine.model
     fwd = TubeForward(model)
     device = next(model.generator.parameters()).device
@@ -263,12 +300,20 @@ def finetune_prompt_generator_on_tubes(
     return {
         "loss_first": losses[0] if losses else None,
         "loss_last": float(np.mean(losses[-5:])) if losses else None,
-        "steps": int(steps), "pairs": len(prepared), "seconds": time.perf_counter() - t0,
+        "steps": int(steps),
+        "pairs": len(prepared),
+        "seconds": time.perf_counter() - t0,
     }
 
 
-def finetune_on_tubes(segmenter: Any, tubes: Sequence[MaskTube], *, steps: int | None = None,
-                      progress: ProgressFn | None = None, **kwargs: Any) -> dict[str, Any]:
+def finetune_on_tubes(
+    segmenter: Any,
+    tubes: Sequence[MaskTube],
+    *,
+    steps: int | None = None,
+    progress: ProgressFn | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """Mask-tube fine-tuning for whichever engine ``segmenter`` runs.
 
     lite: :func:`finetune_lite_on_tubes`. dcsam (SAM 2): :func:`finetune_prompt_generator_on_tubes`
@@ -288,5 +333,6 @@ def finetune_on_tubes(segmenter: Any, tubes: Sequence[MaskTube], *, steps: int |
             pairs.append((frames[0], MaskTube(tube.label, frames[1:])))
         else:
             pairs.append((frames[0], MaskTube(tube.label, pseudo_tube(frames[-1].image, frames[-1].mask, rng))))
-    return finetune_prompt_generator_on_tubes(seg.engine, pairs, steps=100 if steps is None else steps,
-                                              progress=progress, **kwargs)
+    return finetune_prompt_generator_on_tubes(
+        seg.engine, pairs, steps=100 if steps is None else steps, progress=progress, **kwargs
+    )

@@ -76,8 +76,14 @@ def _annotation_files(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ".png"} if folder.is_dir() else {}
 
 
-def davis_samples(root: str | Path, sequences: Sequence[str] | None, *, in_context: bool = False,
-                  support: tuple[str, str] | None = None, max_frames: int | None = None) -> list[VideoSample]:
+def davis_samples(
+    root: str | Path,
+    sequences: Sequence[str] | None,
+    *,
+    in_context: bool = False,
+    support: tuple[str, str] | None = None,
+    max_frames: int | None = None,
+) -> list[VideoSample]:
     root = Path(root)
     jpeg, ann = root / "JPEGImages", root / "Annotations"
     if not jpeg.is_dir() or not ann.is_dir():
@@ -91,8 +97,9 @@ def davis_samples(root: str | Path, sequences: Sequence[str] | None, *, in_conte
             raise InputError(f"{jpeg / seq}: no such sequence")
         src: ImageSequenceSource = ImageFolderSource(jpeg / seq)
         if max_frames:
-            src = ImageSequenceSource(src.items[:max_frames], [src.frame_name(i) for i in range(min(max_frames, len(src)))],
-                                      name=seq)
+            src = ImageSequenceSource(
+                src.items[:max_frames], [src.frame_name(i) for i in range(min(max_frames, len(src)))], name=seq
+            )
         files = _annotation_files(ann / seq)
         first = files.get(src.frame_name(0))
         if first is None:
@@ -107,9 +114,15 @@ def davis_samples(root: str | Path, sequences: Sequence[str] | None, *, in_conte
     return out
 
 
-def icvos_samples(root: str | Path, videos: Sequence[str] | None = None, *, support_dir: str | Path | None = None,
-                  support: tuple[str, str] | None = None, classes: Sequence[str] | None = None,
-                  max_frames: int = 512) -> list[VideoSample]:
+def icvos_samples(
+    root: str | Path,
+    videos: Sequence[str] | None = None,
+    *,
+    support_dir: str | Path | None = None,
+    support: tuple[str, str] | None = None,
+    classes: Sequence[str] | None = None,
+    max_frames: int = 512,
+) -> list[VideoSample]:
     """Samples of the IC-VOS layout: one per (video, class folder)."""
     root = Path(root)
     if not root.is_dir():
@@ -120,12 +133,16 @@ def icvos_samples(root: str | Path, videos: Sequence[str] | None = None, *, supp
     out = []
     for vid in vids:
         jpeg = root / vid / "JPEGImages"
-        files = sorted((p for p in jpeg.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=lambda p: natural_key(p.name))
+        files = sorted(
+            (p for p in jpeg.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=lambda p: natural_key(p.name)
+        )
         files = files[:max_frames]
         if not files:
             raise InputError(f"{jpeg}: no frames")
         src = ImageSequenceSource([str(p) for p in files], [p.stem for p in files], name=vid)
-        for cdir in sorted((p for p in (root / vid / "Annotations").iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
+        for cdir in sorted(
+            (p for p in (root / vid / "Annotations").iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)
+        ):
             cls = cdir.name
             if classes and cls not in classes:
                 continue
@@ -133,7 +150,14 @@ def icvos_samples(root: str | Path, videos: Sequence[str] | None = None, *, supp
             sup = support
             if support_dir is not None:
                 sd = Path(support_dir)
-                img = next((sd / f"{cls}{e}" for e in (".jpg", ".jpeg", ".png") if (sd / f"{cls}{e}").is_file() and e != ".png"), None)
+                img = next(
+                    (
+                        sd / f"{cls}{e}"
+                        for e in (".jpg", ".jpeg", ".png")
+                        if (sd / f"{cls}{e}").is_file() and e != ".png"
+                    ),
+                    None,
+                )
                 msk = sd / f"{cls}.png"
                 if img is None or not msk.is_file():
                     raise InputError(f"{sd}: no support <{cls}.jpg> and <{cls}.png> for class {cls}")
@@ -180,7 +204,13 @@ def evaluate_videos(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(len(s.frames) for s in samples), desc="eval-video", unit="frame", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=sum(len(s.frames) for s in samples),
+            desc="eval-video",
+            unit="frame",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
     rows, seq_rows, versions, rules = [], [], set(), set()
     total_frames, total_seconds = 0, 0.0
     try:
@@ -202,7 +232,10 @@ def evaluate_videos(
                     raise InputError(f"{sample.name}: the in-context protocol needs a support image and mask")
                 vs.clear_examples()
                 vs.add_examples([sample.support[0]], [sample.support[1]], label="object")
-            scores = {lab: SequenceScores(sample.name if len(sample.labels) == 1 else f"{sample.name}/{lab}") for lab in sample.labels}
+            scores = {
+                lab: SequenceScores(sample.name if len(sample.labels) == 1 else f"{sample.name}/{lab}")
+                for lab in sample.labels
+            }
             t0 = time.perf_counter()
             frames_done = 0
             for res in vs.segment(sample.frames, masks=masks, labels=sample.labels, direction="forward"):
@@ -226,9 +259,16 @@ def evaluate_videos(
             total_seconds += seconds
             obj_rows = [s.summary() for s in scores.values()]
             rows.extend(obj_rows)
-            seq_rows.append({"name": sample.name, "objects": obj_rows, "frames": frames_done, "frame_rule": rule,
-                             "seconds_per_frame": seconds / max(frames_done, 1),
-                             **{k: float(np.mean([r[k] for r in obj_rows])) for k in ("J", "F", "J&F")}})
+            seq_rows.append(
+                {
+                    "name": sample.name,
+                    "objects": obj_rows,
+                    "frames": frames_done,
+                    "frame_rule": rule,
+                    "seconds_per_frame": seconds / max(frames_done, 1),
+                    **{k: float(np.mean([r[k] for r in obj_rows])) for k in ("J", "F", "J&F")},
+                }
+            )
             if bar is not None:
                 bar.set_postfix({"J&F": f"{benchmark_means(rows)['J&F']:.3f}"})
     finally:
@@ -262,10 +302,15 @@ def format_video_report(report: dict[str, Any]) -> str:
         lines.append("-" * len(head))
         lines.append(f"{'mean':<{width}}  {m['J']:>6.4f}  {m['F']:>6.4f}  {m['J&F']:>6.4f}")
     lines.append("")
-    rule = {"davis": "all but the first (given) and the last (DAVIS toolkit)", "all": "every frame (IC-VOS)",
-            "skip-first": "all but the first"}.get(report["frame_rule"], report["frame_rule"])
-    lines.append(f"frames scored: {rule}; boundary tolerance {report['bound_th']} x diagonal"
-                 + (f"; scored at {report['eval_size']}x{report['eval_size']}" if report.get("eval_size") else ""))
+    rule = {
+        "davis": "all but the first (given) and the last (DAVIS toolkit)",
+        "all": "every frame (IC-VOS)",
+        "skip-first": "all but the first",
+    }.get(report["frame_rule"], report["frame_rule"])
+    lines.append(
+        f"frames scored: {rule}; boundary tolerance {report['bound_th']} x diagonal"
+        + (f"; scored at {report['eval_size']}x{report['eval_size']}" if report.get("eval_size") else "")
+    )
     lines.append(f"seconds / frame    {report['seconds_per_frame']:.3f}")
     if report.get("model_versions"):
         lines.append(f"model              {', '.join(report['model_versions'])}")

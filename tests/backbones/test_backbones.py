@@ -13,7 +13,10 @@ from dcsam.masks import resize_mask
 from dcsam.modeling.prior import masked_high_features, prior_mask
 
 
-@pytest.mark.parametrize("name,mid,grid", [("resnet50_v2", 1536, 64), ("resnet50", 1536, 64), ("vgg16_bn", 768, 32), ("efficientnet_lite0", 152, 64)])
+@pytest.mark.parametrize(
+    "name,mid,grid",
+    [("resnet50_v2", 1536, 64), ("resnet50", 1536, 64), ("vgg16_bn", 768, 32), ("efficientnet_lite0", 152, 64)],
+)
 def test_backbone_frozen_and_shapes(name, mid, grid):
     bb = create_backbone(name, random_weights=name != "efficientnet_lite0")
     assert not any(p.requires_grad for p in bb.parameters())
@@ -43,7 +46,10 @@ def test_torchvision_weights_load_from_path(tmp_path):
 
 
 def _tensor(img: np.ndarray, size: int) -> torch.Tensor:
-    return torch.from_numpy(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None].float() / 255
+    return (
+        torch.from_numpy(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None].float()
+        / 255
+    )
 
 
 def test_efficientnet_weights_are_real_imagenet(data_dir):

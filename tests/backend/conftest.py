@@ -46,22 +46,12 @@ def external():
     host.close()
 
 
-
-
-
-
-
-
 @pytest.fixture()
 def harness_factory(tmp_path, lite_base):
     def make(**env: str) -> BackendHarness:
         return BackendHarness(tmp_path, lite_base, **env)
 
     return make
-
-
-
-
 
 
 # -- a real Label Studio for the end-to-end modules (one per module, fresh data dir) ----------------

@@ -134,8 +134,9 @@ print(json.dumps({"pid": os.getpid(), "text": m.render() if args.get("render") e
 
 def _worker(tmp_path: Path, **args) -> dict:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(args)], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER, json.dumps(args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -175,13 +176,38 @@ def test_serve_with_two_workers_reports_the_sum(tmp_path):
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"left by an earlier run")
     env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "WORKERS", "THREADS")}
-    env.update({"MODEL_DIR": str(tmp_path), "DCSAM_ENGINE": "lite", "DCSAM_WARMUP": "0", "DCSAM_DEVICE": "auto",
-                "DCSAM_ALLOW_DOWNLOAD": "0", "DCSAM_CACHE_DIR": str(tmp_path / "cache")})
+    env.update(
+        {
+            "MODEL_DIR": str(tmp_path),
+            "DCSAM_ENGINE": "lite",
+            "DCSAM_WARMUP": "0",
+            "DCSAM_DEVICE": "auto",
+            "DCSAM_ALLOW_DOWNLOAD": "0",
+            "DCSAM_CACHE_DIR": str(tmp_path / "cache"),
+        }
+    )
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "backend.serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--workers", "2", "--threads", "2"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "backend.serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--threads",
+                "2",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         # ready once both workers have answered: each writes its own counter file on its first request
         probes = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import stat
 
 import cv2
@@ -32,8 +33,10 @@ def test_label_config_parsing():
     assert {c.name: c.smart for c in cfg.prompt_controls} == {"kp": True, "box": True}
     assert cfg.images["image"].value_key == "image"
     with pytest.raises(LabelConfigError, match="no mask control"):
-        parse_label_config('<View><Image name="i" value="$i"/><BrushLabels name="b" toName="other"><Label value="a"/>'
-                           '</BrushLabels></View>')
+        parse_label_config(
+            '<View><Image name="i" value="$i"/><BrushLabels name="b" toName="other"><Label value="a"/>'
+            "</BrushLabels></View>"
+        )
     with pytest.raises(LabelConfigError):
         parse_label_config('<!DOCTYPE x [<!ENTITY a "aaaa">]><View>&a;</View>')
 
@@ -71,12 +74,23 @@ def test_brush_rle_decodes_with_the_sdk():
 
 
 def test_settings_from_env_and_errors(tmp_path):
-    s = BackendSettings.from_env({"LABEL_STUDIO_HOST": "http://ls:8080/", "LABEL_STUDIO_ACCESS_TOKEN": "t",
-                                  "DCSAM_EXAMPLES_PER_LABEL": "2", "DCSAM_ENGINE_OPTIONS": '{"size": 384}'})
+    s = BackendSettings.from_env(
+        {
+            "LABEL_STUDIO_HOST": "http://ls:8080/",
+            "LABEL_STUDIO_ACCESS_TOKEN": "t",
+            "DCSAM_EXAMPLES_PER_LABEL": "2",
+            "DCSAM_ENGINE_OPTIONS": '{"size": 384}',
+        }
+    )
     assert s.label_studio_url == "http://ls:8080" and s.label_studio_api_key == "t" and s.examples_per_label == 2
     assert s.engine == "auto" and s.engine_options == {"size": 384}
-    for bad in ({"DCSAM_ENGINE": "sam3"}, {"LABEL_STUDIO_URL": "ls:8080"}, {"DCSAM_BATCH_SIZE": "0"},
-                {"DCSAM_ENGINE_OPTIONS": "[1]"}, {"DCSAM_ALLOW_DOWNLOAD": "maybe"}):
+    for bad in (
+        {"DCSAM_ENGINE": "sam3"},
+        {"LABEL_STUDIO_URL": "ls:8080"},
+        {"DCSAM_BATCH_SIZE": "0"},
+        {"DCSAM_ENGINE_OPTIONS": "[1]"},
+        {"DCSAM_ALLOW_DOWNLOAD": "maybe"},
+    ):
         with pytest.raises(ValueError):
             BackendSettings.from_env(bad)
 
@@ -128,7 +142,7 @@ def test_state_is_private_and_transactional(tmp_path):
     assert store.projects.get(4)["access_token"] == "t" and store.projects.get(4)["extra_params"] == {"x": 1}
     assert store.projects.bump_examples_rev(4) == 1 and store.projects.examples_rev(4) == 1
     store.examples.replace(4, [("tag", "cat", 1, 2, "2026")])
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.IntegrityError):
         store.examples.replace(4, [("tag", "cat", 1, 2, "2026"), ("tag", None, 1, 2, "x")])  # NOT NULL: rollback
     assert [e["annotation_id"] for e in Store(tmp_path).examples.of_project(4)] == [1]
     assert parse_project_id("12.1719999") == 12 and parse_project_id({"id": 3}) == 3 and parse_project_id("x") is None

@@ -76,8 +76,14 @@ def test_trained_prompt_generator_round_trip(tmp_path, segmenter):
 def test_finetune_trains_only_the_prompt_generator():
     from dcsam.engines.base import Episode, LabelledImage
 
-    seg = InContextSegmenter.from_config(engine="dcsam", sam="sam2.1_hiera_t", random_sam_weights=True,
-                                         image_size=128, sam_image_size=256, backbone_input_size=256)
+    seg = InContextSegmenter.from_config(
+        engine="dcsam",
+        sam="sam2.1_hiera_t",
+        random_sam_weights=True,
+        image_size=128,
+        sam_image_size=256,
+        backbone_input_size=256,
+    )
     engine = seg.engine
     items = [LabelledImage(*synthetic_pair(i)) for i in range(3)]
     with pytest.raises(Exception, match="cold start has no trained prompt generator"):
@@ -87,8 +93,11 @@ def test_finetune_trains_only_the_prompt_generator():
     before = {k: v.clone() for k, v in engine.model.generator.state_dict().items()}
     version = engine.version
     calls = []
-    figures = engine.finetune([Episode(support=items[:1], query=items[1:], label="thing")], steps=4,
-                              progress=lambda s, t, f: calls.append((s, t)))
+    figures = engine.finetune(
+        [Episode(support=items[:1], query=items[1:], label="thing")],
+        steps=4,
+        progress=lambda s, t, f: calls.append((s, t)),
+    )
     assert figures["pairs"] == 3 and figures["steps"] == 4 and calls[-1] == (4, 4)
     assert engine.version != version and "-pg-" in engine.version
     after = engine.model.generator.state_dict()

@@ -26,9 +26,14 @@ def _scene(seed: int, size: int = 160, centre=(80, 80), radius: int = 34):
     """A textured background with an orange striped disc; returns (image uint8, mask bool)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
-    bg = np.stack([
-        90 + 40 * np.sin(xx / 7.0 + seed), 130 + 30 * np.cos(yy / 5.0), 160 + 20 * np.sin((xx + yy) / 11.0),
-    ], -1)
+    bg = np.stack(
+        [
+            90 + 40 * np.sin(xx / 7.0 + seed),
+            130 + 30 * np.cos(yy / 5.0),
+            160 + 20 * np.sin((xx + yy) / 11.0),
+        ],
+        -1,
+    )
     img = bg + rng.normal(0, 8, bg.shape)
     mask = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
     disc = np.stack([230 + 0 * xx, 120 + 50 * ((xx // 6) % 2), 30 + 0 * xx], -1)
@@ -210,8 +215,10 @@ def test_finetuned_single_object_labels_keep_one_component(engine):
 
     # a label whose labelled masks hold two objects keeps the usual component filter
     engine.load_trainable_state_dict({})
-    two = [LabelledImage(img, m | np.roll(m, 60, axis=1)) for img, m in (_scene(30 + i, size=160, centre=(80, 45),
-                                                                          radius=20) for i in range(2))]
+    two = [
+        LabelledImage(img, m | np.roll(m, 60, axis=1))
+        for img, m in (_scene(30 + i, size=160, centre=(80, 45), radius=20) for i in range(2))
+    ]
     engine.finetune([Episode(support=two[:1], query=two[1:], label="pair")], steps=3)
     assert engine.single_instance == {"pair": False}
     assert engine.components_mode("pair") == engine.opts["components"]
@@ -314,15 +321,21 @@ def test_perseg_mini_quality(engine):
 
     root = DATA / "perseg-mini"
     episodes = [
-        {"label": obj,
-         "support": [{"image": str(root / f"{obj}_00.jpg"), "mask": str(root / f"{obj}_00.png")}],
-         "query": [{"image": str(root / f"{obj}_{i:02d}.jpg"), "mask": str(root / f"{obj}_{i:02d}.png")} for i in (1, 2)]}
+        {
+            "label": obj,
+            "support": [{"image": str(root / f"{obj}_00.jpg"), "mask": str(root / f"{obj}_00.png")}],
+            "query": [
+                {"image": str(root / f"{obj}_{i:02d}.jpg"), "mask": str(root / f"{obj}_{i:02d}.png")} for i in (1, 2)
+            ],
+        }
         for obj in ("cat", "colorful_sneaker", "duck_toy")
     ]
     engine.load_trainable_state_dict({})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = evaluate_episodes(lambda: InContextSegmenter(engine, SegmenterConfig(engine="lite")), episodes, progress=False)
+        report = evaluate_episodes(
+            lambda: InContextSegmenter(engine, SegmenterConfig(engine="lite")), episodes, progress=False
+        )
     assert report["num_queries"] == 6
     assert report["mean_iou"] >= MIN_PERSEG_MIOU, report
 

@@ -70,7 +70,12 @@ def test_no_nan_under_adversarial_logits():
         torch.randn(2, 4, 25, 64).to(torch.bfloat16) * 300,
     ]
     for logits in cases:
-        for labels in (torch.randint(0, 2, (2, 64)), torch.zeros(2, 64), torch.ones(2, 64), torch.arange(64).remainder(2).expand(2, -1)):
+        for labels in (
+            torch.randint(0, 2, (2, 64)),
+            torch.zeros(2, 64),
+            torch.ones(2, 64),
+            torch.arange(64).remainder(2).expand(2, -1),
+        ):
             bias = cycle_consistency_bias(logits, labels)
             assert not torch.isinf(bias).all(dim=-1).any(), "a head lost every pixel"
             out = (logits.float() + bias.float()).softmax(-1)

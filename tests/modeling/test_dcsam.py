@@ -79,12 +79,21 @@ def test_k_shot_uses_every_shot(model):
     for shot in range(3):
         _, other = encode(model, b=1, k=3, seed=10 + shot)
         changed = type(support)(
-            *(torch.cat([t[:shot], o[shot : shot + 1], t[shot + 1 :]]) for t, o in (
-                (support.mid, other.mid), (support.mask, other.mask), (support.high_pos, other.high_pos), (support.high_neg, other.high_neg)
-            )),
+            *(
+                torch.cat([t[:shot], o[shot : shot + 1], t[shot + 1 :]])
+                for t, o in (
+                    (support.mid, other.mid),
+                    (support.mask, other.mask),
+                    (support.high_pos, other.high_pos),
+                    (support.high_neg, other.high_neg),
+                )
+            ),
             SamFeatures(
                 torch.cat([support.sam.embed[:shot], other.sam.embed[shot : shot + 1], support.sam.embed[shot + 1 :]]),
-                [torch.cat([h[:shot], o[shot : shot + 1], h[shot + 1 :]]) for h, o in zip(support.sam.high_res, other.sam.high_res)],
+                [
+                    torch.cat([h[:shot], o[shot : shot + 1], h[shot + 1 :]])
+                    for h, o in zip(support.sam.high_res, other.sam.high_res)
+                ],
             ),
         )
         out = model.forward_features(query, changed)["low_res_logits"]
@@ -123,10 +132,15 @@ def test_sam1_batched_decoder_equals_per_sample_upstream():
     torch.manual_seed(0)
     holder = torch.nn.Module()
     holder.image_encoder = SimpleNamespace(img_size=1024)  # only its input size is read
-    holder.prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16)
+    holder.prompt_encoder = PromptEncoder(
+        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16
+    )
     holder.mask_decoder = MaskDecoder(
-        num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
     )
     adapter = SamAdapter(holder, "sam1")
     b = 3
@@ -138,8 +152,11 @@ def test_sam1_batched_decoder_equals_per_sample_upstream():
             pe, dense = adapter.dense_inputs(b, sparse)
             for i in range(b):
                 ref, ref_iou = holder.mask_decoder(
-                    image_embeddings=feats.embed[i : i + 1], image_pe=pe, sparse_prompt_embeddings=sparse[i : i + 1],
-                    dense_prompt_embeddings=dense[i : i + 1], multimask_output=False,
+                    image_embeddings=feats.embed[i : i + 1],
+                    image_pe=pe,
+                    sparse_prompt_embeddings=sparse[i : i + 1],
+                    dense_prompt_embeddings=dense[i : i + 1],
+                    multimask_output=False,
                 )
                 assert torch.allclose(batched[i : i + 1], ref, atol=1e-4)
                 assert torch.allclose(iou[i : i + 1], ref_iou, atol=1e-5)

@@ -26,8 +26,11 @@ JWT_SECRET = "test-secret-of-at-least-32-bytes-long"
 
 def make_pat() -> str:
     """A Personal Access Token: a long-lived refresh JWT, as Label Studio issues it."""
-    return jwt.encode({"token_type": "refresh", "exp": int(time.time()) + 10 * 365 * 86400, "jti": uuid.uuid4().hex,
-                       "user_id": 1}, JWT_SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"token_type": "refresh", "exp": int(time.time()) + 10 * 365 * 86400, "jti": uuid.uuid4().hex, "user_id": 1},
+        JWT_SECRET,
+        algorithm="HS256",
+    )
 
 
 def image_bytes(array: np.ndarray, fmt: str = "JPEG") -> bytes:
@@ -73,7 +76,7 @@ class FakeLabelStudio:
     fail_after_store: int = 0  # the next N imports store the predictions, then answer 500 (a lost response)
     imports: int = 0
 
-    def start(self) -> "FakeLabelStudio":
+    def start(self) -> FakeLabelStudio:
         app = Flask("fake-ls")
         self._lock = threading.Lock()
 
@@ -91,15 +94,20 @@ class FakeLabelStudio:
 
         @app.before_request
         def record():
-            self.requests.append(Recorded(request.path, request.query_string.decode(), request.headers.get("Authorization")))
+            self.requests.append(
+                Recorded(request.path, request.query_string.decode(), request.headers.get("Authorization"))
+            )
 
         @app.post("/api/token/refresh/")
         def refresh():
             if request.json.get("refresh") != self.api_key:
                 return jsonify({"detail": "bad refresh token"}), 401
             self.refreshes += 1
-            access = jwt.encode({"token_type": "access", "exp": int(time.time()) + 300, "jti": uuid.uuid4().hex},
-                                JWT_SECRET, algorithm="HS256")
+            access = jwt.encode(
+                {"token_type": "access", "exp": int(time.time()) + 300, "jti": uuid.uuid4().hex},
+                JWT_SECRET,
+                algorithm="HS256",
+            )
             self.access_tokens.add(access)
             return jsonify({"access": access})
 
@@ -123,7 +131,7 @@ class FakeLabelStudio:
                     return jsonify({"detail": f"fake: unsupported filter {item}"}), 400
             if query.get("ordering") == ["tasks:id"]:
                 chosen = sorted(chosen, key=lambda t: t["id"])
-            chunk = chosen[(page - 1) * size: page * size]
+            chunk = chosen[(page - 1) * size : page * size]
             if not chunk and page > 1:
                 return jsonify({"detail": "Invalid page."}), 404
             with self._lock:
@@ -231,12 +239,14 @@ class ExternalHost:
     files: dict[str, bytes] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
 
-    def start(self) -> "ExternalHost":
+    def start(self) -> ExternalHost:
         app = Flask("external")
 
         @app.before_request
         def record():
-            self.requests.append(Recorded(request.path, request.query_string.decode(), request.headers.get("Authorization")))
+            self.requests.append(
+                Recorded(request.path, request.query_string.decode(), request.headers.get("Authorization"))
+            )
 
         @app.get("/<kind>/<name>")
         def get(kind, name):

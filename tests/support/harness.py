@@ -29,6 +29,10 @@ class BackendHarness:
         return self.client.post("/setup", json={"project": f"{project}.1719999999", "schema": config, **extra})
 
     def predict(self, project: int, config: str, tasks: list, context: dict | None = None, **kw):
-        body = {"tasks": tasks, "project": f"{project}.1719999999", "label_config": config,
-                "params": {"login": None, "password": None, "context": context}}
+        body = {
+            "tasks": tasks,
+            "project": f"{project}.1719999999",
+            "label_config": config,
+            "params": {"login": None, "password": None, "context": context},
+        }
         return self.client.post("/predict", json=body, **kw)

@@ -35,8 +35,10 @@ def ensure_label_studio() -> Path:
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"cannot install Label Studio 1.23.2 into {LS_VENV}: {exc}")
     if proc.returncode != 0 or not exe.exists():
-        pytest.skip(f"cannot install Label Studio 1.23.2 into {LS_VENV} (no network / PyPI?): "
-                    f"{(proc.stdout + proc.stderr)[-800:]}")
+        pytest.skip(
+            f"cannot install Label Studio 1.23.2 into {LS_VENV} (no network / PyPI?): "
+            f"{(proc.stdout + proc.stderr)[-800:]}"
+        )
     return exe
 
 
@@ -81,16 +83,38 @@ class LabelStudio:
         self.home.mkdir()
         self.log = workdir / "label-studio.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO"))}
-        env.update({
-            "HOME": str(self.home), "LABEL_STUDIO_USERNAME": USER, "LABEL_STUDIO_PASSWORD": PASSWORD,
-            "LABEL_STUDIO_USER_TOKEN": LEGACY_TOKEN, "LABEL_STUDIO_BASE_DATA_DIR": str(self.data),
-            "LABEL_STUDIO_HOST": self.url, "COLLECT_ANALYTICS": "false", "ML_BLOCK_LOCAL_IP": "false",
-            "SSRF_PROTECTION_ENABLED": "false", "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        })
+        env.update(
+            {
+                "HOME": str(self.home),
+                "LABEL_STUDIO_USERNAME": USER,
+                "LABEL_STUDIO_PASSWORD": PASSWORD,
+                "LABEL_STUDIO_USER_TOKEN": LEGACY_TOKEN,
+                "LABEL_STUDIO_BASE_DATA_DIR": str(self.data),
+                "LABEL_STUDIO_HOST": self.url,
+                "COLLECT_ANALYTICS": "false",
+                "ML_BLOCK_LOCAL_IP": "false",
+                "SSRF_PROTECTION_ENABLED": "false",
+                "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            }
+        )
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(
-                [str(self.exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(self.port),
-                 "--data-dir", str(self.data)], env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    str(self.exe),
+                    "start",
+                    "--no-browser",
+                    "--internal-host",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data),
+                ],
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             wait_http(self.url + "/health", 300, self.proc, self.log)
         except Exception:
@@ -125,12 +149,19 @@ class LabelStudio:
     def create_personal_access_token(self) -> str:
         s = requests.Session()
         s.get(self.url + "/user/login/", timeout=30)
-        r = s.post(self.url + "/user/login/", data={"csrfmiddlewaretoken": s.cookies["csrftoken"], "email": USER,
-                                                    "password": PASSWORD},
-                   headers={"Referer": self.url + "/user/login/"}, allow_redirects=False, timeout=30)
+        r = s.post(
+            self.url + "/user/login/",
+            data={"csrfmiddlewaretoken": s.cookies["csrftoken"], "email": USER, "password": PASSWORD},
+            headers={"Referer": self.url + "/user/login/"},
+            allow_redirects=False,
+            timeout=30,
+        )
         assert r.status_code in (302, 303), f"login failed: {r.status_code}"
-        r = s.post(self.url + "/api/token/", headers={"X-CSRFToken": s.cookies["csrftoken"], "Referer": self.url + "/"},
-                   timeout=30)
+        r = s.post(
+            self.url + "/api/token/",
+            headers={"X-CSRFToken": s.cookies["csrftoken"], "Referer": self.url + "/"},
+            timeout=30,
+        )
         assert r.status_code == 201, f"POST /api/token/: {r.status_code} {r.text[:300]}"
         return r.json()["token"]
 
@@ -169,12 +200,17 @@ class LabelStudio:
         return self.call("POST", f"/api/tasks/{task_id}/annotations", json={"result": result}).json()
 
     def connect_backend(self, project: int, url: str, *, interactive: bool = False) -> dict:
-        return self.call("POST", "/api/ml", json={"url": url, "project": project, "title": "dcsam",
-                                                  "is_interactive": interactive}).json()
+        return self.call(
+            "POST", "/api/ml", json={"url": url, "project": project, "title": "dcsam", "is_interactive": interactive}
+        ).json()
 
     def retrieve_predictions(self, project: int, task_ids: list[int]) -> dict:
-        return self.call("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project},
-                         json={"selectedItems": {"all": False, "included": task_ids}}).json()
+        return self.call(
+            "POST",
+            "/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": project},
+            json={"selectedItems": {"all": False, "included": task_ids}},
+        ).json()
 
     def predictions(self, task_id: int) -> list[dict]:
         return self.call("GET", "/api/predictions", params={"task": task_id}).json()
@@ -182,14 +218,18 @@ class LabelStudio:
     def upload_many(self, project: int, paths: list[Path], batch: int = 100) -> dict[str, int]:
         """Import many image files in batches; returns {file stem: task id} for the whole project."""
         for start in range(0, len(paths), batch):
-            self._import(project, paths[start:start + batch])
+            self._import(project, paths[start : start + batch])
         return {stem: t["id"] for stem, t in self._tasks_by_stem(project).items()}
 
     def all_tasks(self, project: int) -> list[dict]:
         out, page = [], 1
         while True:
-            r = self.call("GET", "/api/tasks", params={"project": project, "page_size": 100, "page": page,
-                                                       "include": "id,data,total_predictions"}, expect=(200, 404))
+            r = self.call(
+                "GET",
+                "/api/tasks",
+                params={"project": project, "page_size": 100, "page": page, "include": "id,data,total_predictions"},
+                expect=(200, 404),
+            )
             tasks = r.json().get("tasks", []) if r.status_code == 200 else []
             out.extend(tasks)
             if len(tasks) < 100:
@@ -209,12 +249,27 @@ class Backend:
         self.log = workdir / f"backend-{name}.log"
         self.model_dir = model_dir or workdir / f"model-{name}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DCSAM_", "LABEL_STUDIO_", "BASIC_AUTH"))}
-        full_env.update({"PORT": str(self.port), "MODEL_DIR": str(self.model_dir), "WORKERS": "1",
-                         "THREADS": "4", "DCSAM_DEVICE": "cpu", "LOG_LEVEL": "INFO", "HOST": "127.0.0.1"})
+        full_env.update(
+            {
+                "PORT": str(self.port),
+                "MODEL_DIR": str(self.model_dir),
+                "WORKERS": "1",
+                "THREADS": "4",
+                "DCSAM_DEVICE": "cpu",
+                "LOG_LEVEL": "INFO",
+                "HOST": "127.0.0.1",
+            }
+        )
         full_env.update(env)
         with open(self.log, "wb") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "dcsam.cli", "serve"], cwd=REPO,
-                                         env=full_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dcsam.cli", "serve"],
+                cwd=REPO,
+                env=full_env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             wait_http(self.url + "/health", 120, self.proc, self.log)
         except Exception:

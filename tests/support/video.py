@@ -25,8 +25,17 @@ def davis_frames(data_dir: Path, video: str, n: int, long_side: int = 240):
         out.append((cv2.resize(img, size, interpolation=cv2.INTER_AREA), resize_mask(mask, size[1], size[0])))
     return out
 
-def sequence_project(fake_ls, frames, video: str, first_id: int, project: int = 1, annotate: tuple[int, ...] = (0,),
-                      key: str = "video", frame_key: str = "frame") -> list[dict]:
+
+def sequence_project(
+    fake_ls,
+    frames,
+    video: str,
+    first_id: int,
+    project: int = 1,
+    annotate: tuple[int, ...] = (0,),
+    key: str = "video",
+    frame_key: str = "frame",
+) -> list[dict]:
     tasks = []
     for i, (img, mask) in enumerate(frames):
         ref = f"/data/upload/{project}/{video}_{i:05d}.jpg"
@@ -38,6 +47,7 @@ def sequence_project(fake_ls, frames, video: str, first_id: int, project: int = 
         tasks.append({k: v for k, v in task.items() if k != "annotations"})
     return tasks
 
+
 def mp4_bytes(path: Path, frames) -> bytes:
     h, w = frames[0][0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
@@ -46,12 +56,33 @@ def mp4_bytes(path: Path, frames) -> bytes:
     writer.release()
     return path.read_bytes()
 
+
 def keyframe_region(mask: np.ndarray, frame: int, label: str = "car") -> dict:
     x, y, w, hgt = mask_box(mask)
-    return {"id": "t1", "from_name": "box", "to_name": "video", "type": "videorectangle",
-            "value": {"framesCount": 10, "duration": 0.4, "labels": [label], "sequence": [
-                {"frame": frame, "enabled": True, "rotation": 0, "x": x, "y": y, "width": w, "height": hgt,
-                 "time": frame / 25}]}}
+    return {
+        "id": "t1",
+        "from_name": "box",
+        "to_name": "video",
+        "type": "videorectangle",
+        "value": {
+            "framesCount": 10,
+            "duration": 0.4,
+            "labels": [label],
+            "sequence": [
+                {
+                    "frame": frame,
+                    "enabled": True,
+                    "rotation": 0,
+                    "x": x,
+                    "y": y,
+                    "width": w,
+                    "height": hgt,
+                    "time": frame / 25,
+                }
+            ],
+        },
+    }
+
 
 def track_boxes(region: dict, n: int) -> list:
     """Label Studio's view of a track: the box on every frame (linear interpolation), None outside it."""
@@ -71,6 +102,7 @@ def track_boxes(region: dict, n: int) -> list:
         t = (f - a["frame"]) / (b["frame"] - a["frame"])
         out.append(tuple(a[p] + t * (b[p] - a[p]) for p in ("x", "y", "width", "height")))
     return out
+
 
 def box_iou(a, b) -> float:
     ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]

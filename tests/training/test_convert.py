@@ -28,7 +28,9 @@ def reference_state(gen: PromptGenerator) -> dict:
             ("transformer_self_attention_layers.0", "self_attn", branch.self_attn),
         ):
             a = layer.attn
-            ref[f"{p}.{ref_layer}.{attr}.in_proj_weight"] = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+            ref[f"{p}.{ref_layer}.{attr}.in_proj_weight"] = torch.cat(
+                [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]
+            )
             ref[f"{p}.{ref_layer}.{attr}.in_proj_bias"] = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
             ref[f"{p}.{ref_layer}.{attr}.out_proj.weight"] = a.out_proj.weight
             ref[f"{p}.{ref_layer}.{attr}.out_proj.bias"] = a.out_proj.bias
@@ -42,7 +44,9 @@ def test_convert_reference_round_trip(tmp_path):
     gen = PromptGenerator(1536, variant="full")
     src, dst = tmp_path / "best_model.pt", tmp_path / "converted.pt"
     torch.save(reference_state(gen), src)
-    proc = subprocess.run([sys.executable, "-m", "dcsam.cli", "convert-reference", src, dst], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcsam.cli", "convert-reference", src, dst], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["sam"] == "vit_h" and info["backbone"] == "resnet50_v2" and info["variant"] == "full"
@@ -56,5 +60,7 @@ def test_convert_reference_round_trip(tmp_path):
 def test_convert_rejects_a_foreign_file(tmp_path):
     src = tmp_path / "other.pt"
     torch.save({"encoder.weight": torch.zeros(2)}, src)
-    proc = subprocess.run([sys.executable, "-m", "dcsam.cli", "convert-reference", src, tmp_path / "o.pt"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcsam.cli", "convert-reference", src, tmp_path / "o.pt"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "no prompt-generator tensors" in proc.stderr

@@ -95,13 +95,17 @@ def test_episodes_group_k_plus_one_tasks_of_a_label_in_hash_order():
 
 
 def test_tubes_only_when_every_task_is_a_frame():
-    items = [LabelledTask(i, "k", np.full((2, 2, 3), f, np.uint8), np.ones((2, 2), bool), "", ("v", f))
-             for i, f in ((1, 10), (2, 0), (3, 5))]
+    items = [
+        LabelledTask(i, "k", np.full((2, 2, 3), f, np.uint8), np.ones((2, 2), bool), "", ("v", f))
+        for i, f in ((1, 10), (2, 0), (3, 5))
+    ]
     [tube] = tubes(items)
     assert [int(f.image[0, 0, 0]) for f in tube.frames] == [0, 5, 10]  # frame order, not task order
     assert tubes(items + [LabelledTask(4, "k", items[0].image, items[0].mask, "")]) == []  # mixed: episodes
-    more = items + [LabelledTask(9, "k", items[0].image, items[0].mask, "", ("w", 3)),
-                    LabelledTask(8, "j", items[0].image, items[0].mask, "", ("v", 1))]
+    more = items + [
+        LabelledTask(9, "k", items[0].image, items[0].mask, "", ("w", 3)),
+        LabelledTask(8, "j", items[0].image, items[0].mask, "", ("v", 1)),
+    ]
     assert [(t.label, len(t.frames)) for t in tubes(more)] == [("j", 1), ("k", 3), ("k", 1)]  # per (video, label)
     assert tubes([]) == []
 
@@ -115,8 +119,9 @@ def _scene(seed: int, size: int = 96):
     """A textured background with an orange striped disc whose place varies; returns (image, mask)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
-    bg = np.stack([90 + 40 * np.sin(xx / 7.0 + seed), 130 + 30 * np.cos(yy / 5.0),
-                   160 + 20 * np.sin((xx + yy) / 11.0)], -1)
+    bg = np.stack(
+        [90 + 40 * np.sin(xx / 7.0 + seed), 130 + 30 * np.cos(yy / 5.0), 160 + 20 * np.sin((xx + yy) / 11.0)], -1
+    )
     img = bg + rng.normal(0, 8, bg.shape)
     cy, cx = rng.integers(30, size - 30, 2)
     mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= 20**2
@@ -166,8 +171,9 @@ class Recorder:
 def _run(engine, serving, items, rec: Recorder, **kw):
     kw = {"seed": 3, "folds": 2, "k": 2, "step_choices": [0, 2], **kw}
     try:
-        return cross_validate(engine, CONFIG, items, reset_weights=rec.reset, report=rec.report,
-                              check_cancel=rec.check_cancel, **kw)
+        return cross_validate(
+            engine, CONFIG, items, reset_weights=rec.reset, report=rec.report, check_cancel=rec.check_cancel, **kw
+        )
     finally:
         engine.load_trainable_state_dict(serving)  # as the backend does: the serving weights back
 
@@ -175,22 +181,52 @@ def _run(engine, serving, items, rec: Recorder, **kw):
 def test_a_refused_decision_returns_no_candidate(engine, serving, discs):
     rec = Recorder(engine, serving)
     changed = []
-    res = _run(engine, serving, discs, rec, min_gain=1.0, extra_figures={"parent_version": "base"},
-               weights_changing=lambda: changed.append(rec.events[-1]))
+    res = _run(
+        engine,
+        serving,
+        discs,
+        rec,
+        min_gain=1.0,
+        extra_figures={"parent_version": "base"},
+        weights_changing=lambda: changed.append(rec.events[-1]),
+    )
     f = res.figures
     assert not res.promote and res.candidate_state is None
-    assert list(f) == ["annotated_tasks", "labels", "folds", "val_tasks", "episodes", "parent_version", "val_pairs",
-                       "val_miou_before", "val_miou_after", "chosen_steps", "choices", "per_fold", "min_gain"]
+    assert list(f) == [
+        "annotated_tasks",
+        "labels",
+        "folds",
+        "val_tasks",
+        "episodes",
+        "parent_version",
+        "val_pairs",
+        "val_miou_before",
+        "val_miou_after",
+        "chosen_steps",
+        "choices",
+        "per_fold",
+        "min_gain",
+    ]
     assert f["annotated_tasks"] == 4 and f["labels"] == 1 and f["folds"] == 2 and f["val_tasks"] == 4
     assert f["episodes"] == 1 and f["val_pairs"] == 4 and f["min_gain"] == 1.0
     assert 0 <= f["val_miou_before"] <= 1 and f["val_miou_after"] == max(f["choices"].values())
     assert set(f["choices"]) == {"0 steps", "2 steps"} and f["chosen_steps"] in f["choices"]
     assert [set(row) for row in f["per_fold"]] == [{"val_tasks", "before", "0 steps", "2 steps"}] * 2
     # serving weights before each fold's scoring and before each fine-tune run
-    assert rec.events == ["fold 1/2: scoring the serving model", "reset",
-                          "fold 1/2: fine-tuning (0 steps)", "reset", "fold 1/2: fine-tuning (2 steps)", "reset",
-                          "fold 2/2: scoring the serving model", "reset",
-                          "fold 2/2: fine-tuning (0 steps)", "reset", "fold 2/2: fine-tuning (2 steps)", "reset"]
+    assert rec.events == [
+        "fold 1/2: scoring the serving model",
+        "reset",
+        "fold 1/2: fine-tuning (0 steps)",
+        "reset",
+        "fold 1/2: fine-tuning (2 steps)",
+        "reset",
+        "fold 2/2: scoring the serving model",
+        "reset",
+        "fold 2/2: fine-tuning (0 steps)",
+        "reset",
+        "fold 2/2: fine-tuning (2 steps)",
+        "reset",
+    ]
     assert changed == ["reset"] * 4  # once per fine-tune run, after its reset
     done = [(r["done"], r["total"]) for r in rec.reports if "done" in r]
     assert done == [(0, 5), (1, 5), (2, 5), (3, 5), (4, 5)]  # the run on everything was not needed
@@ -268,16 +304,27 @@ def test_cancelling_stops_the_run(engine, serving, discs):
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        cross_validate(engine, CONFIG, discs, seed=3, folds=2, k=2, step_choices=[0], reset_weights=rec.reset,
-                       report=rec.report, check_cancel=cancel)
+        cross_validate(
+            engine,
+            CONFIG,
+            discs,
+            seed=3,
+            folds=2,
+            k=2,
+            step_choices=[0],
+            reset_weights=rec.reset,
+            report=rec.report,
+            check_cancel=cancel,
+        )
     engine.load_trainable_state_dict(serving)
     assert not any("every accepted annotation" in e for e in rec.events)
 
 
 def test_a_frame_sequence_project_fine_tunes_on_tubes(engine, serving, monkeypatch):
     seen = spy_on_tube_finetuning(monkeypatch)
-    frames = [LabelledTask(10 * v + f, "disc", *_scene(10 * v + f), "", (f"video{v}", f))
-              for v in (1, 2) for f in range(2)]
+    frames = [
+        LabelledTask(10 * v + f, "disc", *_scene(10 * v + f), "", (f"video{v}", f)) for v in (1, 2) for f in range(2)
+    ]
     rec = Recorder(engine, serving)
     res = _run(engine, serving, frames, rec, step_choices=[0], score=lambda *a: [0.9] if a[0].trained else [0.1])
     assert res.figures["tubes"] == 2 and res.promote

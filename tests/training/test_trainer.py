@@ -15,10 +15,20 @@ from dcsam.training.presets import preset
 from dcsam.training.trainer import TRAINING_KIND, train
 
 MICRO = {
-    "model": {"sam": "sam2.1_hiera_t", "random_sam_weights": True, "image_size": 64, "backbone_input_size": 128,
-              "sam_image_size": 128},
+    "model": {
+        "sam": "sam2.1_hiera_t",
+        "random_sam_weights": True,
+        "image_size": 64,
+        "backbone_input_size": 128,
+        "sam_image_size": 128,
+    },
     "dataset": {"name": "synthetic", "image_size": 64, "length": 16, "val_length": 8, "classes": 4, "distractors": 1},
-    "epochs": 2, "batch_size": 4, "lr": 1e-3, "num_workers": 0, "val_episodes": 8, "seed": 5,
+    "epochs": 2,
+    "batch_size": 4,
+    "lr": 1e-3,
+    "num_workers": 0,
+    "val_episodes": 8,
+    "seed": 5,
 }
 
 
@@ -49,12 +59,46 @@ def test_two_process_gloo_ddp_equals_one_process(tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(base))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "dcsam.cli", "train", "--config", cfg, "--out", tmp_path / "one",
-                          "--set", "batch_size=4"], capture_output=True, text=True, env=env)
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcsam.cli",
+            "train",
+            "--config",
+            cfg,
+            "--out",
+            tmp_path / "one",
+            "--set",
+            "batch_size=4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "dcsam.cli", "train", "--config", cfg, "--out", tmp_path / "two", "--set", "batch_size=2"],
-                         capture_output=True, text=True, env=env)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "dcsam.cli",
+            "train",
+            "--config",
+            cfg,
+            "--out",
+            tmp_path / "two",
+            "--set",
+            "batch_size=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = load_checkpoint(tmp_path / "one" / "last.pt", TRAINING_KIND)
     b = load_checkpoint(tmp_path / "two" / "last.pt", TRAINING_KIND)
@@ -78,8 +122,14 @@ def test_tiny_configuration_learns_on_held_out_episodes(tmp_path):
 
     torch.manual_seed(config.seed)
     untrained = build_dcsam(SegmenterConfig.from_dict({**config.model, "engine": "dcsam"}))
-    before = evaluate_fewshot(untrained, build_dataset(config.dataset, "val"), episodes=config.val_episodes,
-                      seed=config.val_seed, batch_size=4, device=torch.device("cpu"))["miou"]
+    before = evaluate_fewshot(
+        untrained,
+        build_dataset(config.dataset, "val"),
+        episodes=config.val_episodes,
+        seed=config.val_seed,
+        batch_size=4,
+        device=torch.device("cpu"),
+    )["miou"]
     after = result["best_miou"]
     # Measured: 0.296 -> 0.655 (+36 points) with this seed; seeds 1 and 2 (other random SAM weights,
     # seed 2 also other episodes) end at 0.721 and 0.689. The issue asks for +20.

@@ -8,8 +8,18 @@ from tests.test_cli import run_cli
 
 
 def test_eval_video_davis_protocol_lite(data_dir):
-    proc = run_cli("eval-video", "--engine", "lite", "--davis-root", data_dir / "davis16-dev",
-                   "--sequences", "blackswan", "--max-frames", "6", "--json")
+    proc = run_cli(
+        "eval-video",
+        "--engine",
+        "lite",
+        "--davis-root",
+        data_dir / "davis16-dev",
+        "--sequences",
+        "blackswan",
+        "--max-frames",
+        "6",
+        "--json",
+    )
     report = json.loads(proc.stdout)
     assert report["protocol"] == "davis" and report["propagation"] == "lite" and report["frame_rule"] == "davis"
     [row] = report["objects"]
@@ -20,9 +30,21 @@ def test_eval_video_davis_protocol_lite(data_dir):
 
 def test_eval_video_in_context_protocol_table(data_dir):
     root = data_dir / "davis16-dev"
-    proc = run_cli("eval-video", "--engine", "lite", "--davis-root", root, "--sequences", "car-shadow", "--max-frames", "3",
-                   "--support-image", root / "JPEGImages" / "car-roundabout" / "00000.jpg",
-                   "--support-mask", root / "Annotations" / "car-roundabout" / "00000.png")
+    proc = run_cli(
+        "eval-video",
+        "--engine",
+        "lite",
+        "--davis-root",
+        root,
+        "--sequences",
+        "car-shadow",
+        "--max-frames",
+        "3",
+        "--support-image",
+        root / "JPEGImages" / "car-roundabout" / "00000.jpg",
+        "--support-mask",
+        root / "Annotations" / "car-roundabout" / "00000.png",
+    )
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["sequence", "J", "F", "J&F", "frames"]
     assert lines[2].split()[0] == "car-shadow" and lines[2].split()[-1] == "3"  # every frame scored (in context)
@@ -41,8 +63,11 @@ def test_eval_video_icvos_layout(tmp_path, data_dir):
     sup.mkdir()
     (sup / "3.jpg").symlink_to(src / "JPEGImages" / "car-roundabout" / "00000.jpg")
     (sup / "3.png").symlink_to(src / "Annotations" / "car-roundabout" / "00000.png")
-    report = json.loads(run_cli("eval-video", "--engine", "lite", "--icvos-root", tmp_path / "icvos",
-                                "--support-dir", sup, "--json").stdout)
+    report = json.loads(
+        run_cli(
+            "eval-video", "--engine", "lite", "--icvos-root", tmp_path / "icvos", "--support-dir", sup, "--json"
+        ).stdout
+    )
     assert report["protocol"] == "icvos" and report["eval_size"] == 512 and report["frame_rule"] == "all"
     [row] = report["objects"]
     assert row["name"] == "0001/3" and row["frames_scored"] == 4 and row["J&F"] > 0.6
@@ -54,15 +79,33 @@ def test_eval_video_icvos_layout(tmp_path, data_dir):
 def test_eval_video_argument_errors(data_dir):
     proc = run_cli("eval-video", "--engine", "lite", check=False)
     assert proc.returncode == 2 and "--davis-root" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("eval-video", "--engine", "lite", "--davis-root", data_dir / "davis16-dev", "--sequences", "nope", check=False)
+    proc = run_cli(
+        "eval-video", "--engine", "lite", "--davis-root", data_dir / "davis16-dev", "--sequences", "nope", check=False
+    )
     assert proc.returncode == 2 and "no such sequence" in proc.stderr
 
 
 @pytest.mark.slow
 def test_eval_video_dcsam_random_sam2_tiny(data_dir):
-    proc = run_cli("eval-video", "--engine", "dcsam", "--sam", "sam2.1_hiera_t", "--random-weights", "sam", "--offline",
-                   "--sam-image-size", "256", "--davis-root", data_dir / "davis16-dev", "--sequences", "dog",
-                   "--max-frames", "4", "--json")
+    proc = run_cli(
+        "eval-video",
+        "--engine",
+        "dcsam",
+        "--sam",
+        "sam2.1_hiera_t",
+        "--random-weights",
+        "sam",
+        "--offline",
+        "--sam-image-size",
+        "256",
+        "--davis-root",
+        data_dir / "davis16-dev",
+        "--sequences",
+        "dog",
+        "--max-frames",
+        "4",
+        "--json",
+    )
     report = json.loads(proc.stdout)
     assert report["propagation"] == "sam2" and "RANDOM weights" in proc.stderr
     assert report["model_versions"][0].endswith("-random+video-sam2")

@@ -39,8 +39,9 @@ def test_streaming_api_several_labels(lite, data_dir):
     mask0 = read_mask(davis(data_dir, "blackswan", 0, "Annotations"))
     frames = [davis(data_dir, "blackswan", i) for i in range(4)]
     seen = []
-    results = list(vs.segment(frames, masks={"swan": mask0, "water": ~mask0},
-                              progress=lambda d, t, f: seen.append((d, t))))
+    results = list(
+        vs.segment(frames, masks={"swan": mask0, "water": ~mask0}, progress=lambda d, t, f: seen.append((d, t)))
+    )
     assert [r.index for r in results] == [0, 1, 2, 3] and results[0].conditioning
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     for r in results[1:]:
@@ -57,7 +58,9 @@ def test_streaming_api_several_labels(lite, data_dir):
 def test_in_context_from_another_video(lite, data_dir):
     """IC-VOS style: the example is a frame of car-roundabout, the video is car-shadow."""
     vs = VideoSegmenter(InContextSegmenter.from_config(engine="lite"))
-    vs.add_examples([davis(data_dir, "car-roundabout", 0)], [davis(data_dir, "car-roundabout", 0, "Annotations")], label="car")
+    vs.add_examples(
+        [davis(data_dir, "car-roundabout", 0)], [davis(data_dir, "car-roundabout", 0, "Annotations")], label="car"
+    )
     frames = [davis(data_dir, "car-shadow", i) for i in range(0, 6)]
     ious = []
     for r in vs.segment(frames):
@@ -69,7 +72,10 @@ def test_in_context_from_another_video(lite, data_dir):
 
 def test_lite_propagator_memory_is_bounded(lite, data_dir):
     prop = LitePropagator(lite.engine, {"memory_frames": 2})
-    prop.start(read_image(davis(data_dir, "dog", 0)), {"dog": read_mask(davis(data_dir, "dog", 0, "Annotations")), "none": None})
+    prop.start(
+        read_image(davis(data_dir, "dog", 0)),
+        {"dog": read_mask(davis(data_dir, "dog", 0, "Annotations")), "none": None},
+    )
     for i in range(1, 6):
         out = prop.step(read_image(davis(data_dir, "dog", i)))
         assert out["none"].mask.sum() == 0 and out["none"].score == 0.0  # no examples, nothing given
@@ -87,8 +93,12 @@ def test_pseudo_tube_and_tube_episodes(data_dir):
     assert flipped and (flipped[0].image == img[:, ::-1]).all()
     eps = lite_tube_episodes([MaskTube("dog", [LabelledImage(img, mask)])])
     assert len(eps) == 1 and len(eps[0].support) == 1 and len(eps[0].query) == 4
-    many = tube_from_video([davis(data_dir, "dog", i) for i in range(12)],
-                           {i: davis(data_dir, "dog", i, "Annotations") for i in range(0, 12, 1)}, "dog", max_frames=4)
+    many = tube_from_video(
+        [davis(data_dir, "dog", i) for i in range(12)],
+        {i: davis(data_dir, "dog", i, "Annotations") for i in range(0, 12, 1)},
+        "dog",
+        max_frames=4,
+    )
     assert len(many.frames) == 4
 
 
@@ -122,5 +132,6 @@ def test_option_errors(lite):
     with pytest.raises(ValueError, match="unknown propagation"):
         VideoSegmenter(lite, propagation="magic")
     with pytest.raises(ValueError, match="direction"):  # checked at the call, before any frame is read
-        VideoSegmenter(lite).segment([np.zeros((8, 8, 3), np.uint8)], masks={"a": np.ones((8, 8), bool)},
-                                     direction="sideways")
+        VideoSegmenter(lite).segment(
+            [np.zeros((8, 8, 3), np.uint8)], masks={"a": np.ones((8, 8), bool)}, direction="sideways"
+        )

@@ -84,8 +84,12 @@ def test_video_segmenter_streams_lazily_both_directions(sam2_tiny, dog):
     src = CountingFrames(paths)
     mask3 = read_mask(str(paths[3]).replace("JPEGImages", "Annotations").replace(".jpg", ".png"))
     progress = []
-    gen = vs.segment(src, masks={"dog": mask3, "inv": ~mask3}, frame_index=3,
-                     progress=lambda d, t, f: progress.append((d, t, f["index"])))
+    gen = vs.segment(
+        src,
+        masks={"dog": mask3, "inv": ~mask3},
+        frame_index=3,
+        progress=lambda d, t, f: progress.append((d, t, f["index"])),
+    )
     first = next(gen)  # a generator: nothing beyond the conditioning frame decoded yet
     assert first.index == 3 and first.conditioning and src.decoded == [3]
     rest = list(gen)
@@ -132,13 +136,18 @@ def test_bounded_loop_matches_upstream_video_predictor(sam2_tiny, dog, tmp_path)
     small0 = np.asarray(Image.fromarray(mask0).resize((SIZE, SIZE), Image.NEAREST)) > 0
     other = np.zeros_like(small0)
     other[20:120, 150:230] = True
-    cfg = compose(config_name="configs/sam2.1/sam2.1_hiera_t.yaml", overrides=[
-        "++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor",
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
-        "++model.binarize_mask_from_pts_for_mem_enc=true", "++model.fill_hole_area=0", f"++model.image_size={SIZE}",
-    ])
+    cfg = compose(
+        config_name="configs/sam2.1/sam2.1_hiera_t.yaml",
+        overrides=[
+            "++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor",
+            "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+            "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+            "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+            "++model.binarize_mask_from_pts_for_mem_enc=true",
+            "++model.fill_hole_area=0",
+            f"++model.image_size={SIZE}",
+        ],
+    )
     OmegaConf.resolve(cfg)
     upstream = instantiate(cfg.model, _recursive_=True)
     upstream.load_state_dict(sam2_tiny.state_dict())

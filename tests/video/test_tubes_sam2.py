@@ -7,8 +7,14 @@ import torch
 from dcsam import InContextSegmenter, InputError, LabelledImage
 from dcsam.video.tubes import MaskTube, TubeForward, finetune_prompt_generator_on_tubes, tube_loss
 
-TINY = dict(engine="dcsam", sam="sam2.1_hiera_t", random_sam_weights=True, image_size=128,
-            backbone_input_size=256, sam_image_size=256)
+TINY = dict(
+    engine="dcsam",
+    sam="sam2.1_hiera_t",
+    random_sam_weights=True,
+    image_size=128,
+    backbone_input_size=256,
+    sam_image_size=256,
+)
 
 
 def synthetic(seed, shift=0):
@@ -48,7 +54,9 @@ def test_loss_on_later_frames_reaches_the_generator_through_memory(engine):
         model.generator.zero_grad(set_to_none=True)
         logits = fwd(s, frames)
         assert len(logits) == 3 and all(lg.shape == (1, 1, 64, 64) for lg in logits)
-        later = [torch.from_numpy(synthetic(k + 1, shift=3 * k).mask[::2, ::2].copy()).float()[None, None] for k in (1, 2)]
+        later = [
+            torch.from_numpy(synthetic(k + 1, shift=3 * k).mask[::2, ::2].copy()).float()[None, None] for k in (1, 2)
+        ]
         tube_loss(logits[1:], later).backward()
     finally:
         sam2.pred_obj_scores = saved

@@ -25,15 +25,20 @@ pytestmark = pytest.mark.slow
 
 DAVIS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "davis16-dev"
 VIDEOS = ("blackswan", "car-roundabout", "car-shadow", "dog")
-CONFIG = ("<View><Image name=\"image\" value=\"$image\"/><BrushLabels name=\"tag\" toName=\"image\">"
-          + "".join(f"<Label value=\"{v}\"/>" for v in VIDEOS) + "</BrushLabels></View>")
+CONFIG = (
+    '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+    + "".join(f'<Label value="{v}"/>' for v in VIDEOS)
+    + "</BrushLabels></View>"
+)
 
 
 def _small(img: np.ndarray, mask: np.ndarray, long_side: int) -> tuple[np.ndarray, np.ndarray]:
     scale = long_side / max(img.shape[:2])
     size = (round(img.shape[1] * scale), round(img.shape[0] * scale))
-    return (cv2.resize(img, size, interpolation=cv2.INTER_AREA),
-            cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0)
+    return (
+        cv2.resize(img, size, interpolation=cv2.INTER_AREA),
+        cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +64,15 @@ LITE_OPTIONS = '{"size": 256}'
 
 
 def _backend(workdir: Path, ls: LabelStudio, name: str, **env) -> Backend:
-    return Backend(workdir, name, LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=LEGACY_TOKEN, DCSAM_ENGINE="lite",
-                   DCSAM_ENGINE_OPTIONS=LITE_OPTIONS, **env)
+    return Backend(
+        workdir,
+        name,
+        LABEL_STUDIO_URL=ls.url,
+        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
+        DCSAM_ENGINE="lite",
+        DCSAM_ENGINE_OPTIONS=LITE_OPTIONS,
+        **env,
+    )
 
 
 def _per_task_versions(ls: LabelStudio, project: int) -> dict[int, Counter]:
@@ -78,7 +90,7 @@ def test_preannotate_300_tasks_survives_sigkill(ls, workdir, frames):
     for i, (stem, (path, _)) in enumerate(sorted(frames.items())):
         img = cv2.imread(str(path))
         img = cv2.resize(img, (128, round(img.shape[0] * 128 / img.shape[1])), interpolation=cv2.INTER_AREA)
-        for flip in ((False, True) if i % 3 == 0 else (False,)):
+        for flip in (False, True) if i % 3 == 0 else (False,):
             out = folder / f"{stem}{'_flip' if flip else ''}.jpg"
             cv2.imwrite(str(out), img[:, ::-1] if flip else img)
             paths.append(out)
@@ -213,9 +225,11 @@ def test_davis_learning_via_start_training(ls, workdir, frames):
         per_task = _per_task_versions(ls, project)
         assert all(c[new] == 1 and c[base] == 1 for c in per_task.values()), per_task
         after = _mean_iou(ls, project, ids, frames, untouched, new)
-        print(f"DAVIS untouched frames ({len(untouched)}): mean IoU {before:.4f} -> {after:.4f} "
-              f"({100 * (after - before):+.1f} points); validation {train['figures']['val_miou_before']} -> "
-              f"{train['figures']['val_miou_after']}")
+        print(
+            f"DAVIS untouched frames ({len(untouched)}): mean IoU {before:.4f} -> {after:.4f} "
+            f"({100 * (after - before):+.1f} points); validation {train['figures']['val_miou_before']} -> "
+            f"{train['figures']['val_miou_after']}"
+        )
         # Label Studio sees the new version: it asks /setup when it shows the model
         ml_now = ls.call("GET", f"/api/ml/{ml['id']}").json()
         print(f"Label Studio ML backend {ml['id']}: model_version {ml_now.get('model_version')!r}")

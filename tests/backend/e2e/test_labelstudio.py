@@ -31,15 +31,18 @@ INTERACTIVE = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="box" toName="image" smart="true"><Label value="sneaker"/></RectangleLabels></View>"""
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def backend_legacy(ls, workdir):
     """auto engine, no SAM checkpoint, downloads off: must fall back to lite, loudly."""
-    server = Backend(workdir, "legacy", LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY="0123456789abcdef0123456789abcdef01234567",
-                     DCSAM_ENGINE="auto", DCSAM_ALLOW_DOWNLOAD="0", DCSAM_CACHE_DIR=str(workdir / "empty-cache"))
+    server = Backend(
+        workdir,
+        "legacy",
+        LABEL_STUDIO_URL=ls.url,
+        LABEL_STUDIO_API_KEY="0123456789abcdef0123456789abcdef01234567",
+        DCSAM_ENGINE="auto",
+        DCSAM_ALLOW_DOWNLOAD="0",
+        DCSAM_CACHE_DIR=str(workdir / "empty-cache"),
+    )
     yield server
     server.close()
 
@@ -109,7 +112,9 @@ def test_polygon_project_with_personal_access_token(ls, workdir, data_dir):
         # the legacy token really is refused now, so only the PAT can work
         import requests
 
-        r = requests.get(ls.url + "/api/projects", headers={"Authorization": "Token 0123456789abcdef0123456789abcdef01234567"})
+        r = requests.get(
+            ls.url + "/api/projects", headers={"Authorization": "Token 0123456789abcdef0123456789abcdef01234567"}
+        )
         assert r.status_code == 401
         backend = Backend(workdir, "pat", LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=pat, DCSAM_ENGINE="lite")
         project = ls.create_project("E2E polygon", POLYGON)
@@ -118,11 +123,24 @@ def test_polygon_project_with_personal_access_token(ls, workdir, data_dir):
         contours, _ = cv2.findContours(gt0.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         c = max(contours, key=cv2.contourArea).reshape(-1, 2)
         h0, w0 = gt0.shape
-        ls.annotate(tasks["duck_toy_00"]["id"], [{
-            "from_name": "outline", "to_name": "image", "type": "polygonlabels", "original_width": w0,
-            "original_height": h0, "image_rotation": 0,
-            "value": {"points": [[x / w0 * 100, y / h0 * 100] for x, y in c.tolist()], "closed": True,
-                      "polygonlabels": ["duck"]}}])
+        ls.annotate(
+            tasks["duck_toy_00"]["id"],
+            [
+                {
+                    "from_name": "outline",
+                    "to_name": "image",
+                    "type": "polygonlabels",
+                    "original_width": w0,
+                    "original_height": h0,
+                    "image_rotation": 0,
+                    "value": {
+                        "points": [[x / w0 * 100, y / h0 * 100] for x, y in c.tolist()],
+                        "closed": True,
+                        "polygonlabels": ["duck"],
+                    },
+                }
+            ],
+        )
         ml = ls.connect_backend(project, backend.url)
         assert ml["state"] == "CO", ml
         version = backend.get("/health").json()["model_version"]
@@ -152,9 +170,13 @@ def test_interactive_annotating(ls, backend_legacy, data_dir):
     perseg = data_dir / "perseg-mini"
     project = ls.create_project("E2E interactive", INTERACTIVE)
     tasks = ls.upload(project, [perseg / f"colorful_sneaker_0{i}.jpg" for i in range(2)])
-    ls.annotate(tasks["colorful_sneaker_00"]["id"], [
-        {**r, "value": {**r["value"], "brushlabels": ["sneaker"]}}
-        for r in brush_result(read_mask(perseg / "colorful_sneaker_00.png"), "sneaker")])
+    ls.annotate(
+        tasks["colorful_sneaker_00"]["id"],
+        [
+            {**r, "value": {**r["value"], "brushlabels": ["sneaker"]}}
+            for r in brush_result(read_mask(perseg / "colorful_sneaker_00.png"), "sneaker")
+        ],
+    )
     ml = ls.connect_backend(project, backend_legacy.url, interactive=True)
     assert ml["state"] == "CO", ml
     gt = read_mask(perseg / "colorful_sneaker_01.png")
@@ -162,17 +184,43 @@ def test_interactive_annotating(ls, backend_legacy, data_dir):
     dist = cv2.distanceTransform(gt.astype(np.uint8), cv2.DIST_L2, 5)
     y, x = np.unravel_index(np.argmax(dist), dist.shape)
     task_id = tasks["colorful_sneaker_01"]["id"]
-    keypoint = {"id": "kp1", "from_name": "kp", "to_name": "image", "type": "keypointlabels", "origin": "manual",
-                "original_width": w, "original_height": h, "image_rotation": 0,  # no is_positive: positive
-                "value": {"x": x / w * 100, "y": y / h * 100, "width": 0.5, "keypointlabels": ["sneaker"]}}
+    keypoint = {
+        "id": "kp1",
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,  # no is_positive: positive
+        "value": {"x": x / w * 100, "y": y / h * 100, "width": 0.5, "keypointlabels": ["sneaker"]},
+    }
     ys, xs = np.nonzero(gt)
-    box = {"id": "bx1", "from_name": "box", "to_name": "image", "type": "rectanglelabels", "origin": "manual",
-           "original_width": w, "original_height": h, "image_rotation": 0, "is_positive": True,
-           "value": {"x": xs.min() / w * 100, "y": ys.min() / h * 100, "width": (xs.max() + 1 - xs.min()) / w * 100,
-                     "height": (ys.max() + 1 - ys.min()) / h * 100, "rotation": 0, "rectanglelabels": ["sneaker"]}}
+    box = {
+        "id": "bx1",
+        "from_name": "box",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "origin": "manual",
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "is_positive": True,
+        "value": {
+            "x": xs.min() / w * 100,
+            "y": ys.min() / h * 100,
+            "width": (xs.max() + 1 - xs.min()) / w * 100,
+            "height": (ys.max() + 1 - ys.min()) / h * 100,
+            "rotation": 0,
+            "rectanglelabels": ["sneaker"],
+        },
+    }
     for prompt in (keypoint, box):
-        r = ls.call("POST", f"/api/ml/{ml['id']}/interactive-annotating", json={"task": task_id,
-                                                                                "context": {"result": [prompt]}})
+        r = ls.call(
+            "POST",
+            f"/api/ml/{ml['id']}/interactive-annotating",
+            json={"task": task_id, "context": {"result": [prompt]}},
+        )
         data = r.json().get("data")
         assert data and "errors" not in r.json(), r.json()
         [region] = data["result"]

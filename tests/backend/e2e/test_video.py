@@ -25,7 +25,6 @@ from tests.support.video import box_iou, davis_frames, keyframe_region, mp4_byte
 pytestmark = pytest.mark.slow
 
 
-
 def _metric(backend: Backend, name: str, **labels) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in backend.get("/metrics").text.splitlines():
@@ -41,7 +40,10 @@ def _latest_prediction(ls: LabelStudio, task_id: int) -> dict:
 
 
 def test_frame_sequence_tasks(ls, workdir, data_dir):
-    videos = {"car-shadow": davis_frames(data_dir, "car-shadow", 24), "car-roundabout": davis_frames(data_dir, "car-roundabout", 12)}
+    videos = {
+        "car-shadow": davis_frames(data_dir, "car-shadow", 24),
+        "car-roundabout": davis_frames(data_dir, "car-roundabout", 12),
+    }
     folder = workdir / "sequence"
     folder.mkdir()
     paths = []
@@ -57,10 +59,18 @@ def test_frame_sequence_tasks(ls, workdir, data_dir):
         ids[(video, int(index))] = task_id
         task = ls.call("GET", f"/api/tasks/{task_id}").json()
         # frame numbers as a frame extractor writes them (every 5th frame of the original)
-        ls.call("PATCH", f"/api/tasks/{task_id}", json={"data": {**task["data"], "video": video, "frame": int(index) * 5}})
+        ls.call(
+            "PATCH", f"/api/tasks/{task_id}", json={"data": {**task["data"], "video": video, "frame": int(index) * 5}}
+        )
     ls.annotate(ids[("car-shadow", 0)], brush_result(videos["car-shadow"][0][1], "car"))
-    backend = Backend(workdir, "sequence", LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
-                      DCSAM_ENGINE="lite", DCSAM_ENGINE_OPTIONS='{"size": 256}')
+    backend = Backend(
+        workdir,
+        "sequence",
+        LABEL_STUDIO_URL=ls.url,
+        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
+        DCSAM_ENGINE="lite",
+        DCSAM_ENGINE_OPTIONS='{"size": 256}',
+    )
     try:
         ls.connect_backend(project, backend.url)
         # Label Studio asks for one frame in the middle: the whole video is propagated once
@@ -78,11 +88,18 @@ def test_frame_sequence_tasks(ls, workdir, data_dir):
         # the other video has no annotated frame: the car-shadow example conditions its first frame
         ls.retrieve_predictions(project, [ids[("car-roundabout", i)] for i in range(12)])
         assert _metric(backend, "dcsam_video_propagations_total", kind="sequence") == 2
-        roundabout = [iou(decode_brush(_latest_prediction(ls, ids[("car-roundabout", i)])["result"][0]),
-                          videos["car-roundabout"][i][1]) for i in range(12)]
-        print(f"\nframe sequences (240 px, lite): car-shadow from its frame 0: mean IoU {np.mean(shadow):.3f} "
-              f"(min {min(shadow):.3f}); car-roundabout from the car-shadow example: {np.mean(roundabout):.3f} "
-              f"(min {min(roundabout):.3f})")
+        roundabout = [
+            iou(
+                decode_brush(_latest_prediction(ls, ids[("car-roundabout", i)])["result"][0]),
+                videos["car-roundabout"][i][1],
+            )
+            for i in range(12)
+        ]
+        print(
+            f"\nframe sequences (240 px, lite): car-shadow from its frame 0: mean IoU {np.mean(shadow):.3f} "
+            f"(min {min(shadow):.3f}); car-roundabout from the car-shadow example: {np.mean(roundabout):.3f} "
+            f"(min {min(roundabout):.3f})"
+        )
         assert np.mean(shadow) > 0.8 and min(shadow) > 0.6
         assert np.mean(roundabout) > 0.6
     finally:
@@ -92,8 +109,10 @@ def test_frame_sequence_tasks(ls, workdir, data_dir):
 def test_video_tasks_get_videorectangle_tracks(ls, workdir, data_dir):
     folder = workdir / "videos"
     folder.mkdir()
-    clips = {"car-roundabout": davis_frames(data_dir, "car-roundabout", 12, long_side=854),  # DAVIS frames are 854x480
-             "car-shadow": davis_frames(data_dir, "car-shadow", 24, long_side=854)}
+    clips = {
+        "car-roundabout": davis_frames(data_dir, "car-roundabout", 12, long_side=854),  # DAVIS frames are 854x480
+        "car-shadow": davis_frames(data_dir, "car-shadow", 24, long_side=854),
+    }
     project = ls.create_project("E2E video tracks", VIDEO_CONFIG)
     for video, frames in clips.items():
         path = folder / f"{video}.mp4"
@@ -101,8 +120,10 @@ def test_video_tasks_get_videorectangle_tracks(ls, workdir, data_dir):
         with open(path, "rb") as fh:
             r = ls.call("POST", f"/api/projects/{project}/import", files={"file": (path.name, fh, "video/mp4")})
         assert r.json()["task_count"] == 1
-    tasks = {re.sub(r"^[0-9a-f]{8}-", "", t["data"]["video"].rsplit("/", 1)[-1]).rsplit(".", 1)[0]: t["id"]
-             for t in ls.all_tasks(project)}
+    tasks = {
+        re.sub(r"^[0-9a-f]{8}-", "", t["data"]["video"].rsplit("/", 1)[-1]).rsplit(".", 1)[0]: t["id"]
+        for t in ls.all_tasks(project)
+    }
     assert set(tasks) == set(clips), tasks
     # one keyframe box on frame 3 of car-roundabout, as the editor saves it
     keyframe = keyframe_region(clips["car-roundabout"][2][1], 3)
@@ -126,10 +147,13 @@ def test_video_tasks_get_videorectangle_tracks(ls, workdir, data_dir):
             boxes = track_boxes(region, len(frames))
             figures[video] = [box_iou(b, mask_box(m)) for b, (_, m) in zip(boxes, frames)]
             figures[video + " keyframes"] = len(seq)
-        print("\n<Video> tracks, box IoU per frame vs ground truth: "
-              + "; ".join(f"{k}: mean {np.mean(v):.3f}, min {min(v):.3f}" for k, v in figures.items()
-                          if isinstance(v, list))
-              + f"; keyframes {figures['car-roundabout keyframes']} / {figures['car-shadow keyframes']}")
+        print(
+            "\n<Video> tracks, box IoU per frame vs ground truth: "
+            + "; ".join(
+                f"{k}: mean {np.mean(v):.3f}, min {min(v):.3f}" for k, v in figures.items() if isinstance(v, list)
+            )
+            + f"; keyframes {figures['car-roundabout keyframes']} / {figures['car-shadow keyframes']}"
+        )
         assert np.mean(figures["car-roundabout"]) > 0.7  # from its own keyframe
         assert np.mean(figures["car-shadow"]) > 0.6  # from the other video's keyframe example
     finally:

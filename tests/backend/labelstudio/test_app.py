@@ -27,8 +27,10 @@ def _cat_project(fake_ls, perseg, project=1):
         fake_ls.files[f"/data/upload/{project}/{name}.jpg"] = image_bytes(perseg[name][0])
     img, mask = perseg["cat_00"]
     fake_ls.tasks.append(annotated_task(1, project, f"/data/upload/{project}/cat_00.jpg", [brush_region(mask, "cat")]))
-    return [{"id": 2, "project": project, "data": {"image": f"/data/upload/{project}/cat_01.jpg"}},
-            {"id": 3, "project": project, "data": {"image": f"/data/upload/{project}/cat_02.jpg"}}]
+    return [
+        {"id": 2, "project": project, "data": {"image": f"/data/upload/{project}/cat_01.jpg"}},
+        {"id": 3, "project": project, "data": {"image": f"/data/upload/{project}/cat_02.jpg"}},
+    ]
 
 
 # -- /health, /setup --------------------------------------------------------------------------------
@@ -45,14 +47,23 @@ def test_health_and_setup_answer_without_loading_the_model(harness_factory):
     assert h.service.store.projects.get(3)["extra_params"] == {"a": [1]}
 
 
-@pytest.mark.parametrize("schema, message", [
-    ('<View><Image name="image" value="$image"/><Choices name="c" toName="image"><Choice value="a"/></Choices></View>',
-     "no mask control"),
-    ('<View><Text name="t" value="$text"/><BrushLabels name="b" toName="t"><Label value="a"/></BrushLabels></View>',
-     "no <Image>"),
-    ("<View><Image name='image' value='$image'", "not valid XML"),
-    (None, "no label config"),
-])
+@pytest.mark.parametrize(
+    "schema, message",
+    [
+        (
+            '<View><Image name="image" value="$image"/>'
+            '<Choices name="c" toName="image"><Choice value="a"/></Choices></View>',
+            "no mask control",
+        ),
+        (
+            '<View><Text name="t" value="$text"/>'
+            '<BrushLabels name="b" toName="t"><Label value="a"/></BrushLabels></View>',
+            "no <Image>",
+        ),
+        ("<View><Image name='image' value='$image'", "not valid XML"),
+        (None, "no label config"),
+    ],
+)
 def test_setup_rejects_configs_it_cannot_serve(harness_factory, schema, message):
     h = harness_factory()
     r = h.client.post("/setup", json={"project": "1.2", "schema": schema})
@@ -121,8 +132,14 @@ def test_polygon_output_in_percent(harness_factory, fake_ls, perseg):
     c = max(contours, key=cv2.contourArea).reshape(-1, 2)
     h_, w_ = mask.shape
     points = [[float(x) / w_ * 100, float(y) / h_ * 100] for x, y in c]
-    region = {"from_name": "poly", "to_name": "img", "type": "polygonlabels", "original_width": w_,
-              "original_height": h_, "value": {"points": points, "closed": True, "polygonlabels": ["cat"]}}
+    region = {
+        "from_name": "poly",
+        "to_name": "img",
+        "type": "polygonlabels",
+        "original_width": w_,
+        "original_height": h_,
+        "value": {"points": points, "closed": True, "polygonlabels": ["cat"]},
+    }
     fake_ls.files["/data/upload/1/cat_00.jpg"] = image_bytes(img)
     fake_ls.files["/data/upload/1/cat_01.jpg"] = image_bytes(perseg["cat_01"][0])
     fake_ls.tasks.append(annotated_task(1, 1, "/data/upload/1/cat_00.jpg", [region], key="picture"))
@@ -141,13 +158,21 @@ def test_polygon_output_in_percent(harness_factory, fake_ls, perseg):
 
 def test_bitmask_output_is_png_with_alpha(harness_factory, fake_ls, perseg):
     img, mask = perseg["cat_00"]
-    region = {"from_name": "bm", "to_name": "image", "type": "bitmasklabels", "original_width": mask.shape[1],
-              "original_height": mask.shape[0], "value": {"imageDataURL": data_url_png(mask), "bitmasklabels": ["cat"]}}
+    region = {
+        "from_name": "bm",
+        "to_name": "image",
+        "type": "bitmasklabels",
+        "original_width": mask.shape[1],
+        "original_height": mask.shape[0],
+        "value": {"imageDataURL": data_url_png(mask), "bitmasklabels": ["cat"]},
+    }
     fake_ls.files["/data/upload/1/cat_00.jpg"] = image_bytes(img)
     fake_ls.files["/data/upload/1/cat_02.jpg"] = image_bytes(perseg["cat_02"][0])
     fake_ls.tasks.append(annotated_task(1, 1, "/data/upload/1/cat_00.jpg", [region]))
     h = harness_factory(**_ls_env(fake_ls))
-    [out] = h.predict(1, BITMASK_CONFIG, [{"id": 3, "data": {"image": "/data/upload/1/cat_02.jpg"}}]).json["results"][0]["result"]
+    [out] = h.predict(1, BITMASK_CONFIG, [{"id": 3, "data": {"image": "/data/upload/1/cat_02.jpg"}}]).json["results"][
+        0
+    ]["result"]
     url = out["value"]["imageDataURL"]
     assert url.startswith("data:image/png;base64,") and out["value"]["bitmasklabels"] == ["cat"]
     png = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
@@ -167,11 +192,13 @@ def test_examples_are_the_latest_k_accepted_annotations_per_label(perseg):
     tasks = [
         annotated_task(1, 1, "a", [brush_region(m, "cat")], annotation_id=11, updated_at="2026-01-01T00:00:00Z"),
         annotated_task(2, 1, "b", [brush_region(m, "cat")], annotation_id=12, updated_at="2026-03-01T00:00:00Z"),
-        annotated_task(3, 1, "c", [brush_region(m, "cat")], annotation_id=13, updated_at="2026-05-01T00:00:00Z",
-                       cancelled=True),
+        annotated_task(
+            3, 1, "c", [brush_region(m, "cat")], annotation_id=13, updated_at="2026-05-01T00:00:00Z", cancelled=True
+        ),
         annotated_task(4, 1, "d", [brush_region(m, "duck"), brush_region(m, "unknown")], annotation_id=14),
-        annotated_task(5, 1, "e", [brush_region(m, "cat", from_name="other")], annotation_id=15,
-                       updated_at="2026-09-01T00:00:00Z"),
+        annotated_task(
+            5, 1, "e", [brush_region(m, "cat", from_name="other")], annotation_id=15, updated_at="2026-09-01T00:00:00Z"
+        ),
     ]
     chosen = select_examples(tasks, cfg, k=1)
     assert {k.split("\x1f")[1]: [r.annotation_id for r in v] for k, v in chosen.items()} == {"cat": [12], "duck": [14]}
@@ -193,10 +220,22 @@ def test_webhook_acknowledges_and_invalidates_the_example_cache(harness_factory,
     assert h.service.store.examples.of_project(1)[0]["annotation_id"] == 10
     # the annotation is replaced by a newer one on another task
     fake_ls.tasks[0]["annotations"][0]["was_cancelled"] = True
-    fake_ls.tasks.append(annotated_task(3, 1, "/data/upload/1/cat_02.jpg", [brush_region(perseg["cat_02"][1], "cat")],
-                                        annotation_id=31, updated_at="2026-11-02T00:00:00Z"))
-    payload = {"action": "ANNOTATION_UPDATED", "annotation": {"id": 10, "task": 1, "project": 1},
-               "project": {"id": 1}, "task": {"id": 1}}
+    fake_ls.tasks.append(
+        annotated_task(
+            3,
+            1,
+            "/data/upload/1/cat_02.jpg",
+            [brush_region(perseg["cat_02"][1], "cat")],
+            annotation_id=31,
+            updated_at="2026-11-02T00:00:00Z",
+        )
+    )
+    payload = {
+        "action": "ANNOTATION_UPDATED",
+        "annotation": {"id": 10, "task": 1, "project": 1},
+        "project": {"id": 1},
+        "task": {"id": 1},
+    }
     r = h.client.post("/webhook", json=payload)
     assert r.status_code == 200 and r.json["status"] == "ok"
     assert h.service.runner.wait_idle(60)
@@ -220,8 +259,9 @@ def test_updated_at_safety_net_without_webhook(harness_factory, fake_ls, perseg)
     assert h.service.store.examples.of_project(1)[0]["updated_at"] == "2026-12-01T00:00:00Z"
 
 
-@pytest.mark.parametrize("payload", [{"action": "SOMETHING_NEW", "project": {"id": 1}}, {"action": "LABEL_LINK_CREATED"},
-                                     {"no": "action"}])
+@pytest.mark.parametrize(
+    "payload", [{"action": "SOMETHING_NEW", "project": {"id": 1}}, {"action": "LABEL_LINK_CREATED"}, {"no": "action"}]
+)
 def test_unknown_webhook_events_are_ignored_with_200(harness_factory, payload):
     h = harness_factory()
     r = h.client.post("/webhook", json=payload)
@@ -243,8 +283,13 @@ def test_basic_auth_protects_everything_but_the_webhook(harness_factory):
     h = harness_factory(BASIC_AUTH_USER="u", BASIC_AUTH_PASS="p w")
     cred = {"Authorization": "Basic " + base64.b64encode(b"u:p w").decode()}
     wrong = {"Authorization": "Basic " + base64.b64encode(b"u:nope").decode()}
-    for method, path in (("get", "/health"), ("post", "/setup"), ("post", "/predict"), ("get", "/versions"),
-                         ("get", "/metrics")):
+    for method, path in (
+        ("get", "/health"),
+        ("post", "/setup"),
+        ("post", "/predict"),
+        ("get", "/versions"),
+        ("get", "/metrics"),
+    ):
         r = getattr(h.client, method)(path, json={}, headers=wrong)
         assert r.status_code == 401 and "Basic" in r.headers["WWW-Authenticate"]
     assert h.client.get("/health", headers=cred).status_code == 200
@@ -269,10 +314,14 @@ def test_token_is_only_sent_to_the_label_studio_host(harness_factory, fake_ls, e
     external.files["cat_02.jpg"] = image_bytes(perseg["cat_02"][0])
     fake_ls.presign_target = external.url
     h = harness_factory(**_ls_env(fake_ls))
-    r = h.predict(1, BRUSH_CONFIG, [
-        {"id": 2, "data": {"image": f"{external.url}/img/cat_01.jpg"}},
-        {"id": 3, "data": {"image": "s3://bucket/cat_02.jpg"}},
-    ])
+    r = h.predict(
+        1,
+        BRUSH_CONFIG,
+        [
+            {"id": 2, "data": {"image": f"{external.url}/img/cat_01.jpg"}},
+            {"id": 3, "data": {"image": "s3://bucket/cat_02.jpg"}},
+        ],
+    )
     assert [len(p["result"]) for p in r.json["results"]] == [1, 1]
     assert [rec.path for rec in external.requests] == ["/img/cat_01.jpg", "/bucket/cat_02.jpg"]
     assert all(rec.authorization is None for rec in external.requests)
@@ -308,12 +357,16 @@ def test_local_files_stay_inside_the_document_root(harness_factory, fake_ls, per
     os.symlink(tmp_path / "secret.jpg", root / "imgs" / "link.jpg")
     _cat_project(fake_ls, perseg)
     h = harness_factory(**_ls_env(fake_ls), LOCAL_FILES_DOCUMENT_ROOT=str(root))
-    r = h.predict(1, BRUSH_CONFIG, [
-        {"id": 2, "data": {"image": "/data/local-files/?d=imgs/cat_01.jpg"}},
-        {"id": 3, "data": {"image": "/data/local-files/?d=../secret.jpg"}},
-        {"id": 4, "data": {"image": "/data/local-files/?d=imgs/link.jpg"}},
-        {"id": 5, "data": {"image": "/data/local-files/?d=" + str(tmp_path / "secret.jpg")}},
-    ])
+    r = h.predict(
+        1,
+        BRUSH_CONFIG,
+        [
+            {"id": 2, "data": {"image": "/data/local-files/?d=imgs/cat_01.jpg"}},
+            {"id": 3, "data": {"image": "/data/local-files/?d=../secret.jpg"}},
+            {"id": 4, "data": {"image": "/data/local-files/?d=imgs/link.jpg"}},
+            {"id": 5, "data": {"image": "/data/local-files/?d=" + str(tmp_path / "secret.jpg")}},
+        ],
+    )
     assert [len(p["result"]) for p in r.json["results"]] == [1, 0, 0, 0]
     # read from disk, never from Label Studio; escapes are refused outright (not fetched elsewhere either);
     # an absolute ?d= is relative to the root, as in Label Studio: not found there, so only LS is asked
@@ -352,20 +405,42 @@ def _click_on_a_cat(harness_factory, fake_ls, perseg):
 def test_interactive_keypoint_and_box_return_one_region_for_the_mask_control(harness_factory, fake_ls, perseg):
     tasks, h, gt, (x, y) = _click_on_a_cat(harness_factory, fake_ls, perseg)
     H, W = gt.shape
-    keypoint = {"id": "k1", "from_name": "kp", "to_name": "image", "type": "keypointlabels", "original_width": W,
-                "original_height": H, "value": {"x": x / W * 100, "y": y / H * 100, "width": 0.5, "keypointlabels": ["cat"]}}
+    keypoint = {
+        "id": "k1",
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "original_width": W,
+        "original_height": H,
+        "value": {"x": x / W * 100, "y": y / H * 100, "width": 0.5, "keypointlabels": ["cat"]},
+    }
     r = h.predict(1, INTERACTIVE_CONFIG, tasks[:1], context={"result": [keypoint]})  # is_positive missing: positive
     [pred] = r.json["results"]
     [region] = pred["result"]
-    assert region["from_name"] == "tag" and region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["cat"]
+    assert (
+        region["from_name"] == "tag" and region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["cat"]
+    )
     mask = decode_brush(region)
     assert mask.shape == gt.shape and mask[round(y), round(x)]
     assert iou(mask, gt) >= 0.7
     ys, xs = np.nonzero(gt)
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-    rect = {"id": "b1", "from_name": "box", "to_name": "image", "type": "rectanglelabels", "original_width": W,
-            "original_height": H, "value": {"x": x0 / W * 100, "y": y0 / H * 100, "width": (x1 - x0) / W * 100,
-                                            "height": (y1 - y0) / H * 100, "rotation": 0, "rectanglelabels": ["cat"]}}
+    rect = {
+        "id": "b1",
+        "from_name": "box",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": W,
+        "original_height": H,
+        "value": {
+            "x": x0 / W * 100,
+            "y": y0 / H * 100,
+            "width": (x1 - x0) / W * 100,
+            "height": (y1 - y0) / H * 100,
+            "rotation": 0,
+            "rectanglelabels": ["cat"],
+        },
+    }
     [region] = h.predict(1, INTERACTIVE_CONFIG, tasks[:1], context={"result": [rect]}).json["results"][0]["result"]
     mask = decode_brush(region)
     outside = np.ones_like(mask)
@@ -379,12 +454,18 @@ def test_interactive_negative_click_removes_that_spot(harness_factory, fake_ls, 
     H, W = gt.shape
 
     def kp(px, py, positive):
-        return {"from_name": "kp", "to_name": "image", "type": "keypointlabels", "is_positive": positive,
-                "value": {"x": px / W * 100, "y": py / H * 100, "keypointlabels": ["cat"]}}
+        return {
+            "from_name": "kp",
+            "to_name": "image",
+            "type": "keypointlabels",
+            "is_positive": positive,
+            "value": {"x": px / W * 100, "y": py / H * 100, "keypointlabels": ["cat"]},
+        }
 
     neg = (x, max(0.0, y - 25))
-    [region] = h.predict(1, INTERACTIVE_CONFIG, tasks[:1], context={"result": [kp(x, y, True), kp(*neg, False)]}
-                         ).json["results"][0]["result"]
+    [region] = h.predict(1, INTERACTIVE_CONFIG, tasks[:1], context={"result": [kp(x, y, True), kp(*neg, False)]}).json[
+        "results"
+    ][0]["result"]
     mask = decode_brush(region)
     assert mask[round(y), round(x)] and not mask[round(neg[1]), round(neg[0])]
 
@@ -399,8 +480,8 @@ def test_versions_metrics_and_model_loaded_once(harness_factory, fake_ls, perseg
         h.predict(1, BRUSH_CONFIG, tasks)
     h.client.post("/webhook", json={"action": "NOPE"})
     text = h.client.get("/metrics").get_data(as_text=True)
-    assert 'dcsam_predictions_total 4' in text
-    assert 'dcsam_model_loads_total 1' in text and "dcsam_model_loaded 1" in text
+    assert "dcsam_predictions_total 4" in text
+    assert "dcsam_model_loads_total 1" in text and "dcsam_model_loaded 1" in text
     assert 'dcsam_webhook_events_total{action="NOPE"} 1' in text
     assert h.factory_calls == 1
 
@@ -414,8 +495,14 @@ def test_model_load_failure_is_a_clear_500_and_health_stays_up(tmp_path):
 
     settings = BackendSettings.from_env({"MODEL_DIR": str(tmp_path), "DCSAM_ENGINE": "lite"})
     client = create_app(settings, segmenter_factory=broken).test_client()
-    r = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "data:image/png;base64,AAAA"}}],
-                                      "label_config": BRUSH_CONFIG, "project": "1.1"})
+    r = client.post(
+        "/predict",
+        json={
+            "tasks": [{"id": 1, "data": {"image": "data:image/png;base64,AAAA"}}],
+            "label_config": BRUSH_CONFIG,
+            "project": "1.1",
+        },
+    )
     # no LS access -> no examples -> empty prediction, the model is not even needed
     assert r.status_code == 200 and r.json["results"][0]["result"] == []
     assert client.get("/health").status_code == 200

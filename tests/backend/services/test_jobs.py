@@ -24,7 +24,7 @@ def _scene(i: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
     img = (rng.random((size, size, 3)) * 60 + 40).astype(np.uint8)
     mask = np.zeros((size, size), bool)
     y, x = 20 + i % 30, 15 + (i * 7) % 40
-    mask[y:y + 30, x:x + 35] = True
+    mask[y : y + 30, x : x + 35] = True
     img[mask] = (200, 60, 50)
     return img, mask
 
@@ -51,8 +51,14 @@ def jobs_harness(tmp_path, lite_base, fake_ls):
     made = []
 
     def make(**env: str) -> BackendHarness:
-        base = {"LABEL_STUDIO_URL": fake_ls.url, "LABEL_STUDIO_API_KEY": fake_ls.api_key, "DCSAM_PREANNOTATE_CHUNK": "4",
-                "DCSAM_PREANNOTATE_BACKOFF_S": "0", "DCSAM_TRAIN_STEPS": "4", "DCSAM_PREANNOTATE_AFTER_TRAIN": "0"}
+        base = {
+            "LABEL_STUDIO_URL": fake_ls.url,
+            "LABEL_STUDIO_API_KEY": fake_ls.api_key,
+            "DCSAM_PREANNOTATE_CHUNK": "4",
+            "DCSAM_PREANNOTATE_BACKOFF_S": "0",
+            "DCSAM_TRAIN_STEPS": "4",
+            "DCSAM_PREANNOTATE_AFTER_TRAIN": "0",
+        }
         base.update(env)
         h = BackendHarness(tmp_path, lite_base, **base)
         made.append(h)
@@ -85,7 +91,9 @@ def test_preannotate_predicts_every_task_exactly_once(jobs_harness, fake_ls):
     assert len(regions) >= 8  # the red square is found on most tasks
     metrics = h.client.get("/metrics").get_data(as_text=True)
     assert 'dcsam_preannotate_tasks_total{outcome="imported",project="3"} 11' in metrics
-    assert "dcsam_preannotate_tasks_per_second" in metrics and 'dcsam_jobs{kind="preannotate",state="done"} 1' in metrics
+    assert (
+        "dcsam_preannotate_tasks_per_second" in metrics and 'dcsam_jobs{kind="preannotate",state="done"} 1' in metrics
+    )
     # a second run finds nothing to do
     again = _run(h, 3)
     assert again["status"] == "done" and again["figures"]["imported"] == 0 and again["figures"]["existing"] == 11
@@ -196,8 +204,14 @@ def test_job_endpoints_reject_bad_input(jobs_harness):
 
 def test_jobs_endpoints_honour_basic_auth(jobs_harness):
     h = jobs_harness(BASIC_AUTH_USER="u", BASIC_AUTH_PASS="pw")
-    for method, path in (("get", "/jobs"), ("get", "/jobs/1"), ("post", "/jobs/1/cancel"), ("post", "/jobs/preannotate"),
-                         ("post", "/jobs/train"), ("post", "/versions/x/activate")):
+    for method, path in (
+        ("get", "/jobs"),
+        ("get", "/jobs/1"),
+        ("post", "/jobs/1/cancel"),
+        ("post", "/jobs/preannotate"),
+        ("post", "/jobs/train"),
+        ("post", "/versions/x/activate"),
+    ):
         assert getattr(h.client, method)(path, json={"project": 1}).status_code == 401, path
     cred = {"Authorization": "Basic " + base64.b64encode(b"u:pw").decode()}
     assert h.client.get("/jobs", headers=cred).status_code == 200
@@ -228,10 +242,13 @@ def _train(h: BackendHarness, project: int) -> dict:
     return h.client.get(f"/jobs/{r.json['job']}").json
 
 
-@pytest.mark.parametrize(("project", "annotated", "run", "message"), [
-    (8, 0, _run, "no accepted annotation"),  # pre-annotation needs an example
-    (15, 2, _train, "at least 3 annotated tasks"),  # training needs two to train and one to validate per label
-])
+@pytest.mark.parametrize(
+    ("project", "annotated", "run", "message"),
+    [
+        (8, 0, _run, "no accepted annotation"),  # pre-annotation needs an example
+        (15, 2, _train, "at least 3 annotated tasks"),  # training needs two to train and one to validate per label
+    ],
+)
 def test_jobs_without_enough_annotations_fail_clearly(jobs_harness, fake_ls, project, annotated, run, message):
     _project(fake_ls, project, 4, annotated=annotated)
     job = run(jobs_harness(), project)
@@ -292,10 +309,16 @@ def test_cancelled_or_failed_training_leaves_the_serving_model(jobs_harness, fak
     def cancel_at_step(step, total, figs):
         if step == 3:
             h.service.store.jobs.request_cancel(h.service.runner.current["model"])
+
     engine = h.service.runtime.base().engine
     orig = engine.finetune
-    monkeypatch.setattr(engine, "finetune", lambda eps, steps=None, progress=None: orig(
-        eps, steps=steps, progress=lambda s, t, f: (cancel_at_step(s, t, f), progress(s, t, f))))
+    monkeypatch.setattr(
+        engine,
+        "finetune",
+        lambda eps, steps=None, progress=None: orig(
+            eps, steps=steps, progress=lambda s, t, f: (cancel_at_step(s, t, f), progress(s, t, f))
+        ),
+    )
     job = _train(h, 14)
     assert job["status"] == "cancelled", job
     assert h.setup(14, BRUSH_CONFIG).json["model_version"] == base
@@ -317,11 +340,15 @@ def test_training_compares_the_engines_step_choices_by_cross_validation(jobs_har
     monkeypatch.setattr(engine, "finetune_step_choices", lambda: [0, 3])
     ran = []
     orig = engine.finetune
-    monkeypatch.setattr(engine, "finetune", lambda eps, steps=None, progress=None: (
-        ran.append(steps), orig(eps, steps=steps, progress=progress))[1])
+    monkeypatch.setattr(
+        engine,
+        "finetune",
+        lambda eps, steps=None, progress=None: (ran.append(steps), orig(eps, steps=steps, progress=progress))[1],
+    )
     # serving weights score 0.5; a 0-step fine-tune 0.6, a 3-step one 0.55
-    monkeypatch.setattr(training, "validation_ious",
-                        lambda *a, **k: [0.5] if not engine.trained else [0.6 if ran[-1] == 0 else 0.55])
+    monkeypatch.setattr(
+        training, "validation_ious", lambda *a, **k: [0.5] if not engine.trained else [0.6 if ran[-1] == 0 else 0.55]
+    )
     job = _train(h, 19)
     f = job["figures"]
     assert job["status"] == "done" and f["promoted"], job
@@ -421,8 +448,11 @@ def test_a_burst_of_webhooks_runs_at_most_two_syncs(jobs_harness, fake_ls):
     _project(fake_ls, 21, 3)
     h = jobs_harness(DCSAM_SYNC_DEBOUNCE_S="0.5")
     h.setup(21, BRUSH_CONFIG)
-    payload = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "task": 21001, "project": 21},
-               "project": {"id": 21}}
+    payload = {
+        "action": "ANNOTATION_CREATED",
+        "annotation": {"id": 1, "task": 21001, "project": 21},
+        "project": {"id": 21},
+    }
     jobs = {h.client.post("/webhook", json=payload).json["job"] for _ in range(100)}
     assert h.service.runner.wait_idle(120)
     syncs = _sync_jobs(h)

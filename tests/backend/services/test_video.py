@@ -35,11 +35,17 @@ def test_video_config_has_tracks_with_labels_and_framerate():
     assert cfg.videos["video"].fps({}) == 24.0  # Label Studio's default
 
 
-@pytest.mark.parametrize("xml, message", [
-    ('<View><Video name="video" value="$video"/><VideoRectangle name="box" toName="video"/></View>', "Labels"),
-    ('<View><Video name="video" value="$video"/><Labels name="l" toName="video"><Label value="a"/></Labels></View>',
-     "VideoRectangle"),
-])
+@pytest.mark.parametrize(
+    "xml, message",
+    [
+        ('<View><Video name="video" value="$video"/><VideoRectangle name="box" toName="video"/></View>', "Labels"),
+        (
+            '<View><Video name="video" value="$video"/>'
+            '<Labels name="l" toName="video"><Label value="a"/></Labels></View>',
+            "VideoRectangle",
+        ),
+    ],
+)
 def test_video_configs_without_tracks_or_labels_are_refused(xml, message):
     with pytest.raises(LabelConfigError, match=message):
         parse_label_config(xml)
@@ -86,8 +92,6 @@ def test_mask_box_in_percent():
 # -- frame-sequence image tasks ---------------------------------------------------------------------
 
 
-
-
 def test_one_frame_request_propagates_the_video_once_and_caches_the_rest(harness_factory, fake_ls, data_dir):
     frames = davis_frames(data_dir, "car-shadow", 10)
     tasks = sequence_project(fake_ls, frames, "car-shadow", 100)
@@ -100,8 +104,10 @@ def test_one_frame_request_propagates_the_video_once_and_caches_the_rest(harness
     downloads = sum(1 for q in fake_ls.requests if q.path.startswith("/data/upload/"))
     # the other frames come from the cache: no new propagation, no download
     r = h.predict(1, SEQUENCE_CONFIG, tasks[1:6] + tasks[7:])
-    ious = [iou(decode_brush(p["result"][0]), frames[i][1]) for i, p in zip([*range(1, 6), *range(7, 10)],
-                                                                          r.json["results"])]
+    ious = [
+        iou(decode_brush(p["result"][0]), frames[i][1])
+        for i, p in zip([*range(1, 6), *range(7, 10)], r.json["results"])
+    ]
     assert min(ious) > 0.7, ious
     assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 1
     assert sum(1 for q in fake_ls.requests if q.path.startswith("/data/upload/")) == downloads
@@ -111,14 +117,27 @@ def test_one_frame_request_propagates_the_video_once_and_caches_the_rest(harness
 def test_data_keys_are_configurable_and_a_new_annotation_starts_a_new_propagation(harness_factory, fake_ls, data_dir):
     frames = davis_frames(data_dir, "car-shadow", 8)
     tasks = sequence_project(fake_ls, frames, "clip-7", 200, key="clip", frame_key="t")
-    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_VIDEO_KEY="clip",
-                        DCSAM_FRAME_KEY="t", DCSAM_EXAMPLES_RECHECK_S="0")
+    h = harness_factory(
+        LABEL_STUDIO_URL=fake_ls.url,
+        LABEL_STUDIO_API_KEY=fake_ls.api_key,
+        DCSAM_VIDEO_KEY="clip",
+        DCSAM_FRAME_KEY="t",
+        DCSAM_EXAMPLES_RECHECK_S="0",
+    )
     h.predict(1, SEQUENCE_CONFIG, [tasks[3]])
     assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 1
     # an annotator corrects frame 7: frames 4..7 now follow it (they are nearer to it than to frame 0)
     shifted = np.roll(frames[7][1], 30, axis=1)
-    fake_ls.tasks[7]["annotations"] = [{"id": 9001, "result": [brush_region(shifted, "car")], "was_cancelled": False,
-                                        "updated_at": "2026-11-02T10:00:00Z", "task": 207, "project": 1}]
+    fake_ls.tasks[7]["annotations"] = [
+        {
+            "id": 9001,
+            "result": [brush_region(shifted, "car")],
+            "was_cancelled": False,
+            "updated_at": "2026-11-02T10:00:00Z",
+            "task": 207,
+            "project": 1,
+        }
+    ]
     r = h.predict(1, SEQUENCE_CONFIG, [tasks[7], tasks[1]])
     assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 2
     got7, got1 = (decode_brush(p["result"][0]) for p in r.json["results"])
@@ -164,18 +183,22 @@ def test_a_video_without_annotation_is_segmented_from_another_videos_example(har
 # -- <Video> tasks ----------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
 def test_video_task_tracks_from_its_own_keyframe(harness_factory, fake_ls, data_dir, tmp_path):
     frames = davis_frames(data_dir, "car-shadow", 10, long_side=854)  # a keyframe box becomes a mask by GrabCut: 480p
     fake_ls.files["/data/upload/1/car.mp4"] = mp4_bytes(tmp_path / "car.mp4", frames)
-    task = {"id": 1, "project": 1, "data": {"video": "/data/upload/1/car.mp4"},
-            "annotations": [{"id": 11, "result": [keyframe_region(frames[3][1], 4)], "was_cancelled": False,
-                             "updated_at": "2026-11-01T10:00:00Z"}]}
+    task = {
+        "id": 1,
+        "project": 1,
+        "data": {"video": "/data/upload/1/car.mp4"},
+        "annotations": [
+            {
+                "id": 11,
+                "result": [keyframe_region(frames[3][1], 4)],
+                "was_cancelled": False,
+                "updated_at": "2026-11-01T10:00:00Z",
+            }
+        ],
+    }
     fake_ls.tasks.append(task)
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
     r = h.predict(1, VIDEO_CONFIG, [{"id": 1, "project": 1, "data": task["data"]}])  # annotations read from the API
@@ -190,19 +213,32 @@ def test_video_task_tracks_from_its_own_keyframe(harness_factory, fake_ls, data_
     assert _metric(h, "dcsam_video_propagations_total", kind="video") == 1
 
 
-def test_video_task_from_another_videos_keyframe_example_and_broken_video(harness_factory, fake_ls, data_dir,
-                                                                          tmp_path):
+def test_video_task_from_another_videos_keyframe_example_and_broken_video(harness_factory, fake_ls, data_dir, tmp_path):
     example = davis_frames(data_dir, "car-roundabout", 3, long_side=854)
     fake_ls.files["/data/upload/1/ex.mp4"] = mp4_bytes(tmp_path / "ex.mp4", example)
-    fake_ls.tasks.append({"id": 1, "project": 1, "data": {"video": "/data/upload/1/ex.mp4"},
-                          "annotations": [{"id": 11, "result": [keyframe_region(example[0][1], 1)],
-                                           "was_cancelled": False, "updated_at": "2026-11-01T10:00:00Z"}]})
+    fake_ls.tasks.append(
+        {
+            "id": 1,
+            "project": 1,
+            "data": {"video": "/data/upload/1/ex.mp4"},
+            "annotations": [
+                {
+                    "id": 11,
+                    "result": [keyframe_region(example[0][1], 1)],
+                    "was_cancelled": False,
+                    "updated_at": "2026-11-01T10:00:00Z",
+                }
+            ],
+        }
+    )
     frames = davis_frames(data_dir, "car-shadow", 6, long_side=854)
     fake_ls.files["/data/upload/1/q.mp4"] = mp4_bytes(tmp_path / "q.mp4", frames)
     fake_ls.files["/data/upload/1/bad.mp4"] = b"\x00\x00\x00 not a video"
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
-    tasks = [{"id": 2, "project": 1, "data": {"video": "/data/upload/1/bad.mp4"}, "annotations": []},
-             {"id": 3, "project": 1, "data": {"video": "/data/upload/1/q.mp4"}, "annotations": []}]
+    tasks = [
+        {"id": 2, "project": 1, "data": {"video": "/data/upload/1/bad.mp4"}, "annotations": []},
+        {"id": 3, "project": 1, "data": {"video": "/data/upload/1/q.mp4"}, "annotations": []},
+    ]
     bad, good = h.predict(1, VIDEO_CONFIG, tasks).json["results"]
     assert bad["result"] == []
     [region] = good["result"]
@@ -218,8 +254,12 @@ def test_training_a_frame_sequence_project_uses_mask_tubes(harness_factory, fake
         frames = davis_frames(data_dir, video, 6)
         sequence_project(fake_ls, frames, video, first_id, annotate=(0, 2, 4))
     seen = spy_on_tube_finetuning(monkeypatch)
-    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_TRAIN_STEPS="2",
-                        DCSAM_PREANNOTATE_AFTER_TRAIN="0")
+    h = harness_factory(
+        LABEL_STUDIO_URL=fake_ls.url,
+        LABEL_STUDIO_API_KEY=fake_ls.api_key,
+        DCSAM_TRAIN_STEPS="2",
+        DCSAM_PREANNOTATE_AFTER_TRAIN="0",
+    )
     r = h.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
     assert h.service.runner.wait_idle(300)
     job = h.client.get(f"/jobs/{r.json['job']}").json
@@ -236,8 +276,9 @@ def test_frame_sequences_with_sam2_memory_propagation(harness_factory, fake_ls, 
 
     frames = davis_frames(data_dir, "car-shadow", 5)
     tasks = sequence_project(fake_ls, frames, "car-shadow", 700)
-    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key,
-                        DCSAM_VIDEO_PROPAGATION="sam2")
+    h = harness_factory(
+        LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_VIDEO_PROPAGATION="sam2"
+    )
     h.service.predictor.video.sam2_model = build_sam_model("sam2.1_hiera_t", random_weights=True, image_size=256)
     r = h.predict(1, SEQUENCE_CONFIG, tasks[1:])
     assert r.status_code == 200 and len(r.json["results"]) == 4
@@ -256,8 +297,12 @@ def test_preannotation_job_over_frame_sequences_and_video_tasks(harness_factory,
     fake_ls.label_configs[1] = SEQUENCE_CONFIG
     a = sequence_project(fake_ls, davis_frames(data_dir, "car-shadow", 7), "car-shadow", 100)
     b = sequence_project(fake_ls, davis_frames(data_dir, "car-roundabout", 5), "car-roundabout", 200, annotate=())
-    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key,
-                        DCSAM_PREANNOTATE_CHUNK="4", DCSAM_PREANNOTATE_BACKOFF_S="0")
+    h = harness_factory(
+        LABEL_STUDIO_URL=fake_ls.url,
+        LABEL_STUDIO_API_KEY=fake_ls.api_key,
+        DCSAM_PREANNOTATE_CHUNK="4",
+        DCSAM_PREANNOTATE_BACKOFF_S="0",
+    )
     r = h.client.post("/jobs/preannotate", json={"project": 1})
     assert h.service.runner.wait_idle(300)
     job = h.client.get(f"/jobs/{r.json['id']}").json
@@ -268,9 +313,21 @@ def test_preannotation_job_over_frame_sequences_and_video_tasks(harness_factory,
     fake_ls.label_configs[2] = VIDEO_CONFIG
     frames = davis_frames(data_dir, "car-shadow", 4, long_side=426)
     fake_ls.files["/data/upload/2/a.mp4"] = mp4_bytes(tmp_path / "a.mp4", frames)
-    fake_ls.tasks.append({"id": 900, "project": 2, "data": {"video": "/data/upload/2/a.mp4"},
-                          "annotations": [{"id": 91, "result": [keyframe_region(frames[0][1], 1)],
-                                           "was_cancelled": False, "updated_at": "2026-11-01T10:00:00Z"}]})
+    fake_ls.tasks.append(
+        {
+            "id": 900,
+            "project": 2,
+            "data": {"video": "/data/upload/2/a.mp4"},
+            "annotations": [
+                {
+                    "id": 91,
+                    "result": [keyframe_region(frames[0][1], 1)],
+                    "was_cancelled": False,
+                    "updated_at": "2026-11-01T10:00:00Z",
+                }
+            ],
+        }
+    )
     fake_ls.tasks.append({"id": 901, "project": 2, "data": {"video": "/data/upload/2/a.mp4"}, "annotations": []})
     r = h.client.post("/jobs/preannotate", json={"project": 2})
     assert h.service.runner.wait_idle(300)
