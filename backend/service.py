@@ -87,6 +87,8 @@ class Service:
         self.metrics = Metrics()
         for name, (kind, text) in METRICS.items():
             self.metrics.describe(name, kind, text)
+        self.metrics.set("dcsam_model_loaded", 0.0)  # per worker; summed over live workers
+        self.metrics.inc("dcsam_model_loads_total", 0.0)  # the series exists before the first load
         self.runtime = ModelRuntime(self.config, segmenter_factory, on_load=self._count_model_load)
         self.versions = VersionRegistry(self.store.versions, settings.model_dir, self.version, self.choice.engine)
         self.label_studio = LabelStudioProjects(self.store.projects, settings)
@@ -99,17 +101,12 @@ class Service:
             max_pixels=settings.max_image_pixels,
         )
         self.predictor = Predictor(
-            model=self.runtime,
-            examples=self.examples,
-            version=self.version,
-            batch_size=settings.batch_size,
-            min_score=settings.min_score,
-            max_pixels=settings.max_image_pixels,
-            max_download_bytes=settings.max_download_bytes,
-            local_files_root=settings.local_files_root,
-            on_task_error=lambda kind: self.metrics.inc("dcsam_task_errors_total", kind=kind),
+            settings,
+            self.runtime,
+            self.examples,
             version_for=self.version_for,
             prepare=self.prepare,
+            on_task_error=lambda kind: self.metrics.inc("dcsam_task_errors_total", kind=kind),
             video=VideoPredictor(model=self.runtime, settings=settings, prepare=self.prepare, count=self.metrics.inc),
         )
         self.deps = JobDeps(

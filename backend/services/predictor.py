@@ -20,6 +20,7 @@ from dcsam.errors import DcsamError
 from ..labelstudio.labelconfig import ControlTag, LabelConfig
 from ..labelstudio.media import LabelStudioAccess, LabelStudioError, MediaError, decode_image, fetch_media
 from ..labelstudio.outputs import mask_regions, output_for, region_labels
+from ..settings import BackendSettings
 from .examples import ExampleManager, example_key
 from .runtime import ModelRuntime
 from .video import VideoPredictor, sequence_id
@@ -40,33 +41,28 @@ def empty_prediction(version: str) -> dict:
 class Predictor:
     def __init__(
         self,
-        *,
+        settings: BackendSettings,
         model: ModelRuntime,
         examples: ExampleManager,
-        version: str,
-        batch_size: int,
-        min_score: float,
-        max_pixels: int,
-        max_download_bytes: int,
-        local_files_root: str | None,
-        on_task_error: Callable[[str], None] | None = None,
-        version_for: Callable[[int | None], str] | None = None,
-        prepare: Callable[[int | None], None] | None = None,
+        *,
+        version_for: Callable[[int | None], str],
+        prepare: Callable[[int | None], None],
+        on_task_error: Callable[[str], None],
         video: VideoPredictor | None = None,
     ):
+        """``version_for(project)`` is the project's model_version; ``prepare(project)``, run under the inference
+        lock before each model call, puts the project's fine-tuned weights into the engine (see
+        :mod:`backend.services.versions`); ``on_task_error(kind)`` counts a task that got no prediction."""
         self.model = model
         self.examples = examples
-        self.version = version
-        # the project's model_version, and a hook run under the inference lock before each model call that
-        # puts the project's fine-tuned weights into the engine (see backend.services.versions)
-        self.version_for = version_for or (lambda project_id: self.version)
-        self.prepare = prepare or (lambda project_id: None)
-        self.batch_size = max(1, batch_size)
-        self.min_score = min_score
-        self.max_pixels = max_pixels
-        self.max_download_bytes = max_download_bytes
-        self.local_files_root = local_files_root
-        self.on_task_error = on_task_error or (lambda kind: None)
+        self.version_for = version_for
+        self.prepare = prepare
+        self.batch_size = max(1, settings.batch_size)
+        self.min_score = settings.min_score
+        self.max_pixels = settings.max_image_pixels
+        self.max_download_bytes = settings.max_download_bytes
+        self.local_files_root = settings.local_files_root
+        self.on_task_error = on_task_error
         self.video = video  # frame-sequence and <Video> tasks (None: every task is a single image)
 
     # -- media -------------------------------------------------------------------------------

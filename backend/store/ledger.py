@@ -6,6 +6,7 @@ transaction that saves the job's resume point (see :mod:`backend.services.preann
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from .database import Database
@@ -42,14 +43,8 @@ class PredictionLedger:
         )[0][0]
 
     def mark(self, project_id: int, version: str, task_ids: list[int], status: str, job_id: int | None) -> None:
-        now = time.time()
         with self.db.transaction() as con:
-            con.executemany(
-                "INSERT INTO preannotated(project_id, version, task_id, status, job_id, updated_at) "
-                "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(project_id, version, task_id) DO UPDATE SET "
-                "status=excluded.status, job_id=excluded.job_id, updated_at=excluded.updated_at",
-                [(project_id, version, t, status, job_id, now) for t in task_ids],
-            )
+            _upsert(con, project_id, version, task_ids, status, job_id, time.time())
 
     def forget_pending(self, project_id: int, version: str, task_ids: list[int]) -> None:
         with self.db.transaction() as con:
@@ -62,10 +57,22 @@ class PredictionLedger:
         """Mark ``task_ids`` done and save the job's resume point, in one transaction."""
         now = time.time()
         with self.db.transaction() as con:
-            con.executemany(
-                "INSERT INTO preannotated(project_id, version, task_id, status, job_id, updated_at) "
-                "VALUES(?, ?, ?, 'done', ?, ?) ON CONFLICT(project_id, version, task_id) DO UPDATE SET "
-                "status='done', job_id=excluded.job_id, updated_at=excluded.updated_at",
-                [(project_id, version, t, job_id, now) for t in task_ids],
-            )
+            _upsert(con, project_id, version, task_ids, "done", job_id, now)
             self.jobs.save_params(con, job_id, params, now)
+
+
+def _upsert(
+    con: sqlite3.Connection,
+    project_id: int,
+    version: str,
+    task_ids: list[int],
+    status: str,
+    job_id: int | None,
+    now: float,
+) -> None:
+    con.executemany(
+        "INSERT INTO preannotated(project_id, version, task_id, status, job_id, updated_at) "
+        "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(project_id, version, task_id) DO UPDATE SET "
+        "status=excluded.status, job_id=excluded.job_id, updated_at=excluded.updated_at",
+        [(project_id, version, t, status, job_id, now) for t in task_ids],
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from backend.metrics import Metrics
+from tests.support.label_studio import start_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -187,27 +188,8 @@ def test_serve_with_two_workers_reports_the_sum(tmp_path):
         }
     )
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "backend.serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-                "--threads",
-                "2",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [sys.executable, "-m", "backend.serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = start_process([*command, "--workers", "2", "--threads", "2"], env, log)
     try:
         # ready once both workers have answered: each writes its own counter file on its first request
         probes = 0

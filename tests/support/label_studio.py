@@ -42,6 +42,12 @@ def ensure_label_studio() -> Path:
     return exe
 
 
+def start_process(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A server in its own session (so :func:`stop` ends its workers too), output to ``log``, run from the repo."""
+    with open(log, "wb") as fh:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path, auth=None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -97,24 +103,8 @@ class LabelStudio:
                 "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
             }
         )
-        with open(self.log, "wb") as fh:
-            self.proc = subprocess.Popen(
-                [
-                    str(self.exe),
-                    "start",
-                    "--no-browser",
-                    "--internal-host",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "--data-dir",
-                    str(self.data),
-                ],
-                env=env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        command = [str(self.exe), "start", "--no-browser", "--internal-host", "127.0.0.1"]
+        self.proc = start_process([*command, "-p", str(self.port), "--data-dir", str(self.data)], env, self.log)
         try:
             wait_http(self.url + "/health", 300, self.proc, self.log)
         except Exception:
@@ -261,15 +251,7 @@ class Backend:
             }
         )
         full_env.update(env)
-        with open(self.log, "wb") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dcsam.cli", "serve"],
-                cwd=REPO,
-                env=full_env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.proc = start_process([sys.executable, "-m", "dcsam.cli", "serve"], full_env, self.log)
         try:
             wait_http(self.url + "/health", 120, self.proc, self.log)
         except Exception:

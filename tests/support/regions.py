@@ -27,20 +27,10 @@ def brush_region(mask: np.ndarray, label: str, from_name: str = "tag") -> dict:
 
 
 def brush_result(mask: np.ndarray, label: str) -> list:
-    from label_studio_sdk.converter.brush import mask2rle
-
-    h, w = mask.shape
-    return [
-        {
-            "from_name": "tag",
-            "to_name": "image",
-            "type": "brushlabels",
-            "original_width": w,
-            "original_height": h,
-            "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]},
-        }
-    ]
+    """An annotation result with one brush region (no region id: Label Studio assigns one)."""
+    region = brush_region(mask, label)
+    del region["id"]
+    return [region]
 
 
 def annotated_task(

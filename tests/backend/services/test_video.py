@@ -10,7 +10,7 @@ from backend.labelstudio.labelconfig import LabelConfigError, parse_label_config
 from backend.labelstudio.outputs import VideoRectangleOutput, mask_box
 from dcsam.masks import iou
 from tests.support.configs import SEQUENCE_CONFIG, VIDEO_CONFIG
-from tests.support.regions import brush_region, decode_brush
+from tests.support.regions import annotated_task, brush_region, decode_brush
 from tests.support.spies import spy_on_tube_finetuning
 from tests.support.video import box_iou, davis_frames, keyframe_region, mp4_bytes, sequence_project, track_boxes
 
@@ -217,19 +217,9 @@ def test_video_task_from_another_videos_keyframe_example_and_broken_video(harnes
     example = davis_frames(data_dir, "car-roundabout", 3, long_side=854)
     fake_ls.files["/data/upload/1/ex.mp4"] = mp4_bytes(tmp_path / "ex.mp4", example)
     fake_ls.tasks.append(
-        {
-            "id": 1,
-            "project": 1,
-            "data": {"video": "/data/upload/1/ex.mp4"},
-            "annotations": [
-                {
-                    "id": 11,
-                    "result": [keyframe_region(example[0][1], 1)],
-                    "was_cancelled": False,
-                    "updated_at": "2026-11-01T10:00:00Z",
-                }
-            ],
-        }
+        annotated_task(
+            1, 1, "/data/upload/1/ex.mp4", [keyframe_region(example[0][1], 1)], key="video", annotation_id=11
+        )
     )
     frames = davis_frames(data_dir, "car-shadow", 6, long_side=854)
     fake_ls.files["/data/upload/1/q.mp4"] = mp4_bytes(tmp_path / "q.mp4", frames)
@@ -314,19 +304,9 @@ def test_preannotation_job_over_frame_sequences_and_video_tasks(harness_factory,
     frames = davis_frames(data_dir, "car-shadow", 4, long_side=426)
     fake_ls.files["/data/upload/2/a.mp4"] = mp4_bytes(tmp_path / "a.mp4", frames)
     fake_ls.tasks.append(
-        {
-            "id": 900,
-            "project": 2,
-            "data": {"video": "/data/upload/2/a.mp4"},
-            "annotations": [
-                {
-                    "id": 91,
-                    "result": [keyframe_region(frames[0][1], 1)],
-                    "was_cancelled": False,
-                    "updated_at": "2026-11-01T10:00:00Z",
-                }
-            ],
-        }
+        annotated_task(
+            900, 2, "/data/upload/2/a.mp4", [keyframe_region(frames[0][1], 1)], key="video", annotation_id=91
+        )
     )
     fake_ls.tasks.append({"id": 901, "project": 2, "data": {"video": "/data/upload/2/a.mp4"}, "annotations": []})
     r = h.client.post("/jobs/preannotate", json={"project": 2})
