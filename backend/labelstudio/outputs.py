@@ -228,10 +228,10 @@ def annotation_mask(control: ControlTag, result: list, label: str) -> np.ndarray
 
 
 # -- video ----------------------------------------------------------------------------------------
-Box = tuple[float, float, float, float]  # x, y, width, height in percent of the frame
+PercentBox = tuple[float, float, float, float]  # x, y, width, height in percent of the frame
 
 
-def mask_box(mask: np.ndarray) -> Box | None:
+def mask_box(mask: np.ndarray) -> PercentBox | None:
     """The mask's bounding box in percent of its frame (None when the mask is empty)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
@@ -241,7 +241,7 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return (x0 / width * 100.0, y0 / height * 100.0, (x1 - x0) / width * 100.0, (y1 - y0) / height * 100.0)
 
 
-def _keep_keyframes(boxes: list[Box], tolerance: float) -> list[int]:
+def _keep_keyframes(boxes: list[PercentBox], tolerance: float) -> list[int]:
     """Indices to keep so that linear interpolation between them stays within ``tolerance`` (percent)
     of every box: Douglas-Peucker on the 4-d signal; the first and last are always kept."""
     keep = {0, len(boxes) - 1}
@@ -277,7 +277,7 @@ class VideoRectangleOutput:
         self.control = control
         self.tolerance = tolerance
 
-    def region(self, boxes: list[Box | None], label: str, score: float, framerate: float) -> dict | None:
+    def region(self, boxes: list[PercentBox | None], label: str, score: float, framerate: float) -> dict | None:
         """``boxes[i]``: the box of decoded frame ``i`` (0-based), None where the object is not seen."""
         sequence: list[dict] = []
         i, n = 0, len(boxes)
@@ -318,10 +318,10 @@ class VideoRectangleOutput:
             "score": float(score),
         }
 
-    def first_box(self, result: list, label: str) -> tuple[int, Box] | None:
+    def first_box(self, result: list, label: str) -> tuple[int, PercentBox] | None:
         """(0-based frame, box in percent) of the first visible keyframe of ``label`` in an annotation
         result, or None when there is no such track."""
-        best: tuple[int, Box] | None = None
+        best: tuple[int, PercentBox] | None = None
         for region in result or []:
             if not isinstance(region, dict) or region.get("from_name") != self.control.name:
                 continue
