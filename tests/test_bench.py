@@ -163,8 +163,8 @@ def _positive_numbers(obj, path="$"):
         yield path, obj
 
 
-@pytest.mark.slow
-def test_bench_tiny_sam2_on_cpu_prints_json(capsys):
+def _bench_tiny_sam2_on_cpu(capsys, *argv: str) -> dict:
+    """``dcsam bench`` on the tiny SAM 2 (random weights, SAM input 256) on the CPU; its JSON."""
     args = _parser().parse_args(
         [
             "bench",
@@ -173,22 +173,21 @@ def test_bench_tiny_sam2_on_cpu_prints_json(capsys):
             "--random-weights",
             "--image-size",
             "256",
-            "--input-size",
-            "192x144",
-            "--batch-size",
-            "2",
-            "--iterations",
-            "1",
-            "--warmup",
-            "1",
             "--offline",
             "--device",
             "cpu",
-            "--no-video",
+            *argv,
         ]
     )
     assert args.func(args) == 0
-    out = json.loads(capsys.readouterr().out)  # stdout holds the JSON and nothing else
+    return json.loads(capsys.readouterr().out)  # stdout holds the JSON and nothing else
+
+
+@pytest.mark.slow
+def test_bench_tiny_sam2_on_cpu_prints_json(capsys):
+    out = _bench_tiny_sam2_on_cpu(
+        capsys, "--input-size", "192x144", "--batch-size", "2", "--iterations", "1", "--warmup", "1", "--no-video"
+    )
 
     assert set(out) >= {
         "schema",
@@ -237,37 +236,25 @@ def test_bench_tiny_sam2_on_cpu_prints_json(capsys):
 def test_bench_video_tiny_sam2_on_cpu(capsys):
     """Ours against upstream SAM2VideoPredictor on a 5-frame 160x120 clip, 1 and 3 objects (the image
     part as small as it goes)."""
-    args = _parser().parse_args(
-        [
-            "bench",
-            "--sam",
-            "sam2.1_hiera_t",
-            "--random-weights",
-            "--image-size",
-            "256",
-            "--input-size",
-            "160x120",
-            "--batch-size",
-            "1",
-            "--iterations",
-            "1",
-            "--warmup",
-            "0",
-            "--offline",
-            "--device",
-            "cpu",
-            "--video-frames",
-            "5",
-            "--video-size",
-            "160x120",
-            "--video-objects",
-            "1,3",
-            "--video-warmup-frames",
-            "2",
-        ]
-    )
-    assert args.func(args) == 0
-    video = json.loads(capsys.readouterr().out)["video"]
+    video = _bench_tiny_sam2_on_cpu(
+        capsys,
+        "--input-size",
+        "160x120",
+        "--batch-size",
+        "1",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+        "--video-frames",
+        "5",
+        "--video-size",
+        "160x120",
+        "--video-objects",
+        "1,3",
+        "--video-warmup-frames",
+        "2",
+    )["video"]
 
     assert video["status"] == "measured"
     assert "SAM2VideoPredictor" in video["sam2_video_predictor"] and "Sam2Propagator" in video["ours"]

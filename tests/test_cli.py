@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# DC-SAM on the tiny SAM 2 with random SAM weights, offline
+TINY_RANDOM_SAM2 = ("--engine", "dcsam", "--sam", "sam2.1_hiera_t", "--random-weights", "sam", "--offline")
+
 
 def run_cli(*args, check=True, env=None):
     full_env = {**os.environ, **(env or {})}
@@ -38,13 +41,7 @@ def test_predict_end_to_end_random_sam2_tiny(tmp_path, data_dir):
     queries = [root / "duck_toy_01.jpg", root / "duck_toy_02.jpg"]
     proc = run_cli(
         "predict",
-        "--engine",
-        "dcsam",
-        "--sam",
-        "sam2.1_hiera_t",
-        "--random-weights",
-        "sam",
-        "--offline",
+        *TINY_RANDOM_SAM2,
         "--example",
         root / "duck_toy_00.jpg",
         "--example-mask",

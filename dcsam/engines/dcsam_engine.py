@@ -20,7 +20,7 @@ from ..config import SegmenterConfig
 from ..errors import CheckpointError, InputError
 from ..masks import iou, resize_mask
 from ..modeling import DCSAM, QueryFeatures, SupportFeatures
-from ..training.loop import optimise
+from ..training.loop import finetune_figures, optimise
 from ..training.losses import bce_dice_loss
 from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
 
@@ -162,13 +162,7 @@ class DCSAMEngine(Engine):
             torch.manual_seed(int(opts.get("seed", 0)))
             losses = optimise(generator, optimizer, step_loss, total, progress)
         self._version_tag = "pg-" + state_dict_digest(generator.state_dict())
-        return {
-            "loss_first": losses[0] if losses else None,
-            "loss_last": float(np.mean(losses[-10:])) if losses else None,
-            "steps": total,
-            "pairs": len(samples),
-            "seconds": time.perf_counter() - t0,
-        }
+        return finetune_figures(losses, total, len(samples), t0)
 
     # -- inference -------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:

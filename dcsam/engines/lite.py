@@ -38,7 +38,7 @@ from ..lite.backbone import lite_backbone
 from ..lite.head import LiteHead
 from ..lite.matching import MatchBank, dense_features, mask_fraction, priors, resize_image, working_size
 from ..masks import resize_mask
-from ..training.loop import optimise
+from ..training.loop import finetune_figures, optimise
 from ..training.losses import soft_bce_dice_loss
 from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
 
@@ -403,13 +403,7 @@ class LiteEngine(Engine):
                     seen.add(key)
                     kept.append(entry)
             del kept[:-MEMORY_MAX_PER_LABEL]
-        return {
-            "loss_first": losses[0] if losses else None,
-            "loss_last": float(np.mean(losses[-10:])) if losses else None,
-            "steps": total,
-            "pairs": len(samples),
-            "seconds": time.perf_counter() - t0,
-        }
+        return finetune_figures(losses, total, len(samples), t0)
 
     def finetune_step_choices(self) -> list[int | None]:
         # 0 steps: the labelled images join the matching memory and the single-object rule is learnt, the

@@ -137,11 +137,15 @@ class DCSAM(nn.Module):
     def decode(
         self, query_sam: SamFeatures, z_pos: torch.Tensor, z_neg: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt SAM with [P+ + e_pos ; P- + e_neg] -> logits (B, 1, 256, 256), iou (B, 1)."""
+        """Prompt SAM with :meth:`sparse_prompts` -> logits (B, 1, 256, 256), iou (B, 1)."""
+        return self.sam.decode_tokens(query_sam, self.sparse_prompts(z_pos, z_neg))
+
+    def sparse_prompts(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
+        """The generator's tokens as SAM's sparse prompt embeddings: [P+ + e_pos ; P- + e_neg], e_pos /
+        e_neg SAM's positive / negative point embeddings."""
         e_pos = self.sam.positive_embedding.to(z_pos.dtype)
         e_neg = self.sam.negative_embedding.to(z_neg.dtype)
-        sparse = torch.cat([z_pos + e_pos, z_neg + e_neg], dim=1)
-        return self.sam.decode_tokens(query_sam, sparse)
+        return torch.cat([z_pos + e_pos, z_neg + e_neg], dim=1)
 
     def forward_features(self, query: QueryFeatures, support: SupportFeatures) -> dict[str, torch.Tensor]:
         """Two-stage prompting. Returns logits (B, 1, 512, 512), coarse logits, iou, tokens."""

@@ -106,20 +106,41 @@ class SamAdapter(nn.Module):
 
     def decode_tokens(self, feats: SamFeatures, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One token set per image. sparse (B, N, 256) -> logits (B, 1, 256, 256), iou (B, 1)."""
-        b = sparse.shape[0]
-        pe, dense = self.dense_inputs(b, sparse)
         if self.family == "sam2":
-            masks, iou, _, _ = self.mask_decoder(
-                image_embeddings=feats.embed,
-                image_pe=pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-                repeat_image=False,
-                high_res_features=feats.high_res,
-            )
+            masks, iou, _, _ = self.decode_tokens_sam2(feats, sparse)
             return masks, iou
+        pe, dense = self.dense_inputs(sparse.shape[0], sparse)
         return _sam1_batched_decode(self.mask_decoder, feats.embed, pe, sparse, dense)
+
+    def decode_tokens_sam2(self, feats: SamFeatures, sparse: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:meth:`decode_tokens` on SAM 2 with all of its decoder's outputs: logits (B, 1, 256, 256),
+        iou (B, 1), SAM output tokens (B, 1, 256) and object score logits (B, 1), the last two
+        for SAM 2's memory (object pointer, no-object embedding)."""
+        pe, dense = self.dense_inputs(sparse.shape[0], sparse)
+        return self._run_decoder(feats, pe, sparse, dense, multimask=False)
+
+    def _run_decoder(
+        self,
+        feats: SamFeatures,
+        pe: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        *,
+        multimask: bool,
+        repeat_image: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """The wrapped model's mask decoder on ``feats``: SAM 1 returns (logits, iou); SAM 2, which also
+        reads the high-resolution levels and may repeat one image for several prompt sets, returns
+        (logits, iou, SAM output tokens, object score logits)."""
+        sam2_only = {} if self.family == "sam1" else {"repeat_image": repeat_image, "high_res_features": feats.high_res}
+        return self.mask_decoder(
+            image_embeddings=feats.embed,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            **sam2_only,
+        )
 
     # -- decoding classic prompts (one image, several prompt sets) -----------------------------
     def decode_prompts(
@@ -137,22 +158,8 @@ class SamAdapter(nn.Module):
         """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         pe = self.prompt_encoder.get_dense_pe()
-        if self.family == "sam1":
-            return self.mask_decoder(
-                image_embeddings=feats.embed,
-                image_pe=pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
-        masks, iou, _, _ = self.mask_decoder(
-            image_embeddings=feats.embed,
-            image_pe=pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-            repeat_image=sparse.shape[0] > 1,
-            high_res_features=feats.high_res,
+        masks, iou, *_ = self._run_decoder(
+            feats, pe, sparse, dense, multimask=multimask, repeat_image=sparse.shape[0] > 1
         )
         return masks, iou
 

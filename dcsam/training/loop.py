@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,3 +41,16 @@ def optimise(
     finally:
         module.train(was_training)
     return losses
+
+
+def finetune_figures(losses: list[float], steps: int, pairs: int, started: float, last: int = 10) -> dict[str, Any]:
+    """What a fine-tuning returns: the first loss, the mean of the ``last`` losses (None without
+    steps), the step count, how many training pairs it drew from and the seconds since ``started``
+    (a ``time.perf_counter()`` value)."""
+    return {
+        "loss_first": losses[0] if losses else None,
+        "loss_last": float(np.mean(losses[-last:])) if losses else None,
+        "steps": steps,
+        "pairs": pairs,
+        "seconds": time.perf_counter() - started,
+    }

@@ -232,9 +232,9 @@ class VideoSegmenter:
         if not 0 <= frame_index < max(n, 1):
             raise InputError(f"frame_index {frame_index} outside the video (0..{n - 1})")
         stop = n if end is None else min(n, int(end))
-        return self._run(source, source is not frames, given, wanted, frame_index, direction, stop, progress)
+        return self._propagate(source, source is not frames, given, wanted, frame_index, direction, stop, progress)
 
-    def _run(
+    def _propagate(
         self,
         source: FrameSource,
         owned: bool,
@@ -245,68 +245,57 @@ class VideoSegmenter:
         stop: int,
         progress: ProgressFn | None,
     ) -> Iterator[VideoFrameResult]:
+        """The frames' results in order; closes ``source`` at the end when ``owned`` (opened here)."""
         try:
-            yield from self._propagate(source, given, wanted, frame_index, direction, stop, progress)
+            n = len(source)
+            fwd = direction in ("both", "forward")
+            bwd = direction in ("both", "backward") and frame_index > 0
+            total = 1 + (max(0, stop - frame_index - 1) if fwd else 0) + (frame_index if bwd else 0)
+            done = 0
+
+            def tick(index: int) -> None:
+                nonlocal done
+                done += 1
+                if progress is not None:
+                    progress(done, total, {"index": index})
+
+            t0 = time.perf_counter()
+            anchor = source.read(frame_index)
+            cond_masks = self._conditioning_masks(anchor, given, wanted)
+            prop = self._propagator()
+            if self.propagation == "lite":
+                examples = {lab: list(getattr(self.segmenter, "_examples", {}).get(lab, [])) for lab in wanted}
+                first = prop.start(anchor, cond_masks, examples)
+            else:
+                first = prop.start(anchor, cond_masks, index=frame_index, num_frames=n)
+            del anchor
+            yield self._result(source, frame_index, first, conditioning=True)
+            tick(frame_index)
+            runs: list[tuple[int, int | None, int]] = []
+            if fwd:
+                runs.append((frame_index + 1, stop, 1))
+            if bwd:
+                runs.append((frame_index - 1, None, -1))
+            for k, (start, run_stop, step) in enumerate(runs):
+                if k > 0:
+                    prop.rewind()
+                for index, frame in self._frames(source, start, run_stop, step):
+                    if isinstance(frame, Exception):
+                        yield VideoFrameResult(index, source.frame_name(index), error=str(frame))
+                        tick(index)
+                        continue
+                    if self.propagation == "lite":
+                        out = prop.step(frame)
+                    else:
+                        out = prop.step(frame, index, reverse=step < 0)
+                    del frame
+                    self.memory_stats = prop.memory_size()
+                    yield self._result(source, index, out)
+                    tick(index)
+            log.info("video %s: %d frames, %d labels, %.1f s", source.name, done, len(wanted), time.perf_counter() - t0)
         finally:
             if owned:
                 source.close()
-
-    def _propagate(
-        self,
-        source: FrameSource,
-        given: Mapping[str, Any],
-        wanted: list[str],
-        frame_index: int,
-        direction: str,
-        stop: int,
-        progress: ProgressFn | None,
-    ) -> Iterator[VideoFrameResult]:
-        n = len(source)
-        fwd = direction in ("both", "forward")
-        bwd = direction in ("both", "backward") and frame_index > 0
-        total = 1 + (max(0, stop - frame_index - 1) if fwd else 0) + (frame_index if bwd else 0)
-        done = 0
-
-        def tick(index: int) -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total, {"index": index})
-
-        t0 = time.perf_counter()
-        anchor = source.read(frame_index)
-        cond_masks = self._conditioning_masks(anchor, given, wanted)
-        prop = self._propagator()
-        if self.propagation == "lite":
-            examples = {lab: list(getattr(self.segmenter, "_examples", {}).get(lab, [])) for lab in wanted}
-            first = prop.start(anchor, cond_masks, examples)
-        else:
-            first = prop.start(anchor, cond_masks, index=frame_index, num_frames=n)
-        del anchor
-        yield self._result(source, frame_index, first, conditioning=True)
-        tick(frame_index)
-        runs: list[tuple[int, int | None, int]] = []
-        if fwd:
-            runs.append((frame_index + 1, stop, 1))
-        if bwd:
-            runs.append((frame_index - 1, None, -1))
-        for k, (start, run_stop, step) in enumerate(runs):
-            if k > 0:
-                prop.rewind()
-            for index, frame in self._frames(source, start, run_stop, step):
-                if isinstance(frame, Exception):
-                    yield VideoFrameResult(index, source.frame_name(index), error=str(frame))
-                    tick(index)
-                    continue
-                if self.propagation == "lite":
-                    out = prop.step(frame)
-                else:
-                    out = prop.step(frame, index, reverse=step < 0)
-                del frame
-                self.memory_stats = prop.memory_size()
-                yield self._result(source, index, out)
-                tick(index)
-        log.info("video %s: %d frames, %d labels, %.1f s", source.name, done, len(wanted), time.perf_counter() - t0)
 
     @staticmethod
     def _frames(source: FrameSource, start: int, stop: int | None, step: int):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..engines.base import SegmentResult
 from ..masks import resize_mask
-from ..modeling.sam2_internals import flat_backbone_features, non_overlapping_masks
+from ..modeling.sam2_internals import encode_memory, flat_backbone_features, non_overlapping_masks, track_frame
 from ..modeling.sam_adapter import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -147,25 +147,6 @@ class Sam2Propagator:
             elif dist >= self.mem_span and self.non_cond[t]["maskmem_features"] is not None:
                 self.non_cond[t] = {**self.non_cond[t], "maskmem_features": None}
 
-    def _encode_memory(self, feats, sizes, mask_probs: torch.Tensor, object_score_logits: torch.Tensor):
-        """``SAM2Base._encode_new_memory`` for a mask already in [0, 1] (here: binarised), without
-        touching the shared model's settings (several videos may run on one model)."""
-        m = self.model
-        b, c = feats[-1].size(1), m.hidden_dim
-        h, w = sizes[-1]
-        pix = feats[-1].permute(1, 2, 0).reshape(b, c, h, w)
-        if m.non_overlap_masks_for_mem_enc:
-            mask_probs = non_overlapping_masks(m, mask_probs)
-        mask_for_mem = mask_probs * m.sigmoid_scale_for_mem_enc + m.sigmoid_bias_for_mem_enc
-        out = m.memory_encoder(pix, mask_for_mem, skip_mask_sigmoid=True)
-        features = out["vision_features"]
-        if m.no_obj_embed_spatial is not None:
-            absent = 1 - (object_score_logits > 0).float()
-            features = features + absent[..., None, None] * m.no_obj_embed_spatial[..., None, None].expand(
-                *features.shape
-            )
-        return features, out["vision_pos_enc"]
-
     def memory_size(self) -> dict[str, int]:
         """Frames held: conditioning, with memory features, with only an object pointer."""
         with_feats = sum(1 for o in self.non_cond.values() if o["maskmem_features"] is not None)
@@ -208,24 +189,18 @@ class Sam2Propagator:
         self.cond, self.non_cond = {}, OrderedDict()
         with self.autocast():
             feats, pos, sizes = self._encode(frame, b)
-            out = m.track_step(
-                frame_idx=index,
-                is_init_cond_frame=True,
-                current_vision_feats=feats,
-                current_vision_pos_embeds=pos,
-                feat_sizes=sizes,
-                point_inputs=None,
-                mask_inputs=mask_inputs,
-                output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-                num_frames=self.num_frames,
-                run_mem_encoder=False,
+            out = track_frame(
+                m, index, (feats, pos, sizes), ({}, {}), self.num_frames, mask_inputs=mask_inputs, run_mem_encoder=False
             )
             # memory as propagate_in_video_preflight encodes it: the low-res mask, upsampled and
             # binarised (a prompted frame, binarize_mask_from_pts_for_mem_enc=True in video mode)
             high = F.interpolate(
                 out["pred_masks"].float(), size=(self.size, self.size), mode="bilinear", align_corners=False
             )
-            mem, mem_pos = self._encode_memory(feats, sizes, (high > 0).float(), out["object_score_logits"])
+            mask_probs = (high > 0).float()
+            if m.non_overlap_masks_for_mem_enc:
+                mask_probs = non_overlapping_masks(m, mask_probs)
+            mem, mem_pos = encode_memory(m, feats, sizes, mask_probs, out["object_score_logits"])
         out["maskmem_features"], out["maskmem_pos_enc"] = mem, mem_pos
         self.cond[index] = self._compact(out)
         self._anchor = index
@@ -246,19 +221,8 @@ class Sam2Propagator:
             raise RuntimeError("start() first")
         b = len(self.labels)
         with self.autocast():
-            feats, pos, sizes = self._encode(frame, b)
-            out = self.model.track_step(
-                frame_idx=index,
-                is_init_cond_frame=False,
-                current_vision_feats=feats,
-                current_vision_pos_embeds=pos,
-                feat_sizes=sizes,
-                point_inputs=None,
-                mask_inputs=None,
-                output_dict={"cond_frame_outputs": self.cond, "non_cond_frame_outputs": self.non_cond},
-                num_frames=self.num_frames,
-                track_in_reverse=reverse,
-                run_mem_encoder=True,
+            out = track_frame(
+                self.model, index, self._encode(frame, b), (self.cond, self.non_cond), self.num_frames, reverse=reverse
             )
         self.non_cond[index] = self._compact(out)
         self._trim(index)

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from ..engines.base import Episode, LabelledImage, ProgressFn
 from ..errors import InputError
 from ..masks import resize_mask
-from ..modeling.sam2_internals import flat_backbone_features
-from ..training.loop import optimise
+from ..modeling.sam2_internals import encode_memory, flat_backbone_features, track_frame
+from ..training.loop import finetune_figures, optimise
 from ..training.losses import soft_bce_dice_loss
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,15 @@ def tube_from_video(frames: Any, masks: Mapping[int, Any], label: str, max_frame
     return MaskTube(label, items)
 
 
-def _tube_frames(tube: MaskTube, max_frames: int, rng: np.random.Generator) -> list[LabelledImage]:
+def _nonempty_frames(tube: MaskTube) -> list[LabelledImage]:
     frames = [f for f in tube.frames if f.mask.any()]
     if not frames:
         raise InputError(f"tube for {tube.label!r} has no non-empty mask")
+    return frames
+
+
+def _tube_frames(tube: MaskTube, max_frames: int, rng: np.random.Generator) -> list[LabelledImage]:
+    frames = _nonempty_frames(tube)
     if len(frames) == 1:
         return pseudo_tube(frames[0].image, frames[0].mask, rng)
     if len(frames) > max_frames:
@@ -163,19 +168,8 @@ class TubeForward:
         """DC-SAM's prompts on the conditioning frame; returns its low-res logits and memory entry."""
         model, m = self.model, self.sam2
         out = model.forward_features(query, support)
-        e_pos = model.sam.positive_embedding.to(out["tokens_pos"].dtype)
-        e_neg = model.sam.negative_embedding.to(out["tokens_neg"].dtype)
-        sparse = torch.cat([out["tokens_pos"] + e_pos, out["tokens_neg"] + e_neg], dim=1)
-        pe, dense = model.sam.dense_inputs(sparse.shape[0], sparse)
-        low, _, tokens, obj_logits = m.sam_mask_decoder(
-            image_embeddings=query.sam.embed,
-            image_pe=pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-            repeat_image=False,
-            high_res_features=query.sam.high_res,
-        )
+        sparse = model.sparse_prompts(out["tokens_pos"], out["tokens_neg"])
+        low, _, tokens, obj_logits = model.sam.decode_tokens_sam2(query.sam, sparse)
         obj_ptr = m.obj_ptr_proj(tokens[:, 0])
         if m.pred_obj_scores:
             lam = (obj_logits > 0).float()
@@ -183,19 +177,11 @@ class TubeForward:
                 obj_ptr = lam * obj_ptr
             obj_ptr = obj_ptr + (1 - lam) * m.no_obj_ptr
         # memory of the conditioning frame: sigmoid mask (differentiable, as in training mode)
-        b, c = obj_ptr.shape[0], m.hidden_dim
-        h, w = sizes0[-1]
-        pix = feats0[-1].permute(1, 2, 0).reshape(b, c, h, w)
         high = F.interpolate(low.float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
-        mask_for_mem = torch.sigmoid(high) * m.sigmoid_scale_for_mem_enc + m.sigmoid_bias_for_mem_enc
-        mem = m.memory_encoder(pix, mask_for_mem, skip_mask_sigmoid=True)
-        feats = mem["vision_features"]
-        if m.no_obj_embed_spatial is not None:
-            appear = (obj_logits > 0).float()
-            feats = feats + (1 - appear[..., None, None]) * m.no_obj_embed_spatial[..., None, None].expand(*feats.shape)
+        feats, pos = encode_memory(m, feats0, sizes0, torch.sigmoid(high), obj_logits)
         entry = {
             "maskmem_features": feats,
-            "maskmem_pos_enc": mem["vision_pos_enc"],
+            "maskmem_pos_enc": pos,
             "obj_ptr": obj_ptr,
             "object_score_logits": obj_logits,
         }
@@ -211,19 +197,8 @@ class TubeForward:
         cond = {0: entry}
         non_cond: dict[int, dict] = {}
         outs = [low0]
-        for t, (_, (feats, pos, sizes)) in enumerate(frames[1:], start=1):
-            cur = self.sam2.track_step(
-                frame_idx=t,
-                is_init_cond_frame=False,
-                current_vision_feats=feats,
-                current_vision_pos_embeds=pos,
-                feat_sizes=sizes,
-                point_inputs=None,
-                mask_inputs=None,
-                output_dict={"cond_frame_outputs": cond, "non_cond_frame_outputs": non_cond},
-                num_frames=len(frames),
-                run_mem_encoder=True,
-            )
+        for t, (_, features) in enumerate(frames[1:], start=1):
+            cur = track_frame(self.sam2, t, features, (cond, non_cond), len(frames))
             non_cond[t] = cur
             outs.append(cur["pred_masks"])
         return outs
@@ -297,13 +272,7 @@ def finetune_prompt_generator_on_tubes(
         torch.manual_seed(seed)
         losses = optimise(gen, optim, step_loss, int(steps), progress)
     engine.load_trainable_state_dict({k: v.detach().clone() for k, v in gen.state_dict().items()})
-    return {
-        "loss_first": losses[0] if losses else None,
-        "loss_last": float(np.mean(losses[-5:])) if losses else None,
-        "steps": int(steps),
-        "pairs": len(prepared),
-        "seconds": time.perf_counter() - t0,
-    }
+    return finetune_figures(losses, int(steps), len(prepared), t0, last=5)
 
 
 def finetune_on_tubes(
@@ -326,9 +295,7 @@ def finetune_on_tubes(
     pairs = []
     rng = np.random.default_rng(int(kwargs.pop("seed", 0)))
     for tube in tubes:
-        frames = [f for f in tube.frames if f.mask.any()]
-        if not frames:
-            raise InputError(f"tube for {tube.label!r} has no non-empty mask")
+        frames = _nonempty_frames(tube)
         if len(frames) >= 3:
             pairs.append((frames[0], MaskTube(tube.label, frames[1:])))
         else:

@@ -37,6 +37,18 @@ def losses(run_dir):
         return [(int(r["step"]), r["loss"]) for r in csv.DictReader(fh)]
 
 
+def train_cli(config, out, batch_size: int, launcher: tuple[str, ...] = ()) -> None:
+    """``dcsam train`` in a subprocess (one thread per process), behind ``python -m <launcher>`` if given."""
+    args = ["dcsam.cli", "train", "--config", config, "--out", out, "--set", f"batch_size={batch_size}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", *launcher, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_resume_continues_the_loss_curve_exactly(tmp_path):
     straight = TrainConfig.from_dict({**MICRO, "out_dir": str(tmp_path / "straight")})
@@ -58,48 +70,13 @@ def test_two_process_gloo_ddp_equals_one_process(tmp_path):
     base = {**MICRO, "epochs": 1, "model": {**MICRO["model"], "variant": "prior_only"}}  # no dropout draws
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(base))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dcsam.cli",
-            "train",
-            "--config",
-            cfg,
-            "--out",
-            tmp_path / "one",
-            "--set",
-            "batch_size=4",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    train_cli(cfg, tmp_path / "one", batch_size=4)
+    train_cli(
+        cfg,
+        tmp_path / "two",
+        batch_size=2,
+        launcher=("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"),
     )
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "dcsam.cli",
-            "train",
-            "--config",
-            cfg,
-            "--out",
-            tmp_path / "two",
-            "--set",
-            "batch_size=2",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
     a = load_checkpoint(tmp_path / "one" / "last.pt", TRAINING_KIND)
     b = load_checkpoint(tmp_path / "two" / "last.pt", TRAINING_KIND)
     assert a["step"] == b["step"] == 4

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.test_cli import run_cli
+from tests.test_cli import TINY_RANDOM_SAM2, run_cli
 
 
 def test_eval_video_davis_protocol_lite(data_dir):
@@ -89,13 +89,7 @@ def test_eval_video_argument_errors(data_dir):
 def test_eval_video_dcsam_random_sam2_tiny(data_dir):
     proc = run_cli(
         "eval-video",
-        "--engine",
-        "dcsam",
-        "--sam",
-        "sam2.1_hiera_t",
-        "--random-weights",
-        "sam",
-        "--offline",
+        *TINY_RANDOM_SAM2,
         "--sam-image-size",
         "256",
         "--davis-root",

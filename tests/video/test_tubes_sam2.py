@@ -6,15 +6,7 @@ import torch
 
 from dcsam import InContextSegmenter, InputError, LabelledImage
 from dcsam.video.tubes import MaskTube, TubeForward, finetune_prompt_generator_on_tubes, tube_loss
-
-TINY = dict(
-    engine="dcsam",
-    sam="sam2.1_hiera_t",
-    random_sam_weights=True,
-    image_size=128,
-    backbone_input_size=256,
-    sam_image_size=256,
-)
+from tests.engines.test_dcsam_engine import TINY
 
 
 def synthetic(seed, shift=0):
