@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 
 from dcsam.io import read_image, read_mask
-from dcsam.masks import iou
+from dcsam.masks import iou, resize_mask
 from tests.support.label_studio import LEGACY_TOKEN, Backend, LabelStudio
 from tests.support.regions import brush_result, decode_brush
 
 pytestmark = pytest.mark.slow
 
-DAVIS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "davis16-dev"
 VIDEOS = ("blackswan", "car-roundabout", "car-shadow", "dog")
 CONFIG = (
     '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
@@ -35,23 +34,19 @@ CONFIG = (
 def _small(img: np.ndarray, mask: np.ndarray, long_side: int) -> tuple[np.ndarray, np.ndarray]:
     scale = long_side / max(img.shape[:2])
     size = (round(img.shape[1] * scale), round(img.shape[0] * scale))
-    return (
-        cv2.resize(img, size, interpolation=cv2.INTER_AREA),
-        cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0,
-    )
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA), resize_mask(mask, size[1], size[0])
 
 
 @pytest.fixture(scope="module")
-def frames(workdir) -> dict[str, tuple[Path, np.ndarray]]:
+def frames(workdir, data_dir) -> dict[str, tuple[Path, np.ndarray]]:
     """Every DAVIS frame, downscaled (long side 240) into workdir: {"<video>_<frame>": (jpeg path, mask)}."""
-    if not DAVIS.is_dir():
-        pytest.skip(f"{DAVIS} is missing")
+    davis = data_dir / "davis16-dev"
     out = {}
     folder = workdir / "frames"
     folder.mkdir()
     for video in VIDEOS:
-        for jpg in sorted((DAVIS / "JPEGImages" / video).glob("*.jpg")):
-            img, mask = _small(read_image(jpg), read_mask(DAVIS / "Annotations" / video / f"{jpg.stem}.png"), 240)
+        for jpg in sorted((davis / "JPEGImages" / video).glob("*.jpg")):
+            img, mask = _small(read_image(jpg), read_mask(davis / "Annotations" / video / f"{jpg.stem}.png"), 240)
             path = folder / f"{video}_{jpg.stem}.jpg"
             cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
             out[path.stem] = (path, mask)
@@ -100,7 +95,7 @@ def test_preannotate_300_tasks_survives_sigkill(ls, workdir, frames):
     assert len(ids) == 300
     _, mask = frames["blackswan_00000"]
     img = cv2.imread(str(folder / "blackswan_00000.jpg"))
-    small = cv2.resize(mask.astype(np.uint8), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+    small = resize_mask(mask, img.shape[0], img.shape[1])
     ls.annotate(ids["blackswan_00000"], brush_result(small, "blackswan"))
 
     backend = _backend(workdir, ls, "p300", DCSAM_PREANNOTATE_CHUNK="20")
