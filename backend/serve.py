@@ -10,6 +10,12 @@
 * ``/metrics`` sums the workers' counters (backend/metrics.py): the master empties a folder for their values
   (``PROMETHEUS_MULTIPROC_DIR``, default ``MODEL_DIR/prometheus-multiproc``) and exports it before it imports
   ``prometheus_client`` and forks; a worker that exits is marked dead there, so its per-worker gauges go.
+* Workers are :class:`backend.http_worker.BufferingWorker` (``DCSAM_WORKER_CLASS=dcsam``): the main thread
+  reads each request whole before a request thread gets it, so slow clients hold no thread, and /health has
+  threads of its own. ``DCSAM_REQUEST_TIMEOUT_S`` bounds how long a request may take to arrive (then 408) and
+  each response write; ``DCSAM_WORKER_TIMEOUT_S`` is gunicorn's ``timeout``: a worker whose main loop stops
+  for that long is restarted (model calls run in other threads and never stop it).
+  ``DCSAM_WORKER_CLASS=gthread`` is gunicorn's threaded worker, as before (same timeouts, keep-alive 2 s).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .settings import ENV_DOC, BackendSettings
 
@@ -32,6 +39,12 @@ SERVE_ENV_DOC = {
     "HOST / LOG_LEVEL": "bind address (0.0.0.0), log level (INFO)",
     MULTIPROC_ENV: "folder where the workers keep their /metrics values, emptied at start "
     "(default MODEL_DIR/prometheus-multiproc)",
+    "DCSAM_WORKER_CLASS": "dcsam: requests read whole before a thread takes them, /health on its own threads; "
+    "gthread: gunicorn's threaded worker (dcsam)",
+    "DCSAM_REQUEST_TIMEOUT_S": "a request must arrive whole within this many seconds of its connection, "
+    "else 408; also bounds each response write (30)",
+    "DCSAM_WORKER_TIMEOUT_S": "restart a worker whose main loop is stuck this long; 0: never (120)",
+    "DCSAM_HEALTH_THREADS": "threads per worker kept for GET /health and / (2)",
 }
 
 
@@ -68,6 +81,39 @@ def _int_env(name: str, default: int) -> int:
         raise SystemExit(f"dcsam serve: {name}={raw!r} is not an integer") from None
 
 
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"dcsam serve: {name}={raw!r} is not a number") from None
+
+
+def worker_options(threads: int) -> dict[str, Any]:
+    """gunicorn's worker class and timeouts, from DCSAM_WORKER_CLASS and the timeouts in SERVE_ENV_DOC."""
+    kind = os.environ.get("DCSAM_WORKER_CLASS") or "dcsam"
+    request_timeout = _float_env("DCSAM_REQUEST_TIMEOUT_S", 30.0)
+    worker_timeout = _int_env("DCSAM_WORKER_TIMEOUT_S", 120)
+    health_threads = _int_env("DCSAM_HEALTH_THREADS", 2)
+    if kind not in ("dcsam", "gthread"):
+        raise SystemExit(f"dcsam serve: DCSAM_WORKER_CLASS={kind!r} is not dcsam or gthread")
+    if not request_timeout > 0 or worker_timeout < 0 or health_threads < 1:
+        raise SystemExit(
+            "dcsam serve: DCSAM_REQUEST_TIMEOUT_S must be > 0, DCSAM_WORKER_TIMEOUT_S >= 0, DCSAM_HEALTH_THREADS >= 1"
+        )
+    options: dict[str, Any] = {"timeout": worker_timeout, "threads": threads}
+    if kind == "gthread":
+        options["worker_class"] = "gthread"
+        options["keepalive"] = 2
+    else:
+        from .http_worker import BufferingWorker, Limits
+
+        options["worker_class"] = BufferingWorker.configured(Limits(request_timeout, health_threads))
+    return options
+
+
 def prepare_metrics_dir(model_dir: Path) -> Path:
     """Empty the multiprocess metrics folder and export it to the workers (before prometheus_client is imported)."""
     if "prometheus_client" in sys.modules and not os.environ.get(MULTIPROC_ENV):
@@ -97,6 +143,11 @@ def run(args: argparse.Namespace) -> int:
         print("dcsam serve: WORKERS and THREADS must be >= 1 and PORT in 1..65535", file=sys.stderr)
         return 2
     os.environ.setdefault("DCSAM_WARMUP", "1")
+    try:
+        serving = worker_options(threads)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         settings = BackendSettings.from_env()
         from .engine_select import choose_engine, model_version
@@ -167,9 +218,7 @@ def run(args: argparse.Namespace) -> int:
             options = {
                 "bind": f"{args.host}:{port}",
                 "workers": workers,
-                "threads": threads,
-                "worker_class": "gthread",
-                "timeout": 0,  # predictions may take long; LS has its own timeouts
+                **serving,  # worker class, threads, timeouts: see worker_options
                 "graceful_timeout": 30,
                 "preload_app": preload,
                 "post_worker_init": post_worker_init,
