@@ -53,6 +53,19 @@ class Limits:
     request_timeout: float = 30.0  # from accept to the last byte of the request; also bounds each response write
     health_threads: int = 2
 
+    @classmethod
+    def from_env(cls) -> Limits:
+        """``DCSAM_REQUEST_TIMEOUT_S`` and ``DCSAM_HEALTH_THREADS`` (the worker reads them after the fork)."""
+        limits = cls()
+        try:
+            timeout = float(os.environ.get("DCSAM_REQUEST_TIMEOUT_S") or limits.request_timeout)
+            threads = int(os.environ.get("DCSAM_HEALTH_THREADS") or limits.health_threads)
+        except ValueError as exc:
+            raise ValueError(f"DCSAM_REQUEST_TIMEOUT_S or DCSAM_HEALTH_THREADS: {exc}") from None
+        if not timeout > 0 or threads < 1:
+            raise ValueError("DCSAM_REQUEST_TIMEOUT_S must be > 0 and DCSAM_HEALTH_THREADS >= 1")
+        return cls(timeout, threads)
+
 
 class Incoming:
     """A connection whose request is still arriving; only the main thread touches it until it is handed over."""
@@ -102,15 +115,10 @@ class Incoming:
 
 
 class BufferingWorker(Worker):
-    """``worker_class`` of ``dcsam serve``; :meth:`configured` binds the limits."""
-
-    limits = Limits()
-
-    @classmethod
-    def configured(cls, limits: Limits) -> type[BufferingWorker]:
-        return type(cls.__name__, (cls,), {"limits": limits})
+    """``worker_class`` of ``dcsam serve`` (named by its dotted path: older gunicorns log only strings)."""
 
     def init_process(self) -> None:
+        self.limits = Limits.from_env()
         self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="dcsam-request")
         self.health_pool = ThreadPoolExecutor(self.limits.health_threads, thread_name_prefix="dcsam-health")
         self.selector = selectors.DefaultSelector()

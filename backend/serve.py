@@ -81,36 +81,26 @@ def _int_env(name: str, default: int) -> int:
         raise SystemExit(f"dcsam serve: {name}={raw!r} is not an integer") from None
 
 
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"dcsam serve: {name}={raw!r} is not a number") from None
-
-
 def worker_options(threads: int) -> dict[str, Any]:
     """gunicorn's worker class and timeouts, from DCSAM_WORKER_CLASS and the timeouts in SERVE_ENV_DOC."""
+    from .http_worker import Limits
+
     kind = os.environ.get("DCSAM_WORKER_CLASS") or "dcsam"
-    request_timeout = _float_env("DCSAM_REQUEST_TIMEOUT_S", 30.0)
     worker_timeout = _int_env("DCSAM_WORKER_TIMEOUT_S", 120)
-    health_threads = _int_env("DCSAM_HEALTH_THREADS", 2)
     if kind not in ("dcsam", "gthread"):
         raise SystemExit(f"dcsam serve: DCSAM_WORKER_CLASS={kind!r} is not dcsam or gthread")
-    if not request_timeout > 0 or worker_timeout < 0 or health_threads < 1:
-        raise SystemExit(
-            "dcsam serve: DCSAM_REQUEST_TIMEOUT_S must be > 0, DCSAM_WORKER_TIMEOUT_S >= 0, DCSAM_HEALTH_THREADS >= 1"
-        )
+    if worker_timeout < 0:
+        raise SystemExit("dcsam serve: DCSAM_WORKER_TIMEOUT_S must be >= 0")
+    try:
+        Limits.from_env()  # checked here, read again by each worker
+    except ValueError as exc:
+        raise SystemExit(f"dcsam serve: {exc}") from None
     options: dict[str, Any] = {"timeout": worker_timeout, "threads": threads}
     if kind == "gthread":
         options["worker_class"] = "gthread"
         options["keepalive"] = 2
     else:
-        from .http_worker import BufferingWorker, Limits
-
-        options["worker_class"] = BufferingWorker.configured(Limits(request_timeout, health_threads))
+        options["worker_class"] = "backend.http_worker.BufferingWorker"
     return options
 
 

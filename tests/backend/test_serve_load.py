@@ -273,3 +273,25 @@ def test_the_main_loop_frames_requests(head, health, need, stream):
 def test_a_head_that_never_ends_is_refused():
     conn = Incoming(None, None, None, 0.0)  # type: ignore[arg-type]
     assert conn.feed(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 20000) == (431, "Request Header Fields Too Large")
+
+
+def test_worker_options_come_from_the_environment(monkeypatch):
+    from backend.serve import worker_options
+
+    for name in ("DCSAM_WORKER_CLASS", "DCSAM_WORKER_TIMEOUT_S", "DCSAM_REQUEST_TIMEOUT_S", "DCSAM_HEALTH_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert worker_options(8) == {"timeout": 120, "threads": 8, "worker_class": "backend.http_worker.BufferingWorker"}
+    monkeypatch.setenv("DCSAM_WORKER_CLASS", "gthread")
+    monkeypatch.setenv("DCSAM_WORKER_TIMEOUT_S", "0")
+    assert worker_options(4) == {"timeout": 0, "threads": 4, "worker_class": "gthread", "keepalive": 2}
+    for name, value in [
+        ("DCSAM_WORKER_CLASS", "gevent"),
+        ("DCSAM_WORKER_TIMEOUT_S", "-1"),
+        ("DCSAM_REQUEST_TIMEOUT_S", "0"),
+        ("DCSAM_REQUEST_TIMEOUT_S", "soon"),
+        ("DCSAM_HEALTH_THREADS", "0"),
+    ]:
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(SystemExit, match=name):
+                worker_options(8)
