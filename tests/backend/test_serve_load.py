@@ -171,6 +171,7 @@ def test_health_answers_while_slow_clients_and_busy_predicts_hold_every_thread(t
         LABEL_STUDIO_API_KEY=fake_ls.api_key,
         DCSAM_WARMUP="1",
         DCSAM_REQUEST_TIMEOUT_S="120",  # the slow clients stay connected for the whole measurement
+        DCSAM_MEDIA_ALLOW_PRIVATE="1",  # the slow image host is on loopback
     )
     statuses: list[int] = []
     senders = None
