@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 
 from .engine_select import EngineChoice, choose_engine, model_version, segmenter_config
-from .labelstudio.labelconfig import LabelConfig
-from .labelstudio.media import LabelStudioAccess
+from .labelstudio.labelconfig import LabelConfig, LabelConfigError
+from .labelstudio.media import LabelStudioAccess, LabelStudioError
 from .labelstudio.projects import LabelStudioProjects
 from .metrics import Metrics
 from .services.deps import JobDeps
@@ -34,6 +35,10 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 CHOICE_ENV = "DCSAM_BACKEND_ENGINE_CHOICE"  # set by `dcsam serve` after resolving DCSAM_ENGINE=auto once
+
+# What Label Studio says about a project when asked (Service.reread_project).
+FOUND, GONE = "found", "gone"
+_NOT_FOUND = re.compile(r": HTTP 404\b")  # LabelStudioAccess.api_get's message for a 404 answer
 
 METRICS = {
     "dcsam_requests_total": ("counter", "HTTP requests by endpoint and status"),
@@ -91,6 +96,8 @@ class Service:
         self.metrics.inc("dcsam_model_loads_total", 0.0)  # the series exists before the first load
         self.runtime = ModelRuntime(self.config, segmenter_factory, on_load=self._count_model_load)
         self.versions = VersionRegistry(self.store.versions, settings.model_dir, self.version, self.choice.engine)
+        if self.store.db.was_empty:
+            self.versions.rebuild_from_checkpoints()
         self.label_studio = LabelStudioProjects(self.store.projects, settings)
         self.examples = ExampleManager(
             self.store.projects,
@@ -99,6 +106,7 @@ class Service:
             k=settings.examples_per_label,
             recheck_s=settings.examples_recheck_s,
             max_pixels=settings.max_image_pixels,
+            max_projects=settings.max_projects_in_memory,
         )
         self.predictor = Predictor(
             settings,
@@ -141,8 +149,11 @@ class Service:
         if settings.basic_auth and not settings.webhook_secret:
             log.warning(
                 "basic auth is on but DCSAM_WEBHOOK_SECRET is unset: Label Studio sends webhooks without "
-                "credentials, so /webhook accepts them unauthenticated (it only triggers a re-sync of the "
-                "examples from the Label Studio API; payloads are never trusted)"
+                "credentials, so /webhook accepts them unauthenticated. Nothing of such an event's payload is "
+                "stored: it only makes the backend re-read a project's label config or annotations from the "
+                "Label Studio API, or queue a fine-tune (which reads them too), for projects set up here or that "
+                "Label Studio lists; a project is forgotten only once Label Studio answers 404 for it. Set "
+                "DCSAM_WEBHOOK_SECRET (sent as X-Webhook-Secret or ?token=) to have payloads believed"
             )
 
     def _count_model_load(self) -> None:
@@ -210,16 +221,80 @@ class Service:
         self.metrics.inc("dcsam_predict_seconds_total", time.monotonic() - t0)
         return results
 
-    # -- annotation events ---------------------------------------------------------------------------
+    # -- webhook events ------------------------------------------------------------------------------
     def forget_project(self, project_id: int) -> None:
-        self.store.examples.delete_project(project_id)
         self.store.projects.delete(project_id)
         self.examples.forget(project_id)
 
-    def project_updated(self, project_id: int, label_config: str | None) -> None:
-        if label_config:
-            self.store.projects.save(project_id, label_config=label_config)
-        self.store.projects.bump_examples_rev(project_id)
+    def knows_project(self, project_id: int) -> bool:
+        """Set up here: a label config came through /setup, /predict or from Label Studio."""
+        project = self.store.projects.get(project_id)
+        return bool(project and project.get("label_config"))
+
+    def reread_project(self, project_id: int) -> tuple[str, str]:
+        """Ask Label Studio about the project: (FOUND, "") once its label config, validated, is stored;
+        (GONE, why) when Label Studio answers 404; ("", why) when it cannot tell."""
+        access = self.access_for(project_id)
+        if access is None:
+            return "", "no Label Studio URL/token to ask Label Studio about it"
+        try:
+            body = access.api_get(f"/api/projects/{int(project_id)}")
+        except LabelStudioError as exc:
+            return (GONE if _NOT_FOUND.search(str(exc)) else ""), str(exc)
+        xml = body.get("label_config") if isinstance(body, dict) else None
+        if not isinstance(xml, str):
+            return "", "Label Studio's answer has no label config"
+        try:
+            self.label_studio.label_config(project_id, xml)
+        except LabelConfigError as exc:
+            return "", f"its label config in Label Studio cannot be served: {exc}"
+        return FOUND, ""
+
+    def webhook(self, action: str, project_id: int, *, verified: bool, label_config=None, accepted=False) -> dict:
+        """React to a Label Studio event (``action`` is a known one). A ``verified`` event (webhook secret or
+        basic auth) is believed; any other only makes the backend re-read the truth from Label Studio, for
+        projects set up here or that Label Studio lists, and stores nothing from its payload."""
+        out: dict = {"status": "ok", "action": action}
+        if action == "PROJECT_DELETED":
+            if not verified:
+                if not self.store.projects.get(project_id):
+                    return _ignored(action, f"project {project_id} is not known here")
+                state, why = self.reread_project(project_id)
+                if state != GONE:
+                    return _ignored(
+                        action,
+                        f"project {project_id} is forgotten only once Label Studio answers 404 for it "
+                        f"({why or 'it still exists'}), or on a verified webhook (DCSAM_WEBHOOK_SECRET)",
+                    )
+            self.forget_project(project_id)
+            return out
+        if action == "PROJECT_UPDATED":
+            if verified and isinstance(label_config, str):
+                self.label_studio.label_config(project_id, label_config)  # validated (LabelConfigError) or kept
+            else:
+                state, why = self.reread_project(project_id)
+                if state != FOUND:
+                    return _ignored(action, f"project {project_id}: cannot re-read it from Label Studio: {why}")
+            self.store.projects.bump_examples_rev(project_id)
+            return out
+        if not verified and not self.knows_project(project_id):
+            state, why = self.reread_project(project_id)
+            if state != FOUND:
+                return _ignored(
+                    action,
+                    f"project {project_id} is not set up on this backend and Label Studio does not confirm it "
+                    f"({why}); connect the model to it in Label Studio, or set DCSAM_WEBHOOK_SECRET",
+                )
+        if action == "START_TRAINING":
+            self.store.projects.bump_examples_rev(project_id)
+            out["job"] = self.submit_train(project_id, reason="START_TRAINING")
+            return out
+        out["examples_rev"], out["job"] = self.annotations_changed(project_id, action)
+        if accepted:
+            train_job = self.annotation_accepted(project_id)
+            if train_job is not None:
+                out["train_job"] = train_job
+        return out
 
     def annotations_changed(self, project_id: int, reason: str) -> tuple[int, int]:
         """Mark the examples stale and queue one re-sync (merged with a queued one); (examples rev, job id)."""
@@ -291,6 +366,11 @@ class Service:
         for (kind, status), n in jobs.counts().items():
             m.set("dcsam_jobs", float(n), kind=kind, state=status)
         return m.render()
+
+
+def _ignored(action: str, detail: str) -> dict:
+    log.info("webhook %s ignored: %s", action, detail)
+    return {"status": "ignored", "action": action, "detail": detail}
 
 
 __all__ = ["CHOICE_ENV", "Service", "VersionError"]

@@ -116,6 +116,13 @@ class BackendSettings:
         minimum=0,
         doc="re-list annotations from Label Studio at most this often, webhooks aside",
     )
+    max_projects_in_memory: int = setting(
+        64,
+        "DCSAM_MAX_PROJECTS_IN_MEMORY",
+        minimum=1,
+        doc="projects whose encoded examples stay in memory; the least recently used is dropped (re-encoded "
+        "when next used)",
+    )
     sync_debounce_s: float = setting(
         1.0,
         "DCSAM_SYNC_DEBOUNCE_S",

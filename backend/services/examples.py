@@ -4,7 +4,9 @@ An accepted annotation is a submitted one: not cancelled (drafts are not annotat
 Their features are computed once and cached per project, in memory, by the project's segmenter. The
 cache is re-checked against Label Studio when a webhook bumped the project's revision (annotation
 created / updated / deleted) and, as a safety net for lost webhooks, at most every
-``DCSAM_EXAMPLES_RECHECK_S`` seconds by comparing the annotations' ids and ``updated_at``.
+``DCSAM_EXAMPLES_RECHECK_S`` seconds by comparing the annotations' ids and ``updated_at``. At most
+``DCSAM_MAX_PROJECTS_IN_MEMORY`` projects are held; the least recently used one is dropped first (its
+examples are encoded again when it is next used).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +57,7 @@ class ProjectExamples:
     rev_seen: int = -1
     checked_at: float = float("-inf")
     synced: bool = False
+    error: str | None = None  # why the latest listing from Label Studio failed (None: it worked)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def keys(self) -> list[str]:
@@ -97,6 +101,7 @@ class ExampleManager:
         k: int,
         recheck_s: float,
         max_pixels: int,
+        max_projects: int = 64,
     ):
         self.projects = projects
         self.rows = rows
@@ -104,21 +109,35 @@ class ExampleManager:
         self.k = k
         self.recheck_s = recheck_s
         self.max_pixels = max_pixels
-        self._projects: dict[int, ProjectExamples] = {}
+        self.max_projects = max_projects
+        self._projects: OrderedDict[int, ProjectExamples] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     def project(self, project_id: int) -> ProjectExamples:
         with self._lock:
-            return self._projects.setdefault(project_id, ProjectExamples())
+            pe = self._projects.get(project_id)
+            if pe is None:
+                pe = self._projects[project_id] = ProjectExamples()
+            self._projects.move_to_end(project_id)
+            while len(self._projects) > self.max_projects:
+                evicted, _ = self._projects.popitem(last=False)  # a caller still holding it finishes with it
+                log.info("project %s: examples dropped from memory (DCSAM_MAX_PROJECTS_IN_MEMORY)", evicted)
+            return pe
 
     def forget(self, project_id: int) -> None:
+        """Drop the project's examples, in memory and in the database (the project is gone)."""
+        self.rows.delete_project(project_id)
         with self._lock:
             self._projects.pop(project_id, None)
 
     def ensure(
         self, project_id: int, cfg: LabelConfig, access: LabelStudioAccess | None, *, force: bool = False
     ) -> ProjectExamples:
-        """Bring the project's examples up to date when needed; errors keep the previous examples."""
+        """Bring the project's examples up to date when needed; errors keep the previous examples.
+
+        A Label Studio error is kept in ``error`` for the callers to report; with ``force`` (a re-sync was
+        asked for) it is raised too.
+        """
         pe = self.project(project_id)
         with pe.lock:
             rev = self.projects.examples_rev(project_id)
@@ -126,17 +145,21 @@ class ExampleManager:
             if not due:
                 return pe
             if access is None:
-                log.error(
-                    "project %s: cannot read its annotations: no Label Studio URL/token (set LABEL_STUDIO_URL and "
-                    "LABEL_STUDIO_API_KEY, or connect the model from Label Studio so /setup passes one)",
-                    project_id,
+                pe.error = (
+                    "no Label Studio URL/token to read its annotations (set LABEL_STUDIO_URL and "
+                    "LABEL_STUDIO_API_KEY, or connect the model from Label Studio so /setup passes one)"
                 )
+                log.error("project %s: %s", project_id, pe.error)
                 return pe
             try:
                 selected = select_examples(access.annotated_tasks(project_id), cfg, self.k)
             except LabelStudioError as exc:
-                log.error("project %s: listing annotations failed, keeping the previous examples: %s", project_id, exc)
+                pe.error = f"listing its annotations in Label Studio failed: {exc}"
+                log.error("project %s: %s; keeping the previous examples", project_id, pe.error)
+                if force:
+                    raise
                 return pe
+            pe.error = None
             if pe.segmenter is None:
                 pe.segmenter = self.model.new_segmenter()
             wanted_keys = {example_key(c.name, lab) for c in cfg.label_controls for lab in c.labels}

@@ -10,6 +10,9 @@
   starts, and every ``recheck_s`` while idle, it re-queues interrupted jobs of resumable kinds (they
   resume from their saved cursor, or simply run again) and marks the others ``interrupted``.
 * Cancelling a queued job is immediate; a running job stops at its next check point.
+* The lanes survive their own bookkeeping failing (disk full, a locked database): a write that records a
+  job's outcome is retried with backoff until it lands, and a resumable job whose handler hit such a
+  database error goes back to the queue and resumes from its cursor once the database works again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -26,6 +30,11 @@ from dataclasses import dataclass
 from ..store import JobStore
 
 log = logging.getLogger(__name__)
+
+MAX_RETRY_S = 60.0  # the longest wait between two tries of a failing database write
+# SQLite result codes of a database that should work again by itself: busy, locked, read-only, I/O error,
+# full, cannot open. Others ("no such column") are bugs: the job fails.
+TRANSIENT_SQLITE_CODES = frozenset({5, 6, 8, 10, 13, 14})
 
 # Lane threads of this process by owner name: an owner of this process whose thread is gone is stale.
 _LANE_THREADS: dict[str, threading.Thread] = {}
@@ -53,6 +62,11 @@ def pid_alive(pid: int) -> bool:
         return state not in (b"Z", b"X")
     except (OSError, IndexError):
         return True
+
+
+def _database_trouble(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0)
+    return isinstance(exc, sqlite3.OperationalError) and (code & 0xFF) in TRANSIENT_SQLITE_CODES
 
 
 @dataclass
@@ -120,11 +134,20 @@ class JobKind:
 class JobRunner:
     """Worker threads, one per lane, that run queued jobs (started lazily, after any fork)."""
 
-    def __init__(self, store: JobStore, kinds: dict[str, JobKind], *, poll_s: float = 0.5, recheck_s: float = 5.0):
+    def __init__(
+        self,
+        store: JobStore,
+        kinds: dict[str, JobKind],
+        *,
+        poll_s: float = 0.5,
+        recheck_s: float = 5.0,
+        retry_s: float = 1.0,
+    ):
         self.store = store
         self.kinds = kinds
         self.poll_s = poll_s
         self.recheck_s = recheck_s  # how often an idle runner looks for jobs orphaned by a dead process
+        self.retry_s = retry_s  # first wait after a failed database write, doubled up to MAX_RETRY_S
         self.lanes: dict[str, tuple[str, ...]] = {}
         for name, kind in kinds.items():
             self.lanes[kind.lane] = (*self.lanes.get(kind.lane, ()), name)
@@ -136,6 +159,7 @@ class JobRunner:
         self._stop = threading.Event()
         self.owner: str | None = None
         self.current: dict[str, int | None] = dict.fromkeys(self.lanes)
+        self._db_failures: dict[int, int] = {}  # job id -> consecutive database failures, for its backoff
 
     def _is_stale(self, owner: str | None) -> bool:
         if not owner:
@@ -157,14 +181,22 @@ class JobRunner:
         return any(t.is_alive() for t in self._threads.values())
 
     def start(self) -> None:
-        """Start the lanes' threads (idempotent); recovers jobs of dead processes first."""
+        """Start the lanes' threads (idempotent); a lane whose thread is gone is started again, after its
+        jobs were recovered like those of a dead process."""
         with self._lock:
-            if self.running and self.owner and self.owner.split(":")[1] == str(os.getpid()):
+            ours = self.owner is not None and self.owner.split(":")[1] == str(os.getpid())
+            alive = {lane: t for lane, t in self._threads.items() if ours and t.is_alive()}
+            if len(alive) == len(self.lanes):
                 return
+            # A new owner name: the jobs a dead lane thread held under the old one are now stale.
             self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            for lane, thread in alive.items():
+                _LANE_THREADS[self._lane_owner(lane)] = thread
             self._recover()
             self._stop.clear()
             for lane in self.lanes:
+                if lane in alive:
+                    continue
                 thread = threading.Thread(target=self._loop, args=(lane,), name=f"dcsam-jobs-{lane}", daemon=True)
                 self._threads[lane] = thread
                 _LANE_THREADS[self._lane_owner(lane)] = thread
@@ -207,12 +239,16 @@ class JobRunner:
     def _loop(self, lane: str) -> None:
         kinds = self.lanes[lane]
         wake = self._wake[lane]
+        failures = 0  # consecutive failed claims: the wait grows so a broken database is not hammered
         while not self._stop.is_set():
             try:
                 job = self.store.claim(self._lane_owner(lane), kinds)
+                failures = 0
             except Exception:
-                log.exception("job runner: cannot read the job table")
-                job = None
+                failures += 1
+                log.exception("job runner: cannot claim a job from the job table (try %d)", failures)
+                self._stop.wait(self._backoff(failures))
+                continue
             if job is None:
                 if time.monotonic() - self._last_recover >= self.recheck_s:
                     try:  # a process that died while this one started (e.g. a zombie not yet reaped) is seen now
@@ -222,7 +258,13 @@ class JobRunner:
                 wake.wait(self.poll_s)
                 wake.clear()
                 continue
-            self._run(lane, job)
+            try:
+                self._run(lane, job)
+            except Exception:  # never let the lane die: its job row is recovered as a stale one
+                log.exception("job runner: job %s escaped its bookkeeping", job["id"])
+
+    def _backoff(self, attempt: int) -> float:
+        return min(MAX_RETRY_S, self.retry_s * 2 ** (attempt - 1))
 
     def _run(self, lane: str, job: dict) -> None:
         ctx = JobContext(job, self.store)
@@ -234,22 +276,58 @@ class JobRunner:
             job["project_id"],
             f" (resumed, restart {job['restarts']})" if job["restarts"] else "",
         )
+        job_id, kind = job["id"], job["kind"]
+        outcome: tuple[str, str, dict | None] | None = None  # None: paused, back in the queue
         try:
-            out = self.kinds[job["kind"]].handler(ctx)
-            status, message, figures = out if out else ("done", "", None)
-            self.store.finish(job["id"], status, message, figures)
-            log.info("job %s (%s) %s: %s", job["id"], job["kind"], status, message)
-        except JobCancelled as exc:
-            self.store.finish(job["id"], "cancelled", str(exc))
-            log.info("job %s (%s) cancelled", job["id"], job["kind"])
-        except JobError as exc:
-            self.store.finish(job["id"], "failed", str(exc))
-            log.error("job %s (%s, project %s) failed: %s", job["id"], job["kind"], job["project_id"], exc)
-        except Exception as exc:  # a job failure is recorded, never fatal to the server
-            log.exception("job %s (%s, project %s) failed", job["id"], job["kind"], job["project_id"])
-            self.store.finish(job["id"], "failed", f"{type(exc).__name__}: {exc}")
+            try:
+                out = self.kinds[kind].handler(ctx)
+                outcome = out if out else ("done", "", None)
+            except JobCancelled as exc:
+                outcome = ("cancelled", str(exc), None)
+            except JobError as exc:
+                log.error("job %s (%s, project %s) failed: %s", job_id, kind, job["project_id"], exc)
+                outcome = ("failed", str(exc), None)
+            except Exception as exc:  # a job failure is recorded, never fatal to the server
+                if _database_trouble(exc):  # our own database (disk full, locked): not the job's fault
+                    outcome = self._database_failed(job, exc)
+                else:
+                    log.exception("job %s (%s, project %s) failed", job_id, kind, job["project_id"])
+                    outcome = ("failed", f"{type(exc).__name__}: {exc}", None)
+            if outcome is not None:
+                status, message, figures = outcome
+                self._persist(job_id, lambda: self.store.finish(job_id, status, message, figures))
+                self._db_failures.pop(job_id, None)
+                log.info("job %s (%s) %s: %s", job_id, kind, status, message)
         finally:
             self.current[lane] = None
+
+    def _database_failed(self, job: dict, exc: Exception) -> tuple[str, str, None] | None:
+        """A resumable job goes back to the queue, to resume after a backoff (None); another kind fails."""
+        job_id = job["id"]
+        reason = f"the backend's database failed ({exc})"
+        if job["kind"] not in self._resumable:
+            log.error("job %s (%s): %s", job_id, job["kind"], reason)
+            return "failed", reason, None
+        n = self._db_failures[job_id] = self._db_failures.get(job_id, 0) + 1
+        delay = self._backoff(n)
+        log.error("job %s (%s): %s; it resumes from its last saved point in %.1f s", job_id, job["kind"], reason, delay)
+        message = f"paused: {reason}; resuming"
+        self._persist(job_id, lambda: self.store.requeue(job_id, time.time() + delay, message))
+        return None
+
+    def _persist(self, job_id: int, write: Callable[[], None]) -> None:
+        """Run a bookkeeping write until it lands (retried with backoff) or the runner stops; a row left
+        ``running`` by a stopped runner is recovered by the next one."""
+        attempt = 0
+        while True:
+            try:
+                write()
+                return
+            except Exception:
+                attempt += 1
+                log.exception("job %s: recording its state failed (try %d); retrying", job_id, attempt)
+            if self._stop.wait(self._backoff(attempt)):
+                return
 
     def wait_idle(self, timeout: float = 60.0, soon_s: float = 5.0) -> bool:
         """Tests and the CLI: block until no job runs or is queued to run within ``soon_s`` seconds.

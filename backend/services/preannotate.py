@@ -5,11 +5,14 @@ on real projects; this job instead:
 
 1. pages through the project's tasks in id order (keyset pagination: ``id > cursor``, ``include=id,data,
    total_predictions``), skipping tasks that already hold a prediction of the current ``model_version``
-   (the SQLite ledger, then Label Studio itself for tasks that have any prediction);
+   (the SQLite ledger, then Label Studio itself for tasks that have any prediction). The ledger is only
+   believed for tasks the same listing shows with a prediction: a task whose predictions were deleted in
+   Label Studio is predicted again;
 2. downloads the next page's images in a thread pool while the model runs on this page (batched, under
    the inference lock shared with ``/predict``);
 3. imports each page's predictions in one ``POST /api/projects/{id}/import/predictions`` (SDK
-   ``projects.import_predictions``), with retries and exponential backoff.
+   ``projects.import_predictions``), with retries and exponential backoff (a ``Retry-After`` answer
+   is waited for, up to 60 s).
 
 Exactly once per task and version: the page's task ids are written to the ledger as ``pending`` before the
 import, and ``done`` with the new cursor in one transaction after it. A retry, or a restart that finds
@@ -20,6 +23,7 @@ or failed: those are counted, listed in the figures and left for a later run).
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import time
@@ -31,6 +35,8 @@ from .deps import JobDeps
 from .jobs import JobContext, JobError
 
 log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER_S = 60.0
 
 
 # -- Label Studio calls -------------------------------------------------------------------------------
@@ -82,6 +88,30 @@ def tasks_with_version(
     return {t for t, has in found if has}
 
 
+def retry_after_s(exc: BaseException, now: float | None = None) -> float | None:
+    """The wait a ``Retry-After`` header of a failed call asks for (seconds or an HTTP-date), at most
+    60 s; None without one. The SDK's ``ApiError`` carries the response headers."""
+    headers = getattr(exc, "headers", None)
+    if not isinstance(headers, dict):
+        return None
+    raw = next((str(v) for k, v in headers.items() if str(k).lower() == "retry-after"), "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is GMT; a malformed one without a zone is read as such
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
 def import_predictions(access: LabelStudioAccess, project_id: int, predictions: list[dict], timeout_s: float) -> None:
     from label_studio_sdk.core.request_options import RequestOptions
 
@@ -125,6 +155,9 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                 }
                 ctx.report(params=params)
             pe, plan = deps.predictor.plan(project_id, cfg, access)
+            error = getattr(pe, "error", None)
+            if not plan and error:
+                raise JobError(f"project {project_id}: {error}")
             if not plan:
                 labels = sorted({lab for c in cfg.label_controls for lab in c.labels})
                 raise JobError(
@@ -148,7 +181,8 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
 
             def fetch(after: int, version: str = version, value_keys: list[str] = value_keys):
                 tasks, remaining = list_page(access, project_id, after, page_size)
-                done = ledger.done_ids(project_id, version, [t["id"] for t in tasks])
+                # the ledger holds for tasks Label Studio still shows with a prediction (deleted ones are redone)
+                done = ledger.done_ids(project_id, version, [t["id"] for t in tasks if _may_have_predictions(t)])
                 maybe = [t["id"] for t in tasks if t["id"] not in done and (t.get("total_predictions") or 0) > 0]
                 existing = tasks_with_version(access, maybe, version, io_pool) if maybe else set()
                 todo = [t for t in tasks if t["id"] not in done and t["id"] not in existing]
@@ -216,6 +250,11 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
         io_pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _may_have_predictions(task: dict) -> bool:
+    count = task.get("total_predictions")
+    return not isinstance(count, int) or count > 0  # a listing without the count: the ledger decides
+
+
 def _figures(params: dict, rate: float, elapsed: float) -> dict[str, Any]:
     return {
         "model_version": params["version"],
@@ -268,8 +307,11 @@ def _import_with_retry(
                     f"error: {type(exc).__name__}: {str(exc)[:300]}"
                 ) from exc
             delay = min(60.0, s.preannotate_backoff_s * 2 ** (attempt - 1))
+            asked = retry_after_s(exc)
+            if asked is not None:
+                delay = max(delay, asked)
             log.warning(
-                "job %s: importing %d prediction(s) failed (%s: %s); retry %d/%d in %.1f s",
+                "job %s: importing %d prediction(s) failed (%s: %s); retry %d/%d in %.1f s%s",
                 ctx.id,
                 len(items),
                 type(exc).__name__,
@@ -277,6 +319,7 @@ def _import_with_retry(
                 attempt,
                 s.preannotate_retries,
                 delay,
+                " (Retry-After)" if asked is not None else "",
             )
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:

@@ -5,18 +5,26 @@
   then records it and makes it active in one SQLite transaction; a crash in between leaves at most an
   unreferenced file, never a half-written active checkpoint.
 * Rolling back is :meth:`VersionRegistry.activate` with an earlier version (or the base one).
+* A lost database (an empty file beside checkpoints) is rebuilt from the checkpoints, which carry their
+  version, parent and project: :meth:`VersionRegistry.rebuild_from_checkpoints`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from dcsam.checkpoints import load_checkpoint, save_checkpoint
+from dcsam.errors import CheckpointError
 
 from ..store import VersionStore
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "backend-trainable-state"
 
@@ -115,3 +123,39 @@ class VersionRegistry:
             self.trainable_state(version)  # readable before it becomes active
         self.rows.set_active(project_id, version)
         return project_id, version
+
+    def rebuild_from_checkpoints(self) -> dict[int, str]:
+        """Record the versions whose checkpoints are under ``MODEL_DIR/<project>/`` and make each project's
+        newest one of this base model active (for an emptied database); {project: active version}."""
+        found = []
+        for path in sorted(self.dir.glob("*/*.pt")):
+            if not path.parent.name.isdigit():
+                continue
+            try:
+                obj = load_checkpoint(path, CHECKPOINT_KIND)
+            except CheckpointError as exc:
+                log.error("not rebuilding a version from %s: %s", path, exc)
+                continue
+            version, project, parent = obj.get("version"), obj.get("project"), obj.get("parent")
+            if not isinstance(version, str) or not isinstance(project, int):
+                log.error("not rebuilding a version from %s: it does not say its version and project", path)
+                continue
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]  # as save_checkpoint computes it
+            figures = {"rebuilt_from_checkpoint": True}
+            base = (obj.get("settings") or {}).get("base")
+            found.append((path.stat().st_mtime, version, project, parent, str(path), digest, figures, base))
+        if not found:
+            return {}
+        found.sort()
+        active = {project: version for _, version, project, *_, base in found if base == self.base_version}
+        rows = [(v, p, parent, path, digest, json.dumps(fig), t) for t, v, p, parent, path, digest, fig, _ in found]
+        self.rows.restore(rows, active)
+        log.error(
+            "the backend database %s was empty while %d fine-tuned checkpoint(s) exist: it was lost or replaced. "
+            "Rebuilt their versions from the checkpoints; each project now serves its newest one %s (check with "
+            "GET /versions?project=ID and roll back with POST /versions/<version>/activate)",
+            self.rows.db.path,
+            len(found),
+            active,
+        )
+        return active

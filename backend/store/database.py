@@ -3,6 +3,11 @@
 Every write is one transaction (all or nothing); WAL mode lets several gunicorn workers share the
 file. It holds Label Studio tokens passed by ``/setup``, so it is created readable by its owner only.
 Only the repository classes of :mod:`backend.store` use a :class:`Database`; each table has one owner.
+
+Opening runs ``PRAGMA quick_check``: a damaged file raises :class:`DatabaseDamaged` (the backend refuses
+to start on it) and :attr:`Database.was_empty` says whether it held no tables (new, emptied, or replaced).
+A consistent copy can be taken while the backend runs, WAL included, with SQLite's backup API, e.g.
+``sqlite3 MODEL_DIR/dcsam-backend.sqlite3 ".backup /backups/dcsam-backend.sqlite3"``.
 """
 
 from __future__ import annotations
@@ -92,6 +97,10 @@ JOB_COLUMNS = {
 FILE_NAME = "dcsam-backend.sqlite3"
 
 
+class DatabaseDamaged(Exception):
+    """The SQLite file is not a readable database, or fails its integrity check."""
+
+
 class Database:
     """One SQLite file; a connection per thread (and per process, after a fork)."""
 
@@ -102,12 +111,33 @@ class Database:
         if not self.path.exists():
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._local = threading.local()
+        self.was_empty = self._check()
         self.connection().executescript(SCHEMA)
         with self.transaction() as con:
             have = {r[1] for r in con.execute("PRAGMA table_info(jobs)").fetchall()}
             for name, decl in JOB_COLUMNS.items():
                 if name not in have:
                     con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+
+    def _check(self) -> bool:
+        """Refuse a damaged file (DatabaseDamaged); True when it holds no tables yet."""
+        try:
+            con = self.connection()
+            problems = [str(r[0]) for r in con.execute("PRAGMA quick_check").fetchall() if r[0] != "ok"]
+            tables = con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            problems, tables = [str(exc)], 0
+        if problems:
+            con = getattr(self._local, "con", None)
+            if con is not None:
+                con.close()
+                self._local.con = None
+            raise DatabaseDamaged(
+                f"{self.path} is damaged ({'; '.join(problems[:5])}). The backend does not start on it: restore "
+                "a backup of it, or move it away to start with an empty state (fine-tuned versions are then "
+                "recovered from the checkpoints under MODEL_DIR/<project>/)"
+            )
+        return tables == 0
 
     def connection(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)

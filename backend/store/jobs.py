@@ -220,6 +220,15 @@ class JobStore:
                     (status, message[:1000], now, now, _json(figures), job_id),
                 )
 
+    def requeue(self, job_id: int, run_after: float, message: str) -> None:
+        """A running job back to the queue (to resume from its saved params at ``run_after``)."""
+        with self.db.transaction() as con:
+            con.execute(
+                "UPDATE jobs SET status='queued', owner=NULL, restarts=restarts+1, run_after=?, message=?, "
+                "updated_at=? WHERE id=? AND status='running'",
+                (run_after, message[:1000], time.time(), job_id),
+            )
+
     def request_cancel(self, job_id: int) -> dict | None:
         """Queued: cancelled now. Running: flagged (the job stops at its next check). Final: unchanged."""
         now = time.time()

@@ -66,6 +66,18 @@ class VersionStore:
             )
             _set_active(con, project_id, version, now)
 
+    def restore(self, rows: list[tuple], active: dict[int, str]) -> None:
+        """Re-record fine-tuned versions (``MODEL_VERSION_COLUMNS`` tuples; known ones are kept) and the
+        projects' active ones, in one transaction (a rebuild from the checkpoints on disk)."""
+        now = time.time()
+        marks = ", ".join("?" * len(MODEL_VERSION_COLUMNS))
+        with self.db.transaction() as con:
+            con.executemany(
+                f"INSERT OR IGNORE INTO model_versions({', '.join(MODEL_VERSION_COLUMNS)}) VALUES({marks})", rows
+            )
+            for project_id, version in active.items():
+                _set_active(con, project_id, version, now)
+
     def set_active(self, project_id: int, version: str) -> None:
         with self.db.transaction() as con:
             _set_active(con, project_id, version, time.time())
