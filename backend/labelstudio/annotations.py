@@ -13,20 +13,21 @@ from typing import Any
 from .labelconfig import ControlTag
 from .outputs import region_labels
 
+MAX_ID = 2**63 - 1  # SQLite's INTEGER: larger ids overflow in the store
+
 
 def parse_project_id(value: Any) -> int | None:
-    """``"12.1719999999"`` (Label Studio's ``<id>.<created_at>``), ``12`` or ``"12"`` -> 12; anything else -> None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
+    """``"12.1719999999"`` (Label Studio's ``<id>.<created_at>``), ``12``, ``"12"`` or ``{"id": 12}`` -> 12;
+    anything else, and ids outside 1..2**63-1, -> None."""
     if isinstance(value, dict):
-        return parse_project_id(value.get("id"))
+        value = value.get("id")
     if isinstance(value, str):
         head = value.strip().split(".", 1)[0]
-        if head.isdigit():
-            return int(head)
-    return None
+        # isdigit() alone accepts "²" and other digits int() refuses; 19 digits bound int()'s work
+        value = int(head) if head.isascii() and head.isdigit() and len(head) <= 19 else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 1 <= value <= MAX_ID else None
 
 
 def is_skipped(annotation: Any) -> bool:

@@ -12,6 +12,10 @@
     POST /jobs/preannotate        {"project": ID}: pre-annotate every task lacking a prediction of the version
     POST /jobs/train              {"project": ID}: fine-tune now (as START_TRAINING)
     GET  /metrics             Prometheus text
+    GET  /openapi.json        the OpenAPI 3.1 description of these routes
+
+Every request is validated against its schema (:mod:`backend.labelstudio.schemas`): invalid input is a
+400 with a short message; any other failure is a 500 with an error id, its traceback in the log only.
 
 Build it with :func:`create_app`; ``dcsam serve`` runs it under gunicorn (see :mod:`backend.serve`).
 """
@@ -19,18 +23,35 @@ Build it with :func:`create_app`; ``dcsam serve`` runs it under gunicorn (see :m
 from __future__ import annotations
 
 import hmac
-import json
 import logging
+import uuid
 
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from ..engine_select import EngineChoice
 from ..service import Service, VersionError
+from ..services.predictor import PromptError
 from ..services.runtime import SegmenterFactory
 from ..settings import BackendSettings
 from ..store import FINAL
-from .annotations import is_skipped, parse_project_id
+from .annotations import is_skipped
 from .labelconfig import LabelConfigError, parse_label_config
+from .schemas import (
+    JobsQuery,
+    M,
+    PreannotateBody,
+    PredictBody,
+    ProjectBody,
+    RequestError,
+    SetupBody,
+    WebhookBody,
+    openapi_document,
+    parse_id,
+    parse_json_body,
+    parse_version_name,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +68,23 @@ ACCEPTING_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPD
 KNOWN_EVENTS = ANNOTATION_EVENTS | {"PROJECT_UPDATED", "PROJECT_DELETED", "START_TRAINING"}
 
 
-class BadRequest(Exception):
-    pass
+def _body(model: type[M]) -> tuple[M, dict]:
+    """The JSON body validated as ``model``, and as parsed (what the service gets: Label Studio's own keys)."""
+    raw = parse_json_body(request.get_data(cache=True))
+    return validate(model, raw), raw
 
 
-def _json_body() -> dict:
-    raw = request.get_data(cache=True)
-    if not raw:
-        raise BadRequest("empty body: a JSON object is expected")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON body: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"a JSON object is expected, got {type(body).__name__}")
-    return body
+def _same(given: str, expected: str) -> bool:
+    # bytes: compare_digest refuses str with non-ASCII characters, which any client can send
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def _auth_ok(settings: BackendSettings) -> bool:
     auth = request.authorization
     if not auth or auth.type != "basic":
         return False
-    return hmac.compare_digest(str(auth.username or ""), settings.basic_auth_user or "") and hmac.compare_digest(
-        str(auth.password or ""), settings.basic_auth_pass or ""
-    )
+    user_ok = _same(str(auth.username or ""), settings.basic_auth_user or "")
+    return _same(str(auth.password or ""), settings.basic_auth_pass or "") and user_ok
 
 
 def _webhook_ok(settings: BackendSettings, *, verified: bool = False) -> bool:
@@ -78,7 +92,7 @@ def _webhook_ok(settings: BackendSettings, *, verified: bool = False) -> bool:
     valid basic auth credentials)? Only a verified event's payload is believed (see Service.webhook)."""
     if settings.webhook_secret:
         given = request.headers.get("X-Webhook-Secret") or request.args.get("token") or ""
-        if hmac.compare_digest(given, settings.webhook_secret):
+        if _same(given, settings.webhook_secret):
             return True
     if settings.basic_auth and _auth_ok(settings):
         return True
@@ -122,7 +136,8 @@ def create_app(
         m.inc("dcsam_requests_total", endpoint=request.endpoint or "unknown", status=str(resp.status_code))
         return resp
 
-    @app.errorhandler(BadRequest)
+    @app.errorhandler(RequestError)
+    @app.errorhandler(PromptError)
     def _bad_request(exc):
         return jsonify({"status": 400, "detail": str(exc)}), 400
 
@@ -144,8 +159,12 @@ def create_app(
 
     @app.errorhandler(Exception)
     def _internal(exc):
-        log.exception("unhandled error on %s", request.path)
-        return jsonify({"status": 500, "detail": f"{type(exc).__name__}: {exc}"}), 500
+        if isinstance(exc, HTTPException):  # werkzeug's own refusals (bad headers, ...): their status, as JSON
+            code = exc.code or 500
+            return jsonify({"status": code, "detail": exc.name}), code
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("error %s: unhandled on %s %s", error_id, request.method, request.path)
+        return jsonify({"status": 500, "detail": "internal error", "error_id": error_id}), 500
 
     @app.get("/")
     @app.get("/health")
@@ -161,79 +180,68 @@ def create_app(
             }
         )
 
+    @app.get("/openapi.json")
+    def openapi():
+        return jsonify(openapi_document(service.version))
+
     @app.post("/setup")
     def setup():
-        body = _json_body()
-        project_id = parse_project_id(body.get("project"))
-        schema = body.get("schema") or body.get("label_config")
+        body, _ = _body(SetupBody)
+        schema = body.schema_ or body.label_config
         parse_label_config(schema)  # 400 when it has no image + mask control
-        if project_id is not None:
-            hostname = body.get("hostname")
-            token = body.get("access_token")
-            ok_host = isinstance(hostname, str) and hostname.startswith(("http://", "https://"))
+        if body.project is not None:
+            hostname, token = body.hostname, body.access_token
+            ok_host = hostname is not None and hostname.startswith(("http://", "https://")) and bool(token)
             service.setup_project(
-                project_id,
+                body.project,
                 schema,
-                hostname=hostname.rstrip("/") if ok_host and token else None,
-                access_token=token if ok_host and isinstance(token, str) and token else None,
-                extra_params=body.get("extra_params"),
+                hostname=hostname.rstrip("/") if ok_host and hostname else None,
+                access_token=token if ok_host else None,
+                extra_params=body.extra_params,
             )
-        return jsonify({"model_version": service.version_for(project_id)})
+        return jsonify({"model_version": service.version_for(body.project)})
 
     @app.post("/predict")
     def predict():
-        body = _json_body()
-        tasks = body.get("tasks")
-        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-            raise BadRequest("'tasks' must be a list of task objects")
-        params = body.get("params") if isinstance(body.get("params"), dict) else {}
-        project_id = parse_project_id(body.get("project"))
-        if project_id is None and tasks:
-            project_id = parse_project_id(tasks[0].get("project"))
-        cfg = service.label_config(project_id, body.get("label_config"))
+        body, raw = _body(PredictBody)
+        tasks = raw["tasks"]
+        project_id = body.project
+        if project_id is None and body.tasks:
+            project_id = body.tasks[0].project
+        cfg = service.label_config(project_id, body.label_config)
         if not tasks:
             return jsonify({"results": [], "model_version": service.version_for(project_id)})
-        context = params.get("context") if isinstance(params.get("context"), dict) else None
+        context = raw["params"]["context"] if body.params is not None and body.params.context is not None else None
         results = service.predict(project_id, tasks, cfg, context)
         return jsonify({"results": results, "model_version": service.version_for(project_id)})
 
     @app.post("/webhook")
     def webhook():
-        body = _json_body()
-        action = str(body.get("action") or "")
-        m.inc("dcsam_webhook_events_total", action=action if action in KNOWN_EVENTS else "other")  # bounded labels
+        body, raw = _body(WebhookBody)
+        action = body.action or ""
+        # a label per known event only: any client may send any action name
+        m.inc("dcsam_webhook_events_total", action=action if action in KNOWN_EVENTS else "other")
         if action not in KNOWN_EVENTS:
             return jsonify({"status": "ignored", "detail": f"unknown or unused event {action!r}"}), 200
-        project = body.get("project")
-        project_id = parse_project_id(project)
-        if project_id is None:
-            for key in ("annotation", "task"):
-                obj = body.get(key)
-                if isinstance(obj, dict):
-                    project_id = parse_project_id(obj.get("project"))
-                if project_id is not None:
-                    break
+        project_id = body.project_id()
         if project_id is None:
             return jsonify({"status": "ignored", "detail": f"{action} without a project id"}), 200
-        xml = project.get("label_config") if isinstance(project, dict) else None
         out = service.webhook(
             action,
             project_id,
             verified=_webhook_ok(settings, verified=True),
-            label_config=xml,
-            accepted=action in ACCEPTING_EVENTS and not is_skipped(body.get("annotation")),
+            label_config=body.project.label_config if body.project else None,
+            accepted=action in ACCEPTING_EVENTS and not is_skipped(raw.get("annotation")),
         )
         return jsonify(out)
 
-    def _project_arg(body: dict | None = None, required: bool = True) -> int | None:
-        raw = (body or {}).get("project", request.args.get("project"))
-        if raw is None:
-            if required:
-                raise BadRequest('say which project: {"project": ID} (or ?project=ID)')
-            return None
-        project_id = parse_project_id(raw)
-        if project_id is None or project_id == 0:
-            raise BadRequest(f"project must be a positive integer id, got {raw!r}")
+    def _project_arg(body: ProjectBody | None = None, required: bool = True) -> int | None:
+        """The body's project, else ?project=ID."""
+        project_id = body.project if body is not None else None
+        if project_id is None:
+            project_id = validate(ProjectBody, request.args.to_dict()).project
+        if project_id is None and required:
+            raise RequestError('say which project: {"project": ID} (or ?project=ID)')
         return project_id
 
     @app.get("/versions")
@@ -242,34 +250,31 @@ def create_app(
 
     @app.post("/versions/<version>/activate")
     def activate_version(version: str):
-        body = _json_body() if request.get_data(cache=True) else {}
+        version = parse_version_name(version)
+        body = _body(ProjectBody)[0] if request.get_data(cache=True) else None
         try:
             return jsonify(service.activate_version(_project_arg(body, required=False), version))
         except VersionError as exc:
-            raise BadRequest(str(exc)) from None
+            raise RequestError(str(exc)) from None
 
     @app.get("/jobs")
     def list_jobs():
-        project_id = _project_arg(required=False)
-        status = request.args.get("status")
-        kind = request.args.get("kind")
-        try:
-            limit = int(request.args.get("limit", 50))
-        except ValueError:
-            raise BadRequest("limit must be an integer") from None
-        if not 1 <= limit <= 1000:
-            raise BadRequest("limit must be between 1 and 1000")
-        return jsonify({"jobs": service.store.jobs.list(limit=limit, project_id=project_id, status=status, kind=kind)})
+        q = validate(JobsQuery, request.args.to_dict())
+        return jsonify(
+            {"jobs": service.store.jobs.list(limit=q.limit, project_id=q.project, status=q.status, kind=q.kind)}
+        )
 
-    @app.get("/jobs/<int:job_id>")
-    def get_job(job_id: int):
+    @app.get("/jobs/<job_id>")
+    def get_job(job_id: str):
+        job_id = parse_id(job_id, "a job id")
         job = service.store.jobs.get(job_id)
         if job is None:
             return jsonify({"status": 404, "detail": f"no job {job_id}"}), 404
         return jsonify(job)
 
-    @app.post("/jobs/<int:job_id>/cancel")
-    def cancel_job(job_id: int):
+    @app.post("/jobs/<job_id>/cancel")
+    def cancel_job(job_id: str):
+        job_id = parse_id(job_id, "a job id")
         job = service.store.jobs.get(job_id)
         if job is None:
             return jsonify({"status": 404, "detail": f"no job {job_id}"}), 404
@@ -279,21 +284,15 @@ def create_app(
 
     @app.post("/jobs/preannotate")
     def start_preannotate():
-        body = _json_body()
+        body, _ = _body(PreannotateBody)
         project_id = _project_arg(body)
-        params = {}
-        if body.get("page_size") is not None:
-            size = body["page_size"]
-            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1000:
-                raise BadRequest("page_size must be an integer between 1 and 1000")
-            params["page_size"] = size
+        params = {"page_size": body.page_size} if body.page_size is not None else {}
         job = service.submit_preannotate(project_id, reason="POST /jobs/preannotate", params=params)
         return jsonify(service.store.jobs.get(job)), 202
 
     @app.post("/jobs/train")
     def start_train():
-        body = _json_body()
-        project_id = _project_arg(body)
+        project_id = _project_arg(_body(ProjectBody)[0])
         job = service.submit_train(project_id, reason="POST /jobs/train")
         return jsonify(service.store.jobs.get(job)), 202
 

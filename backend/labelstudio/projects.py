@@ -66,6 +66,8 @@ class LabelStudioProjects:
             xml = stored and stored.get("label_config")
         if not xml:
             raise LabelConfigError("no label config: send label_config, or call /setup for this project first")
+        if not isinstance(xml, str):  # the parse cache needs a hashable key; a config is XML text anyway
+            raise LabelConfigError(f"a label config is XML text, not a {type(xml).__name__}")
         cfg = _parse_cached(xml)
         if project_id is not None and (not stored or stored.get("label_config") != xml):
             self.projects.save(project_id, label_config=xml)

@@ -28,6 +28,10 @@ from .video import VideoPredictor, sequence_id
 log = logging.getLogger(__name__)
 
 
+class PromptError(ValueError):
+    """Interactive prompts this project's label config cannot answer (the request is refused)."""
+
+
 @dataclass
 class TaskOutcome:
     prediction: dict
@@ -276,6 +280,11 @@ class Predictor:
                 label = labels[0]
                 break
         candidates = [c for c in cfg.mask_controls if c.to_name == to_name] or cfg.mask_controls
+        if not candidates:
+            raise PromptError(
+                "interactive prompts need a mask control (BrushLabels, BitmaskLabels or PolygonLabels) "
+                "on an <Image> in the label config"
+            )
         target = next((c for c in candidates if label in c.labels), candidates[0])
         if label not in target.labels:
             log.info(

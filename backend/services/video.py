@@ -63,7 +63,7 @@ def sequence_id(task: dict, video_key: str, frame_key: str) -> tuple[str, int] |
         return None
     try:
         number = int(float(frame))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return str(video), number
 
