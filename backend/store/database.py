@@ -132,8 +132,10 @@ class Database:
             if con is not None:
                 con.close()
                 self._local.con = None
+            lines = [line.strip() for text in problems for line in text.splitlines() if line.strip()]
+            detail = "; ".join(lines[:3]) + (f"; {len(lines) - 3} more problem(s)" if len(lines) > 3 else "")
             raise DatabaseDamaged(
-                f"{self.path} is damaged ({'; '.join(problems[:5])}). The backend does not start on it: restore "
+                f"{self.path} is damaged ({detail}). The backend does not start on it: restore "
                 "a backup of it, or move it away to start with an empty state (fine-tuned versions are then "
                 "recovered from the checkpoints under MODEL_DIR/<project>/)"
             )
