@@ -30,7 +30,8 @@ def test_corrupted_pages_are_refused_at_start(tmp_path):
     with open(tmp_path / FILE_NAME, "r+b") as fh:
         fh.seek(5 * 4096 + 16)  # inside a b-tree page, past the header
         fh.write(b"\xff" * 300)
-    with pytest.raises(DatabaseDamaged, match=r"is damaged \(.+\)\. The backend does not start on it: restore a backup") as caught:
+    refused = r"is damaged \(.+\)\. The backend does not start on it: restore a backup"
+    with pytest.raises(DatabaseDamaged, match=refused) as caught:
         Database(tmp_path)
     assert len(str(caught.value)) < 1000  # a few of SQLite's findings, not hundreds of lines
 
