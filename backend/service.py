@@ -250,7 +250,9 @@ class Service:
             return "", f"its label config in Label Studio cannot be served: {exc}"
         return FOUND, ""
 
-    def webhook(self, action: str, project_id: int, *, verified: bool, label_config=None, accepted=False) -> dict:
+    def webhook(
+        self, action: str, project_id: int, *, verified: bool, label_config: object = None, accepted: bool = False
+    ) -> dict:
         """React to a Label Studio event (``action`` is a known one). A ``verified`` event (webhook secret or
         basic auth) is believed; any other only makes the backend re-read the truth from Label Studio, for
         projects set up here or that Label Studio lists, and stores nothing from its payload."""
