@@ -143,6 +143,32 @@ class BackendSettings:
         minimum=0,
         doc="refuse (per task) media files larger than this many megabytes",
     )
+    download_timeout_s: float = setting(
+        120.0,
+        "DCSAM_DOWNLOAD_TIMEOUT_S",
+        minimum=1,
+        doc="give up (per task) a media download not complete after this many seconds, redirects included",
+    )
+    media_allow_private: bool = setting(
+        True,
+        "DCSAM_MEDIA_ALLOW_PRIVATE",
+        doc="1/0: may task media URLs name private or loopback addresses (Label Studio's own host always "
+        "may; link-local and cloud-metadata addresses never)",
+    )
+    decode_budget_mp: float = setting(
+        100.0,
+        "DCSAM_DECODE_BUDGET_MP",
+        minimum=1,
+        doc="megapixels decoded at once in a worker; larger decodes wait (one bigger image decodes alone)",
+    )
+    max_config_bytes: int = setting(
+        2 * MB,
+        "DCSAM_MAX_CONFIG_MB",
+        kind="float",
+        scale=MB,
+        minimum=0.001,
+        doc="refuse label configs larger than this many megabytes",
+    )
     warmup: bool = setting(
         False,
         "DCSAM_WARMUP",
@@ -198,6 +224,15 @@ class BackendSettings:
     preannotate_import_timeout_s: float = setting(
         120.0, "DCSAM_PREANNOTATE_IMPORT_TIMEOUT_S", minimum=1, doc="timeout of one predictions import call"
     )
+    jobs_keep_per_project: int = setting(
+        100,
+        "DCSAM_JOBS_KEEP",
+        minimum=1,
+        doc="finished job rows kept per project beyond DCSAM_JOBS_KEEP_DAYS (older ones are pruned)",
+    )
+    jobs_keep_days: float = setting(
+        30.0, "DCSAM_JOBS_KEEP_DAYS", minimum=0, doc="finished job rows of the last this many days are all kept"
+    )
     # video
     video_key: str = setting("video", "DCSAM_VIDEO_KEY", doc="task data key of a frame-sequence task's video id")
     frame_key: str = setting("frame", "DCSAM_FRAME_KEY", doc="task data key of a frame-sequence task's frame number")
@@ -209,6 +244,12 @@ class BackendSettings:
     )
     video_cache: int = setting(
         16, "DCSAM_VIDEO_CACHE", minimum=1, doc="frame-sequence videos whose propagated regions are kept in memory"
+    )
+    video_wait_s: float = setting(
+        300.0,
+        "DCSAM_VIDEO_WAIT_S",
+        minimum=1,
+        doc="a request waits at most this long for its frames of a frame-sequence propagation",
     )
     video_keyframe_tolerance: float = setting(
         0.5,

@@ -5,11 +5,16 @@
 * Media goes through the SDK's ``get_local_path``: ``/data/upload/...``, ``/data/local-files/?d=...``,
   cloud URIs (``s3://``, ``gs://``, ``azure-blob://``, presigned through ``/tasks/<id>/presign``) and
   plain http(s). The SDK adds the token only when the URL's host is the Label Studio host, and
-  ``requests`` drops it on a redirect to another host, so presigned and external URLs never see it.
+  the download session drops it on a redirect to another host, so presigned and external URLs never see it.
 * ``/data/local-files/?d=<path>`` is read from ``LOCAL_FILES_DOCUMENT_ROOT`` when the file is there;
   a path that leaves that folder (``..``, absolute paths, symlinks) is refused, never fetched.
-* Every download is capped (``DCSAM_MAX_DOWNLOAD_MB``) and has a timeout; images are checked against
-  ``DCSAM_MAX_IMAGE_PIXELS`` from their header before they are decoded.
+* Every download is capped (``DCSAM_MAX_DOWNLOAD_MB``) and has one deadline for all of it, redirects
+  included (``DCSAM_DOWNLOAD_TIMEOUT_S``).
+* Addresses: a URL that is not on the Label Studio host is resolved and refused when any of its addresses
+  is link-local or a cloud-metadata service (always), or private or loopback (unless
+  ``DCSAM_MEDIA_ALLOW_PRIVATE``); every redirect hop and the address each connection reaches are checked too.
+* Images are checked against ``DCSAM_MAX_IMAGE_PIXELS`` from their header, then decoded within the
+  process's pixel budget (``DCSAM_DECODE_BUDGET_MP``), so concurrent large decodes wait for each other.
 """
 
 from __future__ import annotations
@@ -17,14 +22,19 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import ipaddress
 import json
 import logging
 import os
 import posixpath
 import shutil
+import socket
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -35,6 +45,7 @@ from PIL import Image
 from dcsam.errors import InputError
 from dcsam.io import read_image
 
+from ..settings import BackendSettings
 from . import sdk_bridge
 
 log = logging.getLogger(__name__)
@@ -68,8 +79,72 @@ def resolve_local_file(url: str, root: str) -> str:
     return candidate
 
 
-def decode_image(data: bytes, max_pixels: int, what: str = "image") -> np.ndarray:
-    """Decode to uint8 RGB after checking the size from the header (no decode of huge images)."""
+class PixelBudget:
+    """The pixels being decoded at once: a decode waits until its pixels fit (one larger than the whole
+    budget waits until it is alone), first come, first served."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.in_flight = 0
+        self._queue: deque[object] = deque()
+        self._cond = threading.Condition()
+
+    def resize(self, capacity: int) -> None:
+        with self._cond:
+            self.capacity = capacity
+            self._cond.notify_all()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            try:
+                self._cond.wait_for(
+                    lambda: (
+                        self._queue[0] is ticket and (self.in_flight == 0 or self.in_flight + pixels <= self.capacity)
+                    )
+                )
+            finally:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+            self.in_flight += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_flight -= pixels
+                self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """How this process fetches task media beyond the per-call byte cap (see the module docstring)."""
+
+    timeout_s: float
+    allow_private: bool
+
+    @classmethod
+    def from_settings(cls, settings: BackendSettings) -> MediaPolicy:
+        return cls(timeout_s=settings.download_timeout_s, allow_private=settings.media_allow_private)
+
+
+# Process-wide, like the memory they protect: set from the settings by :func:`configure`.
+_defaults = BackendSettings()
+POLICY = MediaPolicy.from_settings(_defaults)
+DECODE_BUDGET = PixelBudget(int(_defaults.decode_budget_mp * 1e6))
+
+
+def configure(settings: BackendSettings) -> None:
+    """Apply the settings' media policy and decode budget to this process."""
+    global POLICY
+    POLICY = MediaPolicy.from_settings(settings)
+    DECODE_BUDGET.resize(int(settings.decode_budget_mp * 1e6))
+
+
+def decode_image(data: bytes, max_pixels: int, what: str = "image", budget: PixelBudget | None = None) -> np.ndarray:
+    """Decode to uint8 RGB after checking the size from the header (no decode of huge images), within
+    ``budget`` (default: the process's :data:`DECODE_BUDGET`)."""
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
@@ -82,10 +157,73 @@ def decode_image(data: bytes, max_pixels: int, what: str = "image") -> np.ndarra
             f"{what}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels} "
             "(DCSAM_MAX_IMAGE_PIXELS)"
         )
+    with (budget or DECODE_BUDGET).hold(width * height):
+        try:
+            return read_image(data)
+        except InputError as exc:
+            raise MediaError(f"{what}: {exc}") from exc
+
+
+# Refused for task media whatever DCSAM_MEDIA_ALLOW_PRIVATE says, besides link-local ranges (where most
+# clouds serve instance metadata and credentials): the metadata addresses outside them.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254", "fd20:ce::254", "192.0.0.192")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # 0.0.0.0 reaches the local host on Linux
+
+
+def address_refusal(ip: str, allow_private: bool) -> str | None:
+    """Why task media may not be fetched from ``ip``; None when it may."""
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address):  # an IPv4 address written as IPv6 is judged as IPv4
+        if addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        elif addr in _NAT64:
+            addr = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.is_link_local or addr in METADATA_ADDRESSES:
+        return "a link-local or cloud-metadata address"
+    if addr.is_multicast or addr.is_unspecified or addr in _THIS_NETWORK:
+        return "not a host address"
+    if addr.is_global or allow_private:
+        return None
+    return "a private or loopback address (DCSAM_MEDIA_ALLOW_PRIVATE=0)"
+
+
+def _host_port(url: str) -> tuple[str, int] | None:
+    parsed = urlparse(url)
     try:
-        return read_image(data)
-    except InputError as exc:
-        raise MediaError(f"{what}: {exc}") from exc
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return ((parsed.hostname or "").lower(), port) if parsed.hostname else None
+
+
+class _AddressCheck:
+    """The address rule for one download: ``trusted`` (Label Studio's host and port) is exempt."""
+
+    def __init__(self, trusted: tuple[str, int] | None, allow_private: bool):
+        self.trusted, self.allow_private = trusted, allow_private
+
+    def url(self, url: str) -> None:
+        where = _host_port(url)
+        if not url.startswith(("http://", "https://")) or where is None:
+            raise MediaError(f"{_safe_url(url)}: not an http(s) URL with a host")
+        if where == self.trusted:
+            return
+        try:
+            infos = socket.getaddrinfo(where[0], where[1], type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise MediaError(f"{_safe_url(url)}: cannot resolve {where[0]} ({exc})") from exc
+        for info in infos:
+            self.peer(where[0], where[1], str(info[4][0]), url)
+
+    def peer(self, host: str, port: int, ip: str, url: str | None = None) -> None:
+        if (host.lower(), port) == self.trusted:
+            return
+        reason = address_refusal(ip, self.allow_private)
+        if reason is not None:
+            raise MediaError(f"{_safe_url(url) if url else host}: {host} is {ip}, {reason}; refused")
 
 
 class LabelStudioAccess:
@@ -191,9 +329,17 @@ def _describe_exc(exc: BaseException) -> str:
 
 
 def fetch_media(
-    ref: Any, task_id: int | None, *, access: LabelStudioAccess | None, max_bytes: int, local_files_root: str | None
+    ref: Any,
+    task_id: int | None,
+    *,
+    access: LabelStudioAccess | None,
+    max_bytes: int,
+    local_files_root: str | None,
+    policy: MediaPolicy | None = None,
 ) -> bytes:
-    """The bytes behind a task's data value (see the module docstring for the kinds of reference)."""
+    """The bytes behind a task's data value (see the module docstring for the kinds of reference), fetched
+    under ``policy`` (default: the process's :data:`POLICY`)."""
+    policy = policy or POLICY
     if not isinstance(ref, str) or not ref.strip():
         raise MediaError(f"task data value {ref!r} is not a media reference")
     ref = ref.strip()
@@ -219,13 +365,15 @@ def fetch_media(
         raise MediaError(f"{_safe_url(ref)}: needs Label Studio access; set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
     hostname = access.url if access else None
     token = access.token() if access else None
+    check = _AddressCheck(_host_port(hostname) if hostname else None, policy.allow_private)
     scratch = tempfile.mkdtemp(prefix="dcsam-media-")
     try:
         with sdk_bridge.bounded_downloads(
             max_bytes,
-            lambda url, size: MediaError(
-                f"{_safe_url(url)}: {size} bytes is over the limit of {max_bytes} (DCSAM_MAX_DOWNLOAD_MB)"
-            ),
+            policy.timeout_s,
+            check.url,
+            check.peer,
+            lambda url, reason: MediaError(f"{_safe_url(url)}: {reason}"),
         ):
             try:
                 path = sdk_bridge.get_local_path(

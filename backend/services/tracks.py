@@ -43,24 +43,28 @@ class downloaded_video:
     def __enter__(self) -> VideoFileSource:
         raw = self.fetch()
         fd, self.path = tempfile.mkstemp(prefix="dcsam-video-", suffix=".mp4")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        del raw
-        try:
-            self.source = VideoFileSource(self.path, backend="opencv")
-        except InputError as exc:
+        try:  # __exit__ runs only once __enter__ returns: any error here (a full disk, a decoder crash) cleans up
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+            del raw
+            try:
+                self.source = VideoFileSource(self.path, backend="opencv")
+            except InputError as exc:
+                raise MediaError(f"task {self.task_id}: not a readable video ({exc})") from exc
+            if len(self.source) == 0:
+                raise MediaError(f"task {self.task_id}: the video has no frames")
+        except BaseException:
             self.__exit__()
-            raise MediaError(f"task {self.task_id}: not a readable video ({exc})") from exc
-        if len(self.source) == 0:
-            self.__exit__()
-            raise MediaError(f"task {self.task_id}: the video has no frames")
+            raise
         return self.source
 
     def __exit__(self, *exc: Any) -> None:
-        if self.source is not None:
-            self.source.close()
-        if self.path and os.path.exists(self.path):
-            os.unlink(self.path)
+        try:
+            if self.source is not None:
+                self.source.close()
+        finally:
+            if self.path and os.path.exists(self.path):
+                os.unlink(self.path)
 
 
 def track_frame(

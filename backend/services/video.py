@@ -138,10 +138,16 @@ class SequenceRun:
             self.finished = True
             self.cond.notify_all()
 
-    def wait(self, task_ids: list[int]) -> dict[int, FrameOutcome]:
+    def wait(self, task_ids: list[int], timeout: float) -> dict[int, FrameOutcome]:
+        """The outcomes of ``task_ids`` once they are all in, or what there is after ``timeout`` seconds
+        (the others are reported as timed out; the run goes on for later requests)."""
         with self.cond:
-            self.cond.wait_for(lambda: self.finished or all(t in self.outcomes for t in task_ids))
-            return {t: self.outcomes[t] for t in task_ids if t in self.outcomes}
+            done = self.cond.wait_for(lambda: self.finished or all(t in self.outcomes for t in task_ids), timeout)
+            got = {t: self.outcomes[t] for t in task_ids if t in self.outcomes}
+            if not done:
+                late = FrameOutcome([], "the propagation did not reach this frame in time (DCSAM_VIDEO_WAIT_S)")
+                got.update((t, late) for t in task_ids if t not in got)
+            return got
 
 
 def segments(anchors: list, n: int, first: set[int]) -> list[tuple[int, int, int, int]]:
@@ -168,7 +174,7 @@ class VideoPredictor:
         self.prepare = prepare
         self.count = count or (lambda name, n=1.0, **labels: None)
         self._runs: OrderedDict[tuple, SequenceRun] = OrderedDict()  # (project, image, video) -> latest run
-        self._listings: dict[tuple, tuple[Any, float, list[dict]]] = {}
+        self._listings: OrderedDict[tuple, tuple[Any, float, list[dict]]] = OrderedDict()  # as many as runs
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dcsam-frames")
         self.sam2_model: Any = None  # a SAM 2 model built for propagation, shared by every project (settable)
@@ -227,12 +233,13 @@ class VideoPredictor:
         out: dict[int, FrameOutcome] = {}
         for video, indices in by_video.items():
             wanted_ids = [tasks[i]["id"] for i in indices]
+            deadline = time.monotonic() + s.video_wait_s
             try:
                 for _ in range(2):  # a run superseded while we waited (new annotations): wait for its successor
                     run = self._sequence_run(
                         project_id, cfg, image_name, video, wanted_ids, access, pe, version, load, vs
                     )
-                    got = run.wait(wanted_ids)
+                    got = run.wait(wanted_ids, max(deadline - time.monotonic(), 0.0))
                     if not run.cancelled:
                         break
             except LabelStudioError as exc:
@@ -250,7 +257,8 @@ class VideoPredictor:
         """The project's tasks of ``video`` (annotations included), listed once per examples revision."""
         s = self.settings
         key = (project_id, video)
-        cached = self._listings.get(key)
+        with self._lock:
+            cached = self._listings.get(key)
         if (
             cached
             and cached[0] == rev
@@ -262,7 +270,11 @@ class VideoPredictor:
         found = [t for t in access.tasks(project_id, flt) if self._of_video(t, video)]
         if not set(must_have) <= {t["id"] for t in found}:  # a filter this Label Studio does not honour
             found = [t for t in access.tasks(project_id) if self._of_video(t, video)]
-        self._listings[key] = (rev, time.monotonic(), found)
+        with self._lock:
+            self._listings[key] = (rev, time.monotonic(), found)
+            self._listings.move_to_end(key)
+            while len(self._listings) > s.video_cache:
+                self._listings.popitem(last=False)
         return found
 
     def _of_video(self, task: dict, video: str) -> bool:

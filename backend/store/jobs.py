@@ -2,18 +2,27 @@
 
 States: ``queued`` | ``running`` | ``done`` | ``failed`` | ``cancelled`` | ``interrupted`` | ``skipped``.
 The runner that executes them is :class:`backend.services.jobs.JobRunner`.
+
+Finished rows are pruned (:meth:`JobStore.prune`, run by :meth:`JobStore.finish` now and then): every one of
+the last ``keep_days`` days is kept, and the newest ``keep_per_project`` of each project whatever their age.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ..settings import BackendSettings
 from .database import Database
 
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 50  # finishes between two prunes: a prune is one indexed DELETE, cheap but not free
 FINAL = ("done", "failed", "cancelled", "interrupted", "skipped")
 COLUMNS = (
     "id",
@@ -62,6 +71,12 @@ def _json_default(obj: Any) -> Any:
 class JobStore:
     def __init__(self, db: Database):
         self.db = db
+        defaults = BackendSettings()
+        # retention of finished rows (the service sets them from the settings)
+        self.keep_per_project: int = defaults.jobs_keep_per_project
+        self.keep_days: float = defaults.jobs_keep_days
+        self._finishes = PRUNE_EVERY - 1  # the first finish of a process prunes
+        self._finishes_lock = threading.Lock()
 
     def add(
         self,
@@ -219,6 +234,28 @@ class JobStore:
                     "UPDATE jobs SET status=?, message=?, finished_at=?, updated_at=?, figures=? WHERE id=?",
                     (status, message[:1000], now, now, _json(figures), job_id),
                 )
+        with self._finishes_lock:
+            self._finishes = (self._finishes + 1) % PRUNE_EVERY
+            due = self._finishes == 0
+        if due:
+            try:
+                self.prune(self.keep_per_project, self.keep_days)
+            except sqlite3.Error as exc:  # the job is finished; its old neighbours can go next time
+                log.warning("pruning finished jobs failed: %s", exc)
+
+    def prune(self, keep_per_project: int, keep_days: float) -> int:
+        """Delete finished jobs older than ``keep_days`` days that are not among the ``keep_per_project``
+        newest finished jobs of their project; returns how many were deleted."""
+        final = ",".join("?" * len(FINAL))
+        with self.db.transaction() as con:
+            cur = con.execute(
+                f"DELETE FROM jobs WHERE status IN ({final}) AND COALESCE(finished_at, updated_at, created_at) < ? "
+                "AND id NOT IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+                f"(PARTITION BY project_id ORDER BY id DESC) AS newest FROM jobs WHERE status IN ({final})) "
+                "WHERE newest <= ?)",
+                (*FINAL, time.time() - keep_days * 86400, *FINAL, keep_per_project),
+            )
+            return cur.rowcount
 
     def requeue(self, job_id: int, run_after: float, message: str) -> None:
         """A running job back to the queue (to resume from its saved params at ``run_after``)."""
