@@ -184,23 +184,32 @@ class JobRunner:
         """Start the lanes' threads (idempotent); a lane whose thread is gone is started again, after its
         jobs were recovered like those of a dead process."""
         with self._lock:
-            ours = self.owner is not None and self.owner.split(":")[1] == str(os.getpid())
-            alive = {lane: t for lane, t in self._threads.items() if ours and t.is_alive()}
-            if len(alive) == len(self.lanes):
-                return
-            # A new owner name: the jobs a dead lane thread held under the old one are now stale.
-            self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-            for lane, thread in alive.items():
-                _LANE_THREADS[self._lane_owner(lane)] = thread
-            self._recover()
-            self._stop.clear()
-            for lane in self.lanes:
-                if lane in alive:
-                    continue
-                thread = threading.Thread(target=self._loop, args=(lane,), name=f"dcsam-jobs-{lane}", daemon=True)
-                self._threads[lane] = thread
-                _LANE_THREADS[self._lane_owner(lane)] = thread
-                thread.start()
+            self._start_lanes()
+
+    def _revive(self) -> None:
+        """From a live lane: start again a lane whose thread ended, unless the runner is stopping."""
+        with self._lock:
+            if not self._stop.is_set():
+                self._start_lanes()
+
+    def _start_lanes(self) -> None:  # with self._lock held
+        ours = self.owner is not None and self.owner.split(":")[1] == str(os.getpid())
+        alive = {lane: t for lane, t in self._threads.items() if ours and t.is_alive()}
+        if len(alive) == len(self.lanes):
+            return
+        # A new owner name: the jobs a dead lane thread held under the old one are now stale.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        for lane, thread in alive.items():
+            _LANE_THREADS[self._lane_owner(lane)] = thread
+        self._recover()
+        self._stop.clear()
+        for lane in self.lanes:
+            if lane in alive:
+                continue
+            thread = threading.Thread(target=self._loop, args=(lane,), name=f"dcsam-jobs-{lane}", daemon=True)
+            self._threads[lane] = thread
+            _LANE_THREADS[self._lane_owner(lane)] = thread
+            thread.start()
 
     def _lane_owner(self, lane: str) -> str:
         return f"{self.owner}-{lane}"
@@ -216,7 +225,8 @@ class JobRunner:
             )
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
         for event in self._wake.values():
             event.set()
         for thread in self._threads.values():
@@ -253,6 +263,8 @@ class JobRunner:
                 if time.monotonic() - self._last_recover >= self.recheck_s:
                     try:  # a process that died while this one started (e.g. a zombie not yet reaped) is seen now
                         self._recover()
+                        if not all(t.is_alive() for t in self._threads.values()):
+                            self._revive()  # a lane ended by something no handler catches: its jobs resume
                     except Exception:
                         log.exception("job runner: recovering orphaned jobs failed")
                 wake.wait(self.poll_s)

@@ -306,9 +306,11 @@ def test_a_job_resumes_by_itself_when_the_disk_has_room_again(make_backend, fake
     assert "process" not in job["message"]  # not "interrupted (process ... stopped)": nothing stopped
 
 
-def test_a_dead_lane_is_started_again_and_its_job_resumes(make_backend, fake_ls, monkeypatch):
+def test_a_dead_lane_is_started_again_by_the_live_one_and_its_job_resumes(make_backend, fake_ls, monkeypatch):
     ids = _tasks(fake_ls, 35, 6)
     h = make_backend(fake_ls.url)
+    runner = h.service.runner
+    runner.recheck_s = 0.2
     ledger = h.service.store.ledger
     commit_page = ledger.commit_page
     collapsed = []
@@ -320,14 +322,18 @@ def test_a_dead_lane_is_started_again_and_its_job_resumes(make_backend, fake_ls,
         commit_page(*args)
 
     monkeypatch.setattr(ledger, "commit_page", collapse_once)
-    r = h.client.post("/jobs/preannotate", json={"project": 35})
-    assert h.service.runner.join(30, lane="model")  # the model lane is gone, the sync lane still runs
-    assert h.service.runner.running
-    h.service.runner.start()  # what a serving process calls (post_worker_init, every request)
-    assert h.service.runner.wait_idle(120)
-    job = h.service.store.jobs.get(r.json["id"])
+    job_id = h.client.post("/jobs/preannotate", json={"project": 35}).json["id"]  # no HTTP request after this one
+    deadline = time.monotonic() + 60
+    while not collapsed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert collapsed
+    deadline = time.monotonic() + 120
+    while h.service.store.jobs.get(job_id)["status"] != "done" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    job = h.service.store.jobs.get(job_id)
     assert job["status"] == "done" and job["restarts"] == 1, job
     assert fake_ls.predictions_per_task(h.service.version) == {t: 1 for t in ids}
+    assert not runner.join(0.1, lane="model") and not runner.join(0.1, lane="sync")  # both lanes run
 
 
 # -- bounded memory ------------------------------------------------------------------------------------------
