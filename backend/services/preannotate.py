@@ -104,7 +104,7 @@ def retry_after_s(exc: BaseException, now: float | None = None) -> float | None:
             when = email.utils.parsedate_to_datetime(raw)
         except (TypeError, ValueError):
             return None
-        if when.tzinfo is None:  # an HTTP-date is GMT; a malformed one without a zone is read as such
+        if when.tzinfo is None:  # "-0000": no known zone, so no known moment
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
     if seconds != seconds:  # NaN
