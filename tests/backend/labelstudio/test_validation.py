@@ -276,6 +276,7 @@ def test_webhook_action_labels_are_bounded_to_known_events(harness_factory):
 
 def test_label_studio_webhook_payload_passes(harness_factory):
     h = harness_factory()
+    assert h.setup(3, BRUSH_CONFIG).status_code == 200  # a project set up here: its events are acted on
     body = {
         "action": "ANNOTATION_CREATED",
         "annotation": {"id": 5, "task": 17, "result": [], "was_cancelled": False, "ground_truth": False},
