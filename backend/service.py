@@ -86,6 +86,8 @@ class Service:
         self.config = segmenter_config(settings, self.choice)
         self.version = model_version(settings, self.choice)
         self.store = Store(settings.model_dir)
+        self.store.jobs.keep_per_project = settings.jobs_keep_per_project
+        self.store.jobs.keep_days = settings.jobs_keep_days
         self.store.versions.record_base(
             self.version, self.choice.engine, {"reason": self.choice.reason, "config": self.config.to_dict()}
         )
