@@ -270,6 +270,7 @@ def test_unknown_webhook_events_are_ignored_with_200(harness_factory, payload):
 
 def test_start_training_is_acknowledged_and_recorded(harness_factory):
     h = harness_factory()
+    h.setup(7, BRUSH_CONFIG)  # an unverified webhook only acts on projects set up here
     r = h.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7, "label_config": BRUSH_CONFIG}})
     assert r.status_code == 200
     assert h.service.runner.wait_idle(30) and h.service.runner.wait_idle(30)

@@ -6,12 +6,12 @@ import base64
 import itertools
 import time
 
-import numpy as np
 import pytest
 
 from tests.support.configs import BRUSH_CONFIG
 from tests.support.fakes import image_bytes
 from tests.support.harness import BackendHarness
+from tests.support.projects import brush_project
 from tests.support.regions import annotated_task, brush_region
 
 
@@ -19,37 +19,8 @@ class Crash(BaseException):
     """Kills the job thread the way SIGKILL kills a process: no bookkeeping, no except clause runs."""
 
 
-def _scene(i: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(i)
-    img = (rng.random((size, size, 3)) * 60 + 40).astype(np.uint8)
-    mask = np.zeros((size, size), bool)
-    y, x = 20 + i % 30, 15 + (i * 7) % 40
-    mask[y : y + 30, x : x + 35] = True
-    img[mask] = (200, 60, 50)
-    return img, mask
-
-
-def _project(fake_ls, project: int, n: int, *, annotated: int = 1) -> list[int]:
-    """n tasks (ids project*1000+1..), the first ``annotated`` of them with a brush annotation."""
-    ids = []
-    fake_ls.label_configs[project] = BRUSH_CONFIG
-    for i in range(n):
-        task_id = project * 1000 + i + 1
-        img, mask = _scene(i)
-        path = f"/data/upload/{project}/t{task_id}.jpg"
-        fake_ls.files[path] = image_bytes(img)
-        if i < annotated:
-            fake_ls.tasks.append(annotated_task(task_id, project, path, [brush_region(mask, "cat")]))
-        else:
-            fake_ls.tasks.append({"id": task_id, "project": project, "data": {"image": path}, "annotations": []})
-        ids.append(task_id)
-    return ids
-
-
 @pytest.fixture()
-def jobs_harness(tmp_path, lite_base, fake_ls):
-    made = []
-
+def jobs_harness(backend_factory, lite_base, fake_ls):
     def make(**env: str) -> BackendHarness:
         base = {
             "LABEL_STUDIO_URL": fake_ls.url,
@@ -59,14 +30,9 @@ def jobs_harness(tmp_path, lite_base, fake_ls):
             "DCSAM_TRAIN_STEPS": "4",
             "DCSAM_PREANNOTATE_AFTER_TRAIN": "0",
         }
-        base.update(env)
-        h = BackendHarness(tmp_path, lite_base, **base)
-        made.append(h)
-        return h
+        return backend_factory(**{**base, **env})
 
     yield make
-    for h in made:
-        h.service.runner.stop()
     lite_base.engine.load_trainable_state_dict({})  # the session engine is shared: leave it untrained
 
 
@@ -78,7 +44,7 @@ def _run(h: BackendHarness, project: int, **body) -> dict:
 
 
 def test_preannotate_predicts_every_task_exactly_once(jobs_harness, fake_ls):
-    ids = _project(fake_ls, 3, 11)
+    ids = brush_project(fake_ls, 3, 11)
     h = jobs_harness()
     job = _run(h, 3)
     version = h.service.version
@@ -101,7 +67,7 @@ def test_preannotate_predicts_every_task_exactly_once(jobs_harness, fake_ls):
 
 
 def test_crash_between_import_and_bookkeeping_resumes_without_duplicates(jobs_harness, fake_ls, monkeypatch):
-    ids = _project(fake_ls, 4, 10)
+    ids = brush_project(fake_ls, 4, 10)
     h = jobs_harness()
     calls = []
 
@@ -135,7 +101,7 @@ def test_crash_between_import_and_bookkeeping_resumes_without_duplicates(jobs_ha
 
 
 def test_import_retries_never_duplicate(jobs_harness, fake_ls):
-    ids = _project(fake_ls, 5, 6)
+    ids = brush_project(fake_ls, 5, 6)
     fake_ls.fail_imports = 1  # refused: nothing stored
     fake_ls.fail_after_store = 1  # stored, but the answer is lost
     h = jobs_harness()
@@ -146,7 +112,7 @@ def test_import_retries_never_duplicate(jobs_harness, fake_ls):
 
 
 def test_import_gives_up_after_the_retries(jobs_harness, fake_ls):
-    _project(fake_ls, 6, 5)
+    brush_project(fake_ls, 6, 5)
     fake_ls.fail_imports = 100
     h = jobs_harness(DCSAM_PREANNOTATE_RETRIES="2")
     job = _run(h, 6)
@@ -155,7 +121,7 @@ def test_import_gives_up_after_the_retries(jobs_harness, fake_ls):
 
 
 def test_failed_media_is_reported_not_imported(jobs_harness, fake_ls):
-    ids = _project(fake_ls, 7, 6)
+    ids = brush_project(fake_ls, 7, 6)
     del fake_ls.files[f"/data/upload/7/t{ids[3]}.jpg"]
     h = jobs_harness()
     job = _run(h, 7)
@@ -165,7 +131,7 @@ def test_failed_media_is_reported_not_imported(jobs_harness, fake_ls):
 
 
 def test_cancel_a_running_preannotation(jobs_harness, fake_ls, monkeypatch):
-    ids = _project(fake_ls, 9, 10)
+    ids = brush_project(fake_ls, 9, 10)
     h = jobs_harness()
     ledger = h.service.store.ledger
     book_page = ledger.commit_page
@@ -250,7 +216,7 @@ def _train(h: BackendHarness, project: int) -> dict:
     ],
 )
 def test_jobs_without_enough_annotations_fail_clearly(jobs_harness, fake_ls, project, annotated, run, message):
-    _project(fake_ls, project, 4, annotated=annotated)
+    brush_project(fake_ls, project, 4, annotated=annotated)
     job = run(jobs_harness(), project)
     assert job["status"] == "failed" and message in job["message"]
 
@@ -371,6 +337,7 @@ def test_real_fine_tune_scores_before_and_after(jobs_harness, fake_ls, perseg):
 
 def test_automatic_training_after_n_annotations_is_debounced(jobs_harness, fake_ls):
     h = jobs_harness(DCSAM_TRAIN_EVERY="3", DCSAM_TRAIN_DEBOUNCE_S="3600")
+    h.setup(17, BRUSH_CONFIG)  # an unverified webhook only acts on projects set up here
     ev = {"action": "ANNOTATION_CREATED", "project": {"id": 17}, "annotation": {"id": 1, "was_cancelled": False}}
     out = [h.client.post("/webhook", json=ev).json for _ in range(2)]
     assert all("train_job" not in o for o in out)
@@ -387,7 +354,7 @@ def test_cli_preannotate_follows_the_job(jobs_harness, fake_ls, capsys):
     from backend.cli_preannotate import main
     from tests.support.fakes import LoopbackServer
 
-    ids = _project(fake_ls, 18, 6)
+    ids = brush_project(fake_ls, 18, 6)
     h = jobs_harness()
     server = LoopbackServer(h.app)
     try:
@@ -415,7 +382,7 @@ def test_jobs_of_a_process_that_dies_later_are_recovered(jobs_harness, fake_ls):
 
     from backend.services.jobs import pid_alive as _pid_alive
 
-    ids = _project(fake_ls, 19, 5)
+    ids = brush_project(fake_ls, 19, 5)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     h = jobs_harness()
     h.service.runner.recheck_s = 0.2
@@ -445,7 +412,7 @@ def _sync_jobs(h) -> list[dict]:
 
 
 def test_a_burst_of_webhooks_runs_at_most_two_syncs(jobs_harness, fake_ls):
-    _project(fake_ls, 21, 3)
+    brush_project(fake_ls, 21, 3)
     h = jobs_harness(DCSAM_SYNC_DEBOUNCE_S="0.5")
     h.setup(21, BRUSH_CONFIG)
     payload = {
@@ -466,7 +433,7 @@ def test_a_burst_of_webhooks_runs_at_most_two_syncs(jobs_harness, fake_ls):
 def test_queued_syncs_left_by_a_crash_run_after_restart(jobs_harness, fake_ls):
     import socket
 
-    _project(fake_ls, 22, 3)
+    brush_project(fake_ls, 22, 3)
     h = jobs_harness()
     h.setup(22, BRUSH_CONFIG)
     store = h.service.store.jobs

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import itertools
 import sqlite3
 import time
 
-import numpy as np
 import pytest
 import requests
 from flask import Flask, Response, request
 
 from tests.support.configs import BRUSH_CONFIG, POLYGON_CONFIG
-from tests.support.fakes import LoopbackServer, image_bytes
+from tests.support.fakes import LoopbackServer
 from tests.support.harness import BackendHarness
-from tests.support.regions import annotated_task, brush_region
+from tests.support.projects import brush_project
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"u:pw").decode()}
 
@@ -70,48 +70,21 @@ def faulty_ls(fake_ls):
 
 
 @pytest.fixture()
-def make_backend(tmp_path, lite_base, fake_ls):
-    made = []
+def make_backend(backend_factory, tmp_path, fake_ls):
+    model_dirs = itertools.count()
 
     def make(ls_url: str | None = None, **env: str) -> BackendHarness:
         base = {
-            "MODEL_DIR": str(tmp_path / f"model-{len(made)}"),  # each backend its own state
+            "MODEL_DIR": str(tmp_path / f"model-{next(model_dirs)}"),  # each backend its own state
             "DCSAM_PREANNOTATE_CHUNK": "4",
             "DCSAM_PREANNOTATE_BACKOFF_S": "0",
             "DCSAM_SYNC_DEBOUNCE_S": "0",
         }
         if ls_url is not None:
             base.update(LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
-        base.update(env)
-        h = BackendHarness(tmp_path, lite_base, **base)
-        made.append(h)
-        return h
+        return backend_factory(**{**base, **env})
 
-    yield make
-    for h in made:
-        h.service.runner.stop()
-
-
-def _tasks(fake_ls, project: int, n: int) -> list[int]:
-    """n tasks (ids project*1000+1..) with a red square; the first one annotated."""
-    fake_ls.label_configs[project] = BRUSH_CONFIG
-    ids = []
-    for i in range(n):
-        rng = np.random.default_rng(i)
-        img = (rng.random((64, 64, 3)) * 60 + 40).astype(np.uint8)
-        mask = np.zeros((64, 64), bool)
-        mask[10 + i % 20 : 40 + i % 20, 12:44] = True
-        img[mask] = (200, 60, 50)
-        task_id, path = project * 1000 + i + 1, f"/data/upload/{project}/{i}.jpg"
-        fake_ls.files[path] = image_bytes(img)
-        regions = [brush_region(mask, "cat")] if i == 0 else []
-        fake_ls.tasks.append(
-            annotated_task(task_id, project, path, regions)
-            if regions
-            else {"id": task_id, "project": project, "data": {"image": path}, "annotations": []}
-        )
-        ids.append(task_id)
-    return ids
+    return make
 
 
 def _preannotate(h: BackendHarness, project: int) -> dict:
@@ -183,7 +156,7 @@ def test_verified_webhooks_are_believed_after_validation(make_backend, fake_ls):
 
 # -- the ledger against Label Studio --------------------------------------------------------------------
 def test_predictions_deleted_in_label_studio_are_made_again(make_backend, fake_ls):
-    ids = _tasks(fake_ls, 31, 10)
+    ids = brush_project(fake_ls, 31, 10)
     h = make_backend(fake_ls.url)
     version = h.service.version
     assert _preannotate(h, 31)["figures"]["imported"] == 10
@@ -198,7 +171,7 @@ def test_predictions_deleted_in_label_studio_are_made_again(make_backend, fake_l
 
 
 def test_a_label_studio_error_fails_the_job_with_that_error(make_backend, fake_ls, faulty_ls):
-    _tasks(fake_ls, 32, 3)
+    brush_project(fake_ls, 32, 3)
     h = make_backend(faulty_ls.url)
     faulty_ls.faults.append(("/api/tasks", 500, {}))
     job = _preannotate(h, 32)
@@ -207,7 +180,7 @@ def test_a_label_studio_error_fails_the_job_with_that_error(make_backend, fake_l
 
 
 def test_retry_after_is_honoured(make_backend, fake_ls, faulty_ls):
-    ids = _tasks(fake_ls, 33, 3)
+    ids = brush_project(fake_ls, 33, 3)
     h = make_backend(faulty_ls.url)
     faulty_ls.faults.append(("/api/projects/33/import/predictions", 503, {"Retry-After": "1"}))
     job = _preannotate(h, 33)
@@ -254,7 +227,7 @@ def _disk_full() -> sqlite3.OperationalError:
 
 @pytest.mark.parametrize("when", ["mid_job", "at_finish"])
 def test_a_job_resumes_by_itself_when_the_disk_has_room_again(make_backend, fake_ls, monkeypatch, when):
-    ids = _tasks(fake_ls, 34, 10)
+    ids = brush_project(fake_ls, 34, 10)
     h = make_backend(fake_ls.url)
     h.service.runner.retry_s = 0.05
     db, jobs, ledger = h.service.store.db, h.service.store.jobs, h.service.store.ledger
@@ -307,7 +280,7 @@ def test_a_job_resumes_by_itself_when_the_disk_has_room_again(make_backend, fake
 
 
 def test_a_dead_lane_is_started_again_by_the_live_one_and_its_job_resumes(make_backend, fake_ls, monkeypatch):
-    ids = _tasks(fake_ls, 35, 6)
+    ids = brush_project(fake_ls, 35, 6)
     h = make_backend(fake_ls.url)
     runner = h.service.runner
     runner.recheck_s = 0.2
@@ -339,7 +312,7 @@ def test_a_dead_lane_is_started_again_by_the_live_one_and_its_job_resumes(make_b
 # -- bounded memory ------------------------------------------------------------------------------------------
 def test_example_cache_keeps_the_most_recently_used_projects(make_backend, fake_ls):
     for project in (51, 52, 53):
-        _tasks(fake_ls, project, 2)
+        brush_project(fake_ls, project, 2)
     h = make_backend(fake_ls.url, DCSAM_MAX_PROJECTS_IN_MEMORY="2")
     examples = h.service.examples
 
