@@ -23,12 +23,12 @@ from .services.deps import JobDeps
 from .services.examples import ExampleManager
 from .services.jobs import JobKind, JobRunner
 from .services.preannotate import run_preannotate
-from .services.predictor import Predictor
+from .services.predictor import Predictor, answer
 from .services.runtime import BASE_TAG, ModelRuntime, SegmenterFactory
 from .services.sync import run_sync
 from .services.training import run_train
 from .services.versions import VersionError, VersionRegistry
-from .services.video import VideoPredictor
+from .services.video import PENDING, VideoPredictor
 from .settings import BackendSettings
 from .store import Store
 
@@ -130,7 +130,7 @@ class Service:
             label_studio=self.label_studio,
             metrics=self.metrics,
             prepare=self.prepare,
-            submit_preannotate=self.submit_preannotate,
+            submit_preannotate=self.submit_preannotate_after_promotion,  # the one job handlers queue
         )
         deps = self.deps
         self.runner = JobRunner(
@@ -210,17 +210,46 @@ class Service:
             extra_params=extra_params,
         )
 
-    def predict(self, project_id: int | None, tasks: list[dict], cfg: LabelConfig, context: dict | None) -> list[dict]:
-        """One prediction per task: interactive refinement when ``context`` has a result, else in-context."""
+    def predict(
+        self, project_id: int | None, tasks: list[dict], cfg: LabelConfig, context: dict | None
+    ) -> list[dict | list]:
+        """One element per task, in order: interactive refinement when ``context`` has a result, else in-context.
+        A task that could not be predicted gets ``[]``, no prediction, so Label Studio asks again later
+        (see :func:`backend.services.predictor.answer`)."""
         t0 = time.monotonic()
         access = self.access_for(project_id)
+        why: dict[str, int] = {}
         if context and context.get("result"):
-            results = [self.predictor.predict_interactive(project_id, task, context, cfg, access) for task in tasks]
+            # shown to the person, never stored by Label Studio: an empty answer is fine here
+            results: list[dict | list] = [
+                self.predictor.predict_interactive(project_id, task, context, cfg, access) for task in tasks
+            ]
         else:
-            results = self.predictor.predict_tasks(project_id, tasks, cfg, access)
-        self.metrics.inc("dcsam_predictions_total", len(results))
-        self.metrics.inc("dcsam_regions_total", sum(len(r["result"]) for r in results))
-        self.metrics.inc("dcsam_predict_seconds_total", time.monotonic() - t0)
+            outcomes = self.predictor.predict_outcomes(
+                project_id, tasks, cfg, access, video_wait_s=self.settings.video_task_wait_s
+            )
+            results = [answer(o) for o in outcomes]
+            for o in outcomes:
+                if o.error is not None:
+                    # the reasons that leave a task without a prediction (details are logged per task)
+                    reason = {PENDING: "track pending", "no examples": "no examples"}.get(o.error, "failed")
+                    why[reason] = why.get(reason, 0) + 1
+        predictions = [r for r in results if isinstance(r, dict)]
+        regions = sum(len(r["result"]) for r in predictions)
+        seconds = time.monotonic() - t0
+        self.metrics.inc("dcsam_predictions_total", len(predictions))
+        self.metrics.inc("dcsam_regions_total", regions)
+        self.metrics.inc("dcsam_predict_seconds_total", seconds)
+        log.info(
+            "/predict project %s: %d task(s), %d prediction(s), %d region(s)%s in %.2f s%s",
+            project_id,
+            len(tasks),
+            len(predictions),
+            regions,
+            f", {len(tasks) - len(predictions)} without a prediction ({why})" if why else "",
+            seconds,
+            " (interactive)" if context and context.get("result") else "",
+        )
         return results
 
     # -- webhook events ------------------------------------------------------------------------------
@@ -339,6 +368,12 @@ class Service:
         if existing is not None and existing["params"].get("version") == self.version_for(project_id):
             return existing["id"]  # running for the current version: it covers every task
         return self._queued(self.store.jobs.add("preannotate", project_id, params or {}, message=reason), "preannotate")
+
+    def submit_preannotate_after_promotion(self, project_id: int, *, reason: str = "") -> int:
+        """The pre-annotation a promoted fine-tune queues: it leaves out tasks with an accepted annotation
+        unless DCSAM_PREANNOTATE_SKIP_ANNOTATED=0 (see backend.services.preannotate)."""
+        params = {"skip_annotated": self.settings.preannotate_skip_annotated}
+        return self.submit_preannotate(project_id, reason=reason, params=params)
 
     def submit_train(self, project_id: int, *, reason: str = "", delay_s: float = 0.0) -> int:
         """Queue a fine-tune; a queued one is reused (and postponed by ``delay_s``: debouncing)."""

@@ -206,6 +206,12 @@ class BackendSettings:
     preannotate_after_train: bool = setting(
         True, "DCSAM_PREANNOTATE_AFTER_TRAIN", doc="1/0: pre-annotate the whole project after a promoted fine-tune"
     )
+    preannotate_skip_annotated: bool = setting(
+        True,
+        "DCSAM_PREANNOTATE_SKIP_ANNOTATED",
+        doc="1/0: the pre-annotation after a promoted fine-tune leaves out tasks that already have an accepted "
+        "annotation (a person's labels are the truth there)",
+    )
     preannotate_chunk: int = setting(
         100,
         "DCSAM_PREANNOTATE_CHUNK",
@@ -250,6 +256,13 @@ class BackendSettings:
         "DCSAM_VIDEO_WAIT_S",
         minimum=1,
         doc="a request waits at most this long for its frames of a frame-sequence propagation",
+    )
+    video_task_wait_s: float = setting(
+        30.0,
+        "DCSAM_VIDEO_TASK_WAIT_S",
+        minimum=0,
+        doc="a /predict request waits at most this long for its <Video> tasks' tracks; a track not done by then "
+        "goes on in the background and that task gets no prediction yet (Label Studio asks again later)",
     )
     video_keyframe_tolerance: float = setting(
         0.5,

@@ -7,7 +7,9 @@ on real projects; this job instead:
    total_predictions``), skipping tasks that already hold a prediction of the current ``model_version``
    (the SQLite ledger, then Label Studio itself for tasks that have any prediction). The ledger is only
    believed for tasks the same listing shows with a prediction: a task whose predictions were deleted in
-   Label Studio is predicted again;
+   Label Studio is predicted again. A job with ``skip_annotated`` (the one a promoted fine-tune queues,
+   ``DCSAM_PREANNOTATE_SKIP_ANNOTATED``, on by default) also leaves out tasks that already have an accepted
+   annotation: a person's labels are the truth there, and a new prediction would only add noise;
 2. downloads the next page's images in a thread pool while the model runs on this page (batched, under
    the inference lock shared with ``/predict``);
 3. imports each page's predictions in one ``POST /api/projects/{id}/import/predictions`` (SDK
@@ -57,7 +59,7 @@ def list_page(access: LabelStudioAccess, project_id: int, after_id: int, page_si
         "/api/tasks",
         {
             "project": project_id,
-            "include": "id,data,total_predictions",
+            "include": "id,data,total_predictions,total_annotations",
             "query": query,
             "page": 1,
             "page_size": page_size,
@@ -128,6 +130,7 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
     ledger = deps.ledger
     params = dict(ctx.params)
     page_size = int(params.get("page_size") or s.preannotate_chunk)
+    skip_annotated = bool(params.get("skip_annotated"))  # survives the reset of params below
     t_start = time.monotonic()
     processed_now = 0
     io_pool = ThreadPoolExecutor(max_workers=s.preannotate_io_threads, thread_name_prefix="dcsam-dl")
@@ -152,6 +155,8 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                     "failed": 0,
                     "failed_ids": [],
                     "page_size": page_size,
+                    "skip_annotated": skip_annotated,
+                    "annotated": 0,
                 }
                 ctx.report(params=params)
             pe, plan = deps.predictor.plan(project_id, cfg, access)
@@ -185,13 +190,14 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                 done = ledger.done_ids(project_id, version, [t["id"] for t in tasks if _may_have_predictions(t)])
                 maybe = [t["id"] for t in tasks if t["id"] not in done and (t.get("total_predictions") or 0) > 0]
                 existing = tasks_with_version(access, maybe, version, io_pool) if maybe else set()
-                todo = [t for t in tasks if t["id"] not in done and t["id"] not in existing]
+                annotated = {t["id"] for t in tasks if skip_annotated and _has_accepted_annotation(t)}
+                todo = [t for t in tasks if t["id"] not in done | existing | annotated]
                 images = deps.predictor.load_many(todo, value_keys, access, io_pool)
-                return tasks, remaining, done | existing, existing, todo, images
+                return tasks, remaining, done | existing, existing, annotated - done - existing, todo, images
 
             cursor = int(params["cursor"])
             future = lister.submit(fetch, cursor)
-            tasks, remaining, skip, existing, todo, images = future.result()
+            tasks, remaining, skip, existing, annotated, todo, images = future.result()
             ctx.report(done=params["done"], total=params["done"] + remaining, force=True)
             changed = False
             while tasks:
@@ -218,6 +224,7 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                 params["imported"] += len(ok)
                 params["existing"] += len(skip)
                 params["failed"] += len(failed)
+                params["annotated"] = params.get("annotated", 0) + len(annotated)
                 params["failed_ids"] = (params["failed_ids"] + failed)[:100]
                 ledger.commit_page(project_id, version, [t for t, _ in ok], ctx.id, params)
                 ctx.job["params"] = params
@@ -228,10 +235,11 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                 m.inc("dcsam_preannotate_tasks_total", len(ok), project=str(project_id), outcome="imported")
                 m.inc("dcsam_preannotate_tasks_total", len(skip), project=str(project_id), outcome="existing")
                 m.inc("dcsam_preannotate_tasks_total", len(failed), project=str(project_id), outcome="failed")
+                m.inc("dcsam_preannotate_tasks_total", len(annotated), project=str(project_id), outcome="annotated")
                 m.set("dcsam_preannotate_tasks_per_second", rate, project=str(project_id))
                 total = params["done"] + max(0, remaining - len(tasks))
                 ctx.report(done=params["done"], total=total, figures=_figures(params, rate, elapsed), force=True)
-                tasks, remaining, skip, existing, todo, images = future.result()
+                tasks, remaining, skip, existing, annotated, todo, images = future.result()
             if not changed:
                 break
         elapsed = time.monotonic() - t_start
@@ -241,6 +249,8 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
             f"{params['imported']} prediction(s) of {version} imported, {params['existing']} task(s) already had one, "
             f"{params['failed']} failed"
         )
+        if params.get("annotated"):
+            msg += f", {params['annotated']} left out (an accepted annotation)"
         if params["failed"]:
             msg += f" (task ids {params['failed_ids'][:10]}...; see the backend log); run the job again to retry them"
         ctx.report(done=params["done"], total=params["done"], force=True)
@@ -248,6 +258,13 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
     finally:
         lister.shutdown(wait=True, cancel_futures=True)
         io_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _has_accepted_annotation(task: dict) -> bool:
+    # Label Studio's total_annotations counts the task's annotations that are not cancelled (skipped): exactly
+    # the accepted-annotation rule of backend.labelstudio.annotations (drafts are not annotations)
+    count = task.get("total_annotations")
+    return isinstance(count, int) and count > 0
 
 
 def _may_have_predictions(task: dict) -> bool:
@@ -263,6 +280,7 @@ def _figures(params: dict, rate: float, elapsed: float) -> dict[str, Any]:
         "existing": params["existing"],
         "failed": params["failed"],
         "failed_ids": params["failed_ids"][:20],
+        "annotated_left_out": params.get("annotated", 0),
         "tasks_per_second": round(rate, 3),
         "seconds_this_run": round(elapsed, 2),
     }

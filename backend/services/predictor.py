@@ -8,6 +8,7 @@ refinement entry point); media and outputs live in :mod:`backend.labelstudio.med
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ..labelstudio.outputs import mask_regions, output_for, region_labels
 from ..settings import BackendSettings
 from .examples import ExampleManager, example_key
 from .runtime import ModelRuntime
-from .video import VideoPredictor, sequence_id
+from .video import PENDING, VideoPredictor, sequence_id
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,20 @@ class PromptError(ValueError):
 @dataclass
 class TaskOutcome:
     prediction: dict
-    error: str | None = None
+    error: str | None = None  # set: the task was not predicted (no examples, media, model, a pending track)
 
 
 def empty_prediction(version: str) -> dict:
     return {"result": [], "score": 0.0, "model_version": version}
+
+
+def answer(outcome: TaskOutcome) -> dict | list:
+    """A task's element of a /predict answer: its prediction, or ``[]`` (no prediction) when it could not be
+    predicted. Label Studio stores every prediction it gets and never asks again for a task holding one of the
+    current model_version, so an empty prediction stored for a missing example, a failed download or a track
+    still running would stick; with ``[]`` it stores nothing and asks again on the next task open or Retrieve
+    Predictions (LS 1.23 ``MLBackend._get_predictions_from_ml_backend``: an element may be a list of predictions)."""
+    return outcome.prediction if outcome.error is None else []
 
 
 class Predictor:
@@ -86,9 +96,9 @@ class Predictor:
     # -- batch -------------------------------------------------------------------------------
     def predict_tasks(
         self, project_id: int | None, tasks: list[dict], cfg: LabelConfig, access: LabelStudioAccess | None
-    ) -> list[dict]:
-        """One prediction per task, in order; a task whose image fails gets an empty one (logged)."""
-        return [o.prediction for o in self.predict_outcomes(project_id, tasks, cfg, access)]
+    ) -> list[dict | list]:
+        """One element per task, in order (see :func:`answer`): a task that could not be predicted gets ``[]``."""
+        return [answer(o) for o in self.predict_outcomes(project_id, tasks, cfg, access)]
 
     def plan(
         self,
@@ -130,12 +140,14 @@ class Predictor:
         *,
         preloaded: dict | None = None,
         planned: tuple | None = None,
+        video_wait_s: float | None = None,
     ) -> list[TaskOutcome]:
-        """Like :meth:`predict_tasks`, with each task's error (None when it was predicted)."""
+        """Each task's prediction and error (None when it was predicted). ``<Video>`` tasks' tracks are waited
+        for at most ``video_wait_s`` seconds (None: until done), then they get the PENDING error."""
         version = self.version_for(project_id)
         results = [TaskOutcome(empty_prediction(version)) for _ in tasks]
         if project_id is None:
-            log.error("/predict without a project id: cannot find examples; returning %d empty predictions", len(tasks))
+            log.error("/predict without a project id: cannot find examples; no prediction for %d task(s)", len(tasks))
             for o in results:
                 o.error = "no project id"
             return results
@@ -143,8 +155,8 @@ class Predictor:
         if not plan:
             labels = sorted({lab for c in cfg.label_controls for lab in c.labels})
             log.warning(
-                "project %s has no accepted annotation with any of the labels %s yet: returning %d empty "
-                "predictions. Annotate one image (and submit it), then retrieve predictions again.",
+                "project %s has no accepted annotation with any of the labels %s yet: no prediction for %d "
+                "task(s). Annotate one image (and submit it), then open the task or retrieve predictions again.",
                 project_id,
                 labels,
                 len(tasks),
@@ -154,7 +166,8 @@ class Predictor:
             return results
         for image_name, wanted in plan.items():
             if image_name in cfg.videos:
-                self._predict_videos(project_id, tasks, cfg, image_name, [c for c, _, _ in wanted], access, pe, results)
+                controls = [c for c, _, _ in wanted]
+                self._predict_videos(project_id, tasks, cfg, image_name, controls, access, pe, results, video_wait_s)
                 continue
             value_key = cfg.images[image_name].value_key
             single = list(range(len(tasks)))
@@ -241,13 +254,24 @@ class Predictor:
         access: LabelStudioAccess | None,
         pe,
         results: list[TaskOutcome],
+        wait_s: float | None,
     ) -> None:
         if self.video is None:
             return
-        for task, outcome in zip(tasks, results):
-            got = self.video.predict_video_task(
-                project_id, task, cfg, video_name, list(dict.fromkeys(controls)), access, pe
-            )
+        version = self.version_for(project_id)
+        unique = list(dict.fromkeys(controls))
+        # every task's track starts first, so that they all run while the request waits, under one deadline
+        runs = [
+            self.video.start_video_task(project_id, task, cfg, video_name, unique, access, pe, version)
+            for task in tasks
+        ]
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        for task, outcome, run in zip(tasks, results, runs):
+            got = run.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if got is None:  # not a failure: Label Studio asks again and gets the cached track
+                log.info("task %s: no prediction yet: %s", task.get("id"), PENDING)
+                outcome.error = PENDING
+                continue
             self._record(task, outcome, got.regions, got.error)
 
     def _try_load(self, task: dict, value_key: str, access) -> tuple[np.ndarray | None, str | None]:

@@ -15,6 +15,11 @@
    being the box refined on that frame; without one, the first frame is predicted from the
    project's examples (first boxes of annotated videos, refined the same way). Output: one
    ``VideoRectangle`` track per label (see :class:`backend.labelstudio.outputs.VideoRectangleOutput`).
+   Like a frame sequence, a task's tracks are computed in the background (:class:`TrackRun`, cached per
+   task until its video, annotation, examples or model_version change): a ``/predict`` request waits at
+   most ``DCSAM_VIDEO_TASK_WAIT_S`` for them, so it answers within Label Studio's 100 s limit, and a task
+   not done by then gets no prediction yet (Label Studio asks again; the finished track is then served
+   from the cache). Pre-annotation jobs wait for the track. A run that failed is never reused.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from dcsam.video import VideoSegmenter
 from dcsam.video.frames import FrameSource
 
 from ..labelstudio.annotations import latest_accepted
-from ..labelstudio.labelconfig import ControlTag, LabelConfig
+from ..labelstudio.labelconfig import ControlTag, LabelConfig, VideoTag
 from ..labelstudio.media import LabelStudioAccess, LabelStudioError, MediaError, fetch_media
 from ..labelstudio.outputs import RegionError, VideoRectangleOutput, annotation_mask, mask_box, mask_regions
 from .examples import example_key
@@ -51,6 +56,31 @@ PREFETCH = 6  # frames downloaded ahead of the propagation
 class FrameOutcome:
     regions: list[dict]
     error: str | None = None
+
+
+PENDING = "its track is still being computed in the background (DCSAM_VIDEO_TASK_WAIT_S); ask again later"
+
+
+@dataclass
+class TrackRun:
+    """One ``<Video>`` task's tracks, computed by a background thread; requests and jobs wait on it."""
+
+    key: tuple
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: FrameOutcome | None = None
+
+    def finish(self, outcome: FrameOutcome) -> TrackRun:
+        self.outcome = outcome
+        self.done.set()
+        return self
+
+    def wait(self, timeout: float | None) -> FrameOutcome | None:
+        """The outcome, or None when the run is not done within ``timeout`` seconds (None: wait until done)."""
+        return self.outcome if self.done.wait(timeout) else None
+
+    @property
+    def failed(self) -> bool:
+        return self.done.is_set() and (self.outcome is None or self.outcome.error is not None)
 
 
 def sequence_id(task: dict, video_key: str, frame_key: str) -> tuple[str, int] | None:
@@ -177,6 +207,9 @@ class VideoPredictor:
         self._listings: OrderedDict[tuple, tuple[Any, float, list[dict]]] = OrderedDict()  # as many as runs
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dcsam-frames")
+        self._tracks: OrderedDict[tuple, TrackRun] = OrderedDict()  # (project, video tag, task) -> latest run
+        # two at a time: one downloads while the other propagates (the inference lock serialises the model)
+        self._track_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dcsam-track")
         self.sam2_model: Any = None  # a SAM 2 model built for propagation, shared by every project (settable)
         self._unsupported: str | None = None
 
@@ -185,6 +218,11 @@ class VideoPredictor:
         """The cached frame-sequence propagation runs, oldest first (for status pages and tests)."""
         with self._lock:
             return list(self._runs.values())
+
+    def track_runs(self) -> list[TrackRun]:
+        """The cached ``<Video>`` track runs, oldest first (for status pages and tests)."""
+        with self._lock:
+            return list(self._tracks.values())
 
     def video_segmenter(self, segmenter) -> VideoSegmenter | None:
         """A :class:`VideoSegmenter` over the project's segmenter; None when the engine cannot propagate."""
@@ -419,16 +457,79 @@ class VideoPredictor:
         controls: list[ControlTag],
         access: LabelStudioAccess | None,
         pe,
+        *,
+        version: str = "",
+        wait_s: float | None = None,
     ) -> FrameOutcome:
-        """One task's VideoRectangle tracks (one region per label that is seen)."""
+        """One task's VideoRectangle tracks (one region per label that is seen); after ``wait_s`` seconds
+        (None: no limit) an outcome with the :data:`PENDING` error while the track goes on in the background."""
+        run = self.start_video_task(project_id, task, cfg, video_name, controls, access, pe, version)
+        got = run.wait(wait_s)
+        return got if got is not None else FrameOutcome([], PENDING)
+
+    def start_video_task(
+        self,
+        project_id: int,
+        task: dict,
+        cfg: LabelConfig,
+        video_name: str,
+        controls: list[ControlTag],
+        access: LabelStudioAccess | None,
+        pe,
+        version: str,
+    ) -> TrackRun:
+        """The task's track run: the cached one while its inputs are unchanged (finished or still running),
+        else a new one started in the background. A run that ended in an error is not reused, so a
+        transient failure (a download, Label Studio) is retried by the next request."""
         tag = cfg.videos[video_name]
         data = task.get("data") if isinstance(task.get("data"), dict) else {}
         if tag.value_key not in data:
-            return FrameOutcome([], f"task {task.get('id')}: data has no {tag.value_key!r} field")
+            return TrackRun(()).finish(FrameOutcome([], f"task {task.get('id')}: data has no {tag.value_key!r} field"))
         vs = self.video_segmenter(pe.segmenter)
         if vs is None:
-            return FrameOutcome([], f"video propagation unavailable: {self._unsupported}")
+            return TrackRun(()).finish(FrameOutcome([], f"video propagation unavailable: {self._unsupported}"))
         annotation = self._task_annotation(task, access)
+        key = (
+            version,
+            (pe.rev_seen, tuple(sorted(pe.fingerprints.items()))),
+            str(data[tag.value_key]),
+            tuple((c.name, c.labels) for c in controls),
+            (annotation["id"], str(annotation.get("updated_at"))) if annotation else None,
+        )
+        slot = (project_id, video_name, task.get("id"))
+        with self._lock:
+            run = self._tracks.get(slot)
+            if run is not None and run.key == key and not run.failed:
+                self._tracks.move_to_end(slot)
+                return run
+            run = TrackRun(key)
+            self._tracks[slot] = run
+            while len(self._tracks) > self.settings.video_cache:
+                self._tracks.popitem(last=False)  # a running one still finishes for those waiting on it
+        self._track_pool.submit(self._run_track, run, project_id, task, tag, controls, access, pe, vs, annotation)
+        return run
+
+    def _run_track(self, run: TrackRun, *args) -> None:
+        try:
+            outcome = self._track(*args)
+        except Exception as exc:  # a bug must not leave requests waiting
+            log.exception("task %s: track failed", args[1].get("id"))
+            outcome = FrameOutcome([], f"{type(exc).__name__}: {exc}")
+        run.finish(outcome)
+
+    def _track(
+        self,
+        project_id: int,
+        task: dict,
+        tag: VideoTag,
+        controls: list[ControlTag],
+        access: LabelStudioAccess | None,
+        pe,
+        vs: VideoSegmenter,
+        annotation: dict | None,
+    ) -> FrameOutcome:
+        data = task["data"]
+        t0 = time.monotonic()
         try:
             fetch = partial(
                 fetch_media,
@@ -476,6 +577,15 @@ class VideoPredictor:
             )
             if region is not None:
                 regions.append(region)
+        log.info(
+            "project %s, task %s: <Video> tracked over %d frames from %s in %.1f s: %d track(s)",
+            project_id,
+            task.get("id"),
+            n,
+            "its keyframe" if masks else "the examples",
+            time.monotonic() - t0,
+            len(regions),
+        )
         return FrameOutcome(regions)
 
     def _task_annotation(self, task: dict, access: LabelStudioAccess | None) -> dict | None:

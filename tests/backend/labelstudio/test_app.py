@@ -101,8 +101,9 @@ def test_predict_brush_one_result_per_task_in_order_with_version(harness_factory
     assert r.status_code == 200
     results = r.json["results"]
     assert len(results) == 5
-    assert all(p["model_version"] == version for p in results)
-    assert results[1]["result"] == [] and results[2]["result"] == [] and results[4]["result"] == []
+    # a task whose media fails gets no prediction ([]): Label Studio asks again later instead of storing an empty one
+    assert results[1] == [] and results[2] == [] and results[4] == []
+    assert all(results[i]["model_version"] == version for i in (0, 3))
     for i, name in ((0, "cat_01"), (3, "cat_02")):
         [region] = results[i]["result"]
         gt = perseg[name][1]
@@ -114,13 +115,13 @@ def test_predict_brush_one_result_per_task_in_order_with_version(harness_factory
     assert h.service.runtime.loads == 1
 
 
-def test_task_without_examples_gets_an_empty_prediction_and_a_log_line(harness_factory, fake_ls, perseg, caplog):
+def test_task_without_examples_gets_no_prediction_and_a_log_line(harness_factory, fake_ls, perseg, caplog):
     fake_ls.files["/data/upload/1/cat_01.jpg"] = image_bytes(perseg["cat_01"][0])
     h = harness_factory(**_ls_env(fake_ls))
     with caplog.at_level(logging.WARNING):
         r = h.predict(1, BRUSH_CONFIG, [{"id": 2, "data": {"image": "/data/upload/1/cat_01.jpg"}}])
     assert r.status_code == 200
-    assert r.json["results"][0]["result"] == []
+    assert r.json["results"] == [[]]  # one element per task: no prediction, so none is stored and it is asked again
     assert any("no accepted annotation" in rec.message for rec in caplog.records)
 
 
@@ -382,10 +383,11 @@ def test_oversized_images_fail_only_their_task(harness_factory, fake_ls, perseg)
     fake_ls.files["/data/upload/1/big.png"] = image_bytes(big, "PNG")
     h = harness_factory(**_ls_env(fake_ls), DCSAM_MAX_IMAGE_PIXELS=str(1_000_000))
     r = h.predict(1, BRUSH_CONFIG, [{"id": 9, "data": {"image": "/data/upload/1/big.png"}}, tasks[0]])
-    assert [len(p["result"]) for p in r.json["results"]] == [0, 1]
+    big_one, ok = r.json["results"]
+    assert big_one == [] and len(ok["result"]) == 1
     h2 = harness_factory(**_ls_env(fake_ls), DCSAM_MAX_DOWNLOAD_MB="0.001")
     r = h2.predict(1, BRUSH_CONFIG, tasks[:1])
-    assert r.status_code == 200 and r.json["results"][0]["result"] == []
+    assert r.status_code == 200 and r.json["results"] == [[]]
 
 
 # -- interactive -------------------------------------------------------------------------------------
@@ -506,5 +508,5 @@ def test_model_load_failure_is_a_clear_500_and_health_stays_up(tmp_path):
         },
     )
     # no LS access -> no examples -> empty prediction, the model is not even needed
-    assert r.status_code == 200 and r.json["results"][0]["result"] == []
+    assert r.status_code == 200 and r.json["results"] == [[]]
     assert client.get("/health").status_code == 200

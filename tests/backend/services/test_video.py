@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,9 @@ from tests.support.configs import SEQUENCE_CONFIG, VIDEO_CONFIG
 from tests.support.regions import annotated_task, brush_region, decode_brush
 from tests.support.spies import spy_on_tube_finetuning
 from tests.support.video import box_iou, davis_frames, keyframe_region, mp4_bytes, sequence_project, track_boxes
+
+# a request that is meant to wait for its <Video> tracks (the default answers within Label Studio's 100 s)
+WAIT_FOR_TRACKS = "3600"
 
 
 def _metric(h, name: str, **labels) -> float:
@@ -161,7 +166,7 @@ def test_a_broken_frame_fails_that_task_only(harness_factory, fake_ls, data_dir)
     h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
     r = h.predict(1, SEQUENCE_CONFIG, tasks)
     results = r.json["results"]
-    assert results[3]["result"] == []
+    assert results[3] == []  # no prediction: Label Studio asks again
     assert all(results[i]["result"] for i in (0, 1, 2, 4, 5))
     assert iou(decode_brush(results[5]["result"][0]), frames[5][1]) > 0.6
 
@@ -200,7 +205,9 @@ def test_video_task_tracks_from_its_own_keyframe(harness_factory, fake_ls, data_
         ],
     }
     fake_ls.tasks.append(task)
-    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
+    h = harness_factory(
+        LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_VIDEO_TASK_WAIT_S=WAIT_FOR_TRACKS
+    )
     r = h.predict(1, VIDEO_CONFIG, [{"id": 1, "project": 1, "data": task["data"]}])  # annotations read from the API
     assert r.status_code == 200
     [pred] = r.json["results"]
@@ -224,13 +231,15 @@ def test_video_task_from_another_videos_keyframe_example_and_broken_video(harnes
     frames = davis_frames(data_dir, "car-shadow", 6, long_side=854)
     fake_ls.files["/data/upload/1/q.mp4"] = mp4_bytes(tmp_path / "q.mp4", frames)
     fake_ls.files["/data/upload/1/bad.mp4"] = b"\x00\x00\x00 not a video"
-    h = harness_factory(LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key)
+    h = harness_factory(
+        LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_VIDEO_TASK_WAIT_S=WAIT_FOR_TRACKS
+    )
     tasks = [
         {"id": 2, "project": 1, "data": {"video": "/data/upload/1/bad.mp4"}, "annotations": []},
         {"id": 3, "project": 1, "data": {"video": "/data/upload/1/q.mp4"}, "annotations": []},
     ]
     bad, good = h.predict(1, VIDEO_CONFIG, tasks).json["results"]
-    assert bad["result"] == []
+    assert bad == []  # no prediction: Label Studio asks again
     [region] = good["result"]
     got = track_boxes(region, 6)
     ious = [box_iou(g, mask_box(m)) for g, (_, m) in zip(got, frames)]
@@ -315,3 +324,82 @@ def test_preannotation_job_over_frame_sequences_and_video_tasks(harness_factory,
     assert job["status"] == "done" and job["figures"]["failed"] == 0, job
     tracks = [p for p in fake_ls.predictions if p["task"] in (900, 901)]
     assert len(tracks) == 2 and all(p["result"][0]["type"] == "videorectangle" for p in tracks)
+
+
+class GatedFiles(dict):
+    """``fake_ls.files`` whose ``gated`` paths are served only once ``gate`` is set: slow video downloads."""
+
+    def __init__(self, files: dict, gated: set[str], gate: threading.Event):
+        super().__init__(files)
+        self.gated, self.gate = gated, gate
+
+    def get(self, key, default=None):
+        if key in self.gated:
+            self.gate.wait(120)
+        return super().get(key, default)
+
+
+def test_video_tasks_are_tracked_in_the_background_and_then_served_from_the_cache(
+    harness_factory, fake_ls, data_dir, tmp_path
+):
+    """Issue 14 item 9: /predict never holds Label Studio's request for a whole propagation. A request
+    starts every <Video> task's track and answers, after DCSAM_VIDEO_TASK_WAIT_S, with no prediction ([])
+    for the unfinished ones; the next request, and a pre-annotation job, get the cached tracks."""
+    example = davis_frames(data_dir, "car-roundabout", 3, long_side=426)
+    fake_ls.files["/data/upload/1/ex.mp4"] = mp4_bytes(tmp_path / "ex.mp4", example)
+    fake_ls.tasks.append(
+        annotated_task(
+            1, 1, "/data/upload/1/ex.mp4", [keyframe_region(example[0][1], 1)], key="video", annotation_id=11
+        )
+    )
+    clips = {name: davis_frames(data_dir, name, 4, long_side=426) for name in ("car-shadow", "car-roundabout")}
+    tasks = []
+    for task_id, (name, frames) in enumerate(clips.items(), start=2):
+        ref = f"/data/upload/1/{name}.mp4"
+        fake_ls.files[ref] = mp4_bytes(tmp_path / f"{name}.mp4", frames)
+        tasks.append({"id": task_id, "project": 1, "data": {"video": ref}, "annotations": []})
+    gate = threading.Event()  # the two videos' downloads wait for it: their tracks cannot be done early
+    fake_ls.files = GatedFiles(fake_ls.files, {t["data"]["video"] for t in tasks}, gate)
+    h = harness_factory(
+        LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_VIDEO_TASK_WAIT_S="0.5"
+    )
+    first = h.predict(1, VIDEO_CONFIG, tasks)
+    assert first.status_code == 200 and first.json["results"] == [[], []]  # one element per task, no prediction
+    runs = h.service.predictor.video.track_runs()
+    assert len(runs) == 2 and not any(r.done.is_set() for r in runs)  # both started, both still running
+    gate.set()
+    assert all(r.done.wait(600) for r in runs)
+    second = h.predict(1, VIDEO_CONFIG, tasks)
+    for pred, frames in zip(second.json["results"], clips.values()):
+        [region] = pred["result"]
+        assert region["type"] == "videorectangle" and region["value"]["framesCount"] == len(frames)
+    assert _metric(h, "dcsam_video_propagations_total", kind="video") == 2  # the second request ran none
+    # a pre-annotation job takes the cached tracks too (the example's own task is tracked anew: one more)
+    fake_ls.label_configs[1] = VIDEO_CONFIG
+    fake_ls.tasks.extend({**t, "annotations": []} for t in tasks)
+    r = h.client.post("/jobs/preannotate", json={"project": 1})
+    assert h.service.runner.wait_idle(600)
+    job = h.client.get(f"/jobs/{r.json['id']}").json
+    assert job["status"] == "done" and job["figures"]["failed"] == 0, job
+    assert fake_ls.predictions_per_task(h.service.version) == {1: 1, 2: 1, 3: 1}
+    assert _metric(h, "dcsam_video_propagations_total", kind="video") == 3
+
+
+def test_a_failed_track_is_not_cached(harness_factory, fake_ls, data_dir, tmp_path):
+    """A transient failure (the video was not there yet) must not stick: the next request tracks again."""
+    example = davis_frames(data_dir, "car-roundabout", 3, long_side=426)
+    fake_ls.files["/data/upload/1/ex.mp4"] = mp4_bytes(tmp_path / "ex.mp4", example)
+    fake_ls.tasks.append(
+        annotated_task(
+            1, 1, "/data/upload/1/ex.mp4", [keyframe_region(example[0][1], 1)], key="video", annotation_id=11
+        )
+    )
+    task = {"id": 2, "project": 1, "data": {"video": "/data/upload/1/late.mp4"}, "annotations": []}
+    h = harness_factory(
+        LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_VIDEO_TASK_WAIT_S=WAIT_FOR_TRACKS
+    )
+    assert h.predict(1, VIDEO_CONFIG, [task]).json["results"] == [[]]  # HTTP 404: no prediction
+    frames = davis_frames(data_dir, "car-shadow", 4, long_side=426)
+    fake_ls.files["/data/upload/1/late.mp4"] = mp4_bytes(tmp_path / "late.mp4", frames)
+    [pred] = h.predict(1, VIDEO_CONFIG, [task]).json["results"]
+    assert pred["result"][0]["type"] == "videorectangle"
