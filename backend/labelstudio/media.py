@@ -390,6 +390,9 @@ def fetch_media(
             except requests.HTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else "?"
                 hint = " (token refused: use a Personal Access Token?)" if status == 401 else ""
+                if exc.response is not None and sdk_bridge.STORAGE_PROXY_PATH in str(exc.response.url):
+                    # the SDK raises the storage proxy's answer once its upload-path fallback failed as well
+                    hint += " from Label Studio's storage proxy; the /data/upload path failed too"
                 raise MediaError(f"{_safe_url(ref)}: HTTP {status}{hint}") from exc
             except Exception as exc:
                 raise MediaError(f"{_safe_url(ref)}: {type(exc).__name__}: {str(exc)[:200]}") from exc

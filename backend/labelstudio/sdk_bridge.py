@@ -3,11 +3,13 @@
 The SDK has no public API for these: the ``Authorization`` header its client sends (for a Personal
 Access Token, a fresh short-lived JWT), its JWT check, and its media resolver ``get_local_path``
 (upload paths, local files, cloud URIs presigned through Label Studio) with a pluggable requests
-session. An SDK upgrade must be checked against this module only.
+session, and the resolver's log lines (see :class:`QuietRoutineFetches`). An SDK upgrade must be checked
+against this module only.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -39,6 +41,27 @@ def authorization_header(client: Any) -> str:
 
 def is_jwt(token: str) -> bool:
     return bool(sdk_io.is_jwt_well_formed(token))
+
+
+class QuietRoutineFetches(logging.Filter):
+    """Demotes the SDK resolver's INFO lines to DEBUG (shown with ``LOG_LEVEL=DEBUG`` only). It logs several
+    per fetch ("Resolving url...", "File downloaded to..."), and on a Label Studio with local storage, whose
+    storage proxy refuses every ``/data/upload`` file, "Download failed for proxy URL, retrying legacy upload
+    path" although the legacy path is the normal route there. Its warnings and errors pass unchanged, and a
+    fetch that really fails raises: :func:`backend.labelstudio.media.fetch_media` reports it per task."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+SDK_IO_LOGGER = logging.getLogger(sdk_io.__name__)
+if not any(isinstance(f, QuietRoutineFetches) for f in SDK_IO_LOGGER.filters):  # once, even if re-imported
+    SDK_IO_LOGGER.addFilter(QuietRoutineFetches())
+
+STORAGE_PROXY_PATH = "/storage-data/uploaded/"  # where the SDK first asks for /data/upload/... media
 
 
 def get_local_path(url: str, **kwargs: Any) -> str:
