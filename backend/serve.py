@@ -32,6 +32,7 @@ from .settings import ENV_DOC, BackendSettings
 
 log = logging.getLogger("backend.serve")
 
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to multiprocess mode
 
 # Read by `dcsam serve` only, so not in ENV_DOC (WORKERS, THREADS and PORT are there).
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Serve with arguments parsed by :func:`build_parser`'s options (``dcsam serve`` shares them)."""
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    # force: `dcsam` configured the root logger already (no timestamps); a server's every line needs one,
+    # in the master and in the workers it forks (gunicorn's own lines carry theirs)
+    logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
     logging.getLogger().setLevel(level)
     port = args.port if args.port is not None else _int_env("PORT", 9090)
     workers = args.workers if args.workers is not None else _int_env("WORKERS", 1)

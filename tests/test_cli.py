@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -140,3 +141,24 @@ def test_model_flags_are_shared_and_default_to_the_config(monkeypatch):
     defaults = model_config(parser.parse_args(["eval", "--episodes", "e.json"]))
     assert (defaults.sam, defaults.backbone) == (DEFAULT_SAM, DEFAULT_BACKBONE)
     assert defaults == SegmenterConfig()
+
+
+def test_serve_help_lists_every_setting_with_its_environment_variable():
+    from backend.serve import SERVE_ENV_DOC
+    from backend.settings import ENV_DOC
+
+    serve = run_cli("serve", "--help").stdout
+    missing = [name for name in (*ENV_DOC, *SERVE_ENV_DOC) if name not in serve]
+    assert not missing, missing
+    for option, env in (("--host", "$HOST"), ("--port", "$PORT"), ("--workers", "$WORKERS"), ("--threads", "$THREADS")):
+        assert option in serve and env in serve
+
+
+def test_serve_log_lines_carry_a_timestamp(tmp_path):
+    proc = run_cli(
+        "serve", "--check", env={"DCSAM_ENGINE": "lite", "MODEL_DIR": str(tmp_path / "m"), "LOG_LEVEL": "INFO"}
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert any("serving on" in line for line in lines), proc.stderr
+    undated = [line for line in lines if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)]
+    assert not undated, undated
