@@ -143,11 +143,14 @@ def test_start_training_from_label_studio_gives_a_new_version(ls, workdir, frame
         new = train["figures"]["new_version"]
         assert "val_miou_before" in train["figures"] and "val_miou_after" in train["figures"]
         job = backend.wait_job(train["figures"]["preannotate_job"], 1800)
-        assert job["status"] == "done" and job["figures"]["imported"] == len(stems), job
+        # the 4 annotated tasks are left out (DCSAM_PREANNOTATE_SKIP_ANNOTATED, on by default: issue 14 item 7)
+        assert job["status"] == "done" and job["figures"]["imported"] == len(stems) - 4, job
+        assert job["figures"]["annotated_left_out"] == 4, job
         ml_now = ls.call("GET", f"/api/ml/{ml['id']}").json()
         assert ml_now["model_version"] == new, ml_now
         per_task = _per_task_versions(ls, project)
-        assert set(per_task) == set(ids.values()) and all(c == Counter({new: 1}) for c in per_task.values()), per_task
+        unannotated = {ids[s] for s in stems[4:]}
+        assert set(per_task) == unannotated and all(c == Counter({new: 1}) for c in per_task.values()), per_task
         assert new in backend.get("/versions").json()["versions"]
         # rollback is one call; Label Studio sees the base version again
         r = backend.post(f"/versions/{base}/activate", json={"project": project})
@@ -218,7 +221,10 @@ def test_davis_learning_via_start_training(ls, workdir, frames):
         job = backend.wait_job(train["figures"]["preannotate_job"], 1800)
         assert job["status"] == "done" and job["figures"]["model_version"] == new, job
         per_task = _per_task_versions(ls, project)
-        assert all(c[new] == 1 and c[base] == 1 for c in per_task.values()), per_task
+        # tasks with an accepted annotation keep only their base prediction (issue 14 item 7)
+        annotated = {ids[s] for s in [*first.values(), *accepted]}
+        assert all(c == Counter({base: 1}) for t, c in per_task.items() if t in annotated), per_task
+        assert all(c[new] == 1 and c[base] == 1 for t, c in per_task.items() if t not in annotated), per_task
         after = _mean_iou(ls, project, ids, frames, untouched, new)
         print(
             f"DAVIS untouched frames ({len(untouched)}): mean IoU {before:.4f} -> {after:.4f} "
