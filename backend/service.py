@@ -21,10 +21,12 @@ from .labelstudio.projects import LabelStudioProjects
 from .metrics import Metrics
 from .services.deps import JobDeps
 from .services.examples import ExampleManager
-from .services.jobs import JobKind, JobRunner
+from .services.jobs import JobError, JobKind, JobRunner
 from .services.preannotate import run_preannotate
 from .services.predictor import Predictor, answer
+from .services.readiness import training_readiness
 from .services.runtime import BASE_TAG, ModelRuntime, SegmenterFactory
+from .services.status import StatusReader
 from .services.sync import run_sync
 from .services.training import run_train
 from .services.versions import VersionError, VersionRegistry
@@ -109,6 +111,7 @@ class Service:
             recheck_s=settings.examples_recheck_s,
             max_pixels=settings.max_image_pixels,
             max_projects=settings.max_projects_in_memory,
+            thumbs_dir=settings.model_dir / "thumbnails",  # small example thumbnails for the status page
         )
         self.predictor = Predictor(
             settings,
@@ -140,6 +143,14 @@ class Service:
                 "train": JobKind(lambda ctx: run_train(deps, ctx), lane="model"),
                 "sync_examples": JobKind(lambda ctx: run_sync(deps, ctx), lane="sync", resumable=True),
             },
+        )
+        self.status = StatusReader(
+            self.store,
+            self.examples,
+            self.versions,
+            engine=self.choice.engine,
+            engine_reason=self.choice.reason,
+            base_version=self.version,
         )
         log.info(
             "dcsam backend: engine %s (%s), model_version %s, state %s",
@@ -320,7 +331,15 @@ class Service:
                 )
         if action == "START_TRAINING":
             self.store.projects.bump_examples_rev(project_id)
-            out["job"] = self.submit_train(project_id, reason="START_TRAINING")
+            refusal = self.training_refusal(project_id)
+            if refusal is not None:  # answered at once: Label Studio shows a non-2xx answer (the adapter's)
+                message, figures = refusal
+                out.update(status="refused", detail=message)
+                out["job"] = self.store.jobs.add_finished("train", project_id, "failed", message, figures)
+                log.info("project %s: START_TRAINING refused: %s", project_id, message)
+                return out
+            out["job"] = job = self.submit_train(project_id, reason="START_TRAINING")
+            out["detail"] = f"fine-tune queued as job {job}: its progress is on /status and GET /jobs/{job}"
             return out
         out["examples_rev"], out["job"] = self.annotations_changed(project_id, action)
         if accepted:
@@ -328,6 +347,22 @@ class Service:
             if train_job is not None:
                 out["train_job"] = train_job
         return out
+
+    def training_refusal(self, project_id: int) -> tuple[str, dict] | None:
+        """(message, figures) when the project's annotations cannot support a fine-tune, read from Label Studio
+        at once (annotations only); None when they can, or when that cannot be told quickly (the job will)."""
+        access = self.access_for(project_id)
+        if access is None:
+            return None
+        try:
+            cfg = self.deps.project_config(project_id, access)
+            readiness = training_readiness(access.annotated_tasks(project_id), cfg)
+        except (JobError, LabelStudioError) as exc:
+            log.info("project %s: no quick training check (%s); the fine-tune job will tell", project_id, exc)
+            return None
+        if readiness.ready or not readiness.complete:
+            return None
+        return readiness.refusal(), {"tasks_per_label": readiness.tasks_per_label, "refused_at_once": True}
 
     def annotations_changed(self, project_id: int, reason: str) -> tuple[int, int]:
         """Mark the examples stale and queue one re-sync (merged with a queued one); (examples rev, job id)."""

@@ -4,7 +4,8 @@
     POST /setup               validates the label config, returns model_version (no model load)
     POST /predict             one prediction per task, in order; or interactive refinement (params.context)
     POST /webhook             acknowledged at once; examples are re-synced in the background;
-                              START_TRAINING (and every DCSAM_TRAIN_EVERY annotations) queues a fine-tune
+                              START_TRAINING (and every DCSAM_TRAIN_EVERY annotations) queues a fine-tune;
+                              START_TRAINING with too few annotations is refused at once with a 422
     GET  /versions            {"versions": [...]}; the current one first (?project=ID: that project's)
     POST /versions/<v>/activate   serve an earlier (or the base) version for its project: rollback
     GET  /jobs, GET /jobs/<id>    background jobs: state, progress, figures
@@ -12,6 +13,7 @@
     POST /jobs/preannotate        {"project": ID}: pre-annotate every task lacking a prediction of the version
     POST /jobs/train              {"project": ID}: fine-tune now (as START_TRAINING)
     GET  /metrics             Prometheus text
+    GET  /status              a small HTML status page: projects, examples, jobs, versions (/status.json: its data)
     GET  /openapi.json        the OpenAPI 3.1 description of these routes
 
 Every request is validated against its schema (:mod:`backend.labelstudio.schemas`): invalid input is a
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import uuid
 
 from flask import Flask, Response, jsonify, request
@@ -45,6 +48,7 @@ from .schemas import (
     ProjectBody,
     RequestError,
     SetupBody,
+    StatusQuery,
     WebhookBody,
     openapi_document,
     parse_id,
@@ -52,6 +56,7 @@ from .schemas import (
     parse_version_name,
     validate,
 )
+from .status_page import CSP, render_status
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,20 @@ ANNOTATION_EVENTS = {
 }
 ACCEPTING_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_UPDATED")
 KNOWN_EVENTS = ANNOTATION_EVENTS | {"PROJECT_UPDATED", "PROJECT_DELETED", "START_TRAINING"}
+
+
+_NOT_IN_REASON = re.compile(r"[^\x20-\x7e]+")  # an HTTP reason phrase: printable ASCII only
+
+
+def _refused(out: dict) -> Response:
+    """A refused START_TRAINING: 422, its reason in the status line's reason phrase too.
+
+    Label Studio 1.23 keeps none of the body: it stores requests' error string ("422 Client Error: <reason
+    phrase> for url: ...") as the model's ``error_message`` and shows the model card as "Error"."""
+    resp = jsonify(out)
+    reason = _NOT_IN_REASON.sub("?", str(out.get("detail") or "refused"))[:400]
+    resp.status = f"422 {reason}"
+    return resp
 
 
 def _body(model: type[M]) -> tuple[M, dict]:
@@ -233,6 +252,8 @@ def create_app(
             label_config=body.project.label_config if body.project else None,
             accepted=action in ACCEPTING_EVENTS and not is_skipped(raw.get("annotation")),
         )
+        if out.get("status") == "refused":
+            return _refused(out)
         return jsonify(out)
 
     def _project_arg(body: ProjectBody | None = None, required: bool = True) -> int | None:
@@ -299,5 +320,23 @@ def create_app(
     @app.get("/metrics")
     def metrics():
         return Response(service.render_metrics(), mimetype="text/plain; version=0.0.4")
+
+    @app.get("/status")
+    def status_page():
+        q = validate(StatusQuery, request.args.to_dict())
+        resp = Response(render_status(service.status.snapshot(jobs_limit=q.jobs), refresh_s=q.refresh))
+        resp.mimetype = "text/html"
+        # the page is data from Label Studio and its users: no script may run, nothing is loaded from elsewhere
+        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @app.get("/status.json")
+    def status_data():
+        q = validate(StatusQuery, request.args.to_dict())
+        resp = jsonify(service.status.snapshot(jobs_limit=q.jobs))
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
 
     return app

@@ -189,6 +189,13 @@ class JobsQuery(ProjectBody):
     limit: Annotated[int, Field(ge=1, le=1000)] = 50
 
 
+class StatusQuery(Lenient):
+    """``GET /status`` (and ``/status.json``): how many recent jobs; the page's auto-refresh (0: none)."""
+
+    jobs: Annotated[int, Field(ge=1, le=500)] = 30
+    refresh: Annotated[int, Field(ge=0, le=3600)] = 10
+
+
 # -- parsing -------------------------------------------------------------------------------------------------
 def _depth_within(value: Any, limit: int) -> bool:
     """True when ``value`` nests at most ``limit`` lists / objects deep (iterative: no recursion to exhaust)."""
@@ -257,7 +264,7 @@ BODIES = {
     "/jobs/train": ProjectBody,
     "/versions/{version}/activate": ProjectBody,
 }
-QUERIES = {"/versions": ProjectBody, "/jobs": JobsQuery}
+QUERIES = {"/versions": ProjectBody, "/jobs": JobsQuery, "/status": StatusQuery, "/status.json": StatusQuery}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": ID_SCHEMA}
 VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "maxLength": MAX_NAME}}
 OPERATIONS: dict[str, dict[str, list[dict]]] = {
@@ -280,6 +287,8 @@ OPERATIONS: dict[str, dict[str, list[dict]]] = {
     "/jobs/train": {"post": []},
     "/metrics": {"get": []},
     "/openapi.json": {"get": []},
+    "/status": {"get": []},
+    "/status.json": {"get": []},
 }
 RESPONSES = {
     "200": {"description": "done (JSON; /metrics: Prometheus text)"},
@@ -287,6 +296,7 @@ RESPONSES = {
     "401": {"description": "basic auth (or, on /webhook, the webhook secret) missing or wrong"},
     "404": {"description": "no such job"},
     "409": {"description": "the job is already finished"},
+    "422": {"description": "START_TRAINING refused at once (too few annotations): {status, detail, job}"},
     "500": {"description": "internal error: {status, detail, error_id}; the traceback is in the log"},
 }
 

@@ -11,13 +11,19 @@ examples are encoded again when it is next used).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from dcsam.api import InContextSegmenter
 from dcsam.errors import DcsamError
@@ -47,6 +53,28 @@ class ExampleRef:
 def example_key(control: str, label: str) -> str:
     """The segmenter's label key for (control, label)."""
     return f"{control}\x1f{label}"
+
+
+THUMB_SIDE = 160  # px, the long side of an example's thumbnail (the status page shows them small)
+THUMB_TINT = np.array([255, 96, 0], dtype=np.float32)  # the mask's colour on a thumbnail
+
+
+def thumbnail_jpeg(image: np.ndarray, mask: np.ndarray) -> bytes:
+    """A small JPEG of an example: the image with its mask tinted (a few KB)."""
+    h, w = image.shape[:2]
+    scale = min(1.0, THUMB_SIDE / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3])).resize(size, Image.BILINEAR), np.float32)
+    m = np.asarray(Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+    small[m] = 0.45 * small[m] + 0.55 * THUMB_TINT
+    buf = io.BytesIO()
+    Image.fromarray(small.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def _thumb_name(annotation_id: int, key: str) -> str:
+    # ints and a hash only: labels are untrusted text and never become part of a path
+    return f"{int(annotation_id)}-{hashlib.sha1(key.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}.jpg"
 
 
 @dataclass
@@ -102,8 +130,10 @@ class ExampleManager:
         recheck_s: float,
         max_pixels: int,
         max_projects: int = 64,
+        thumbs_dir: Path | None = None,
     ):
         self.projects = projects
+        self.thumbs_dir = Path(thumbs_dir) if thumbs_dir is not None else None
         self.rows = rows
         self.model = model
         self.k = k
@@ -129,6 +159,43 @@ class ExampleManager:
         self.rows.delete_project(project_id)
         with self._lock:
             self._projects.pop(project_id, None)
+        folder = self._thumb_folder(project_id)
+        if folder is not None and folder.is_dir():
+            for path in folder.glob("*.jpg"):
+                path.unlink(missing_ok=True)
+
+    # -- thumbnails (for the status page) --------------------------------------------------------------
+    def _thumb_folder(self, project_id: int) -> Path | None:
+        return None if self.thumbs_dir is None else self.thumbs_dir / str(int(project_id))
+
+    def thumbnail(self, project_id: int, annotation_id: int, control: str, label: str) -> bytes | None:
+        """The stored thumbnail of an example (JPEG bytes), if one was written when it was encoded."""
+        folder = self._thumb_folder(project_id)
+        if folder is None:
+            return None
+        try:
+            return (folder / _thumb_name(annotation_id, example_key(control, label))).read_bytes()
+        except OSError:
+            return None
+
+    def _save_thumbnail(self, project_id: int, ref: ExampleRef, image: np.ndarray, mask: np.ndarray) -> None:
+        """Write the thumbnail atomically (a temporary file renamed into place); a failure is only logged."""
+        folder = self._thumb_folder(project_id)
+        if folder is None:
+            return
+        try:
+            data = thumbnail_jpeg(image, mask)
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, folder / _thumb_name(ref.annotation_id, example_key(ref.control, ref.label)))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except (OSError, ValueError) as exc:
+            log.warning("project %s: no thumbnail for annotation %s: %s", project_id, ref.annotation_id, exc)
 
     def ensure(
         self, project_id: int, cfg: LabelConfig, access: LabelStudioAccess | None, *, force: bool = False
@@ -199,7 +266,7 @@ class ExampleManager:
         refs: list[ExampleRef],
         access: LabelStudioAccess,
     ) -> None:
-        images, masks = [], []  # a mask, or a keyframe box (percent) turned into one under the lock below
+        images, masks, used = [], [], []  # a mask, or a keyframe box (percent) turned into one under the lock below
         for ref in refs:
             try:
                 if control.type in TRACK_CONTROL_TYPES:
@@ -223,11 +290,14 @@ class ExampleManager:
                 continue
             images.append(image)
             masks.append(mask)
+            used.append(ref)
         with self.model.inference_lock:
             if control.type in TRACK_CONTROL_TYPES:
-                pairs = [(img, box_to_mask(pe.segmenter, img, box, None)) for img, box in zip(images, masks)]
-                pairs = [(img, m) for img, m in pairs if m.any()]
-                images, masks = [img for img, _ in pairs], [m for _, m in pairs]
+                triples = [
+                    (r, img, box_to_mask(pe.segmenter, img, box, None)) for r, img, box in zip(used, images, masks)
+                ]
+                triples = [(r, img, m) for r, img, m in triples if m.any()]
+                used, images, masks = [r for r, _, _ in triples], [t[1] for t in triples], [t[2] for t in triples]
             pe.segmenter.clear_examples(key)
             if images:
                 try:
@@ -239,5 +309,7 @@ class ExampleManager:
         pe.fingerprints[key] = tuple((r.annotation_id, r.updated_at) for r in refs)
         if images:
             pe.encoded.add(key)
+            for ref, image, mask in zip(used, images, masks):
+                self._save_thumbnail(project_id, ref, image, np.asarray(mask))
         else:
             pe.encoded.discard(key)

@@ -97,6 +97,19 @@ class JobStore:
             )
             return int(cur.lastrowid or 0)
 
+    def add_finished(self, kind: str, project_id: int | None, status: str, message: str, figures: dict) -> int:
+        """Record a job that ended before it was queued (e.g. a fine-tune refused at once), in one insert."""
+        if status not in FINAL:
+            raise ValueError(f"{status!r} is not a final job state")
+        now = time.time()
+        with self.db.transaction() as con:
+            cur = con.execute(
+                "INSERT INTO jobs(kind, project_id, status, message, created_at, finished_at, params, figures, "
+                "updated_at) VALUES(?, ?, ?, ?, ?, ?, '{}', ?, ?)",
+                (kind, project_id, status, message[:1000], now, now, _json(figures), now),
+            )
+            return int(cur.lastrowid or 0)
+
     def add_or_merge(
         self,
         kind: str,

@@ -50,6 +50,14 @@ class ProjectStore:
             "examples_rev": rev,
         }
 
+    def overview(self) -> list[dict]:
+        """Every project set up here, by id: what a status page may show (never the access token)."""
+        rows = self.db.query("SELECT id, label_config, hostname, examples_rev, updated_at FROM projects ORDER BY id")
+        return [
+            {"id": pid, "label_config": cfg, "hostname": host, "examples_rev": rev, "updated_at": updated}
+            for pid, cfg, host, rev, updated in rows
+        ]
+
     def bump_examples_rev(self, project_id: int) -> int:
         """Mark the project's examples stale (a webhook said its annotations changed)."""
         now = time.time()
