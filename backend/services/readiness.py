@@ -39,7 +39,9 @@ class Readiness:
             for label, n in sorted(self.tasks_per_label.items())
             if n < MIN_TASKS_PER_LABEL
         }
-        todo = "; ".join(f"{n} more with {label!r}" for label, n in short.items()) or "annotate more tasks"
+        todo = "; ".join(f"{n} more with {label!r}" for label, n in short.items()) or (
+            f"at least {MIN_TASKS_PER_LABEL} annotated tasks per label"
+        )
         return (
             f"not enough accepted annotations to fine-tune: a label needs at least {MIN_TASKS_PER_LABEL} annotated "
             f"tasks (2 to train, 1 to validate). Annotated tasks per label: {counts}. Submit {todo}, then Start "

@@ -28,20 +28,6 @@ class VersionStore:
                 (version, engine, json.dumps(details, default=str), now, now),
             )
 
-    def base_info(self, version: str) -> dict | None:
-        """A base version's engine, details (how it was chosen) and when it was first and last served."""
-        rows = self.db.query("SELECT engine, details, first_seen, last_seen FROM versions WHERE version=?", (version,))
-        if not rows:
-            return None
-        engine, details, first, last = rows[0]
-        return {
-            "version": version,
-            "engine": engine,
-            "details": json.loads(details or "{}"),
-            "first_seen": first,
-            "last_seen": last,
-        }
-
     def base_versions(self) -> list[str]:
         return [r[0] for r in self.db.query("SELECT version FROM versions ORDER BY last_seen DESC")]
 

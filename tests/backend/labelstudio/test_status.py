@@ -41,7 +41,8 @@ def test_readiness_counts_tasks_per_label_and_holds_out_like_cross_validation():
     r = training_readiness(tasks[1:] + [{"id": 9, "annotations": []}], cfg)
     assert r.tasks_per_label == {"cat": 2, "duck": 2} and not r.ready
     assert "1 more with 'cat'; 1 more with 'duck'" in r.refusal()
-    assert not training_readiness([], cfg).ready
+    empty = training_readiness([], cfg)
+    assert not empty.ready and "per label: none. Submit at least 3 annotated tasks per label" in empty.refusal()
     # past its time budget it decides nothing (the job will tell)
     late = training_readiness(iter(tasks), cfg, budget_s=-1)
     assert not late.complete and not late.ready
