@@ -1,4 +1,4 @@
-"""ResNet-50 prior backbones, output stride 8 (layer3/layer4 dilated 2/4, as in PFENet)."""
+"""ResNet-50 prior backbones, output stride 8 (layer3/layer4 dilated 2/4 after their first block)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,21 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from .base import PriorBackbone
 
 
-def _dilate(layer: nn.Sequential, dilation: int) -> None:
-    """Turn a strided stage into a dilated one (every 3x3 conv, PFENet style)."""
-    for name, module in layer.named_modules():
-        if name.endswith("conv2"):
-            module.dilation, module.padding, module.stride = (dilation, dilation), (dilation, dilation), (1, 1)
-        elif name.endswith("downsample.0"):
-            module.stride = (1, 1)
+def _dilate(layer: nn.Sequential, previous: int, dilation: int) -> None:
+    """Turn a strided stage into a dilated one, as ``replace_stride_with_dilation`` builds it: the first
+    block keeps the previous stage's dilation (it replaced that stage's stride), the others take ``dilation``.
+
+    The reference DC-SAM release builds its ResNet this way; a trained prompt generator expects its features.
+    """
+    for index, block in enumerate(layer):
+        assert isinstance(block, Bottleneck)
+        d = previous if index == 0 else dilation
+        conv: nn.Conv2d = block.conv2
+        conv.dilation, conv.padding, conv.stride = (d, d), (d, d), (1, 1)
+        if block.downsample is not None:
+            shortcut = block.downsample[0]
+            assert isinstance(shortcut, nn.Conv2d)
+            shortcut.stride = (1, 1)
 
 
 class _ResNetPrior(PriorBackbone):
@@ -25,8 +33,8 @@ class _ResNetPrior(PriorBackbone):
     stride = 8
 
     def _build(self, net: ResNet) -> None:
-        _dilate(net.layer3, 2)
-        _dilate(net.layer4, 4)
+        _dilate(net.layer3, 1, 2)
+        _dilate(net.layer4, 2, 4)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:

@@ -162,6 +162,11 @@ class DCSAM(nn.Module):
         with torch.no_grad():
             coarse = (self.upsample(coarse_logits) > 0).to(coarse_logits.dtype)
             coarse = F.interpolate(coarse, size=(self.grid, self.grid), mode="nearest")
+        if gen.neg_stage2_source == "support_pos_release" and self.sam.family == "sam1":
+            # the release's SAM 1 prompt encoder adds the label embeddings to the stage-1 tokens in
+            # place, so its stage 2 starts from them; its SAM 2 encoder adds out of place
+            z1_pos = z1_pos + self.sam.positive_embedding.to(z1_pos.dtype)
+            z1_neg = z1_neg + self.sam.negative_embedding.to(z1_neg.dtype)
         z2_pos, z2_neg = gen.stage2(maps, z1_pos, z1_neg, coarse)
         logits, iou = self.decode(query.sam, z2_pos, z2_neg)
         return {

@@ -8,14 +8,19 @@ import torch.nn.functional as F
 
 
 def masked_high_features(backbone, layer3: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PFENet-style support features: layer4(layer3 * M) * M~.
+    """Support features for the priors: layer4(layer3 * M3) * M4.
 
-    layer3 (N, C3, h3, w3); mask (N, 1, H, W) in {0, 1} -> (N, C4, h4, w4).
+    layer3 (N, C3, h3, w3); mask (N, 1, H, W) in {0, 1} -> (N, C4, h4, w4). M3 is the mask at layer 3's
+    grid (nearest). Where layer 4 stays on that grid (the dilated ResNets and VGG, the reference
+    release's backbones) M4 is M3, as the reference computes it and its trained prompt generators
+    expect; a coarser layer 4 (EfficientNet-Lite0 at stride 32) gets the mask resized bilinearly,
+    its fraction of foreground per cell.
     """
     m3 = F.interpolate(mask, size=layer3.shape[-2:], mode="nearest")
     high = backbone.forward_high(layer3 * m3)
-    m4 = F.interpolate(mask, size=high.shape[-2:], mode="bilinear", align_corners=True)
-    return high * m4
+    if high.shape[-2:] == m3.shape[-2:]:
+        return high * m3
+    return high * F.interpolate(mask, size=high.shape[-2:], mode="bilinear", align_corners=True)
 
 
 def prior_mask(query_high: torch.Tensor, support_high: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

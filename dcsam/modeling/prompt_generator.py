@@ -206,6 +206,6 @@ class PromptGenerator(nn.Module):
         q_pos = maps["query_pos"].flatten(2).transpose(1, 2)
         if self.neg_stage2_source == "query_neg":
             q_neg = maps["query_neg"].flatten(2).transpose(1, 2)
-        else:  # the reference release attends to the first shot's positive support map
+        else:  # the release attends to the positive support map; it runs 1-shot only (K shots: the first here)
             q_neg = maps["support_pos"][:, 0].flatten(2).transpose(1, 2)
         return self.pos_branch.stage2(z_pos, q_pos, pos, labels), self.neg_branch.stage2(z_neg, q_neg, pos, ~labels)

@@ -1,8 +1,10 @@
 """Convert a prompt generator trained with the reference DC-SAM scripts into a dcsam checkpoint.
 
 The reference saves the whole model's DDP state dict (``module.`` prefixes, frozen backbone
-included). Only the prompt generator's tensors are taken; attention layers there keep
-nn.MultiheadAttention's packed ``in_proj`` weights, which are split into our q/k/v projections.
+included). Two layouts: its image training script saves the DC-SAM model itself (``module.<generator
+keys>``), its video training script the generator under ``module.prompt_encoder.`` next to the SAM 2
+model it fine-tuned (``module.sam2.``). Only the prompt generator's tensors are taken; attention layers
+there keep nn.MultiheadAttention's packed ``in_proj`` weights, which are split into our q/k/v projections.
 """
 
 from __future__ import annotations
@@ -42,9 +44,28 @@ _LAYERS = {
 }
 
 
+IMAGE_LAYOUT, VIDEO_LAYOUT = "image", "video"
+_VIDEO_GENERATOR, _VIDEO_SAM2 = "prompt_encoder.", "sam2."
+
+
+def reference_layout(state: dict[str, torch.Tensor]) -> str:
+    """Which training script saved ``state``: :data:`VIDEO_LAYOUT` or :data:`IMAGE_LAYOUT`."""
+    keys = [k.removeprefix("module.") for k in state]
+    return VIDEO_LAYOUT if any(k.startswith(_VIDEO_GENERATOR) for k in keys) else IMAGE_LAYOUT
+
+
 def convert_reference_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Reference (possibly ``module.``-prefixed) keys -> our ``PromptGenerator`` keys."""
+    """Reference (possibly ``module.``-prefixed) keys, either layout -> our ``PromptGenerator`` keys."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if reference_layout(state) == VIDEO_LAYOUT:
+        sam2 = [k for k in state if k.startswith(_VIDEO_SAM2)]
+        if sam2:
+            log.warning(
+                "the video checkpoint's %d SAM 2 tensors (its fine-tuned mask decoder) are not converted: "
+                "dcsam runs the SAM 2 checkpoint you give it, frozen",
+                len(sam2),
+            )
+        state = {k.removeprefix(_VIDEO_GENERATOR): v for k, v in state.items() if k.startswith(_VIDEO_GENERATOR)}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in _SIMPLE:
@@ -94,13 +115,16 @@ def _read_reference(src: str | Path) -> dict[str, torch.Tensor]:
 
 
 def convert_reference(src: str | Path, dst: str | Path, **overrides: str | None) -> dict[str, str]:
-    """Write a dcsam prompt-generator checkpoint from a reference one; returns its settings."""
-    converted = convert_reference_state(_read_reference(src))
+    """Write a dcsam prompt-generator checkpoint from a reference one; returns its settings and the
+    layout found (``"layout"``: image or video training script)."""
+    state = _read_reference(src)
+    converted = convert_reference_state(state)
     settings = {**infer_settings(converted), **{k: v for k, v in overrides.items() if v}}
     settings["neg_stage2_source"] = "support_pos_release"  # the release's behaviour it was trained with
     _check_loads(converted, settings)
-    save_checkpoint(dst, PROMPT_GENERATOR_KIND, converted, settings, converted_from=str(src))
-    return settings
+    layout = reference_layout(state)
+    save_checkpoint(dst, PROMPT_GENERATOR_KIND, converted, settings, converted_from=str(src), layout=layout)
+    return {**settings, "layout": layout}
 
 
 def _check_loads(converted: dict[str, torch.Tensor], settings: dict[str, str]) -> None:

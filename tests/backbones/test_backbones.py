@@ -76,3 +76,62 @@ def test_efficientnet_weights_are_real_imagenet(data_dir):
 
 def test_registry_names():
     assert set(BACKBONES) == {"resnet50_v2", "resnet50", "vgg16_bn", "efficientnet_lite0"}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet50_v2"])
+def test_resnet_stages_dilate_after_their_first_block(name):
+    """Output stride 8 the way ``replace_stride_with_dilation`` builds it (the reference release's
+    backbone): the first block of a dilated stage keeps the previous stage's dilation."""
+    bb = create_backbone(name, random_weights=True)
+    for layer, previous, dilation in ((bb.layer3, 1, 2), (bb.layer4, 2, 4)):
+        for index, block in enumerate(layer):
+            d = previous if index == 0 else dilation
+            assert block.conv2.dilation == (d, d) and block.conv2.padding == (d, d)
+            assert block.conv2.stride == (1, 1)
+            if block.downsample is not None:
+                assert block.downsample[0].stride == (1, 1)
+
+
+def test_resnet50_equals_torchvision_with_stride_replaced_by_dilation():
+    from torchvision.models import resnet50
+
+    bb = create_backbone("resnet50", random_weights=True)
+    tv = resnet50(weights=None, replace_stride_with_dilation=[False, True, True]).eval()
+    tv.load_state_dict(bb.state_dict(), strict=False)
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        _, l3 = bb.forward_mid(x)
+        ours = bb.forward_high(l3)
+        y = tv.maxpool(tv.relu(tv.bn1(tv.conv1(bb.normalize(x)))))
+        theirs = tv.layer4(tv.layer3(tv.layer2(tv.layer1(y))))
+    assert ours.shape == theirs.shape == (1, 2048, 16, 16)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+class _GridBackbone:
+    """layer 4 = layer 3 (same grid), or 2x2 average-pooled (a coarser grid)."""
+
+    def __init__(self, coarser: bool):
+        self.coarser = coarser
+
+    def forward_high(self, layer3: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(layer3, 2) if self.coarser else layer3.clone()
+
+
+def test_layer4_prior_mask_is_the_nearest_layer3_mask():
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 10:37, 5:29] = 1  # edges off the 8-pixel cells: bilinear would give fractions
+    layer3 = torch.rand(1, 4, 8, 8) + 0.5
+    m3 = F.interpolate(mask, size=(8, 8), mode="nearest")
+    out = masked_high_features(_GridBackbone(coarser=False), layer3, mask)
+    assert torch.equal(out, layer3 * m3 * m3)
+    assert set(torch.unique(out / layer3).tolist()) == {0.0, 1.0}
+
+
+def test_a_coarser_layer4_gets_the_foreground_fraction():
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., :, :40] = 1
+    out = masked_high_features(_GridBackbone(coarser=True), torch.ones(1, 1, 8, 8), mask)
+    m3 = F.interpolate(mask, size=(8, 8), mode="nearest")
+    expected = F.avg_pool2d(m3, 2) * F.interpolate(mask, size=(4, 4), mode="bilinear", align_corners=True)
+    assert torch.allclose(out, expected)

@@ -126,10 +126,10 @@ def test_release_negative_branch_switch_changes_stage2_source(model):
     assert not torch.allclose(ours, release)
 
 
-def test_sam1_batched_decoder_equals_per_sample_upstream():
+def sam1_adapter() -> SamAdapter:
+    """A SAM 1 prompt encoder and mask decoder with random weights (no image encoder: features are given)."""
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-    torch.manual_seed(0)
     holder = torch.nn.Module()
     holder.image_encoder = SimpleNamespace(img_size=1024)  # only its input size is read
     holder.prompt_encoder = PromptEncoder(
@@ -142,7 +142,49 @@ def test_sam1_batched_decoder_equals_per_sample_upstream():
         iou_head_depth=3,
         iou_head_hidden_dim=256,
     )
-    adapter = SamAdapter(holder, "sam1")
+    return SamAdapter(holder, "sam1")
+
+
+@pytest.mark.parametrize(
+    "family,release,adds_embeddings",
+    [("sam1", True, True), ("sam1", False, False), ("sam2", True, False), ("sam2", False, False)],
+)
+def test_stage2_starts_from_what_the_release_feeds_it(model, monkeypatch, family, release, adds_embeddings):
+    """The release's SAM 1 prompt encoder adds the label embeddings to the stage-1 tokens in place, so in
+    release mode stage 2 starts from P1 + e; its SAM 2 encoder (and our default mode) leave P1 as it is."""
+    monkeypatch.setattr(model.generator, "neg_stage2_source", "support_pos_release" if release else "query_neg")
+    seen = {}
+    stage1, stage2 = model.generator.stage1, model.generator.stage2
+
+    def spy_stage1(*args):
+        seen["stage1"] = stage1(*args)
+        return seen["stage1"]
+
+    def spy_stage2(maps, z_pos, z_neg, coarse):
+        seen["stage2"] = (z_pos, z_neg)
+        return stage2(maps, z_pos, z_neg, coarse)
+
+    monkeypatch.setattr(model.generator, "stage1", spy_stage1)
+    monkeypatch.setattr(model.generator, "stage2", spy_stage2)
+    query, support = encode(model, b=1)
+    sam = model.sam
+    if family == "sam1":
+        model.sam = sam1_adapter()  # (monkeypatch cannot restore a registered submodule)
+    try:
+        with torch.no_grad():
+            model.forward_features(query, support)
+        e_pos, e_neg = (model.sam.positive_embedding, model.sam.negative_embedding) if adds_embeddings else (0, 0)
+    finally:
+        model.sam = sam
+    (p_pos, p_neg), (s_pos, s_neg) = seen["stage1"], seen["stage2"]
+    assert torch.allclose(s_pos, p_pos + e_pos) and torch.allclose(s_neg, p_neg + e_neg)
+    assert adds_embeddings == (not torch.allclose(s_pos, p_pos))
+
+
+def test_sam1_batched_decoder_equals_per_sample_upstream():
+    torch.manual_seed(0)
+    adapter = sam1_adapter()
+    holder = adapter.model
     b = 3
     feats = SamFeatures(torch.randn(b, 256, 64, 64))
     # zero tokens plus the positive-point embedding only, and random tokens

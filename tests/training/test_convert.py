@@ -39,17 +39,22 @@ def reference_state(gen: PromptGenerator) -> dict:
     return {k: v.detach().clone() for k, v in ref.items()}
 
 
+def _convert(src, dst) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dcsam.cli", "convert-reference", src, dst], capture_output=True, text=True
+    )
+
+
 def test_convert_reference_round_trip(tmp_path):
     torch.manual_seed(0)
     gen = PromptGenerator(1536, variant="full")
     src, dst = tmp_path / "best_model.pt", tmp_path / "converted.pt"
     torch.save(reference_state(gen), src)
-    proc = subprocess.run(
-        [sys.executable, "-m", "dcsam.cli", "convert-reference", src, dst], capture_output=True, text=True
-    )
+    proc = _convert(src, dst)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["sam"] == "vit_h" and info["backbone"] == "resnet50_v2" and info["variant"] == "full"
+    assert info["layout"] == "image"
     ckpt = load_checkpoint(dst, "dcsam-prompt-generator")
     assert ckpt["settings"]["neg_stage2_source"] == "support_pos_release"
     ours = gen.state_dict()
@@ -64,3 +69,35 @@ def test_convert_rejects_a_foreign_file(tmp_path):
         [sys.executable, "-m", "dcsam.cli", "convert-reference", src, tmp_path / "o.pt"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "no prompt-generator tensors" in proc.stderr
+
+
+def test_convert_reference_video_layout_round_trip(tmp_path):
+    """The release's video training script saves the generator under ``module.prompt_encoder.`` beside the
+    SAM 2 model it fine-tuned (``module.sam2.``): the generator converts, the SAM 2 tensors are named as left out."""
+    torch.manual_seed(1)
+    gen = PromptGenerator(1536, variant="full", sam2_fusion=True)
+    image_layout = reference_state(gen)
+    d = gen.sam2_downscale
+    for ref_key, param in (
+        ("sam_downscaling.0.weight", d.down0.weight),
+        ("sam_downscaling.0.bias", d.down0.bias),
+        ("sam_downscaling.1.weight", d.norm.weight),
+        ("sam_downscaling.1.bias", d.norm.bias),
+        ("sam_downscaling.3.weight", d.down1.weight),
+        ("sam_downscaling.3.bias", d.down1.bias),
+    ):
+        image_layout[f"module.{ref_key}"] = param.detach().clone()
+    video_layout = {k.replace("module.", "module.prompt_encoder.", 1): v for k, v in image_layout.items()}
+    video_layout["module.sam2.sam_mask_decoder.transformer.layers.0.norm1.weight"] = torch.ones(256)
+    video_layout["module.sam2.memory_encoder.out_proj.weight"] = torch.ones(64, 256, 1, 1)
+    src, dst = tmp_path / "best_model.pt", tmp_path / "converted.pt"
+    torch.save(video_layout, src)
+    proc = _convert(src, dst)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["layout"] == "video" and info["sam"].startswith("sam2")
+    assert "2 SAM 2 tensors" in proc.stderr and "not converted" in proc.stderr
+    ckpt = load_checkpoint(dst, "dcsam-prompt-generator")
+    ours = gen.state_dict()
+    assert ckpt["state_dict"].keys() == ours.keys()
+    assert all(torch.equal(ckpt["state_dict"][k], ours[k]) for k in ours)
