@@ -46,7 +46,7 @@ METRICS = {
     "dcsam_requests_total": ("counter", "HTTP requests by endpoint and status"),
     "dcsam_predictions_total": ("counter", "predictions returned (one per task)"),
     "dcsam_regions_total": ("counter", "regions returned"),
-    "dcsam_task_errors_total": ("counter", "tasks that got an empty prediction because of an error"),
+    "dcsam_task_errors_total": ("counter", "tasks left without a prediction because of an error"),
     "dcsam_predict_seconds_total": ("counter", "time spent in /predict"),
     "dcsam_webhook_events_total": ("counter", "webhook events by action"),
     "dcsam_model_loaded": ("gauge", "worker processes that hold the loaded model"),

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 class MediaError(Exception):
-    """A task's media could not be read; that task gets an empty prediction."""
+    """A task's media could not be read; that task gets no prediction (Label Studio asks again later)."""
 
 
 class LabelStudioError(Exception):

@@ -202,6 +202,20 @@ class LabelStudio:
             json={"selectedItems": {"all": False, "included": task_ids}},
         ).json()
 
+    def open_task(self, task_id: int) -> dict:
+        """GET the task as the editor does when a person opens it: with "show predictions" on (the default),
+        Label Studio 1.23 asks the ML backend for a task without any prediction (``tasks/api.py`` TaskAPI.get)."""
+        return self.call("GET", f"/api/tasks/{task_id}").json()
+
+    def log_size(self) -> int:
+        """Where Label Studio's log ends now (read what it writes after this with :meth:`log_since`)."""
+        return self.log.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", "replace")
+
     def predictions(self, task_id: int) -> list[dict]:
         return self.call("GET", "/api/predictions", params={"task": task_id}).json()
 
@@ -271,6 +285,14 @@ class Backend:
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=30)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A value from GET /metrics (0.0 when the series is not there yet)."""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.get("/metrics").text.splitlines():
+            if line.startswith(f"{name}{{{want}}} ") if want else line.startswith(f"{name} "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     def wait_job(self, job_id: int, timeout: float, until=None) -> dict:
         """Poll GET /jobs/<id> until it is final (or ``until(job)`` holds)."""

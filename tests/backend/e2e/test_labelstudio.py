@@ -16,7 +16,7 @@ from PIL import Image
 
 from dcsam.io import read_mask
 from dcsam.masks import iou
-from tests.support.label_studio import Backend
+from tests.support.label_studio import LEGACY_TOKEN, Backend
 from tests.support.regions import brush_result, decode_brush, polygon_mask
 
 pytestmark = pytest.mark.slow
@@ -233,3 +233,51 @@ def test_interactive_annotating(ls, backend_legacy, data_dir):
         assert score >= 0.8
     # interactive calls are not stored as predictions
     assert ls.predictions(task_id) == []
+
+
+def test_a_task_opened_before_any_example_gets_its_mask_once_one_exists(ls, workdir, data_dir):
+    """Issue 14 item 1, the labelling loop as a person lives it: a task opened before any example exists must
+    not keep an empty prediction of the current model_version (Label Studio would never ask for it again)."""
+    perseg = data_dir / "perseg-mini"
+    project = ls.create_project("E2E before any example", BRUSH)
+    tasks = ls.upload(project, [perseg / f"cat_0{i}.jpg" for i in range(3)])
+    backend = Backend(
+        workdir, "before-examples", LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=LEGACY_TOKEN, DCSAM_ENGINE="lite"
+    )
+    try:
+        ml = ls.connect_backend(project, backend.url)
+        assert ml["state"] == "CO", ml
+        version = backend.get("/health").json()["model_version"]
+        # a person opens a task, then retrieves predictions for all, before anything is annotated
+        opened = tasks["cat_01"]["id"]
+        ls.open_task(opened)
+        assert backend.metric("dcsam_requests_total", endpoint="predict", status="200") == 1  # LS did ask
+        ls.retrieve_predictions(project, [t["id"] for t in tasks.values()])
+        assert backend.metric("dcsam_requests_total", endpoint="predict", status="200") == 2
+        assert ls.project_predictions(project) == []  # nothing stored: nothing to stick
+        ls.open_task(opened)  # reopening asks again (the task still has no prediction)
+        assert backend.metric("dcsam_requests_total", endpoint="predict", status="200") == 3
+        # the person labels one task; the webhook tells the backend
+        ls.annotate(tasks["cat_00"]["id"], brush_result(read_mask(perseg / "cat_00.png"), "cat"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if backend.metric("dcsam_webhook_events_total", action="ANNOTATION_CREATED") >= 1:
+                break
+            time.sleep(0.5)
+        assert backend.metric("dcsam_webhook_events_total", action="ANNOTATION_CREATED") >= 1
+        # Retrieve Predictions on every task, with no deletion step: each ends with a mask
+        ls.retrieve_predictions(project, [t["id"] for t in tasks.values()])
+
+        def check(name, region):
+            gt = read_mask(perseg / f"{name}.png")
+            assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["cat"]
+            mask = decode_brush(region)
+            print(f"{name}: IoU {iou(mask, gt):.3f}")
+            assert mask.any() and iou(mask, gt) >= 0.8
+
+        _check_predictions(ls, tasks, version, check)
+        log = backend.log.read_text()
+        assert "no accepted annotation with any of the labels" in log  # the person is told why, in the log
+        assert re.search(rf"/predict project {project}: 3 task\(s\), 3 prediction\(s\)", log)
+    finally:
+        backend.close()
