@@ -6,7 +6,8 @@ each image's features once; ``forward_features`` runs only the trainable part an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,22 @@ from ..backbones.base import PriorBackbone
 from .prior import masked_high_features, prior_mask
 from .prompt_generator import PromptGenerator
 from .sam_adapter import SamAdapter, SamFeatures
+
+
+def _cat_fields(cls: Any, items: list) -> Any:
+    """A ``cls`` whose every field is the items' fields concatenated along dim 0 (tensors, or values
+    with their own ``cat``)."""
+    parts = []
+    for field in fields(cls):
+        values = [getattr(item, field.name) for item in items]
+        parts.append(torch.cat(values) if torch.is_tensor(values[0]) else type(values[0]).cat(values))
+    return cls(*parts)
+
+
+def _select_fields(obj: Any, index) -> Any:
+    """The same dataclass with every field indexed along dim 0 (tensors, or values with their own ``select``)."""
+    values = [getattr(obj, field.name) for field in fields(obj)]
+    return type(obj)(*[v[index] if torch.is_tensor(v) else v.select(index) for v in values])
 
 
 @dataclass
@@ -28,14 +45,10 @@ class QueryFeatures:
 
     @staticmethod
     def cat(items: list[QueryFeatures]) -> QueryFeatures:
-        return QueryFeatures(
-            torch.cat([i.mid for i in items]),
-            torch.cat([i.high for i in items]),
-            SamFeatures.cat([i.sam for i in items]),
-        )
+        return _cat_fields(QueryFeatures, items)
 
     def select(self, index) -> QueryFeatures:
-        return QueryFeatures(self.mid[index], self.high[index], self.sam.select(index))
+        return _select_fields(self, index)
 
 
 @dataclass
@@ -54,18 +67,10 @@ class SupportFeatures:
 
     @staticmethod
     def cat(items: list[SupportFeatures]) -> SupportFeatures:
-        return SupportFeatures(
-            torch.cat([i.mid for i in items]),
-            torch.cat([i.mask for i in items]),
-            torch.cat([i.high_pos for i in items]),
-            torch.cat([i.high_neg for i in items]),
-            SamFeatures.cat([i.sam for i in items]),
-        )
+        return _cat_fields(SupportFeatures, items)
 
     def select(self, index) -> SupportFeatures:
-        return SupportFeatures(
-            self.mid[index], self.mask[index], self.high_pos[index], self.high_neg[index], self.sam.select(index)
-        )
+        return _select_fields(self, index)
 
     def repeat(self, times: int) -> SupportFeatures:
         """The same K shots for ``times`` queries (K shots stay contiguous per query)."""

@@ -8,6 +8,7 @@ import torch
 from dcsam.build import build_dcsam
 from dcsam.config import SegmenterConfig
 from dcsam.modeling import SamAdapter, SamFeatures
+from dcsam.modeling.dcsam import QueryFeatures, SupportFeatures
 
 
 def fake_sam_features(b: int, family: str) -> SamFeatures:
@@ -202,3 +203,14 @@ def test_sam1_batched_decoder_equals_per_sample_upstream():
                 )
                 assert torch.allclose(batched[i : i + 1], ref, atol=1e-4)
                 assert torch.allclose(iou[i : i + 1], ref_iou, atol=1e-5)
+
+
+def test_features_select_and_cat_round_trip(model):
+    query, support = encode(model, b=2)
+    for feats, cls in ((query, QueryFeatures), (support, SupportFeatures)):
+        parts = [feats.select(slice(i, i + 1)) for i in range(2)]
+        assert parts[0].mid.shape[0] == 1 and parts[0].sam.high_res[0].shape[0] == 1
+        joined = cls.cat(parts)
+        assert torch.equal(joined.mid, feats.mid) and torch.equal(joined.sam.embed, feats.sam.embed)
+        assert all(torch.equal(a, b) for a, b in zip(joined.sam.high_res, feats.sam.high_res))
+        assert torch.equal(cls.cat(parts[::-1]).mid, feats.mid.flip(0))
