@@ -370,7 +370,8 @@ def test_local_files_stay_inside_the_document_root(harness_factory, fake_ls, per
             {"id": 5, "data": {"image": "/data/local-files/?d=" + str(tmp_path / "secret.jpg")}},
         ],
     )
-    assert [len(p["result"]) for p in r.json["results"]] == [1, 0, 0, 0]
+    results = r.json["results"]
+    assert len(results[0]["result"]) == 1 and results[1:] == [[], [], []]  # refused: no prediction
     # read from disk, never from Label Studio; escapes are refused outright (not fetched elsewhere either);
     # an absolute ?d= is relative to the root, as in Label Studio: not found there, so only LS is asked
     asked = [rec.query for rec in fake_ls.requests if rec.path.startswith("/data/local-files")]
