@@ -34,6 +34,7 @@ vertical-align:top;font-size:13px}th{color:#5b6475;font-weight:600}
 svg text{font:11px system-ui,sans-serif;fill:#5b6475}
 """
 
+OPEN_STATES = ("queued", "running")  # jobs that still move: they get a progress bar
 PLOT_W, PLOT_H, PAD_L, PAD_R, PAD_T, PAD_B = 560, 190, 44, 16, 12, 24
 
 
@@ -169,7 +170,11 @@ def _project(project: dict) -> str:
 def _job_row(job: dict) -> str:
     status = str(job.get("status") or "")
     fraction = job.get("fraction")
-    if fraction is not None:
+    if fraction is not None and status not in OPEN_STATES:  # a finished job: where it stopped, no bar
+        progress = (
+            f'<span class="muted">{int(job.get("progress_done") or 0)} / {int(job.get("progress_total") or 0)}</span>'
+        )
+    elif fraction is not None:
         pct = round(100 * float(fraction))
         total = job.get("progress_total")
         progress = (

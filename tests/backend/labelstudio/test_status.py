@@ -144,3 +144,26 @@ def test_a_forgotten_project_leaves_no_thumbnails(harness_factory, fake_ls):
     assert len(list(folder.glob("*.jpg"))) == 3
     h.service.forget_project(PROJECT)
     assert list(folder.glob("*.jpg")) == []
+
+
+def test_only_jobs_that_still_move_get_a_progress_bar():
+    from backend.labelstudio.status_page import render_status
+
+    def job(i: int, status: str) -> dict:
+        return {
+            "id": i,
+            "kind": "train",
+            "project_id": 1,
+            "status": status,
+            "progress_done": 6,
+            "progress_total": 7,
+            "fraction": 6 / 7,
+            "time_left_s": 42.0 if status == "running" else None,
+            "message": "",
+        }
+
+    page = render_status({"jobs": [job(1, "running"), job(2, "done"), job(3, "failed")]})
+    rows = re.findall(r'<tr class="job".*?</tr>', page, re.S)
+    assert len(rows) == 3 and all("6 / 7" in row for row in rows)
+    assert 'aria-valuenow="86"' in rows[0] and "about 42 s left" in rows[0]
+    assert not any("progressbar" in row for row in rows[1:])
