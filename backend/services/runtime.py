@@ -1,8 +1,15 @@
 """The model runtime: the segmenter, loaded once per process on first use (or by a warm-up thread),
 never by /health or /setup.
 
-``inference_lock`` serialises every model call in the process (one writer to the GPU); request
+``inference_lock`` serialises every serving model call in the process (one writer to the GPU); request
 threads wait on it, /health and /setup never touch it.
+
+Fine-tuning runs beside serving, not under that lock: it trains :meth:`ModelRuntime.training_engine`, a twin
+of the serving engine with its own trainable part and the frozen networks shared
+(:func:`dcsam.training.twin.training_twin`), and gives way to serving between its steps
+(:meth:`ModelRuntime.yield_to_serving`): while a model call holds or waits for the lock, training pauses.
+A promoted fine-tune reaches the serving engine only through the version registry and
+:meth:`ModelRuntime.use_weights`, i.e. under the lock, between two requests.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from collections.abc import Callable
 from dcsam.api import InContextSegmenter
 from dcsam.checkpoints import clone_state
 from dcsam.config import SegmenterConfig
+from dcsam.engines.base import Engine
+from dcsam.training.twin import training_twin
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +35,53 @@ SegmenterFactory = Callable[[SegmenterConfig], InContextSegmenter]
 
 def default_factory(config: SegmenterConfig) -> InContextSegmenter:
     return InContextSegmenter.from_config(config)
+
+
+class InferenceLock:
+    """A lock (``with``, ``acquire``/``release``, ``locked``) that also knows whether anyone holds or waits
+    for it, so that background work can give way to model calls (:meth:`wait_idle`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = threading.Condition()
+        self._wanted = 0  # holders + waiters
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        with self._state:
+            self._wanted += 1
+        ok = self._lock.acquire(blocking, timeout)
+        if not ok:
+            self._done()
+        return ok
+
+    def release(self) -> None:
+        self._lock.release()
+        self._done()
+
+    def _done(self) -> None:
+        with self._state:
+            self._wanted -= 1
+            if not self._wanted:
+                self._state.notify_all()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    @property
+    def wanted(self) -> int:
+        """How many threads hold or wait for the lock now."""
+        return self._wanted
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no thread holds or waits for the lock (at most ``timeout`` s); True if it is idle."""
+        with self._state:
+            return self._state.wait_for(lambda: not self._wanted, timeout)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class ModelRuntime:
@@ -40,7 +96,10 @@ class ModelRuntime:
         self._on_load = on_load or (lambda: None)  # e.g. metrics, counted where the load happens
         self._base: InContextSegmenter | None = None
         self._load_lock = threading.Lock()
-        self.inference_lock = threading.Lock()
+        self.inference_lock = InferenceLock()
+        self._twin: Engine | None = None  # the training twin, made on first fine-tune
+        self._twin_lock = threading.Lock()
+        self.yield_timeout_s = 30.0  # the longest a training step waits for serving to go idle
         self.load_error: str | None = None
         self.load_seconds: float | None = None
         self.loads = 0  # how many times this process built the model (must stay <= 1)
@@ -92,6 +151,22 @@ class ModelRuntime:
     def forget_weights(self) -> None:
         """The engine's weights were changed in place (training): reload before the next use."""
         self.weights_tag = None
+
+    def training_engine(self) -> Engine:
+        """The engine fine-tuning runs on: a twin of the serving engine (own trainable part, shared frozen
+        networks), made once per process. Never held by the inference lock; one training job at a time."""
+        with self._twin_lock:
+            if self._twin is None:
+                base = self.base().engine
+                with self.inference_lock:  # a consistent copy: no request is changing the weights meanwhile
+                    self._twin = training_twin(base)
+            twin = self._twin
+        return twin
+
+    def yield_to_serving(self) -> None:
+        """Called by training between steps: pause while a model call holds or waits for the inference
+        lock (at most :attr:`yield_timeout_s`, so that a stream of requests cannot starve training)."""
+        self.inference_lock.wait_idle(self.yield_timeout_s)
 
     def new_segmenter(self) -> InContextSegmenter:
         """A segmenter with its own examples that shares the loaded engine (one per project)."""

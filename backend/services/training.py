@@ -24,9 +24,14 @@ by ``POST /jobs/train``, and after ``DCSAM_TRAIN_EVERY`` new accepted annotation
    is fine-tuned once more on every annotation with the best step count and written as a new checkpoint
    with a new ``model_version``. The figures are kept in the job record either way.
 
-All of it holds the inference lock (one writer to the accelerator); the engine's weights are marked stale
-afterwards, so the next request reloads the project's active version: a failed or cancelled run never
-leaves its weights in the serving model.
+Training runs beside serving. It fine-tunes :meth:`~backend.services.runtime.ModelRuntime.training_engine`,
+a twin of the serving engine (its own trainable part, the frozen networks shared), never the serving engine,
+and never holds the inference lock: ``/predict`` and the smart tools keep answering. Between its steps and
+scored images it gives way to serving (:meth:`~backend.services.runtime.ModelRuntime.yield_to_serving`).
+Each annotated image's frozen features are computed once per job (:func:`dcsam.training.twin.cached_features`),
+not once per fold and step choice. A promoted version reaches serving only through the version registry:
+the next request's ``prepare`` loads it under the inference lock, between two requests. A failed or
+cancelled run leaves the serving model as it was: its weights only ever lived in the twin.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import numpy as np
 
 from dcsam.masks import resize_mask
 from dcsam.training.crossval import CrossValError, LabelledTask, NotEnoughData, cross_validate, validation_ious
+from dcsam.training.loop import EarlyStop
+from dcsam.training.twin import cached_features, warm_features
 
 from ..labelstudio.annotations import control_labels, latest_accepted
 from ..labelstudio.media import LabelStudioError, MediaError, decode_image
@@ -116,32 +123,47 @@ def run_train(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
     items = collect(deps, project_id, cfg, access, ctx)
     parent = deps.version_for(project_id)
     runtime = deps.runtime
-    with runtime.inference_lock:  # one writer to the accelerator; see the module docstring
-        try:
+    # the serving engine is never touched: training runs on its twin, beside serving (module docstring)
+    engine = runtime.training_engine()
+    serving_state = deps.versions.trainable_state(parent)
+    start_state = runtime.base_state if serving_state is None else serving_state
+
+    def reset_twin() -> None:
+        engine.load_trainable_state_dict(start_state or {})
+
+    def check() -> None:  # between steps and scored images: cancel, else let waiting requests run first
+        ctx.check_cancel()
+        runtime.yield_to_serving()
+
+    try:
+        with cached_features(engine) as cache:
+            ctx.report(message="encoding the annotated images", force=True)
+            warm_features(engine, [(it.image, it.mask) for it in items], between=check)
             result = cross_validate(
-                runtime.base().engine,
+                engine,
                 runtime.base().config,
                 items,
                 seed=project_id,
                 folds=s.train_folds,
                 k=s.examples_per_label,
-                reset_weights=lambda: deps.prepare(project_id),
+                reset_weights=reset_twin,
                 step_choices=[s.train_steps] if s.train_steps is not None else None,
                 min_gain=s.train_min_gain,
-                weights_changing=runtime.forget_weights,
                 report=ctx.report,
-                check_cancel=ctx.check_cancel,
+                check_cancel=check,
                 extra_figures={"parent_version": parent},
                 score=validation_ious,
+                early_stop=EarlyStop(patience=s.train_patience) if s.train_patience else None,
             )
-        except NotEnoughData as exc:
-            raise JobError(f"project {project_id}: {exc}") from exc
-        except CrossValError as exc:
-            raise JobError(str(exc)) from exc
-        finally:
-            runtime.forget_weights()  # a failed or cancelled run never leaves its weights in the serving model
+    except NotEnoughData as exc:
+        raise JobError(f"project {project_id}: {exc}") from exc
+    except CrossValError as exc:
+        raise JobError(str(exc)) from exc
+    finally:
+        reset_twin()  # drop the run's weights (memory); the serving engine never held them
     figures = result.figures
     figures["seconds"] = round(time.monotonic() - t0, 2)
+    figures["feature_cache"] = dict(cache)
     if not result.promote or result.candidate_state is None:
         figures["promoted"] = False
         return (

@@ -36,6 +36,7 @@ from ..engines.base import Engine, Episode, LabelledImage, ProgressFn
 from ..errors import DcsamError
 from ..masks import iou
 from ..video.tubes import MaskTube, finetune_on_tubes
+from .loop import EarlyStop, early_stopping
 
 __all__ = [
     "CrossValError",
@@ -266,6 +267,7 @@ def cross_validate(
     check_cancel: Callable[[], None] | None = None,
     extra_figures: Mapping[str, Any] | None = None,
     score: Callable[..., list[float]] | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> CrossValResult:
     """Fine-tune ``engine`` on ``items`` if, and only if, cross-validation says it helps.
 
@@ -279,6 +281,9 @@ def cross_validate(
     ``run``, ``step``, ``steps`` and ``loss``); ``check_cancel`` is called often and may raise to stop.
     ``extra_figures`` (e.g. the parent version) join the figures once the data are known to suffice.
     ``score`` replaces :func:`validation_ious` (same arguments), e.g. to stub scoring in tests.
+    ``early_stop``: every fine-tune run (each fold's and the final one alike, so the decision validates
+    the procedure that makes the candidate) stops early by this rule; figures ``steps_run`` list the steps
+    each run took.
 
     Raises :class:`NotEnoughData` (no task can be held out), :class:`NoValidationPair` and
     :class:`FinetuneRefused`; whatever ``check_cancel``, ``report`` or the engine raise passes through.
@@ -325,10 +330,12 @@ def cross_validate(
         on_step: ProgressFn = progress
         try:
             video_tubes = tubes(train)
-            if video_tubes:
-                out = finetune_on_tubes(InContextSegmenter(engine, config), video_tubes, steps=steps, progress=on_step)
-            else:
-                out = engine.finetune(episodes(seed, train, k), steps=steps, progress=on_step)
+            with early_stopping(early_stop):
+                if video_tubes:
+                    seg = InContextSegmenter(engine, config)
+                    out = finetune_on_tubes(seg, video_tubes, steps=steps, progress=on_step)
+                else:
+                    out = engine.finetune(episodes(seed, train, k), steps=steps, progress=on_step)
         except NotImplementedError as exc:
             raise FinetuneRefused(f"{exc}: this engine has no trainable part to fine-tune") from exc
         except DcsamError as exc:
@@ -372,9 +379,13 @@ def cross_validate(
         per_fold=per_fold,
         min_gain=min_gain,
     )
+    if early_stop is not None:
+        figures["steps_run"] = [ran for ran, _ in early_stop.runs]
     if not scores[best] - float(np.mean(before)) > min_gain:
         return CrossValResult(figures, False, None, choices[best])
     emit(figures=figures, message="fine-tuning on every accepted annotation", force=True)
     train_figs = finetune(items, choices[best])
+    if early_stop is not None:
+        figures["steps_run"] = [ran for ran, _ in early_stop.runs]
     figures["train"] = {key: v for key, v in (train_figs or {}).items() if not isinstance(v, (dict, list))}
     return CrossValResult(figures, True, clone_state(engine.trainable_state_dict()), choices[best])

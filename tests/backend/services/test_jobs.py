@@ -277,9 +277,10 @@ def test_cancelled_or_failed_training_leaves_the_serving_model(jobs_harness, fak
             h.service.store.jobs.request_cancel(h.service.runner.current["model"])
 
     engine = h.service.runtime.base().engine
-    orig = engine.finetune
+    twin = h.service.runtime.training_engine()  # fine-tuning runs on the serving engine's twin
+    orig = twin.finetune
     monkeypatch.setattr(
-        engine,
+        twin,
         "finetune",
         lambda eps, steps=None, progress=None: orig(
             eps, steps=steps, progress=lambda s, t, f: (cancel_at_step(s, t, f), progress(s, t, f))
@@ -291,7 +292,7 @@ def test_cancelled_or_failed_training_leaves_the_serving_model(jobs_harness, fak
     with h.service.runtime.inference_lock:
         h.service.prepare(14)
         assert not engine.trained  # the half-trained head was dropped
-    monkeypatch.setattr(engine, "finetune", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    monkeypatch.setattr(twin, "finetune", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
     job = _train(h, 14)
     assert job["status"] == "failed" and "out of memory" in job["message"]
     assert h.setup(14, BRUSH_CONFIG).json["model_version"] == base
@@ -302,7 +303,7 @@ def test_training_compares_the_engines_step_choices_by_cross_validation(jobs_har
 
     _train_project(fake_ls, perseg, 19)
     h = jobs_harness(DCSAM_TRAIN_STEPS="")  # no fixed step count: the engine's choices are compared
-    engine = h.service.runtime.base().engine
+    engine = h.service.runtime.training_engine()  # fine-tuning runs on the serving engine's twin
     monkeypatch.setattr(engine, "finetune_step_choices", lambda: [0, 3])
     ran = []
     orig = engine.finetune
