@@ -50,6 +50,9 @@ from .tracks import box_to_mask, downloaded_video
 log = logging.getLogger(__name__)
 
 PREFETCH = 6  # frames downloaded ahead of the propagation
+# finished <Video> track runs kept: a few KB of keyframes each, and an evicted one is propagated again when
+# Label Studio asks for it, so a Retrieve Predictions over many videos must find its tracks still here
+TRACKS_KEPT = 1024
 
 
 @dataclass
@@ -504,8 +507,9 @@ class VideoPredictor:
                 return run
             run = TrackRun(key)
             self._tracks[slot] = run
-            while len(self._tracks) > self.settings.video_cache:
-                self._tracks.popitem(last=False)  # a running one still finishes for those waiting on it
+            finished = [k for k, r in self._tracks.items() if r.done.is_set()]  # oldest first; running ones stay
+            for k in finished[: max(0, len(self._tracks) - TRACKS_KEPT)]:
+                del self._tracks[k]
         self._track_pool.submit(self._run_track, run, project_id, task, tag, controls, access, pe, vs, annotation)
         return run
 
