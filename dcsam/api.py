@@ -86,6 +86,10 @@ class InContextSegmenter:
         encoded = [self.engine.encode_example(load_example(i, m)) for i, m in zip(images, masks)]
         self._examples.setdefault(label, []).extend(encoded)
 
+    def encoded_examples(self, label: str) -> list[Any]:
+        """The cached, engine-encoded examples of ``label`` (empty when it has none)."""
+        return list(self._examples.get(label, []))
+
     def clear_examples(self, label: str | None = None) -> None:
         if label is None:
             self._examples.clear()
@@ -127,15 +131,17 @@ class InContextSegmenter:
         points: Sequence[tuple[float, float, bool]] = (),
         box: tuple[float, float, float, float] | None = None,
         label: str | None = None,
+        mask_score: float | None = None,
     ) -> tuple[np.ndarray, float]:
         """Refine one image's mask with clicks ``(x, y, positive)`` and/or a box (native pixels).
 
-        Starts from ``mask``, else from this segmenter's prediction for ``label`` when it has
-        examples for it. Returns ``(mask, score)``.
+        Starts from ``mask`` (``mask_score``: its score, e.g. the prediction's), else from this
+        segmenter's prediction for ``label`` when it has examples for it. Returns ``(mask, score)``:
+        the score estimates the refined mask's quality (see :mod:`dcsam.prompting`).
         """
         from .prompting import refine_mask
 
-        return refine_mask(self, image, points, box, label, mask=mask)
+        return refine_mask(self, image, points, box, label, mask=mask, mask_score=mask_score)
 
     # -- learning -----------------------------------------------------------------------------
     def finetune(

@@ -3,13 +3,23 @@ prediction (when the label has examples) is kept when it already obeys every pro
 engine with a promptable model (DC-SAM: SAM's own point and box prompts) answers the prompts, and an
 engine without one (lite) runs a GrabCut seeded by the prediction and steered by the prompts:
 
-* positive points: hard foreground discs; the result keeps only the connected parts that contain one;
+* positive points: hard foreground discs; the result keeps only the connected parts that contain one
+  (or, refining a mask, overlap it: a click on a missed part adds it, the rest of the mask stays);
 * negative points: hard background discs;
 * a box: everything outside it is background; without a prediction, its inside is the first guess;
 * no prediction and no box: the first guess is a disc around each positive point.
 
+A box is always answered (a prediction is never returned unchanged because it lies inside the box:
+a tight box says where the object ends, and the prediction may stop short of that). DC-SAM answers it
+with SAM's box prompt; the lite engine with GrabCut constrained to the box and seeded by the in-context
+mask, whose body (the mask eroded by ``SURE_CORE`` of its size) stays foreground.
+
 GrabCut runs at a bounded working size (long side ``work_size``), so any image costs about the same.
-The score is the model's score (1 without a prediction) times the fraction of prompts the mask obeys.
+The score estimates the returned mask's quality: the promptable model's own estimate for its mask
+(SAM's predicted IoU, the lite engine's calibrated score); for any other mask the engine's
+``score_mask`` of that very mask when it can judge one (the lite engine with examples), else the
+starting mask's score (``mask_score``, the model's score; 1 for prompts alone) times the fraction of
+clicks the mask obeys.
 """
 
 from __future__ import annotations
@@ -24,6 +34,10 @@ from .masks import resize_mask
 
 Point = tuple[float, float, bool]  # (x, y) in pixels of the native image, positive?
 PixelBox = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+# The starting mask eroded by this fraction of its size stays foreground in a refinement: the
+# in-context mask's outline is uncertain to a few percent of the object (stride-8 matching at a
+# 512-pixel working size, a 6-pixel guided filter), its body is not.
+SURE_CORE = 0.05
 
 
 def refine_mask(
@@ -34,18 +48,20 @@ def refine_mask(
     label: str | None = None,
     mask: np.ndarray | None = None,
     *,
+    mask_score: float | None = None,
     work_size: int = 512,
     iterations: int = 4,
 ) -> tuple[np.ndarray, float]:
     """Return ``(mask bool HxW, score)`` for ``image`` refined by ``points`` / ``box``.
 
-    ``mask`` is a starting mask; without one, and when ``segmenter`` has examples for ``label``,
-    the segmenter's prediction is the start.
+    ``mask`` is a starting mask (``mask_score``: its score, default 1); without one, and when
+    ``segmenter`` has examples for ``label``, the segmenter's prediction is the start.
     """
     img = read_image(image)
     height, width = img.shape[:2]
-    score = 1.0
-    if mask is None and segmenter is not None and label is not None and label in getattr(segmenter, "labels", []):
+    score = 1.0 if mask_score is None else float(mask_score)
+    known = segmenter is not None and label is not None and label in getattr(segmenter, "labels", [])
+    if mask is None and known:
         pred = segmenter.predict([img], labels=[label])[0]
         mask, score = pred.masks.get(label), float(pred.scores.get(label, 1.0))
     if mask is not None:
@@ -57,20 +73,56 @@ def refine_mask(
         return (mask.copy() if mask is not None else np.zeros((height, width), bool)), (
             score if mask is not None else 0.0
         )
+    engine = getattr(segmenter, "engine", None)
+    examples = list(segmenter.encoded_examples(label)) if known else []
+
+    def judged(out: np.ndarray, fallback: float) -> float:
+        """The score of the returned mask: the engine's estimate for it, else ``fallback``."""
+        if not out.any():
+            return 0.0
+        own = engine.score_mask(img, out, examples, points, box, label=label) if engine is not None else None
+        return float(own) if own is not None else fallback
+
     if mask is not None and mask.any():
         # A prediction that already obeys every prompt is kept as it is (full resolution, no drift).
         kept = mask if box is None else mask & _box_mask(box, height, width)
         inside = kept.sum() / max(1, mask.sum())
-        if inside >= 0.95 and kept.any() and all(_at(kept, x, y) == pos for x, y, pos in points):
-            return kept, score
+        if box is None and inside >= 0.95 and kept.any() and all(_at(kept, x, y) == pos for x, y, pos in points):
+            return kept, judged(kept, score)
 
-    engine = getattr(segmenter, "engine", None)
-    prompted = engine.prompt(img, points, box) if engine is not None else None
-    if prompted is not None:  # a promptable model (SAM) answers the clicks and the box itself
+    prompted = (
+        engine.prompt(img, points, box, examples=examples, start=mask, label=label) if engine is not None else None
+    )
+    if prompted is not None:  # a promptable model (SAM, the lite box matching) answers the prompts itself
         out = prompted.mask if box is None else prompted.mask & _box_mask(box, height, width)
         obeyed = [_at(out, x, y) == pos for x, y, pos in points]
         return out, (prompted.score * (sum(obeyed) / len(obeyed) if obeyed else 1.0) if out.any() else 0.0)
 
+    # The start's body is kept as a sure core: GrabCut may grow it to what the box holds (a missed
+    # sole, a cut-off limb) and move its outline, and a negative click may remove a part it hits.
+    core = SURE_CORE
+    out = grabcut_prompts(img, mask, points, box, work_size=work_size, iterations=iterations, sure_core=core)
+    obeyed = [_at(out, x, y) == pos for x, y, pos in points]
+    consistency = (sum(obeyed) / len(obeyed)) if obeyed else 1.0
+    return out, judged(out, score) * consistency if out.any() else 0.0
+
+
+def grabcut_prompts(
+    img: np.ndarray,
+    mask: np.ndarray | None,
+    points: Sequence[Point] = (),
+    box: PixelBox | None = None,
+    *,
+    work_size: int = 512,
+    iterations: int = 4,
+    sure_core: float = 0.0,
+) -> np.ndarray:
+    """GrabCut of uint8 (H, W, 3) ``img`` seeded by bool (H, W) ``mask`` (or None) and steered by the
+    prompts (see the module docstring); returns the bool (H, W) mask.
+
+    ``sure_core`` > 0: the seed eroded by that fraction of its bounding box's short side is sure
+    foreground (GrabCut may then grow the seed and move its outline, not drop its body)."""
+    height, width = img.shape[:2]
     scale = min(1.0, work_size / max(height, width))
     sw, sh = max(1, round(width * scale)), max(1, round(height * scale))
     small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else img.copy()
@@ -92,8 +144,9 @@ def refine_mask(
         inside = np.zeros((sh, sw), bool)
         inside[by0:by1, bx0:bx1] = True
         start = start & inside
-        if not start.any():
-            start = inside.copy()
+    seeded = start.any()  # a real starting mask (not the box or click discs standing in for one)
+    if box_px is not None and not seeded:
+        start = inside.copy()
     positives = [(x * scale, y * scale) for x, y, pos in points if pos]
     negatives = [(x * scale, y * scale) for x, y, pos in points if not pos]
     if not start.any() and positives:
@@ -101,6 +154,17 @@ def refine_mask(
         for x, y in positives:
             cv2.circle(start.view(np.uint8), (round(x), round(y)), seed_r, 1, -1)
     gc[start] = cv2.GC_PR_FGD
+    if sure_core > 0 and seeded:
+        body = start.copy()
+        if negatives:  # a part of the start with a negative click in it may go entirely (a look-alike)
+            n, comp = cv2.connectedComponents(start.astype(np.uint8), connectivity=8)
+            hit = {comp[min(sh - 1, max(0, round(y))), min(sw - 1, max(0, round(x)))] for x, y in negatives} - {0}
+            body &= ~np.isin(comp, list(hit))
+        if body.any():
+            ys, xs = np.nonzero(body)
+            r = max(1, round(sure_core * min(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)))
+            disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+            gc[cv2.erode(body.astype(np.uint8), disc) > 0] = cv2.GC_FGD
     if box_px is not None:
         outside = np.ones((sh, sw), bool)
         outside[box_px[1] : box_px[3], box_px[0] : box_px[2]] = False
@@ -114,6 +178,7 @@ def refine_mask(
     gc[fg > 0] = cv2.GC_FGD
     gc[bg > 0] = cv2.GC_BGD
 
+    cv2.setRNGSeed(0)  # GrabCut's k-means starts from OpenCV's RNG: the same prompts give the same mask
     has_fg = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD)).any()
     has_bg = np.isin(gc, (cv2.GC_BGD, cv2.GC_PR_BGD)).any()
     if has_fg and has_bg:
@@ -131,16 +196,18 @@ def refine_mask(
             )
         except cv2.error:
             pass  # degenerate colour models: keep the seeds as they are
-    out = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
-    if positives and out.any():
-        n, comp = cv2.connectedComponents(out, connectivity=8)
+    small_out = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    if positives and small_out.any():
+        n, comp = cv2.connectedComponents(small_out, connectivity=8)
         keep = {comp[min(sh - 1, max(0, round(y))), min(sw - 1, max(0, round(x)))] for x, y in positives} - {0}
+        if seeded:  # a click adds to a starting mask, it does not drop the parts of it elsewhere
+            keep |= set(np.unique(comp[start & (small_out > 0)]).tolist()) - {0}
         if keep:
-            out = np.isin(comp, list(keep)).astype(np.uint8)
+            small_out = np.isin(comp, list(keep)).astype(np.uint8)
     if scale < 1:
-        out = cv2.resize(out * 255, (width, height), interpolation=cv2.INTER_LINEAR) > 127
+        out = cv2.resize(small_out * 255, (width, height), interpolation=cv2.INTER_LINEAR) > 127
     else:
-        out = out > 0
+        out = small_out > 0
     if mask is not None and mask.any():
         # where GrabCut agrees with the prediction at the working size, keep the full-resolution prediction
         start_small = resize_mask(mask, sh, sw)
@@ -151,9 +218,7 @@ def refine_mask(
         out = np.where(changed, out, mask)
     if box is not None:
         out &= _box_mask(box, height, width)
-    obeyed = [_at(out, x, y) == pos for x, y, pos in points]
-    consistency = (sum(obeyed) / len(obeyed)) if obeyed else 1.0
-    return out, (score * consistency if out.any() else 0.0)
+    return out
 
 
 def _box_mask(box: PixelBox, height: int, width: int) -> np.ndarray:

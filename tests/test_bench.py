@@ -281,3 +281,15 @@ def test_bench_is_a_dcsam_subcommand():
 
     args = cli.build_parser().parse_args(["bench", "--iterations", "2"])
     assert args.func is bench_cli.cmd_bench and args.iterations == 2
+
+
+def test_spearman_ranks_with_ties_and_refuses_constant_input():
+    from dcsam.bench.ranking import ranks, spearman
+
+    assert list(ranks([0.3, 0.1, 0.3, 0.2])) == [2.5, 0.0, 2.5, 1.0]  # ties share their mean rank
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)
+    assert np.isnan(spearman([1, 2, 3], [5, 5, 5]))
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1, 2, 3])

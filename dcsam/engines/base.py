@@ -68,10 +68,30 @@ class Engine(ABC):
         image: np.ndarray,
         points: Sequence[tuple[float, float, bool]],
         box: tuple[float, float, float, float] | None,
+        *,
+        examples: Sequence[Any] = (),
+        start: np.ndarray | None = None,
+        label: str | None = None,
     ) -> SegmentResult | None:
         """Segment ``image`` from clicks ``(x, y, positive)`` and/or a box ``(x0, y0, x1, y1)`` in native
         pixels with the engine's own promptable model; None when it has none (the caller then refines
-        by colour, see :mod:`dcsam.prompting`)."""
+        by colour, see :mod:`dcsam.prompting`). ``examples`` (the label's encoded examples) and
+        ``start`` (bool (H, W), the mask being refined) are hints an engine may use. The score
+        estimates the returned mask's quality."""
+        return None
+
+    def score_mask(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        examples: Sequence[Any],
+        points: Sequence[tuple[float, float, bool]] = (),
+        box: tuple[float, float, float, float] | None = None,
+        label: str | None = None,
+    ) -> float | None:
+        """The engine's quality estimate in [0, 1] of any bool (H, W) ``mask`` of ``image`` (e.g. one a
+        refinement produced), given the label's encoded ``examples`` and the prompts; None when the
+        engine has no way to judge one."""
         return None
 
     def finetune(

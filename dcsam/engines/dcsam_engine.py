@@ -201,8 +201,14 @@ class DCSAMEngine(Engine):
         image: np.ndarray,
         points: Sequence[tuple[float, float, bool]],
         box: tuple[float, float, float, float] | None,
+        *,
+        examples: Sequence[Any] = (),
+        start: np.ndarray | None = None,
+        label: str | None = None,
     ) -> SegmentResult | None:
-        """SAM's own point / box prompting (the multi-mask output with the best predicted IoU)."""
+        """SAM's own point / box prompting (the multi-mask output with the best predicted IoU, which
+        is the score: SAM's estimate of the returned mask's IoU). The box goes to SAM's prompt
+        encoder as a box; ``examples``, ``start`` and ``label`` are not used (SAM answers the prompts)."""
         if not points and box is None:
             return None
         size = self.model.sam.image_size

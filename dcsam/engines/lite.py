@@ -37,6 +37,7 @@ from ..lite import postprocess
 from ..lite.backbone import lite_backbone
 from ..lite.head import LiteHead
 from ..lite.matching import MatchBank, dense_features, mask_fraction, priors, resize_image, working_size
+from ..lite.quality import calibrated_score, mask_signals
 from ..masks import resize_mask
 from ..training.loop import finetune_figures, optimise
 from ..training.losses import soft_bce_dice_loss
@@ -107,6 +108,19 @@ def _is_single_object(mask: np.ndarray, min_share: float = 0.05, long_side: int 
     return int((areas >= min_share * areas.sum()).sum()) == 1
 
 
+def _box_cells(box: tuple[float, float, float, float], shape: tuple[int, int], sx: float, sy: float) -> np.ndarray:
+    """bool ``shape`` (h, w): the cells of a grid with ``sx`` / ``sy`` cells per native pixel that the
+    box ``(x0, y0, x1, y1)`` (native pixels) touches."""
+    h, w = shape
+    x0, x1 = sorted((box[0] * sx, box[2] * sx))
+    y0, y1 = sorted((box[1] * sy, box[3] * sy))
+    out = np.zeros((h, w), bool)
+    out[max(0, int(np.floor(y0))) : min(h, int(np.ceil(y1))), max(0, int(np.floor(x0))) : min(w, int(np.ceil(x1)))] = (
+        True
+    )
+    return out
+
+
 def _normalise_options(o: dict[str, Any]) -> dict[str, Any]:
     """Accept options as typed values or as strings (e.g. from ``--option layers=2,4,6``)."""
     o = dict(o)
@@ -138,6 +152,7 @@ class LiteExample:
     bank: MatchBank
     colour: postprocess.ColourModel
     signature: tuple
+    single_object: bool = True  # the example's mask is one object (the region score counts extra blobs)
 
 
 @dataclass
@@ -182,6 +197,7 @@ class LiteEngine(Engine):
         self.trained = False
         self.memory: dict[str, list[LiteExample]] = {}  # label -> labelled images seen in fine-tuning
         self.single_instance: dict[str, bool] = {}  # label -> all its labelled masks were one object
+        self._last_query: tuple[Any, LiteQuery] | None = None  # see _query
 
     # -- features -------------------------------------------------------------------------------
     def signature(self) -> tuple:
@@ -206,7 +222,7 @@ class LiteEngine(Engine):
         bank = MatchBank.from_example(feats, frac)
         small_mask = resize_mask(mask, *size)
         colour = postprocess.ColourModel().add(resize_image(image, size), small_mask)
-        return LiteExample(bank=bank, colour=colour, signature=self.signature())
+        return LiteExample(bank=bank, colour=colour, signature=self.signature(), single_object=_is_single_object(mask))
 
     def encode_query(self, image: np.ndarray) -> LiteQuery:
         """uint8 (H, W, 3) image -> its features at every working size (main grid (h, w) at stride 8
@@ -257,14 +273,12 @@ class LiteEngine(Engine):
             return "confident"
         return str(self.opts["components"])
 
-    def decode_logit(
-        self, q: LiteQuery, logit: torch.Tensor, colour: postprocess.ColourModel | None, components: str | None = None
-    ) -> SegmentResult:
-        """A logit of ``q`` (any size, upsampled to the working size) -> the refined mask at the
-        image's native (H, W): colour model (``colour``: the label's colour statistics, None for
-        none), refinement, component filter ``components`` (None: the ``components`` option)."""
+    def _work_maps(
+        self, q: LiteQuery, logit: torch.Tensor, colour: postprocess.ColourModel | None
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """(foreground probability, refined probability, guided coefficients or None), each (wh, ww)
+        at the working size, of a logit of ``q`` (any size, upsampled bilinearly)."""
         o = self.opts
-        components = str(o["components"]) if components is None else components
         wh, ww = q.work_image.shape[:2]
         z = (
             F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
@@ -275,18 +289,40 @@ class LiteEngine(Engine):
             z = z + self._colour_weight() * colour.log_ratio(q.work_image)
         prob = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
         method = o["refine"]
-        thr = float(o["threshold"])
         if method == "bilinear":
-            q_work = prob
-        elif method in ("guided", "grabcut"):
+            return prob, prob, None
+        if method in ("guided", "grabcut"):
             guide = postprocess.to_float_rgb(q.work_image)
             p = prob
             if method == "grabcut":
                 p = postprocess.grabcut_refine(q.work_image, prob, int(o["grabcut_iters"])).astype(np.float32)
             a, b = postprocess.guided_coefficients(guide, p, int(o["guided_radius"]), float(o["guided_eps"]))
-            q_work = postprocess.apply_guided(a, b, guide)
-        else:
-            raise ValueError(f"unknown refine {method!r}; use bilinear, guided or grabcut")
+            return prob, postprocess.apply_guided(a, b, guide), (a, b)
+        raise ValueError(f"unknown refine {method!r}; use bilinear, guided or grabcut")
+
+    def decode_logit(
+        self,
+        q: LiteQuery,
+        logit: torch.Tensor,
+        colour: postprocess.ColourModel | None,
+        components: str | None = None,
+        *,
+        single_object: bool = False,
+        calibrated: bool = False,
+    ) -> SegmentResult:
+        """A logit of ``q`` (any size, upsampled to the working size) -> the refined mask at the
+        image's native (H, W): colour model (``colour``: the label's colour statistics, None for
+        none), refinement, component filter ``components`` (None: the ``components`` option).
+
+        ``extra`` holds ``confidence`` (the mean foreground probability over the mask) and ``quality``
+        (the calibrated IoU estimate of :mod:`dcsam.lite.quality`; ``single_object``: the label's
+        examples are one object each). ``score`` is ``quality`` when ``calibrated``, else ``confidence``
+        (what video propagation's memory gate was tuned on).
+        """
+        o = self.opts
+        components = str(o["components"]) if components is None else components
+        prob, q_work, coef = self._work_maps(q, logit, colour)
+        thr = float(o["threshold"])
         work_mask = q_work > thr
         kept = postprocess.filter_components(work_mask, q_work, components, float(o["keep_ratio"]))
         drop = None
@@ -294,12 +330,24 @@ class LiteEngine(Engine):
             drop = cv2.dilate((work_mask & ~kept).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
             drop &= ~kept
         h, w = q.image.shape[:2]
-        if method == "bilinear":
+        if coef is None:
             mask = postprocess.upsample_linear(q_work, (h, w), drop, thr)
         else:
-            mask = postprocess.upsample_guided(a, b, q.image, drop, thr)
-        score = float(np.clip(prob[kept], 0, 1).mean()) if kept.any() and mask.any() else 0.0
-        return SegmentResult(mask=mask, score=score, extra={"area": float(mask.mean())})
+            mask = postprocess.upsample_guided(coef[0], coef[1], q.image, drop, thr)
+        if not mask.any():
+            kept = np.zeros_like(kept)
+        signals = mask_signals(kept, prob, q_work, single_object)
+        quality = calibrated_score(signals)
+        return SegmentResult(
+            mask=mask,
+            score=quality if calibrated else signals.confidence,
+            extra={
+                "area": float(mask.mean()),
+                "confidence": signals.confidence,
+                "quality": quality,
+                **signals.as_dict(),
+            },
+        )
 
     def check_example(self, ex: Any) -> LiteExample:
         """``ex`` if this engine encoded it under its current settings; InputError otherwise."""
@@ -309,27 +357,85 @@ class LiteEngine(Engine):
             raise InputError(f"example encoded with lite settings {ex.signature}, engine uses {self.signature()}")
         return ex
 
+    def _prepare(
+        self, label: str | None, examples: Sequence[Any]
+    ) -> tuple[MatchBank, postprocess.ColourModel | None, bool]:
+        """One label's examples (plus its fine-tuning memory) -> (match bank, colour model or None,
+        every example is one object)."""
+        exs = [self.check_example(e) for e in examples]
+        if not exs:
+            raise InputError(f"no examples for label {label!r}")
+        exs = exs + (self.memory.get(label, []) if label is not None else [])
+        colour = exs[0].colour.merged([e.colour for e in exs[1:]]) if self._colour_weight() else None
+        return MatchBank.concat([e.bank for e in exs]), colour, all(e.single_object for e in exs)
+
+    def _query(self, image: np.ndarray) -> LiteQuery:
+        """:meth:`encode_query`, remembering the last image: an interactive refinement predicts,
+        prompts and scores the same image, and encoding it is most of the cost."""
+        image = np.ascontiguousarray(image)
+        key = (image.shape, hashlib.blake2b(image.data, digest_size=16).digest())
+        if self._last_query is not None and self._last_query[0] == key:
+            return self._last_query[1]
+        q = self.encode_query(image)
+        self._last_query = (key, q)
+        return q
+
     def predict(
         self, images: Sequence[np.ndarray], examples: Mapping[str, Sequence[Any]]
     ) -> list[dict[str, SegmentResult]]:
-        prepared = {}
-        for label, exs in examples.items():
-            exs = [self.check_example(e) for e in exs]
-            if not exs:
-                raise InputError(f"no examples for label {label!r}")
-            exs = exs + self.memory.get(label, [])
-            colour = exs[0].colour.merged([e.colour for e in exs[1:]]) if self._colour_weight() else None
-            prepared[label] = (MatchBank.concat([e.bank for e in exs]), colour)
+        prepared = {label: self._prepare(label, exs) for label, exs in examples.items()}
         out = []
         for image in images:
-            q = self.encode_query(image)
+            q = self._query(image)
             out.append(
                 {
-                    label: self.decode_logit(q, self.grid_logit(q, bank), colour, self.components_mode(label))
-                    for label, (bank, colour) in prepared.items()
+                    label: self.decode_logit(
+                        q,
+                        self.grid_logit(q, bank),
+                        colour,
+                        self.components_mode(label),
+                        single_object=single,
+                        calibrated=True,
+                    )
+                    for label, (bank, colour, single) in prepared.items()
                 }
             )
         return out
+
+    # -- prompts ---------------------------------------------------------------------------------------
+    # The lite engine has no promptable model of its own (``prompt`` stays None): dcsam.prompting answers
+    # clicks and boxes by GrabCut seeded with the in-context mask; this engine judges the result.
+    def score_mask(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        examples: Sequence[Any],
+        points: Sequence[tuple[float, float, bool]] = (),
+        box: tuple[float, float, float, float] | None = None,
+        label: str | None = None,
+    ) -> float | None:
+        """The calibrated score (estimated IoU) of any bool (H, W) ``mask`` of ``image``: the signals of
+        :mod:`dcsam.lite.quality` against the label's matching evidence, in which the prompts count
+        as certain (clicked discs, the outside of a box). None without examples (no evidence)."""
+        if not examples:
+            return None
+        bank, colour, single = self._prepare(label, examples)
+        q = self._query(image)
+        prob, refined, _ = self._work_maps(q, self.grid_logit(q, bank), colour)
+        prob, refined = prob.copy(), refined.copy()
+        wh, ww = q.work_image.shape[:2]
+        h, w = image.shape[:2]
+        sx, sy = ww / w, wh / h
+        if box is not None:
+            outside = ~_box_cells(box, (wh, ww), sx, sy)
+            prob[outside] = refined[outside] = 0.0
+        radius = max(2, round(0.012 * max(wh, ww)))  # the click disc of dcsam.prompting
+        for x, y, positive in points:
+            disc = np.zeros((wh, ww), np.uint8)
+            cv2.circle(disc, (round(x * sx), round(y * sy)), radius, 1, -1)
+            prob[disc > 0] = refined[disc > 0] = 1.0 if positive else 0.0
+        small = resize_mask(np.asarray(mask, bool), wh, ww)
+        return calibrated_score(mask_signals(small, prob, refined, single))
 
     # -- learning ------------------------------------------------------------------------------------
     def _new_head(self) -> LiteHead:

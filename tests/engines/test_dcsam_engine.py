@@ -140,3 +140,27 @@ def test_the_lite_engine_has_no_promptable_model():
     seg = InContextSegmenter.from_config(engine="lite")
     img, _ = synthetic_pair(4)
     assert seg.engine.prompt(img, [(10.0, 10.0, True)], None) is None
+
+
+def test_a_box_goes_to_sam_even_when_the_mask_lies_inside_it(segmenter, monkeypatch):
+    # a tight box around an object says where it ends: a starting mask that lies inside the box but
+    # stops short of it (the sneaker without its sole) is not returned unchanged, SAM answers the box
+    engine = segmenter.engine
+    size = engine.model.sam.image_size
+    seen = {}
+    orig = engine.model.sam.decode_prompts
+
+    def spy(feats, points=None, boxes=None, **kw):
+        seen["boxes"] = boxes
+        return orig(feats, points=points, boxes=boxes, **kw)
+
+    monkeypatch.setattr(engine.model.sam, "decode_prompts", spy)
+    img, _ = synthetic_pair(5)  # 240 x 200
+    start = np.zeros((200, 240), bool)
+    start[60:120, 70:170] = True  # inside the box, short of its bottom
+    mask, score = segmenter.refine(img, start, box=(60.0, 50.0, 180.0, 150.0), label="thing", mask_score=0.9)
+    assert seen["boxes"] is not None
+    assert torch.allclose(seen["boxes"].cpu(), torch.tensor([[size / 4, size / 4, size * 0.75, size * 0.75]]))
+    assert mask.shape == (200, 240) and not mask[:50].any() and not mask[150:].any()
+    assert not mask[:, :60].any() and not mask[:, 180:].any()
+    assert 0.0 <= score <= 1.0
