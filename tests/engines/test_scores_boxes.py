@@ -141,3 +141,13 @@ def test_box_refinement_with_examples_is_scored_by_the_engine(segmenter):
     # a box somewhere else holds none of the object: what it returns scores lower
     far, s_far = segmenter.refine(img, None, box=(2.0, 2.0, 40.0, 40.0), label="disc")
     assert not far.any() or s_far < score - 0.2
+
+
+def test_a_positive_click_on_a_missed_part_adds_it_and_keeps_the_rest():
+    # refining a mask that found one of two parts: a click on the other adds it; the found part stays
+    from dcsam.prompting import refine_mask
+
+    img, [part_a, part_b] = _scene(8, [(70, 55, 26), (90, 150, 28)])
+    mask, _ = refine_mask(None, img, [(150.0, 90.0, True)], None, None, mask=part_a)
+    assert mask[part_a].mean() > 0.9 and mask[part_b].mean() > 0.8
+    assert iou(mask, part_a | part_b) > 0.8
