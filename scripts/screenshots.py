@@ -83,6 +83,7 @@ def start_training_in_ui(page, ls: LabelStudio, project: int) -> None:
     page.get_by_text("Start Training", exact=True).click()
     page.get_by_role("button", name="Start Training").last.click()
     page.get_by_text("Request Sent!").wait_for()
+    page.wait_for_timeout(2000)  # the card's menu fades out behind the dialog
 
 
 def run(out: Path, work: Path) -> None:
