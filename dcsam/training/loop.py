@@ -23,12 +23,14 @@ from ..engines.base import ProgressFn
 
 @dataclass
 class EarlyStop:
-    """Stop when the smoothed training loss has not fallen by ``min_delta`` (relative) for ``patience`` steps,
-    after at least ``min_steps``. ``runs`` records each loop it governed: (steps run, steps asked)."""
+    """Stop when the smoothed training loss has not fallen by ``min_delta`` (relative, and at least
+    ``abs_delta``) for ``patience`` steps, after at least ``min_steps``. ``runs`` records each loop it
+    governed: (steps run, steps asked)."""
 
     patience: int = 30
     min_steps: int = 30
     min_delta: float = 0.01
+    abs_delta: float = 1e-4  # a loss fading towards 0 keeps improving by 1%: that is a plateau too
     smoothing: float = 0.9  # of the loss's exponential moving average (minibatch losses are noisy)
     runs: list[tuple[int, int]] = field(default_factory=list)
 
@@ -77,7 +79,7 @@ def optimise(
                 progress(step + 1, steps, {"loss": losses[-1]})
             if rule is not None:
                 ema = losses[-1] if ema is None else rule.smoothing * ema + (1 - rule.smoothing) * losses[-1]
-                if ema < best * (1 - rule.min_delta):
+                if best == float("inf") or ema < best - max(rule.min_delta * best, rule.abs_delta):
                     best, since = ema, 0
                 else:
                     since += 1
