@@ -95,7 +95,8 @@ def versions_plot(runs: list[dict]) -> str:
         parts.append(f'<line x1="{PAD_L}" x2="{PLOT_W - PAD_R}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#eceef2"/>')
         parts.append(f'<text x="{PAD_L - 6}" y="{ty + 4:.1f}" text-anchor="end">{tick:.2f}</text>')
 
-    serving = [(x(i), y(r["after"])) for i, r in enumerate(runs) if r["promoted"] and r["after"] is not None]
+    # side by side: a candidate scoring like the model it was compared with would hide it
+    serving = [(x(i) + 5, y(r["after"])) for i, r in enumerate(runs) if r["promoted"] and r["after"] is not None]
     if len(serving) > 1:
         points = " ".join(f"{px:.1f},{py:.1f}" for px, py in serving)
         parts.append(f'<polyline points="{points}" fill="none" stroke="#16a34a" stroke-width="1.5"/>')
@@ -105,14 +106,14 @@ def versions_plot(runs: list[dict]) -> str:
         parts.append(f'<text x="{x(i):.1f}" y="{PAD_T + inner_h + 13}" text-anchor="middle">{_e(tag)}</text>')
         if run["before"] is not None:
             parts.append(
-                f'<circle class="run-before" cx="{x(i):.1f}" cy="{y(run["before"]):.1f}" r="4" fill="#9aa3b2">'
+                f'<circle class="run-before" cx="{x(i) - 5:.1f}" cy="{y(run["before"]):.1f}" r="4" fill="#9aa3b2">'
                 f"<title>{_e(name)}: serving model {_score(run['before'])}</title></circle>"
             )
         if run["after"] is not None:
             kind = "promoted" if run["promoted"] else "rejected"
             paint = 'fill="#16a34a"' if run["promoted"] else 'fill="#fff" stroke="#dc2626" stroke-width="2"'
             parts.append(
-                f'<circle class="run-after {kind}" cx="{x(i):.1f}" cy="{y(run["after"]):.1f}" r="5" {paint}>'
+                f'<circle class="run-after {kind}" cx="{x(i) + 5:.1f}" cy="{y(run["after"]):.1f}" r="5" {paint}>'
                 f"<title>{_e(name)}: candidate {_score(run['after'])}</title></circle>"
             )
     parts.append("</svg>")
