@@ -203,7 +203,7 @@ def _train_project(fake_ls, perseg, project: int) -> None:
 
 def _train(h: BackendHarness, project: int) -> dict:
     r = h.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project}})
-    assert r.status_code == 200
+    assert r.status_code in (200, 422)  # 422: refused at once, recorded as a failed train job
     assert h.service.runner.wait_idle(300)
     return h.client.get(f"/jobs/{r.json['job']}").json
 
