@@ -12,14 +12,14 @@ engine without one (lite) runs a GrabCut seeded by the prediction and steered by
 A box is always answered (a prediction is never returned unchanged because it lies inside the box:
 a tight box says where the object ends, and the prediction may stop short of that). DC-SAM answers it
 with SAM's box prompt; the lite engine with GrabCut constrained to the box and seeded by the in-context
-mask, whose body (the mask eroded by ``SURE_CORE`` of its size) stays foreground.
+mask. In the GrabCut refinement the starting mask's body (eroded by ``SURE_CORE`` of its size) stays
+foreground, except a part of it that a negative click hits.
 
 GrabCut runs at a bounded working size (long side ``work_size``), so any image costs about the same.
-The score estimates the returned mask's quality: the promptable model's own estimate for its mask
-(SAM's predicted IoU, the lite engine's calibrated score); for any other mask the engine's
-``score_mask`` of that very mask when it can judge one (the lite engine with examples), else the
-starting mask's score (``mask_score``, the model's score; 1 for prompts alone) times the fraction of
-clicks the mask obeys.
+The score estimates the returned mask's quality: a promptable model's own estimate for its mask
+(SAM's predicted IoU); otherwise the engine's ``score_mask`` of that very mask when it can judge one
+(the lite engine with examples: its calibrated score), else the starting mask's score (``mask_score``,
+the model's score; 1 for prompts alone); times the fraction of clicks the mask obeys.
 """
 
 from __future__ import annotations
