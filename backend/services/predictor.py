@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -363,12 +362,12 @@ class Predictor:
         try:
             with self.model.inference_lock:
                 self.prepare(project_id)
-                start, start_score = None, 1.0
+                start, start_score = None, None
                 if key in segmenter.labels:
                     pred = segmenter.predict([image], labels=[key])[0]
                     start, start_score = pred.masks.get(key), float(pred.scores.get(key, 1.0))
-                mask, score = refine(segmenter, image, start, points, box, key)
-                score = float(score) * start_score
+                # the score is the refined mask's own (the starting mask's when the prompts kept it)
+                mask, score = segmenter.refine(image, start, points=points, box=box, label=key, mask_score=start_score)
         except DcsamError as exc:
             log.error("task %s: interactive refinement failed: %s", task.get("id"), exc)
             self.on_task_error("model")
@@ -379,7 +378,3 @@ class Predictor:
             "score": float(score) if region else 0.0,
             "model_version": self.version_for(project_id),
         }
-
-
-def refine(segmenter, image: np.ndarray, mask: np.ndarray | None, points: list, box: Any, key: str):
-    return segmenter.refine(image, mask, points=points, box=box, label=key)

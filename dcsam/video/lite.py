@@ -258,14 +258,18 @@ class LitePropagator:
             tracked = t.prev_prob is not None
             if tracked:
                 z = z + torch.from_numpy(self._temporal_logit(prior)).to(z.device)
-            res = eng.decode_logit(q, z, t.colour, self._components(label))
+            res = eng.decode_logit(q, z, t.colour, self._components(label), calibrated=True)
             res.extra["tracked"] = tracked
             out[label] = res
             if res.mask.any():
                 t.prev_prob = self._work_prob(res.mask, (wh, ww))
                 if t.cond is None:  # first appearance: it becomes the conditioning frame
                     t.cond = self._encode_predicted(q, res.mask, frame)
-                elif add_memory and self.opts["memory_frames"] > 0 and res.score >= self.opts["memory_min_score"]:
+                elif (
+                    add_memory
+                    and self.opts["memory_frames"] > 0
+                    and res.extra["confidence"] >= self.opts["memory_min_score"]
+                ):
                     # only cells surely inside / outside the predicted mask (its edge may be wrong)
                     mem = MatchBank.from_example(
                         q.feats[q.base], mask_fraction(res.mask, q.grid), fg_min=0.95, bg_max=0.05
