@@ -198,7 +198,7 @@ class BackendSettings:
         4, "DCSAM_TRAIN_FOLDS", minimum=2, doc="cross-validation folds that score a fine-tune before it is promoted"
     )
     train_patience: int = setting(
-        0,
+        30,
         "DCSAM_TRAIN_PATIENCE",
         minimum=0,
         doc="stop a fine-tune run once its smoothed loss has not improved for this many steps (0: run every step)",
