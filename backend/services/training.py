@@ -14,7 +14,9 @@ by ``POST /jobs/train``, and after ``DCSAM_TRAIN_EVERY`` new accepted annotation
    label's latest K training tasks, as when serving), then the engine's trainable part (lite: its head
    and matching memory; dcsam: the prompt generator) is fine-tuned from the serving weights on the other
    folds and scored again, once per step count the engine offers (lite: 0 steps, i.e. memory and
-   single-object rule only, and its default; ``DCSAM_TRAIN_STEPS`` fixes one). Every annotated task is
+   single-object rule only, and its default; ``DCSAM_TRAIN_STEPS`` fixes one). Every run, the final one
+   too, stops early once its smoothed loss has not improved for ``DCSAM_TRAIN_PATIENCE`` (30) steps
+   (figures ``steps_run``), so the decision validates the procedure that makes the candidate. Every annotated task is
    validated once, so the decision does not hang on which few tasks a single hold-out split picked.
    In a project of frame-sequence tasks (every annotated task is a frame of a video, see
    :mod:`backend.services.video`), the fine-tuning data are mask tubes instead: each video's annotated frames of
