@@ -18,3 +18,16 @@ def backend_factory(tmp_path, lite_base):
     yield make
     for h in made:
         h.service.runner.stop()
+
+
+@pytest.fixture()
+def ls_backend_factory(backend_factory, lite_base, fake_ls):
+    """``make(defaults, **env)``: a backend connected to the fake Label Studio, with ``defaults`` overridden
+    by ``env``; the session's shared engine is left untrained afterwards."""
+
+    def make(defaults: dict[str, str], **env: str) -> BackendHarness:
+        connected = {"LABEL_STUDIO_URL": fake_ls.url, "LABEL_STUDIO_API_KEY": fake_ls.api_key}
+        return backend_factory(**{**connected, **defaults, **env})
+
+    yield make
+    lite_base.engine.load_trainable_state_dict({})

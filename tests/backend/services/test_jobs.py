@@ -19,21 +19,20 @@ class Crash(BaseException):
     """Kills the job thread the way SIGKILL kills a process: no bookkeeping, no except clause runs."""
 
 
-@pytest.fixture()
-def jobs_harness(backend_factory, lite_base, fake_ls):
-    def make(**env: str) -> BackendHarness:
-        base = {
-            "LABEL_STUDIO_URL": fake_ls.url,
-            "LABEL_STUDIO_API_KEY": fake_ls.api_key,
-            "DCSAM_PREANNOTATE_CHUNK": "4",
-            "DCSAM_PREANNOTATE_BACKOFF_S": "0",
-            "DCSAM_TRAIN_STEPS": "4",
-            "DCSAM_PREANNOTATE_AFTER_TRAIN": "0",
-        }
-        return backend_factory(**{**base, **env})
+JOB_DEFAULTS = {
+    "DCSAM_PREANNOTATE_CHUNK": "4",
+    "DCSAM_PREANNOTATE_BACKOFF_S": "0",
+    "DCSAM_TRAIN_STEPS": "4",
+    "DCSAM_PREANNOTATE_AFTER_TRAIN": "0",
+}
 
-    yield make
-    lite_base.engine.load_trainable_state_dict({})  # the session engine is shared: leave it untrained
+
+@pytest.fixture()
+def jobs_harness(ls_backend_factory):
+    def make(**env: str) -> BackendHarness:
+        return ls_backend_factory(JOB_DEFAULTS, **env)
+
+    return make
 
 
 def _run(h: BackendHarness, project: int, **body) -> dict:

@@ -36,7 +36,7 @@ def project(fake_ls, perseg) -> tuple[list[int], list[int]]:
 
 
 @pytest.fixture()
-def promoting(backend_factory, fake_ls, monkeypatch, lite_base):
+def promoting(ls_backend_factory, monkeypatch):
     """``make(**env)``: a backend whose next fine-tune is promoted (the fine-tuned model scores higher)."""
     import backend.services.training as training
 
@@ -44,17 +44,10 @@ def promoting(backend_factory, fake_ls, monkeypatch, lite_base):
     monkeypatch.setattr(training, "validation_ious", lambda *a, **k: next(scores))
 
     def make(**env: str) -> BackendHarness:
-        base = {
-            "LABEL_STUDIO_URL": fake_ls.url,
-            "LABEL_STUDIO_API_KEY": fake_ls.api_key,
-            "DCSAM_TRAIN_STEPS": "2",
-            "DCSAM_TRAIN_FOLDS": "2",
-            "DCSAM_PREANNOTATE_BACKOFF_S": "0",
-        }
-        return backend_factory(**{**base, **env})
+        defaults = {"DCSAM_TRAIN_STEPS": "2", "DCSAM_TRAIN_FOLDS": "2", "DCSAM_PREANNOTATE_BACKOFF_S": "0"}
+        return ls_backend_factory(defaults, **env)
 
-    yield make
-    lite_base.engine.load_trainable_state_dict({})  # the session engine is shared: leave it untrained
+    return make
 
 
 def _train_and_preannotate(h: BackendHarness) -> dict:

@@ -18,17 +18,11 @@ GATE_S = 300.0  # how long the paused fine-tune waits for the test (a hang guard
 
 
 @pytest.fixture()
-def harness(backend_factory, lite_base, fake_ls):
+def harness(ls_backend_factory):
     def make(**env: str) -> BackendHarness:
-        base = {
-            "LABEL_STUDIO_URL": fake_ls.url,
-            "LABEL_STUDIO_API_KEY": fake_ls.api_key,
-            "DCSAM_PREANNOTATE_AFTER_TRAIN": "0",
-        }
-        return backend_factory(**{**base, **env})
+        return ls_backend_factory({"DCSAM_PREANNOTATE_AFTER_TRAIN": "0"}, **env)
 
-    yield make
-    lite_base.engine.load_trainable_state_dict({})  # the session engine is shared: leave it untrained
+    return make
 
 
 def _project(fake_ls, perseg, project: int, queries: int) -> list[dict]:
