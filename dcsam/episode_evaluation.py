@@ -113,6 +113,9 @@ def evaluate_episodes(
     queries of every episode are used, with the supports, to fine-tune; the rest are scored.
     ``seconds_per_query`` counts prediction only (no example encoding, no fine-tuning).
 
+    An episode with no more than K queries has none left to score: it is skipped (no fine-tuning,
+    no row) and listed in ``skipped_episodes``.
+
     ``baseline`` (default: on whenever ``finetune_on > 0``) also scores the same remaining queries
     with the model *before* fine-tuning (the training-free / as-loaded model), so one report holds
     both: ``baseline_mean_iou``, ``baseline_class_miou``, ``baseline_fb_iou`` and ``improvement``
@@ -139,9 +142,20 @@ def evaluate_episodes(
     finetune_seconds = 0.0
     versions: set[str] = set()
     base = _Scores() if baseline else None
+    skipped: list[dict[str, Any]] = []
     try:
         for ei, ep in enumerate(episodes):
             label = ep.get("label") or f"episode{ei}"
+            if finetune_on and len(ep["query"]) <= finetune_on:
+                log.warning(
+                    "episode %d (%s): skipped, its %d queries are all used for fine-tuning (--finetune-on %d)",
+                    ei,
+                    label,
+                    len(ep["query"]),
+                    finetune_on,
+                )
+                skipped.append({"label": label, "queries": len(ep["query"])})
+                continue
             seg = segmenter_factory()
             seg.add_examples([s["image"] for s in ep["support"]], [s["mask"] for s in ep["support"]], label=label)
             record: dict[str, Any] = {"label": label}
@@ -191,8 +205,6 @@ def evaluate_episodes(
                     bar.update(1)
                     bar.set_postfix(miou=f"{np.mean(all_ious):.3f}")
             record.update(queries=names, ious=ious, scores=scores, mean_iou=float(np.mean(ious)) if ious else None)
-            if not ious:
-                log.warning("episode %d (%s): no query left to score after fine-tuning on %d", ei, label, finetune_on)
             per_episode.append(record)
     finally:
         if bar is not None:
@@ -214,6 +226,7 @@ def evaluate_episodes(
         "fg_iou": summary["fg_iou"],
         "bg_iou": summary["bg_iou"],
         "num_episodes": len(per_episode),
+        "skipped_episodes": skipped,
         "num_queries": n,
         "finetune_on": finetune_on,
         "seconds_per_query": predict_seconds / n if n else None,
@@ -261,7 +274,10 @@ def format_report(report: dict[str, Any]) -> str:
     """A readable text table of :func:`evaluate_episodes`'s report."""
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     lines = []
-    width = max([len("episode")] + [len(str(e["label"])) for e in report["episodes"]])
+    labels = [str(e["label"]) for e in report["episodes"]] + [
+        str(s["label"]) for s in report.get("skipped_episodes") or []
+    ]
+    width = max([len("episode")] + [len(v) for v in labels])
     ft = report.get("finetune_on") or 0
     has_base = "baseline_mean_iou" in report
     head = f"{'episode':<{width}}  queries  mean IoU" + ("  baseline" if has_base else "") + "  ious"
@@ -275,6 +291,8 @@ def format_report(report: dict[str, Any]) -> str:
                 extra = f"  [fine-tuned: loss {f['loss_first']:.3f} -> {f['loss_last']:.3f}]"
         b = f"  {fmt(e.get('baseline_mean_iou')):>8}" if has_base else ""
         lines.append(f"{e['label']:<{width}}  {len(e['ious']):>7}  {fmt(e['mean_iou']):>8}{b}  {ious}{extra}")
+    for sk in report.get("skipped_episodes") or []:
+        lines.append(f"{sk['label']:<{width}}  skipped: its {sk['queries']} queries are all fine-tuning images")
     lines.append("")
     lines.append(f"{'class':<{width}}  IoU (accumulated)" + ("  baseline" if has_base else ""))
     for lab, v in report["per_class_iou"].items():

@@ -162,3 +162,23 @@ def test_serve_log_lines_carry_a_timestamp(tmp_path):
     assert any("serving on" in line for line in lines), proc.stderr
     undated = [line for line in lines if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)]
     assert not undated, undated
+
+
+def test_eval_finetune_on_skips_episodes_with_no_query_left(tmp_path):
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(3):
+        img = rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16:40, 10 + 4 * i : 34 + 4 * i] = 255
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        Image.fromarray(mask).save(tmp_path / f"{i}_m.png")
+        items.append({"image": f"{i}.png", "mask": f"{i}_m.png"})
+    episodes = tmp_path / "episodes.json"
+    episodes.write_text(json.dumps([{"label": "box", "support": [items[0]], "query": items[1:]}]))
+    proc = run_cli("eval", "--engine", "lite", "--episodes", episodes, "--finetune-on", "2")
+    assert "box" in proc.stdout and "skipped: its 2 queries are all fine-tuning images" in proc.stdout
+    assert "queries scored     0" in proc.stdout and "nan" not in proc.stdout.lower()
+    proc = run_cli("eval", "--engine", "lite", "--episodes", episodes, "--finetune-on", "3", "--json")
+    report = json.loads(proc.stdout)
+    assert report["skipped_episodes"] == [{"label": "box", "queries": 2}] and report["mean_iou"] is None

@@ -157,16 +157,27 @@ def test_finetune_on_first_queries(episode_file):
         return InContextSegmenter(engines[-1])
 
     report = evaluate_episodes(factory, episode_file, finetune_on=1, progress=False)
-    # episode a: fine-tune on a1, score a2; episodes b and a(3): nothing left to score
-    assert report["num_queries"] == 1
-    assert report["episodes"][0]["ious"] == [0.5]
-    assert report["episodes"][1]["ious"] == [] and report["episodes"][1]["mean_iou"] is None
+    # episode a: fine-tune on a1, score a2; episodes b and a(3): nothing left to score, skipped
+    assert report["num_queries"] == 1 and report["num_episodes"] == 1
+    [scored] = report["episodes"]
+    assert scored["ious"] == [0.5]
+    assert report["skipped_episodes"] == [{"label": "b", "queries": 1}, {"label": "a", "queries": 1}]
+    assert len(engines) == 1  # no model built, nothing fine-tuned for the skipped episodes
     [ep] = engines[0].finetuned
     assert ep.label == "a" and len(ep.support) == 1 and len(ep.query) == 1
     assert ep.query[0].mask.dtype == bool and ep.query[0].image.shape == (20, 20, 3)
     assert report["episodes"][0]["finetune"]["loss_last"] == 0.5
     assert report["episodes"][0]["model_version"] == "stub-1"
-    assert "fine-tuned" in format_report(report)
+    text = format_report(report)
+    assert "fine-tuned" in text and "skipped: its 1 queries are all fine-tuning images" in text
+
+
+def test_finetune_on_every_query_skips_all_episodes(episode_file):
+    report = evaluate_episodes(lambda: InContextSegmenter(StubEngine()), episode_file, finetune_on=5, progress=False)
+    assert report["num_queries"] == 0 and report["episodes"] == [] and len(report["skipped_episodes"]) == 3
+    assert report["mean_iou"] is None and report["baseline_mean_iou"] is None and "improvement" not in report
+    json.dumps(report)  # no NaN: None where there is nothing to average
+    assert "mean IoU           -" in format_report(report)
 
 
 def test_finetune_report_compares_with_the_model_before_fine_tuning(episode_file):

@@ -22,7 +22,14 @@ def add_parsers(sub) -> None:
         "last) when the first frame is given, every frame otherwise.",
     )
     add_model_args(p)
-    p.add_argument("--davis-root", help="DAVIS folder: JPEGImages/<seq>/, Annotations/<seq>/")
+    p.add_argument(
+        "--davis-root",
+        help="DAVIS folder: flat (JPEGImages/<seq>/, Annotations/<seq>/) or as the official download unpacks "
+        "(JPEGImages/480p/<seq>/, Annotations/480p/<seq>/)",
+    )
+    p.add_argument(
+        "--resolution", default="480p", help="official DAVIS layout: which resolution folder to read (default 480p)"
+    )
     p.add_argument("--sequences", help="comma-separated sequence names (default: all)")
     p.add_argument("--icvos-root", help="IC-VOS folder: <video>/JPEGImages/, <video>/Annotations/<class_id>/")
     p.add_argument("--videos", help="IC-VOS: comma-separated video ids (default: all)")
@@ -51,7 +58,16 @@ def add_parsers(sub) -> None:
         help="which frames count (default: davis when the first frame is given, else all)",
     )
     p.add_argument("--eval-size", type=int, help="score at SxS (IC-VOS default 512; DAVIS default: native size)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--save-masks",
+        metavar="DIR",
+        help="write every predicted frame as a DAVIS palette PNG: DIR/<sequence>/<frame>.png",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='JSON lines: {"sequence": row} as each sequence is scored, then the whole report on the last line',
+    )
     p.set_defaults(func=cmd_eval_video)
 
 
@@ -59,11 +75,16 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
     from ..api import InContextSegmenter
     from ..video.api import VideoSegmenter
     from ..video.vos_evaluation import (
+        DavisMaskWriter,
         davis_samples,
         evaluate_videos,
-        format_video_report,
+        format_video_footer,
+        format_video_header,
+        format_video_rows,
         icvos_samples,
+        object_names,
         parse_sequences,
+        table_width,
     )
 
     if bool(args.davis_root) == bool(args.icvos_root):
@@ -84,6 +105,7 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
             in_context=support is not None,
             support=support,
             max_frames=args.max_frames,
+            resolution=args.resolution,
         )
         protocol = "in-context" if support else "davis"
     else:
@@ -106,11 +128,36 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
         return shared
 
     log.info("eval-video: %s protocol, %d samples, %s", protocol, len(samples), shared.version)
+    writer = DavisMaskWriter(args.save_masks) if args.save_masks else None
+    width = table_width([n for s in samples for n in object_names(s)])
+
+    # each sequence's result as soon as it is scored: a table row, or a JSON line
+    def on_sequence(row: dict) -> None:
+        if args.json:
+            print(json.dumps({"sequence": row}), flush=True)
+        else:
+            print("\n".join(format_video_rows(row, width)), flush=True)
+
+    if not args.json:
+        print("\n".join(format_video_header(width)), flush=True)
     report = evaluate_videos(
-        factory, samples, frame_rule=args.score_frames, eval_size=eval_size, progress=not args.json
+        factory,
+        samples,
+        frame_rule=args.score_frames,
+        eval_size=eval_size,
+        progress=not args.json,
+        on_sequence=on_sequence,
+        on_frame=writer,
     )
     report = {"protocol": protocol, "engine": cfg.engine, "propagation": shared.propagation, **report}
-    print(json.dumps(report, indent=2) if args.json else format_video_report(report))
+    if writer is not None:
+        report["saved_masks"] = {"folder": str(writer.root), "frames": writer.written}
+    if args.json:
+        print(json.dumps(report), flush=True)
+    else:
+        print("\n".join(format_video_footer(report, width)))
+        if writer is not None:
+            print(f"masks              {writer.written} frames in {writer.root}/<sequence>/")
     return 0
 
 

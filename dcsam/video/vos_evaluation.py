@@ -76,6 +76,21 @@ def _annotation_files(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ".png"} if folder.is_dir() else {}
 
 
+def davis_folders(root: str | Path, resolution: str = "480p") -> tuple[Path, Path]:
+    """(frames folder, annotations folder) of a DAVIS root: the official download's layout
+    ``JPEGImages/<resolution>/<seq>/`` when it is there, else the flat ``JPEGImages/<seq>/``."""
+    root = Path(root)
+    jpeg, ann = root / "JPEGImages", root / "Annotations"
+    if not jpeg.is_dir() or not ann.is_dir():
+        raise InputError(f"{root}: not a DAVIS folder (needs JPEGImages/ and Annotations/)")
+    if (jpeg / resolution).is_dir() and (ann / resolution).is_dir():
+        return jpeg / resolution, ann / resolution
+    official = [p.name for p in jpeg.iterdir() if p.is_dir() and p.name in ("480p", "1080p", "Full-Resolution")]
+    if official:  # the official layout, but not at the resolution asked for
+        raise InputError(f"{root}: no {resolution} frames and annotations (found {', '.join(sorted(official))})")
+    return jpeg, ann
+
+
 def davis_samples(
     root: str | Path,
     sequences: Sequence[str] | None,
@@ -83,11 +98,11 @@ def davis_samples(
     in_context: bool = False,
     support: tuple[str, str] | None = None,
     max_frames: int | None = None,
+    resolution: str = "480p",
 ) -> list[VideoSample]:
-    root = Path(root)
-    jpeg, ann = root / "JPEGImages", root / "Annotations"
-    if not jpeg.is_dir() or not ann.is_dir():
-        raise InputError(f"{root}: not a DAVIS folder (needs JPEGImages/ and Annotations/)")
+    """Samples of a DAVIS folder, flat (``JPEGImages/<seq>/``, ``Annotations/<seq>/``) or as the
+    official download unpacks (``JPEGImages/<resolution>/<seq>/``, ``Annotations/<resolution>/<seq>/``)."""
+    jpeg, ann = davis_folders(root, resolution)
     names = list(sequences) if sequences else sorted(p.name for p in jpeg.iterdir() if p.is_dir())
     if not names:
         raise InputError(f"{jpeg}: no sequences")
@@ -190,8 +205,14 @@ def evaluate_videos(
     eval_size: int | None = None,
     bound_th: float = 0.008,
     progress: bool = True,
+    on_sequence: Callable[[dict[str, Any]], None] | None = None,
+    on_frame: Callable[[VideoSample, int, dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, Any]:
     """Run and score every sample; returns a JSON-serialisable report.
+
+    ``on_sequence(row)`` is called with each sequence's row as soon as it is scored (the rows of
+    the report's ``sequences``); ``on_frame(sample, index, masks)`` with every predicted frame
+    (e.g. a :class:`DavisMaskWriter`).
 
     ``video_segmenter_factory()`` returns a fresh :class:`dcsam.video.VideoSegmenter` (one per
     sample, so nothing leaks between videos). ``frame_rule``: which frames count (default:
@@ -240,6 +261,8 @@ def evaluate_videos(
             frames_done = 0
             for res in vs.segment(sample.frames, masks=masks, labels=sample.labels, direction="forward"):
                 frames_done += 1
+                if on_frame is not None:
+                    on_frame(sample, res.index, res.masks)
                 if bar is not None:
                     bar.update(1)
                 if res.index not in keep:
@@ -271,6 +294,8 @@ def evaluate_videos(
             )
             if bar is not None:
                 bar.set_postfix({"J&F": f"{benchmark_means(rows)['J&F']:.3f}"})
+            if on_sequence is not None:
+                on_sequence(seq_rows[-1])
     finally:
         if bar is not None:
             bar.close()
@@ -289,17 +314,30 @@ def evaluate_videos(
     }
 
 
-def format_video_report(report: dict[str, Any]) -> str:
-    """A DAVIS-style table: J, F and J&F per sequence (object) and their mean."""
-    rows = report["objects"]
-    width = max([len("sequence")] + [len(r["name"]) for r in rows])
+def table_width(names: Sequence[str]) -> int:
+    """Width of the name column of a table holding ``names``."""
+    return max([len("sequence"), *(len(n) for n in names)])
+
+
+def format_video_header(width: int) -> list[str]:
     head = f"{'sequence':<{width}}  {'J':>6}  {'F':>6}  {'J&F':>6}  {'frames':>6}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['name']:<{width}}  {r['J']:>6.4f}  {r['F']:>6.4f}  {r['J&F']:>6.4f}  {r['frames_scored']:>6}")
+    return [head, "-" * len(head)]
+
+
+def format_video_rows(row: dict[str, Any], width: int) -> list[str]:
+    """The table lines of one sequence row of the report (one per object)."""
+    return [
+        f"{r['name']:<{width}}  {r['J']:>6.4f}  {r['F']:>6.4f}  {r['J&F']:>6.4f}  {r['frames_scored']:>6}"
+        for r in row.get("objects", [row])
+    ]
+
+
+def format_video_footer(report: dict[str, Any], width: int) -> list[str]:
+    head_len = len(format_video_header(width)[0])
+    lines = []
     m = report["mean"]
     if m:
-        lines.append("-" * len(head))
+        lines.append("-" * head_len)
         lines.append(f"{'mean':<{width}}  {m['J']:>6.4f}  {m['F']:>6.4f}  {m['J&F']:>6.4f}")
     lines.append("")
     rule = {
@@ -314,7 +352,73 @@ def format_video_report(report: dict[str, Any]) -> str:
     lines.append(f"seconds / frame    {report['seconds_per_frame']:.3f}")
     if report.get("model_versions"):
         lines.append(f"model              {', '.join(report['model_versions'])}")
-    return "\n".join(lines)
+    return lines
+
+
+def format_video_report(report: dict[str, Any]) -> str:
+    """A DAVIS-style table: J, F and J&F per sequence (object) and their mean."""
+    width = table_width([r["name"] for r in report["objects"]])
+    lines = format_video_header(width)
+    for row in report["sequences"]:
+        lines += format_video_rows(row, width)
+    return "\n".join(lines + format_video_footer(report, width))
+
+
+def object_names(sample: VideoSample) -> list[str]:
+    """The names a sample's rows get in the report (the sequence, or sequence/object)."""
+    return [sample.name] if len(sample.labels) == 1 else [f"{sample.name}/{lab}" for lab in sample.labels]
+
+
+# -- writing predicted masks ---------------------------------------------------------------------
+def davis_palette() -> list[int]:
+    """The 256-colour palette of DAVIS (and PASCAL VOC) annotations, flat [r, g, b, ...]: the bits
+    of an index, three at a time, spread from the top bit of r, g and b down (1 = dark red)."""
+    out = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for bit in range(8):
+            r |= (c & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        out += [r, g, b]
+    return out
+
+
+def object_index(label: str, position: int) -> int:
+    """The palette index of an object: ``objN`` -> N (its index in the annotations), else its
+    1-based position among the sample's labels."""
+    if label.startswith("obj") and label[3:].isdigit() and 0 < int(label[3:]) < 256:
+        return int(label[3:])
+    return position + 1
+
+
+class DavisMaskWriter:
+    """``on_frame`` for :func:`evaluate_videos`: writes each predicted frame as a DAVIS palette PNG,
+    ``<root>/<sequence>/<frame name>.png`` (0 = background, object k = index k), the layout the
+    DAVIS evaluation toolkits read."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.palette = davis_palette()
+        self.written = 0
+
+    def __call__(self, sample: VideoSample, index: int, masks: dict[str, np.ndarray]) -> None:
+        shapes = [m.shape for m in masks.values() if m is not None]
+        if not shapes:
+            return  # an undecodable frame: nothing to write
+        out = np.zeros(shapes[0], np.uint8)
+        for pos, lab in enumerate(sample.labels):
+            m = masks.get(lab)
+            if m is not None:
+                out[np.asarray(m, bool)] = object_index(lab, pos)
+        folder = self.root / sample.name
+        folder.mkdir(parents=True, exist_ok=True)
+        img = Image.frombytes("P", (out.shape[1], out.shape[0]), out.tobytes())
+        img.putpalette(self.palette)
+        img.save(folder / f"{sample.frames.frame_name(index)}.png")
+        self.written += 1
 
 
 def parse_sequences(value: str | None) -> list[str] | None:
