@@ -3,7 +3,10 @@
     python docker/fetch_weights.py --sam sam2.1_hiera_b+ [--sha256 HEX] --backbone efficientnet_lite0 \
         --dest /opt/dcsam/weights --download-cache /var/cache/dcsam-weights
 
-* The SAM checkpoint comes from its official URL (``dcsam.sam_models``) through dcsam's own downloader.
+* The SAM checkpoint comes from its official URL (``dcsam.sam_models``) through dcsam's own downloader,
+  unless ``--local-dir`` holds a file of that name (the image's ``docker/checkpoints/`` folder, or a
+  ``checkpoints`` build context): a site without download access hands in a file it already has. A local
+  file must be verified: by its published digest (SAM 1) or by ``--sha256`` (build arg ``SAM_SHA256``).
   SAM 1 files are checked against their published SHA-256. Meta publishes no digest for SAM 2 / 2.1:
   the step prints the file's SHA-256; pass it back as ``--sha256`` (build arg ``SAM_SHA256``) to pin it,
   and a later build with another file fails.
@@ -38,21 +41,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--dest", required=True, type=Path)
     parser.add_argument("--download-cache", required=True, type=Path, help="kept between builds (cache mount)")
+    parser.add_argument(
+        "--local-dir", type=Path, default=None, help="a folder that may hold the checkpoint file (used instead of a download)"
+    )
     args = parser.parse_args(argv)
 
     spec = get_spec(args.sam)
     args.dest.mkdir(parents=True, exist_ok=True)
-    cached = resolve_weight_file(
-        spec.weights, None, cache_dir=args.download_cache, allow_download=True, setting="the SAM_MODEL build argument"
-    )
+    expected = args.sha256.strip().lower()
+    local = args.local_dir / spec.weights.filename if args.local_dir is not None else None
+    if local is not None and local.is_file():
+        if not expected and not spec.weights.sha256:
+            return fail(
+                f"{local.name}: a local checkpoint must be verified: give its SHA-256 as build arg SAM_SHA256 "
+                f"(sha256sum {local.name})"
+            )
+        cached = local
+        print(f"{spec.weights.filename}: the local file handed to the build (no download)", flush=True)
+    else:
+        cached = resolve_weight_file(
+            spec.weights, None, cache_dir=args.download_cache, allow_download=True, setting="the SAM_MODEL build argument"
+        )
     digest = sha256_of(cached)
     print(f"{spec.weights.filename}: sha256 {digest}", flush=True)
-    expected = args.sha256.strip().lower()
     if spec.weights.sha256 and not digest.startswith(spec.weights.sha256):
-        cached.unlink()
+        if cached != local:
+            cached.unlink()
         return fail(f"{spec.weights.filename}: sha256 {digest} is not the published {spec.weights.sha256}")
     if expected and digest != expected:
-        cached.unlink()  # a bad file must not stay in the build cache
+        if cached != local:
+            cached.unlink()  # a bad file must not stay in the build cache
         return fail(f"{spec.weights.filename}: sha256 {digest}, expected {expected} (build arg SAM_SHA256)")
     if not expected and not spec.weights.sha256:
         print(f"  no published digest for {args.sam}: pin it with --build-arg SAM_SHA256={digest}", flush=True)

@@ -35,12 +35,19 @@ failed=0
 step() { echo; echo "== $*"; }
 fail() { echo "FAIL: $*" >&2; failed=1; }
 
-step "hadolint docker/Dockerfile"
+step "hadolint docker/Dockerfile docker/label-studio.Dockerfile"
 "$HADOLINT" --failure-threshold info docker/Dockerfile || fail "hadolint found problems in docker/Dockerfile"
+"$HADOLINT" --failure-threshold info docker/label-studio.Dockerfile \
+    || fail "hadolint found problems in docker/label-studio.Dockerfile"
+
+step "air-gapped builds: no '# syntax=' line (it makes BuildKit pull a frontend image from Docker Hub)"
+for f in docker/Dockerfile docker/label-studio.Dockerfile; do
+    if grep -n '^# *syntax *=' "$f"; then fail "$f has a '# syntax=' line"; else echo "ok: $f"; fi
+done
 
 # A clean environment for compose: no COMPOSE_* from the caller, no local .env (only .env.example).
 compose() {
-    env -u COMPOSE_FILE -u COMPOSE_PROFILES -u COMPOSE_PROJECT_NAME \
+    env -u COMPOSE_FILE -u COMPOSE_PROFILES -u COMPOSE_PROJECT_NAME -u LABEL_STUDIO_IMAGE -u DCSAM_PROXY_CA \
         LABEL_STUDIO_PASSWORD=check-password LABEL_STUDIO_USER_TOKEN=0123456789abcdef0123456789abcdef01234567 \
         "$COMPOSE" --project-directory "$ROOT" --env-file .env.example "$@"
 }
@@ -111,6 +118,9 @@ fi
 step "entry point and build helpers parse"
 sh -n docker/entrypoint.sh || fail "docker/entrypoint.sh: shell syntax"
 [ -x docker/entrypoint.sh ] || fail "docker/entrypoint.sh is not executable"
+sh -n docker/with-proxy-ca.sh || fail "docker/with-proxy-ca.sh: shell syntax"
+[ -x docker/with-proxy-ca.sh ] || fail "docker/with-proxy-ca.sh is not executable"
+if [ -f scripts/docker_e2e.sh ]; then bash -n scripts/docker_e2e.sh || fail "scripts/docker_e2e.sh: shell syntax"; fi
 "$PYTHON" -m py_compile docker/fetch_weights.py docker/healthcheck.py docker/freeze_requirements.py \
     || fail "a docker/*.py helper does not compile"
 grep -q '^torch==' docker/requirements.txt && grep -q '^label-studio-sdk==' docker/requirements.txt \
