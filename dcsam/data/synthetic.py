@@ -102,6 +102,12 @@ class SyntheticEpisodes(Dataset):
                 target_mask |= m
         return img, target_mask
 
+    def scene(self, target: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """One image holding an object of class ``target`` among distractors, and that object's mask: uint8
+        (S, S, 3), bool (S, S). A pure function of (dataset seed, target, index), e.g. the tasks of a
+        synthetic labelling project with one label per class."""
+        return self._scene(np.random.default_rng([self.seed, 7919, target, index]), target)
+
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, index])
         target = int(rng.integers(self.num_classes))

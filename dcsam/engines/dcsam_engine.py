@@ -1,5 +1,6 @@
 """The DC-SAM engine: a trained prompt generator drives SAM; without one, a training-free
-cold start prompts SAM with points and a box read off DC-SAM's prior masks."""
+cold start prompts SAM with points and a box read off DC-SAM's prior masks, and fine-tuning on a
+project's annotations learns a residual around those prompts (:class:`dcsam.modeling.ProjectPrompter`)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from ..checkpoints import load_checkpoint, save_checkpoint, state_dict_digest
 from ..config import SegmenterConfig
 from ..errors import CheckpointError, InputError
 from ..masks import iou, resize_mask
-from ..modeling import DCSAM, QueryFeatures, SupportFeatures
+from ..modeling import DCSAM, ProjectPrompter, QueryFeatures, SamFeatures, SupportFeatures
+from ..modeling.project_prompter import token_types
 from ..training.loop import finetune_figures, optimise
-from ..training.losses import bce_dice_loss
+from ..training.losses import bce_dice_loss, soft_bce_dice_loss
+from ..training.project import augmented_views, cosine_lr, schedule_steps
 from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,8 @@ class DCSAMEngine(Engine):
         self.device = config.resolved_device()
         self.dtype = config.resolved_dtype()
         self.model = build_dcsam(config).to(self.device).eval()
-        self.trained = False
+        self.trained = False  # a trained DC-SAM prompt generator drives SAM
+        self.prompter: ProjectPrompter | None = None  # else: the cold start, with this residual once fine-tuned
         self._version_tag = "coldstart"
         if config.prompt_generator:
             self.load_prompt_generator(config.prompt_generator)
@@ -91,18 +95,40 @@ class DCSAMEngine(Engine):
         )
 
     def trainable_state_dict(self) -> dict[str, Any]:
-        return self.model.generator.state_dict() if self.trained else {}
+        """The trained prompt generator's state; a project prompter's as ``{"project_prompter": ...}``;
+        ``{}`` for the cold start."""
+        if self.trained:
+            return self.model.generator.state_dict()
+        if self.prompter is not None:
+            return {"project_prompter": self.prompter.state_dict(), "format": 1}
+        return {}
 
     def load_trainable_state_dict(self, state: Mapping[str, Any]) -> None:
         from ..weights import load_strict
 
         if not state:  # no trained prompt generator: back to the cold start
             self.trained = False
+            self.prompter = None
             self._version_tag = "coldstart"
+            return
+        if "project_prompter" in state:  # the cold start with a project's learnt residual
+            prompter = self.new_prompter()
+            load_strict(prompter, state["project_prompter"], source="project-prompter weights")
+            self.trained = False
+            self.prompter = prompter.eval()
+            self._version_tag = "pp-" + state_dict_digest(prompter.state_dict())
             return
         load_strict(self.model.generator, state, source="prompt-generator weights")
         self.trained = True
+        self.prompter = None
         self._version_tag = "pg-" + state_dict_digest(self.model.generator.state_dict())
+
+    def new_prompter(self, seed: int = 0) -> ProjectPrompter:
+        """An untrained project prompter (output layers at zero: the cold start exactly), seeded."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            prompter = ProjectPrompter(int(self.model.sam.positive_embedding.shape[-1]))
+        return prompter.to(self.device)
 
     @property
     def version(self) -> str:
@@ -113,18 +139,17 @@ class DCSAMEngine(Engine):
     def finetune(
         self, episodes: Sequence[Episode], *, steps: int | None = None, progress: ProgressFn | None = None
     ) -> dict[str, Any]:
-        """Fine-tune the trained prompt generator on episodes; SAM and the backbone stay frozen.
+        """Fine-tune on episodes; SAM and the backbone stay frozen.
 
-        Every labelled image of an episode is a query once, with the episode's other images (at most
-        as many as it has supports) as its shots. Each image is encoded once (frozen features).
+        On the cold start (or a project prompter fine-tuned before) this trains the project prompter
+        (:meth:`finetune_project`). With a trained prompt generator, the generator: every labelled image
+        of an episode is a query once, with the episode's other images (at most as many as it has
+        supports) as its shots. Each image is encoded once (frozen features).
         Options (``config.options``): ``finetune_steps`` (100), ``finetune_lr`` (1e-5: a small step away
         from the trained weights), ``seed`` (0).
         """
         if not self.trained:
-            raise InputError(
-                "the cold start has no trained prompt generator to fine-tune: train one with "
-                "`dcsam train` and serve it (prompt_generator / DCSAM_PROMPT_GENERATOR) first"
-            )
+            return self.finetune_project(episodes, steps=steps, progress=progress)
         t0 = time.perf_counter()
         size = self.model.sam.image_size
         samples: list[tuple[SupportFeatures, QueryFeatures, torch.Tensor]] = []
@@ -164,6 +189,99 @@ class DCSAMEngine(Engine):
         self._version_tag = "pg-" + state_dict_digest(generator.state_dict())
         return finetune_figures(losses, total, len(samples), t0)
 
+    def finetune_step_choices(self) -> list[int | None]:
+        # cold start: 0 steps (the cold start itself) against the project prompter's schedule; a trained
+        # generator: its default fine-tune
+        return [None] if self.trained else [0, None]
+
+    def finetune_project(
+        self, episodes: Sequence[Episode], *, steps: int | None = None, progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
+        """Train the project prompter (a residual around the cold start's prompts) on episodes.
+
+        Each step draws queries: an image of a label with K supports, other images of the same label (K:
+        the episodes' support count, as served), each as one of its augmented views
+        (:func:`dcsam.training.project.augmented_views`, encoded once). Loss: BCE + Dice on the mask the
+        cold start's rule picks among SAM's three. Starts from the engine's prompter if it has one (a
+        fine-tuned version), else from an untrained one, which reproduces the cold start exactly.
+        Options (``config.options``): ``project_steps`` (default :func:`~dcsam.training.project.schedule_steps`
+        of the image count), ``project_lr`` (1e-3, cosine decay), ``project_batch`` (4 queries a step),
+        ``project_views`` (4 per image), ``seed`` (0).
+        """
+        t0 = time.perf_counter()
+        opts = self.config.options
+        seed = int(opts.get("seed", 0))
+        n_views = max(1, int(opts.get("project_views", 4)))
+        pools: dict[str, list[LabelledImage]] = {}
+        shots = 1
+        for ep in episodes:
+            pools.setdefault(ep.label, []).extend([*ep.support, *ep.query])
+            shots = max(shots, len(ep.support))
+        pools = {label: items for label, items in pools.items() if len(items) >= 2}
+        if not pools:
+            raise InputError("fine-tuning needs episodes with at least two labelled images (support + query)")
+        n_images = sum(len(items) for items in pools.values())
+        total = int(steps if steps is not None else opts.get("project_steps") or schedule_steps(n_images))
+        if total <= 0:  # 0 steps: the weights as they are (the cold start, or the prompter it holds)
+            return finetune_figures([], 0, n_images, t0)
+        # every view encoded once (the backend's feature cache also keeps them across folds and jobs' runs)
+        bank: dict[str, list[list[tuple[QueryFeatures, SupportFeatures, np.ndarray]]]] = {}
+        for label, items in sorted(pools.items()):
+            bank[label] = [[self.encode_view(v) for v in augmented_views(li, n_views)] for li in items]
+        targets: dict[int, torch.Tensor] = {}
+
+        def target(mask: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+            key = id(mask)
+            if key not in targets:  # the share of each low-res cell inside the mask
+                small = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+                targets[key] = torch.from_numpy(small).to(self.device)[None, None]
+            return targets[key]
+
+        rng = np.random.default_rng(seed)
+        labels = sorted(bank)
+        batch = max(1, int(opts.get("project_batch", 4)))
+        lr = float(opts.get("project_lr", 1e-3))
+        prompter = self.prompter if self.prompter is not None else self.new_prompter(seed)
+        optimizer = torch.optim.AdamW(prompter.parameters(), lr=lr, weight_decay=1e-4)
+        skipped = 0
+
+        def step_loss(step: int) -> torch.Tensor:
+            nonlocal skipped
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(lr, step, total)
+            losses: list[torch.Tensor] = []
+            for _ in range(4 * batch):
+                if len(losses) == batch:
+                    break
+                views = bank[labels[int(rng.integers(len(labels)))]]
+                qi = int(rng.integers(len(views)))
+                others = [j for j in range(len(views)) if j != qi]
+                chosen = rng.choice(others, size=min(shots, len(others)), replace=False)
+                query, _, mask = views[qi][int(rng.integers(n_views))]
+                support = SupportFeatures.cat([views[int(j)][int(rng.integers(n_views))][1] for j in chosen])
+                pos, neg = self.model.priors(query, support)
+                with self.autocast():
+                    out = self.prompted_logits(query.sam, pos, neg, support, prompter)
+                if out is None:  # no foreground prior: the cold start answers an empty mask, nothing to learn
+                    skipped += 1
+                    continue
+                logits, iou_pred, region = out
+                best, _, _ = pick_candidate(logits, iou_pred, region)
+                z = logits[:, best : best + 1].float()
+                losses.append(soft_bce_dice_loss(z, target(mask, tuple(z.shape[-2:]))))
+            if not losses:
+                return sum((p.sum() * 0.0 for p in prompter.parameters()), torch.zeros((), device=self.device))
+            return torch.stack(losses).mean()
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            losses = optimise(prompter, optimizer, step_loss, total, progress)
+        self.prompter = prompter.eval()
+        self._version_tag = "pp-" + state_dict_digest(prompter.state_dict())
+        figures = finetune_figures(losses, total, n_images, t0)
+        figures.update(views=n_views, shots=shots, skipped_queries=skipped)
+        return figures
+
     # -- inference -------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context every stage runs in: bf16 autocast on CUDA (unless fp32), else none."""
@@ -172,11 +290,30 @@ class DCSAMEngine(Engine):
         return contextlib.nullcontext()
 
     @torch.no_grad()
+    def encode_query(self, image: np.ndarray) -> QueryFeatures:
+        """Frozen features of one query image (uint8 (H, W, 3)): backbone and SAM."""
+        with self.autocast():
+            return self.model.encode_query(to_tensor(image, self.model.sam.image_size, self.device))
+
+    @torch.no_grad()
+    def encode_view(self, view: LabelledImage) -> tuple[QueryFeatures, SupportFeatures, np.ndarray]:
+        """One labelled image as a query and as a support, SAM run once (:meth:`encode_query`, which the
+        backend's feature cache keeps across a training job's runs), and its mask."""
+        query = self.encode_query(view.image)
+        size = self.model.sam.image_size
+        with self.autocast():
+            support = self.model.encode_support(
+                to_tensor(view.image, size, self.device), mask_tensor(view.mask, size, self.device), sam=query.sam
+            )
+        return query, support, view.mask
+
+    @torch.no_grad()
     def encode_example(self, example: LabelledImage) -> SupportFeatures:
         size = self.model.sam.image_size
         image = to_tensor(example.image, size, self.device)
+        sam = self.encode_query(example.image).sam  # shared with the image as a query (one SAM pass when cached)
         with self.autocast():
-            return self.model.encode_support(image, mask_tensor(example.mask, size, self.device))
+            return self.model.encode_support(image, mask_tensor(example.mask, size, self.device), sam=sam)
 
     @torch.no_grad()
     def predict(
@@ -260,31 +397,70 @@ class DCSAMEngine(Engine):
         label: str,
         results: list[dict[str, SegmentResult]],
     ) -> None:
-        """Decode training-free: SAM prompted with points and a box read off DC-SAM's priors; the
-        same inputs and outputs as :meth:`predict_trained`."""
+        """Decode training-free: SAM prompted with points and a box read off DC-SAM's priors (plus the
+        project prompter's residual once fine-tuned, :meth:`prompted_logits`); the same inputs and
+        outputs as :meth:`predict_trained`."""
         n = len(images)
         pos, neg = self.model.priors(query, support.repeat(n))
         for i, img in enumerate(images):
-            prompts = prompts_from_priors(pos[i, 0].float(), neg[i, 0].float(), self.model.sam.image_size)
-            if prompts is None:
+            out = self.prompted_logits(
+                query.sam.select(slice(i, i + 1)), pos[i : i + 1], neg[i : i + 1], support, self.prompter
+            )
+            if out is None:
                 results[i][label] = SegmentResult(np.zeros(img.shape[:2], bool), 0.0, {"reason": "no foreground prior"})
                 continue
-            coords, labels, box, region = prompts
-            feats = query.sam.select(slice(i, i + 1))
-            logits, iou_pred = self.model.sam.decode_prompts(
-                feats,
-                points=(coords[None].to(self.device), labels[None].to(self.device)),
-                boxes=box[None].to(self.device),
-            )
-            # Pick the candidate that agrees best with the prior region, weighted by SAM's own IoU guess.
-            grid = (F.interpolate(logits.float(), size=region.shape, mode="bilinear", align_corners=False)[0] > 0).cpu()
-            agreement = torch.tensor([iou(g.numpy(), region.numpy()) for g in grid], device=self.device)
-            quality = agreement * iou_pred[0].float().clamp(0, 1)
-            best = int(quality.argmax())
+            logits, iou_pred, region = out
+            best, quality, agreement = pick_candidate(logits, iou_pred, region)
             mask = upsample_mask(logits[0, best : best + 1], *img.shape[:2])
             results[i][label] = SegmentResult(
                 mask, float(quality[best]) if mask.any() else 0.0, {"agreement": float(agreement[best])}
             )
+
+    def prompted_logits(
+        self,
+        feats: SamFeatures,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        support: SupportFeatures,
+        prompter: ProjectPrompter | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """SAM on one query (``feats`` batch 1, priors (1, 1, g, g)) prompted as the cold start does, with
+        ``prompter``'s corrections added to the prompt embeddings when given (none: the cold start).
+
+        ``support``: the label's K shots. Returns SAM's three candidates' low-res logits (1, 3, h, w), their
+        predicted IoU (1, 3) and the prior region (g, g) the prompts came from; None without a foreground
+        prior. Gradients flow into ``prompter`` unless the caller disables them.
+        """
+        prompts = prompts_from_priors(pos[0, 0].float(), neg[0, 0].float(), self.model.sam.image_size)
+        if prompts is None:
+            return None
+        coords, labels, box, region = prompts
+        labels = labels.to(self.device)
+        sam = self.model.sam
+        sparse, dense = sam.encode_prompts(
+            points=(coords[None].to(self.device), labels[None]), boxes=box[None].to(self.device)
+        )
+        if prompter is not None:
+            dense_delta, token_delta = prompter(feats.embed, support.sam.embed, support.mask, pos, neg)
+            types = token_types(labels, boxes=1)
+            if sparse.shape[1] != len(types):
+                raise AssertionError(f"SAM made {sparse.shape[1]} prompt embeddings for {len(types)} prompts")
+            sparse = sparse + token_delta[types].unsqueeze(0).to(sparse.dtype)
+            dense = dense + dense_delta.to(dense.dtype)
+        logits, iou_pred = sam.decode_embeddings(feats, sparse, dense, multimask=True)
+        return logits, iou_pred, region
+
+
+def pick_candidate(
+    logits: torch.Tensor, iou_pred: torch.Tensor, region: torch.Tensor
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The cold start's choice among SAM's candidates (1, M, h, w): the one that agrees best with the prior
+    region (g, g), weighted by SAM's own IoU guess (1, M). Returns (index, quality (M,), agreement (M,))."""
+    with torch.no_grad():
+        grid = (F.interpolate(logits.float(), size=region.shape, mode="bilinear", align_corners=False)[0] > 0).cpu()
+        agreement = torch.tensor([iou(g.numpy(), region.numpy()) for g in grid], device=logits.device)
+        quality = agreement * iou_pred[0].float().clamp(0, 1)
+    return int(quality.argmax()), quality, agreement
 
 
 def prompts_from_priors(pos: torch.Tensor, neg: torch.Tensor, frame: int, max_pos: int = 3, max_neg: int = 2):

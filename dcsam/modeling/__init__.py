@@ -8,6 +8,7 @@ from .attention import (
     cycle_consistency_bias,
 )
 from .dcsam import DCSAM, QueryFeatures, SupportFeatures
+from .project_prompter import ProjectPrompter
 from .prompt_generator import PromptGenerator, Sam2Downscale
 from .sam_adapter import SamAdapter, SamFeatures
 
@@ -16,6 +17,7 @@ __all__ = [
     "CycleCrossAttentionLayer",
     "DCSAM",
     "PositionEmbeddingSine",
+    "ProjectPrompter",
     "PromptGenerator",
     "QueryFeatures",
     "Sam2Downscale",

@@ -156,7 +156,24 @@ class SamAdapter(nn.Module):
         points: (coords (P, n, 2), labels (P, n)); boxes (P, 4); mask_input (P, 1, 256, 256).
         Returns low-res logits (P, M, 256, 256) and predicted IoU (P, M).
         """
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        sparse, dense = self.encode_prompts(points=points, boxes=boxes, mask_input=mask_input)
+        return self.decode_embeddings(feats, sparse, dense, multimask=multimask)
+
+    def encode_prompts(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's prompt encoder: sparse (P, n, 256) (the points, then two corners per box) and dense
+        (P, 256, h, w) embeddings, as :meth:`decode_prompts` feeds them to the decoder."""
+        return self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+
+    def decode_embeddings(
+        self, feats: SamFeatures, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode_prompts` from prompt embeddings (e.g. :meth:`encode_prompts` plus learnt
+        corrections): low-res logits (P, M, 256, 256) and predicted IoU (P, M)."""
         pe = self.prompt_encoder.get_dense_pe()
         masks, iou, *_ = self._run_decoder(
             feats, pe, sparse, dense, multimask=multimask, repeat_image=sparse.shape[0] > 1
