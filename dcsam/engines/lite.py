@@ -48,12 +48,15 @@ log = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     "output_stride": 16,  # 16 = last blocks dilated (finer deep features, default); 32 = plain, 8 = slowest
     "size": 512,  # working long side (features, priors, refinement); full resolution only at the end
-    "query_sizes": None,  # extra test-time sizes for the query, e.g. [384, 512, 640]; None = [size]
+    # extra test-time sizes of a training-free image query, e.g. [640]; its priors are averaged over
+    # them and `size` (video frames and fine-tuning use `size` alone); None = [size]
+    "query_sizes": None,
     "layers": [2, 4, 6],  # EfficientNet-Lite0 blocks: 2 = stride 8, 4 = stride 16, 6 = stride 32
     "match": "knn",  # knn | max | prototype
     "k": 5,
     "temperature": 0.05,
-    "colour": 0.0,  # weight of the colour log-likelihood ratio (0 = off), training-free mode
+    "colour": 0.0,  # weight of the colour log-likelihood ratio (0 = off), training-free video frames
+    "image_colour": 0.0,  # the same weight for training-free image queries (predict, score_mask)
     "colour_finetuned": 0.5,  # the same weight once the head is fine-tuned (the head learns with it)
     "refine": "guided",  # bilinear | guided | grabcut
     "guided_radius": 6,
@@ -130,7 +133,16 @@ def _normalise_options(o: dict[str, Any]) -> dict[str, Any]:
         o[key] = str(o[key]).lower() not in ("0", "false", "no", "off", "none")
     for key in ("output_stride", "size", "k", "guided_radius", "grabcut_iters", "hidden", "steps", "batch", "seed"):
         o[key] = int(o[key])
-    for key in ("temperature", "colour", "colour_finetuned", "guided_eps", "keep_ratio", "threshold", "lr"):
+    for key in (
+        "temperature",
+        "colour",
+        "image_colour",
+        "colour_finetuned",
+        "guided_eps",
+        "keep_ratio",
+        "threshold",
+        "lr",
+    ):
         o[key] = float(o[key])
     for key, allowed in (
         ("match", ("knn", "max", "prototype")),
@@ -186,10 +198,10 @@ class LiteEngine(Engine):
             raise ValueError(f"unknown lite option(s) {unknown}; known: {sorted(DEFAULTS)}")
         self.opts = _normalise_options({**DEFAULTS, **config.options})
         self.device = config.resolved_device()
-        if config.backbone != "efficientnet_lite0":
-            raise ValueError(f"the lite engine runs on efficientnet_lite0, not backbone {config.backbone!r}")
         random = bool(getattr(config, "random_backbone_weights", getattr(config, "random_weights", False)))
-        self.backbone = lite_backbone(int(self.opts["output_stride"]), config.backbone_weights, random).to(self.device)
+        self.backbone = lite_backbone(
+            int(self.opts["output_stride"]), config.backbone_weights, random, variant=config.backbone
+        ).to(self.device)
         stage_channels = self.backbone.stage_channels
         self.feat_channels = sum(stage_channels[i] for i in self.opts["layers"])
         self.head = LiteHead(self.feat_channels, int(self.opts["hidden"])).to(self.device)
@@ -224,11 +236,11 @@ class LiteEngine(Engine):
         colour = postprocess.ColourModel().add(resize_image(image, size), small_mask)
         return LiteExample(bank=bank, colour=colour, signature=self.signature(), single_object=_is_single_object(mask))
 
-    def encode_query(self, image: np.ndarray) -> LiteQuery:
-        """uint8 (H, W, 3) image -> its features at every working size (main grid (h, w) at stride 8
-        of the working long side ``size``) and the image resized to the working size."""
+    def encode_query(self, image: np.ndarray, extra_sizes: Sequence[int] | None = None) -> LiteQuery:
+        """uint8 (H, W, 3) image -> its features at the working long side ``size`` (main grid (h, w)
+        at stride 8) and at each of ``extra_sizes``, and the image resized to the working size."""
         base = int(self.opts["size"])
-        sizes = sorted({base, *[int(s) for s in (self.opts["query_sizes"] or [])]})
+        sizes = sorted({base, *[int(s) for s in (extra_sizes or [])]})
         feats = {s: self._features(image, s)[0] for s in sizes}
         work = resize_image(image, working_size(image.shape[0], image.shape[1], base))
         return LiteQuery(feats=feats, base=base, work_image=work, image=image)
@@ -253,6 +265,9 @@ class LiteEngine(Engine):
         trained = self.trained if trained is None else trained
         return float(self.opts["colour_finetuned"] if trained else self.opts["colour"])
 
+    def _image_colour_weight(self) -> float:
+        return float(self.opts["colour_finetuned"] if self.trained else self.opts["image_colour"])
+
     def _head_input(self, prior_maps: torch.Tensor) -> torch.Tensor:
         return torch.stack([prior_maps[0] * 0.25, prior_maps[1], prior_maps[2]])
 
@@ -274,19 +289,25 @@ class LiteEngine(Engine):
         return str(self.opts["components"])
 
     def _work_maps(
-        self, q: LiteQuery, logit: torch.Tensor, colour: postprocess.ColourModel | None
+        self,
+        q: LiteQuery,
+        logit: torch.Tensor,
+        colour: postprocess.ColourModel | None,
+        colour_weight: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         """(foreground probability, refined probability, guided coefficients or None), each (wh, ww)
-        at the working size, of a logit of ``q`` (any size, upsampled bilinearly)."""
+        at the working size, of a logit of ``q`` (any size, upsampled bilinearly). ``colour_weight``:
+        the colour model's weight (None: the ``colour`` option, or ``colour_finetuned``)."""
         o = self.opts
+        cw = self._colour_weight() if colour_weight is None else float(colour_weight)
         wh, ww = q.work_image.shape[:2]
         z = (
             F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
             .cpu()
             .numpy()
         )
-        if colour is not None and self._colour_weight():
-            z = z + self._colour_weight() * colour.log_ratio(q.work_image)
+        if colour is not None and cw:
+            z = z + cw * colour.log_ratio(q.work_image)
         prob = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
         method = o["refine"]
         if method == "bilinear":
@@ -309,6 +330,7 @@ class LiteEngine(Engine):
         *,
         single_object: bool = False,
         calibrated: bool = False,
+        colour_weight: float | None = None,
     ) -> SegmentResult:
         """A logit of ``q`` (any size, upsampled to the working size) -> the refined mask at the
         image's native (H, W): colour model (``colour``: the label's colour statistics, None for
@@ -317,11 +339,11 @@ class LiteEngine(Engine):
         ``extra`` holds ``confidence`` (the mean foreground probability over the mask) and ``quality``
         (the calibrated IoU estimate of :mod:`dcsam.lite.quality`; ``single_object``: the label's
         examples are one object each). ``score`` is ``quality`` when ``calibrated``, else ``confidence``
-        (what video propagation's memory gate was tuned on).
+        (what video propagation's memory gate was tuned on). ``colour_weight``: see :meth:`_work_maps`.
         """
         o = self.opts
         components = str(o["components"]) if components is None else components
-        prob, q_work, coef = self._work_maps(q, logit, colour)
+        prob, q_work, coef = self._work_maps(q, logit, colour, colour_weight)
         thr = float(o["threshold"])
         work_mask = q_work > thr
         kept = postprocess.filter_components(work_mask, q_work, components, float(o["keep_ratio"]))
@@ -366,17 +388,19 @@ class LiteEngine(Engine):
         if not exs:
             raise InputError(f"no examples for label {label!r}")
         exs = exs + (self.memory.get(label, []) if label is not None else [])
-        colour = exs[0].colour.merged([e.colour for e in exs[1:]]) if self._colour_weight() else None
+        colour = exs[0].colour.merged([e.colour for e in exs[1:]]) if self._image_colour_weight() else None
         return MatchBank.concat([e.bank for e in exs]), colour, all(e.single_object for e in exs)
 
     def _query(self, image: np.ndarray) -> LiteQuery:
         """:meth:`encode_query`, remembering the last image: an interactive refinement predicts,
         prompts and scores the same image, and encoding it is most of the cost."""
         image = np.ascontiguousarray(image)
-        key = (image.shape, hashlib.blake2b(image.data, digest_size=16).digest())
+        # a fine-tuned head was trained on single-size priors: it gets those
+        sizes = () if self.trained else tuple(self.opts["query_sizes"] or ())
+        key = (image.shape, sizes, hashlib.blake2b(image.data, digest_size=16).digest())
         if self._last_query is not None and self._last_query[0] == key:
             return self._last_query[1]
-        q = self.encode_query(image)
+        q = self.encode_query(image, sizes)
         self._last_query = (key, q)
         return q
 
@@ -396,6 +420,7 @@ class LiteEngine(Engine):
                         self.components_mode(label),
                         single_object=single,
                         calibrated=True,
+                        colour_weight=self._image_colour_weight(),
                     )
                     for label, (bank, colour, single) in prepared.items()
                 }
@@ -421,7 +446,7 @@ class LiteEngine(Engine):
             return None
         bank, colour, single = self._prepare(label, examples)
         q = self._query(image)
-        prob, refined, _ = self._work_maps(q, self.grid_logit(q, bank), colour)
+        prob, refined, _ = self._work_maps(q, self.grid_logit(q, bank), colour, self._image_colour_weight())
         prob, refined = prob.copy(), refined.copy()
         wh, ww = q.work_image.shape[:2]
         h, w = image.shape[:2]
@@ -597,8 +622,9 @@ class LiteEngine(Engine):
 
     @property
     def version(self) -> str:
+        net = "effl" + self.config.backbone.removeprefix("efficientnet_lite")  # effl0, effl1, effl2
         if not self.trained:
-            return "lite-effl0-base"
+            return f"lite-{net}-base"
         h = hashlib.sha1()
         for k, v in sorted(self.head.state_dict().items()):
             h.update(k.encode())
@@ -610,4 +636,4 @@ class LiteEngine(Engine):
             for e in self.memory[label]:
                 h.update(e.bank.fg.detach().cpu().half().numpy().tobytes())
                 h.update(e.bank.bg.detach().cpu().half().numpy().tobytes())
-        return f"lite-effl0-{h.hexdigest()[:10]}"
+        return f"lite-{net}-{h.hexdigest()[:10]}"

@@ -1,4 +1,4 @@
-"""The lite engine's frozen feature extractor: EfficientNet-Lite0 with its bundled ImageNet weights,
+"""The lite engine's frozen feature extractor: EfficientNet-Lite0 (or Lite1/2) with bundled ImageNet weights,
 at an output stride the lite engine chooses (it sets the engine's speed and detail).
 
 The network is frozen, so every batch norm is folded into the convolution before it (same
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..backbones.efficientnet import EfficientNetLite0
+from ..backbones.efficientnet import LITE_CLASSES, EfficientNetLite0
 
 # (convolution, batch norm) attribute pairs of timm's EfficientNet modules, by module class
 _PAIRS = {
@@ -27,8 +27,11 @@ def lite_backbone(
     weights: str | Path | None = None,
     random_weights: bool = False,
     fold_batchnorm: bool = True,
+    variant: str = "efficientnet_lite0",
 ) -> EfficientNetLite0:
-    net = EfficientNetLite0(output_stride=output_stride)
+    if variant not in LITE_CLASSES:
+        raise ValueError(f"the lite engine runs on {sorted(LITE_CLASSES)}, not backbone {variant!r}")
+    net = LITE_CLASSES[variant](output_stride=output_stride)
     if not random_weights:
         net.load_bundled(Path(weights) if weights else None)
     net.freeze()

