@@ -205,7 +205,7 @@ class DCSAMEngine(Engine):
         cold start's rule picks among SAM's three. Starts from the engine's prompter if it has one (a
         fine-tuned version), else from an untrained one, which reproduces the cold start exactly.
         Options (``config.options``): ``project_steps`` (default :func:`~dcsam.training.project.schedule_steps`
-        of the image count), ``project_lr`` (1e-3, cosine decay), ``project_batch`` (4 queries a step),
+        of the image count), ``project_lr`` (2e-3, cosine decay), ``project_batch`` (4 queries a step),
         ``project_views`` (4 per image), ``seed`` (0).
         """
         t0 = time.perf_counter()
@@ -240,7 +240,7 @@ class DCSAMEngine(Engine):
         rng = np.random.default_rng(seed)
         labels = sorted(bank)
         batch = max(1, int(opts.get("project_batch", 4)))
-        lr = float(opts.get("project_lr", 1e-3))
+        lr = float(opts.get("project_lr", 2e-3))
         prompter = self.prompter if self.prompter is not None else self.new_prompter(seed)
         optimizer = torch.optim.AdamW(prompter.parameters(), lr=lr, weight_decay=1e-4)
         skipped = 0

@@ -287,11 +287,18 @@ def finetune_on_tubes(
 
     lite: :func:`finetune_lite_on_tubes`. dcsam (SAM 2): :func:`finetune_prompt_generator_on_tubes`
     with each tube's first frame as the support and the rest as the query tube (a one-frame tube:
-    the frame itself as support, its pseudo-frames as the query tube).
+    the frame itself as support, its pseudo-frames as the query tube). The DC-SAM cold start (no trained
+    generator) trains its project prompter on the tubes' frames as image episodes instead.
     """
     seg = getattr(segmenter, "segmenter", segmenter)
     if seg.engine.name == "lite":
         return finetune_lite_on_tubes(seg, tubes, steps=steps, progress=progress, **kwargs)
+    if not seg.engine.trained:
+        # the cold start has no prompt generator to train through memory: its project prompter learns from
+        # the tubes' frames as images (each tube an episode), which prompts SAM 2 on the conditioning frame
+        episodes = lite_tube_episodes(tubes, int(kwargs.get("max_frames", 5)))
+        figures = seg.engine.finetune(episodes, steps=steps, progress=progress)
+        return {**figures, "tubes": len(tubes), "frames": sum(1 + len(e.query) for e in episodes)}
     pairs = []
     rng = np.random.default_rng(int(kwargs.pop("seed", 0)))
     for tube in tubes:
