@@ -43,6 +43,7 @@ from ..engines.lite import LiteEngine, LiteExample
 from ..lite import postprocess
 from ..lite.matching import MatchBank, mask_fraction
 from ..masks import resize_mask
+from .lite_memory import MemoryFrame, SpaceTimeMemory
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,12 @@ LITE_VIDEO_DEFAULTS: dict[str, Any] = {
     "gate_min": 16,  # ... but at least this many working-size pixels
     "gate_penalty": 6.0,  # logit subtracted outside the gate
     "components": "auto",  # auto = the engine's choice; or none | largest | weighted | confident
+    "match_weight": 1.0,  # weight of the k-NN matching logit (examples + conditioning frame)
+    "readout_weight": 0.0,  # weight of the space-time memory readout's logit (0: off)
+    "readout_radius": 12,  # local window of the recent frames, in grid cells (stride 8 of the working size)
+    "readout_topk": 20,  # memory cells each query cell reads
+    "readout_temperature": 0.05,  # softmax temperature over their cosine similarities
+    "readout_long": 2,  # sparse older frames kept (every memory_every-th confident frame) besides the previous
 }
 
 
@@ -80,9 +87,28 @@ def normalise_video_options(options: Mapping[str, Any] | None) -> dict[str, Any]
     unknown = sorted(set(opts) - set(LITE_VIDEO_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown lite video option(s) {unknown}; known: {sorted(LITE_VIDEO_DEFAULTS)}")
-    for key in ("memory_frames", "memory_every", "memory_bg", "gate_min", "band_min"):
+    for key in (
+        "memory_frames",
+        "memory_every",
+        "memory_bg",
+        "gate_min",
+        "band_min",
+        "readout_radius",
+        "readout_topk",
+        "readout_long",
+    ):
         opts[key] = int(opts[key])
-    for key in ("memory_min_score", "memory_weight", "prior_weight", "band", "gate_radius", "gate_penalty"):
+    for key in (
+        "memory_min_score",
+        "memory_weight",
+        "prior_weight",
+        "band",
+        "gate_radius",
+        "gate_penalty",
+        "match_weight",
+        "readout_weight",
+        "readout_temperature",
+    ):
         opts[key] = float(opts[key])
     opts["flow"] = str(opts["flow"]).lower() not in ("0", "false", "no", "off", "none")
     _flow_preset(str(opts["flow_preset"]))
@@ -98,6 +124,7 @@ class _Track:
     memory: deque = field(default_factory=deque)  # MatchBank of recent predicted frames
     prev_prob: np.ndarray | None = None  # previous mask at working size, float32 [0, 1]
     colour: Any = None
+    stm: SpaceTimeMemory | None = None  # anchor + recent frames with their masks as soft labels
 
     def bank(self, with_memory: bool = False) -> MatchBank | None:
         banks = [e.bank for e in self.examples]
@@ -127,7 +154,54 @@ class LitePropagator:
     # -- state ---------------------------------------------------------------------------------
     def memory_size(self) -> dict[str, int]:
         """How many frames each label's bank holds (conditioning frame + recent frames)."""
-        return {lab: int(t.cond is not None) + len(t.memory) for lab, t in self.tracks.items()}
+        return {
+            lab: int(t.cond is not None) + len(t.memory) + (t.stm.frames() - 1 if t.stm is not None else 0)
+            for lab, t in self.tracks.items()
+        }
+
+    def state_nbytes(self) -> int:
+        """Bytes of the arrays and tensors held between frames (what must not grow with the video)."""
+
+        def size(x: Any) -> int:
+            if isinstance(x, torch.Tensor):
+                return x.numel() * x.element_size()
+            if isinstance(x, np.ndarray):
+                return int(x.nbytes)
+            if isinstance(x, MatchBank):
+                return size(x.fg) + size(x.bg)
+            if isinstance(x, MemoryFrame):
+                return size(x.keys) + size(x.values)
+            return 0
+
+        total = size(self._prev_grey)
+        if self._anchor_state is not None:
+            total += size(self._anchor_state[0]) + sum(size(p) for p in self._anchor_state[1].values())
+        for t in self.tracks.values():
+            total += size(t.prev_prob) + sum(size(m) for m in t.memory)
+            total += sum(size(e.bank) for e in t.examples) + (size(t.cond.bank) if t.cond is not None else 0)
+            if t.stm is not None:
+                total += sum(size(f) for f in [t.stm.anchor, *t.stm.recent()] if f is not None)
+        return total
+
+    def _new_memory(self, q, mask: np.ndarray) -> SpaceTimeMemory | None:
+        """The label's space-time memory anchored at this frame's mask (None when the readout is off)."""
+        o = self.opts
+        if o["readout_weight"] <= 0:
+            return None
+        stm = SpaceTimeMemory(
+            radius=int(o["readout_radius"]),
+            topk=int(o["readout_topk"]),
+            temperature=float(o["readout_temperature"]),
+            long_frames=int(o["readout_long"]),
+        )
+        stm.set_anchor(self._memory_frame(q, mask))
+        return stm
+
+    @staticmethod
+    def _memory_frame(q, mask: np.ndarray) -> MemoryFrame:
+        feats = q.feats[q.base]
+        frac = torch.from_numpy(mask_fraction(mask, q.grid)).to(feats.device)
+        return MemoryFrame.from_grid(feats, frac)
 
     def _components(self, label: str) -> str:
         mode = str(self.opts["components"])
@@ -154,6 +228,7 @@ class LitePropagator:
                 mask = np.asarray(mask, bool)
                 track.cond = self._encode_predicted(q, mask, frame)
                 track.prev_prob = self._work_prob(mask, (wh, ww))
+                track.stm = self._new_memory(q, mask)
             colours = [e.colour for e in exs] + ([track.cond.colour] if track.cond is not None else [])
             track.colour = colours[0].merged(colours[1:]) if colours else None
             self.tracks[label] = track
@@ -173,6 +248,8 @@ class LitePropagator:
         for lab, t in self.tracks.items():
             t.memory.clear()
             t.prev_prob = probs[lab]
+            if t.stm is not None:
+                t.stm.clear_recent()
         self._frames_since_memory = 0
 
     # -- per frame -------------------------------------------------------------------------------
@@ -254,8 +331,13 @@ class LitePropagator:
             w = float(self.opts["memory_weight"])
             if t.memory and w > 0 and (with_memory := t.bank(with_memory=True)) is not None:
                 logit = (1.0 - w) * logit + w * eng.grid_logit(q, with_memory)
-            z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
             tracked = t.prev_prob is not None
+            logit = float(self.opts["match_weight"]) * logit
+            if t.stm is not None and (read := t.stm.readout(q.feats[q.base], recent=tracked)) is not None:
+                # lost: the anchor alone, read everywhere, finds the object again
+                read = read.clamp(0.02, 0.98)
+                logit = logit + float(self.opts["readout_weight"]) * torch.log(read / (1 - read))
+            z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
             if tracked:
                 z = z + torch.from_numpy(self._temporal_logit(prior)).to(z.device)
             res = eng.decode_logit(q, z, t.colour, self._components(label), calibrated=True)
@@ -263,8 +345,13 @@ class LitePropagator:
             out[label] = res
             if res.mask.any():
                 t.prev_prob = self._work_prob(res.mask, (wh, ww))
+                if t.stm is not None:
+                    t.stm.set_previous(self._memory_frame(q, res.mask))
+                    if add_memory and res.extra["confidence"] >= self.opts["memory_min_score"]:
+                        t.stm.add_long(t.stm.previous)  # type: ignore[arg-type]  # set just above
                 if t.cond is None:  # first appearance: it becomes the conditioning frame
                     t.cond = self._encode_predicted(q, res.mask, frame)
+                    t.stm = self._new_memory(q, res.mask)
                 elif (
                     add_memory
                     and self.opts["memory_frames"] > 0
@@ -279,6 +366,8 @@ class LitePropagator:
                         t.memory.popleft()
             else:  # lost (or not there yet): matching alone until it shows up again
                 t.prev_prob = None
+                if t.stm is not None:
+                    t.stm.clear_recent()
         if add_memory:
             self._frames_since_memory = 0
         self._prev_grey = grey
