@@ -95,7 +95,7 @@ trap cleanup EXIT
 pick_build_cli() {
     if docker buildx version > /dev/null 2>&1; then
         BUILD_CLI=(docker buildx build --load)
-    elif [ -x /usr/bin/docker ] && /usr/bin/docker build --help 2>/dev/null | grep -q -- '--secret'; then
+    elif [ -x /usr/bin/docker ] && DOCKER_BUILDKIT=1 /usr/bin/docker build --help 2>/dev/null | grep -q -- '--secret'; then
         BUILD_CLI=(env DOCKER_BUILDKIT=1 /usr/bin/docker build)
     else
         BUILD_CLI=(env DOCKER_BUILDKIT=1 docker build)
