@@ -221,6 +221,9 @@ build_backend() {
         die "backend image build failed (log: $E2E_HOME/build-backend.log)"
     fi
     grep -E "sha256 [0-9a-f]{64}|local file handed|loads into" "$E2E_HOME/build-backend.log" | sed 's/^/    /' || true
+    if [ -n "$STARTED_PID" ]; then
+        docker image prune -f > /dev/null  # our own engine only: the layers of the image this build replaced
+    fi
     log "dcsam-backend:$BACKEND_TAG $(docker image inspect -f '{{.Size}}' "dcsam-backend:$BACKEND_TAG" | awk '{printf "%.2f GB", $1/1e9}')"
 }
 
