@@ -190,7 +190,7 @@ def format_result(res: dict[str, Any]) -> str:
         "video": "video, DAVIS protocol (frame 0 given; first and last frame not scored)",
         "cross": "across videos, in-context protocol (example: frame 0 of the other video; every frame scored)",
     }[res["protocol"]]
-    head = f"{'video':<{width}}  " + "  ".join(f"{m.upper() if m == 'iou' else m:>6}" for m in metrics)
+    head = f"{'video':<{width}}  " + "  ".join(f"{'IoU' if m == 'iou' else m:>6}" for m in metrics)
     head += "  queries" if res["protocol"] == "image" else "  frames  s/frame"
     lines = [title, head, "-" * len(head)]
     for r in res["rows"]:
