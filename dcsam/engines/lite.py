@@ -48,15 +48,19 @@ log = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     "output_stride": 16,  # 16 = last blocks dilated (finer deep features, default); 32 = plain, 8 = slowest
     "size": 512,  # working long side (features, priors, refinement); full resolution only at the end
-    # extra test-time sizes of a training-free image query, e.g. [640]; its priors are averaged over
-    # them and `size` (video frames and fine-tuning use `size` alone); None = [size]
+    # extra test-time sizes of a training-free image query: its priors are averaged over them and
+    # `size` (video frames and fine-tuning use `size` alone); None = [size]. [640] measured on
+    # davis16-dev image one-shot: 0.718 -> 0.720 (hard videos 0.609 -> 0.607), not worth its time
     "query_sizes": None,
     "layers": [2, 4, 6],  # EfficientNet-Lite0 blocks: 2 = stride 8, 4 = stride 16, 6 = stride 32
     "match": "knn",  # knn | max | prototype
     "k": 5,
     "temperature": 0.05,
     "colour": 0.0,  # weight of the colour log-likelihood ratio (0 = off), training-free video frames
-    "image_colour": 0.0,  # the same weight for training-free image queries (predict, score_mask)
+    # the same weight for training-free image queries (predict, score_mask). An instance cue: 0.5 (with
+    # query_sizes [640]) lifts davis16-dev image one-shot 0.718 -> 0.737 but fss-mini (a class
+    # across images) 0.810 -> 0.713, so it stays off by default
+    "image_colour": 0.0,
     "colour_finetuned": 0.5,  # the same weight once the head is fine-tuned (the head learns with it)
     "refine": "guided",  # bilinear | guided | grabcut
     "guided_radius": 6,
