@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dest", required=True, type=Path)
     parser.add_argument("--download-cache", required=True, type=Path, help="kept between builds (cache mount)")
     parser.add_argument(
-        "--local-dir", type=Path, default=None, help="a folder that may hold the checkpoint file (used instead of a download)"
+        "--local-dir",
+        type=Path,
+        default=None,
+        help="a folder that may hold the checkpoint (used instead of a download)",
     )
     args = parser.parse_args(argv)
 
@@ -60,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{spec.weights.filename}: the local file handed to the build (no download)", flush=True)
     else:
         cached = resolve_weight_file(
-            spec.weights, None, cache_dir=args.download_cache, allow_download=True, setting="the SAM_MODEL build argument"
+            spec.weights,
+            None,
+            cache_dir=args.download_cache,
+            allow_download=True,
+            setting="the SAM_MODEL build argument",
         )
     digest = sha256_of(cached)
     print(f"{spec.weights.filename}: sha256 {digest}", flush=True)
