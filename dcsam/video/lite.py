@@ -28,7 +28,9 @@ For every frame and label (features computed once per frame, shared by every lab
    6) and 0.704 without (6 hard videos 0.466 -> 0.556, 4 easy ones 0.925 -> 0.926, no video
    worse by more than 0.001). The prior pushes inward at the object's edge on every frame, so an
    object that moves faster than the flow follows, or grows, is cut a little each frame until it
-   is lost (libby 0.366 -> 0.696, bmx-trees 0.458 -> 0.558, breakdance 0.446 -> 0.522).
+   is lost (libby 0.366 -> 0.696, bmx-trees 0.458 -> 0.558, breakdance 0.446 -> 0.522). Across
+   videos (example: frame 0 of another video; dog <-> libby, car-roundabout <-> car-shadow) mean
+   J&F 0.468 -> 0.500 (dog -> libby 0.103 -> 0.221; the car pairs unchanged).
 4. The lite engine's refinement (guided filter at full resolution, connected components).
 
 A label whose conditioning mask is empty falls back to per-frame in-context prediction from its
