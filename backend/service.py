@@ -178,11 +178,13 @@ class Service:
         """The project's model_version: its active fine-tuned version, else the base one."""
         return self.versions.active(project_id)
 
-    def prepare(self, project_id: int | None) -> None:
-        """Put the project's weights into the engine (call with the inference lock held)."""
+    def prepare(self, project_id: int | None) -> str:
+        """Put the project's weights into the engine (call with the inference lock held); returns their version,
+        the one to label predictions with (a promotion may have landed since the request read its version)."""
         version = self.version_for(project_id)
         tag = BASE_TAG if version == self.version else version
         self.runtime.use_weights(tag, lambda: self.versions.trainable_state(version))
+        return version
 
     def list_versions(self, project_id: int | None) -> dict:
         """The current version first, then the others (a project's own, or every one this backend served)."""

@@ -29,7 +29,7 @@ class JobDeps:
     projects: ProjectStore
     label_studio: LabelStudioProjects
     metrics: Metrics
-    prepare: Callable[[int | None], None]  # put the project's weights into the engine (inference lock held)
+    prepare: Callable[[int | None], str]  # put the project's weights into the engine (inference lock held)
     submit_preannotate: Callable[..., int]
 
     def version_for(self, project_id: int | None) -> str:

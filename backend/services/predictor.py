@@ -59,13 +59,14 @@ class Predictor:
         examples: ExampleManager,
         *,
         version_for: Callable[[int | None], str],
-        prepare: Callable[[int | None], None],
+        prepare: Callable[[int | None], str],
         on_task_error: Callable[[str], None],
         video: VideoPredictor | None = None,
     ):
         """``version_for(project)`` is the project's model_version; ``prepare(project)``, run under the inference
         lock before each model call, puts the project's fine-tuned weights into the engine (see
-        :mod:`backend.services.versions`); ``on_task_error(kind)`` counts a task that got no prediction."""
+        :mod:`backend.services.versions`) and returns their version, which labels what that call predicts;
+        ``on_task_error(kind)`` counts a task that got no prediction."""
         self.model = model
         self.examples = examples
         self.version_for = version_for
@@ -197,7 +198,7 @@ class Predictor:
                     continue
                 try:
                     with self.model.inference_lock:
-                        self.prepare(project_id)
+                        served = self.prepare(project_id)
                         preds = pe.segmenter.predict([img for _, img in ok], labels=[key for _, _, key in wanted])
                 except DcsamError as exc:
                     log.error(
@@ -216,6 +217,7 @@ class Predictor:
                         self.on_task_error("model")
                         results[i].error = pred.error
                         continue
+                    results[i].prediction["model_version"] = served
                     results[i].prediction["result"] += mask_regions(
                         pred.masks,
                         pred.scores,
@@ -361,7 +363,7 @@ class Predictor:
             segmenter = self.model.new_segmenter()
         try:
             with self.model.inference_lock:
-                self.prepare(project_id)
+                version = self.prepare(project_id)
                 start, start_score = None, None
                 if key in segmenter.labels:
                     pred = segmenter.predict([image], labels=[key])[0]
@@ -373,8 +375,4 @@ class Predictor:
             self.on_task_error("model")
             return empty_prediction(self.version_for(project_id))
         region = output_for(target).region(np.asarray(mask, bool), label, float(score))
-        return {
-            "result": [region] if region else [],
-            "score": float(score) if region else 0.0,
-            "model_version": self.version_for(project_id),
-        }
+        return {"result": [region] if region else [], "score": float(score) if region else 0.0, "model_version": version}

@@ -200,7 +200,7 @@ class VideoPredictor:
     """Frame-sequence and ``<Video>`` predictions for :class:`backend.services.predictor.Predictor`."""
 
     def __init__(
-        self, *, model, settings, prepare: Callable[[int | None], None], count: Callable[..., None] | None = None
+        self, *, model, settings, prepare: Callable[[int | None], str], count: Callable[..., None] | None = None
     ):
         self.model = model
         self.settings = settings

@@ -115,6 +115,28 @@ def test_predict_brush_one_result_per_task_in_order_with_version(harness_factory
     assert h.service.runtime.loads == 1
 
 
+def test_predictions_carry_the_version_of_the_weights_that_made_them(harness_factory, fake_ls, perseg, monkeypatch):
+    """A promotion can land between a request reading the project's version and its model call: each mask is
+    labelled with the version whose weights were loaded for it, not the one read first."""
+    tasks, h, gt, (x, y) = _click_on_a_cat(harness_factory, fake_ls, perseg)
+    served = h.setup(1, BRUSH_CONFIG).json["model_version"]
+    monkeypatch.setattr(h.service.predictor, "version_for", lambda project_id: "read-before-a-promotion")
+    [pred] = h.predict(1, BRUSH_CONFIG, tasks[:1]).json["results"]
+    assert pred["result"] and pred["model_version"] == served
+    H, W = gt.shape
+    keypoint = {
+        "id": "k1",
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "original_width": W,
+        "original_height": H,
+        "value": {"x": x / W * 100, "y": y / H * 100, "width": 0.5, "keypointlabels": ["cat"]},
+    }
+    [pred] = h.predict(1, INTERACTIVE_CONFIG, tasks[:1], context={"result": [keypoint]}).json["results"]
+    assert pred["result"] and pred["model_version"] == served
+
+
 def test_task_without_examples_gets_no_prediction_and_a_log_line(harness_factory, fake_ls, perseg, caplog):
     fake_ls.files["/data/upload/1/cat_01.jpg"] = image_bytes(perseg["cat_01"][0])
     h = harness_factory(**_ls_env(fake_ls))
