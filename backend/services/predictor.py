@@ -375,4 +375,8 @@ class Predictor:
             self.on_task_error("model")
             return empty_prediction(self.version_for(project_id))
         region = output_for(target).region(np.asarray(mask, bool), label, float(score))
-        return {"result": [region] if region else [], "score": float(score) if region else 0.0, "model_version": version}
+        return {
+            "result": [region] if region else [],
+            "score": float(score) if region else 0.0,
+            "model_version": version,
+        }
