@@ -239,7 +239,12 @@ class Service:
             ]
         else:
             outcomes = self.predictor.predict_outcomes(
-                project_id, tasks, cfg, access, video_wait_s=self.settings.video_task_wait_s
+                project_id,
+                tasks,
+                cfg,
+                access,
+                video_wait_s=self.settings.video_task_wait_s,
+                sequence_wait_s=self.settings.video_wait_s,
             )
             results = [answer(o) for o in outcomes]
             for o in outcomes:

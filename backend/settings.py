@@ -258,10 +258,12 @@ class BackendSettings:
         16, "DCSAM_VIDEO_CACHE", minimum=1, doc="frame-sequence videos whose propagated regions are kept in memory"
     )
     video_wait_s: float = setting(
-        300.0,
+        60.0,
         "DCSAM_VIDEO_WAIT_S",
         minimum=1,
-        doc="a request waits at most this long for its frames of a frame-sequence propagation",
+        doc="a /predict request waits at most this long for its frames of a frame-sequence propagation (below Label "
+        "Studio's 100 s limit); frames not done by then get no prediction yet and the propagation goes on in the "
+        "background. Pre-annotation jobs wait until it is done",
     )
     video_task_wait_s: float = setting(
         30.0,

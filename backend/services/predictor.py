@@ -141,9 +141,11 @@ class Predictor:
         preloaded: dict | None = None,
         planned: tuple | None = None,
         video_wait_s: float | None = None,
+        sequence_wait_s: float | None = None,
     ) -> list[TaskOutcome]:
         """Each task's prediction and error (None when it was predicted). ``<Video>`` tasks' tracks are waited
-        for at most ``video_wait_s`` seconds (None: until done), then they get the PENDING error."""
+        for at most ``video_wait_s`` seconds, then they get the PENDING error; frame-sequence frames at most
+        ``sequence_wait_s`` seconds (None: until done, as pre-annotation jobs do)."""
         version = self.version_for(project_id)
         results = [TaskOutcome(empty_prediction(version)) for _ in tasks]
         if project_id is None:
@@ -173,7 +175,7 @@ class Predictor:
             single = list(range(len(tasks)))
             if self.video is not None and any(self._is_frame(t) for t in tasks):
                 framed = self.video.predict_sequences(
-                    project_id, tasks, cfg, image_name, access, pe, version, self._load_for(access)
+                    project_id, tasks, cfg, image_name, access, pe, version, self._load_for(access), sequence_wait_s
                 )
                 for i, outcome in framed.items():
                     self._record(tasks[i], results[i], outcome.regions, outcome.error)

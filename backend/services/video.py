@@ -171,9 +171,9 @@ class SequenceRun:
             self.finished = True
             self.cond.notify_all()
 
-    def wait(self, task_ids: list[int], timeout: float) -> dict[int, FrameOutcome]:
+    def wait(self, task_ids: list[int], timeout: float | None) -> dict[int, FrameOutcome]:
         """The outcomes of ``task_ids`` once they are all in, or what there is after ``timeout`` seconds
-        (the others are reported as timed out; the run goes on for later requests)."""
+        (None: no limit; the others are reported as timed out; the run goes on for later requests)."""
         with self.cond:
             done = self.cond.wait_for(lambda: self.finished or all(t in self.outcomes for t in task_ids), timeout)
             got = {t: self.outcomes[t] for t in task_ids if t in self.outcomes}
@@ -258,8 +258,10 @@ class VideoPredictor:
         pe,
         version: str,
         load: Callable[[dict, str], np.ndarray],
+        wait_s: float | None,
     ) -> dict[int, FrameOutcome]:
-        """Outcomes (by index into ``tasks``) of the frame-sequence tasks among ``tasks``."""
+        """Outcomes (by index into ``tasks``) of the frame-sequence tasks among ``tasks``; each video's frames are
+        waited for at most ``wait_s`` seconds (None: until the propagation has done them)."""
         s = self.settings
         by_video: dict[str, list[int]] = {}
         for i, task in enumerate(tasks):
@@ -274,13 +276,13 @@ class VideoPredictor:
         out: dict[int, FrameOutcome] = {}
         for video, indices in by_video.items():
             wanted_ids = [tasks[i]["id"] for i in indices]
-            deadline = time.monotonic() + s.video_wait_s
+            deadline = None if wait_s is None else time.monotonic() + wait_s
             try:
                 for _ in range(2):  # a run superseded while we waited (new annotations): wait for its successor
                     run = self._sequence_run(
                         project_id, cfg, image_name, video, wanted_ids, access, pe, version, load, vs
                     )
-                    got = run.wait(wanted_ids, max(deadline - time.monotonic(), 0.0))
+                    got = run.wait(wanted_ids, None if deadline is None else max(deadline - time.monotonic(), 0.0))
                     if not run.cancelled:
                         break
             except LabelStudioError as exc:

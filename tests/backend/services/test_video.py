@@ -403,3 +403,31 @@ def test_a_failed_track_is_not_cached(harness_factory, fake_ls, data_dir, tmp_pa
     fake_ls.files["/data/upload/1/late.mp4"] = mp4_bytes(tmp_path / "late.mp4", frames)
     [pred] = h.predict(1, VIDEO_CONFIG, [task]).json["results"]
     assert pred["result"][0]["type"] == "videorectangle"
+
+
+def test_a_frame_sequence_request_answers_within_its_wait_and_a_job_waits_for_every_frame(
+    harness_factory, fake_ls, data_dir
+):
+    """A /predict request waits at most DCSAM_VIDEO_WAIT_S for its frames (Label Studio gives up after 100 s):
+    frames not done by then get no prediction and the propagation goes on; a pre-annotation job waits for them."""
+    frames = davis_frames(data_dir, "car-shadow", 4)
+    tasks = sequence_project(fake_ls, frames, "car-shadow", 100)
+    fake_ls.label_configs[1] = SEQUENCE_CONFIG
+    gate = threading.Event()  # the last two frames download only once it is set: the propagation cannot finish
+    fake_ls.files = GatedFiles(fake_ls.files, {t["data"]["image"] for t in tasks[2:]}, gate)
+    h = harness_factory(
+        LABEL_STUDIO_URL=fake_ls.url,
+        LABEL_STUDIO_API_KEY=fake_ls.api_key,
+        DCSAM_VIDEO_WAIT_S="1",
+        DCSAM_PREANNOTATE_BACKOFF_S="0",
+    )
+    r = h.predict(1, SEQUENCE_CONFIG, [tasks[3]])
+    assert r.status_code == 200 and r.json["results"] == [[]]  # no prediction yet: Label Studio asks again
+    r = h.client.post("/jobs/preannotate", json={"project": 1})
+    # the job outwaits the request's limit: the frames arrive well after it
+    threading.Timer(3.0, gate.set).start()
+    assert h.service.runner.wait_idle(600)
+    job = h.client.get(f"/jobs/{r.json['id']}").json
+    assert job["status"] == "done" and job["figures"]["failed"] == 0, job
+    assert fake_ls.predictions_per_task(h.service.version) == {t["id"]: 1 for t in tasks}
+    assert _metric(h, "dcsam_video_propagations_total", kind="sequence") == 1  # the request's run, reused
