@@ -12,16 +12,18 @@ by ``POST /jobs/train``, and after ``DCSAM_TRAIN_EVERY`` new accepted annotation
    (K = ``DCSAM_EXAMPLES_PER_LABEL``), K supports and the rest queries.
 3. For each fold: validation IoU of each held-out (task, label) with the serving weights (examples: the
    label's latest K training tasks, as when serving), then the engine's trainable part (lite: its head
-   and matching memory; dcsam: the prompt generator) is fine-tuned from the serving weights on the other
-   folds and scored again, once per step count the engine offers (lite: 0 steps, i.e. memory and
-   single-object rule only, and its default; ``DCSAM_TRAIN_STEPS`` fixes one). Every run, the final one
+   and matching memory; dcsam: the prompt generator, or on the cold start a project prompter) is
+   fine-tuned from the serving weights on the other folds and scored again, once per step count the
+   engine offers (lite: 0 steps, i.e. memory and single-object rule only, and its default;
+   ``DCSAM_TRAIN_STEPS`` fixes one). Every run, the final one
    too, stops early once its smoothed loss has not improved for ``DCSAM_TRAIN_PATIENCE`` (30) steps
    (figures ``steps_run``), so the decision validates the procedure that makes the candidate. Every annotated task is
    validated once, so the decision does not hang on which few tasks a single hold-out split picked.
    In a project of frame-sequence tasks (every annotated task is a frame of a video, see
    :mod:`backend.services.video`), the fine-tuning data are mask tubes instead: each video's annotated frames of
    a label, in frame order (``dcsam.video.tubes``; DC-SAM trains its prompt generator through SAM 2's
-   memory on them, the lite engine pairs frames within a tube).
+   memory on them, its cold start's project prompter on the frames as images; the lite engine pairs frames
+   within a tube).
 4. Only a better pooled score (by more than ``DCSAM_TRAIN_MIN_GAIN``, default 0) is promoted: the engine
    is fine-tuned once more on every annotation with the best step count and written as a new checkpoint
    with a new ``model_version``. The figures are kept in the job record either way.
