@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dcsam.io import read_image, read_mask  # noqa: E402
+from tests.support.data import DATA  # noqa: E402
 from tests.support.fakes import FakeLabelStudio, image_bytes  # noqa: E402
 from tests.support.regions import annotated_task, brush_region  # noqa: E402
 
-DATA = Path(os.environ.get("DCSAM_DATA", REPO.parent / "shared" / "data"))
 VIDEOS = ("blackswan", "car-roundabout", "car-shadow", "dog")
 EXTRA_ENV: dict[str, str] = {}  # backend settings from --set KEY=VALUE
 

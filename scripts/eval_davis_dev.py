@@ -35,17 +35,13 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+from tests.support.data import DATA  # noqa: E402  (DCSAM_TEST_DATA, else ../shared/data)
+
 EASY = ("blackswan", "car-roundabout", "car-shadow", "dog")
 CROSS_PAIRS = (("dog", "libby"), ("libby", "dog"), ("car-roundabout", "car-shadow"), ("car-shadow", "car-roundabout"))
 IMAGE_EVERY = 10
 PROTOCOLS = ("video", "image", "cross")
-
-
-def default_data() -> Path:
-    env = os.environ.get("DCSAM_TEST_DATA")
-    if env:
-        return Path(env) / "davis16-dev"
-    return REPO_ROOT / ".." / "shared" / "data" / "davis16-dev"
 
 
 def _load() -> list[float]:
@@ -227,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dcsam.config import SegmenterConfig
 
-    root = (args.data or default_data()).resolve()
+    root = (args.data or DATA / "davis16-dev").resolve()
     seqs = sequences(root)
     if args.sequences:
         wanted = [s.strip() for s in args.sequences.split(",") if s.strip()]

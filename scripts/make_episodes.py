@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data"
+sys.path.insert(0, str(REPO_ROOT))
+from tests.support.data import DATA as DEFAULT_DATA  # noqa: E402  (DCSAM_TEST_DATA, else ../shared/data)
+
 DEFAULT_OUT = REPO_ROOT / "episodes"
 
 

@@ -40,8 +40,8 @@ from dcsam.api import InContextSegmenter  # noqa: E402
 from dcsam.bench.ranking import spearman  # noqa: E402
 from dcsam.io import read_image, read_mask  # noqa: E402
 from dcsam.masks import iou  # noqa: E402
+from tests.support.data import DATA as DEFAULT_DATA  # noqa: E402  (DCSAM_TEST_DATA, else ../shared/data)
 
-DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data"
 Item = tuple[Path, Path]  # image, mask
 
 

@@ -12,7 +12,7 @@ Label Studio's own UI in headless Chromium (Debian's /usr/bin/chromium through P
     05-training.png       the backend's status page: the refusal (too few annotations), then the fine-tune
     06-status.png         the status page once the fine-tune has finished: examples, versions plot, jobs
 
-The images come from tests/fixtures perseg-mini (/work/shared/data/perseg-mini, or DCSAM_DATA_DIR).
+The images come from the test fixtures' perseg-mini (``$DCSAM_TEST_DATA``, else ../shared/data).
 Each PNG is kept under 300 KB (reduced to a 256-colour palette when larger).
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from dcsam.io import read_mask  # noqa: E402
 from tests.support.browser import launch_chromium  # noqa: E402
+from tests.support.data import DATA  # noqa: E402
 from tests.support.label_studio import LEGACY_TOKEN, PASSWORD, USER, Backend, LabelStudio  # noqa: E402
 from tests.support.regions import brush_result  # noqa: E402
 
@@ -43,10 +43,9 @@ VIEWPORT = {"width": 1280, "height": 800}
 
 
 def data_dir() -> Path:
-    for candidate in (os.environ.get("DCSAM_DATA_DIR"), "/work/shared/data", REPO / "data"):
-        if candidate and (Path(candidate) / "perseg-mini").is_dir():
-            return Path(candidate) / "perseg-mini"
-    sys.exit("perseg-mini not found: set DCSAM_DATA_DIR to the folder that holds it")
+    if (DATA / "perseg-mini").is_dir():
+        return DATA / "perseg-mini"
+    sys.exit(f"perseg-mini not found in {DATA}: set DCSAM_TEST_DATA (scripts/fetch_test_data.py makes one)")
 
 
 def save_png(png: bytes, path: Path) -> None:

@@ -15,8 +15,7 @@ from dcsam.config import SegmenterConfig
 from dcsam.engines.base import Engine, Episode, SegmentResult
 from dcsam.episode_evaluation import evaluate_episodes, format_report, load_episodes
 from dcsam.errors import InputError
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from tests.support.data import DATA
 
 
 class StubEngine(Engine):

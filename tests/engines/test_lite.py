@@ -17,8 +17,7 @@ from dcsam.engines.lite import LiteEngine
 from dcsam.errors import InputError
 from dcsam.lite import postprocess
 from dcsam.masks import iou
-
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+from tests.support.data import DATA
 
 
 # -- synthetic scenes --------------------------------------------------------------------------
