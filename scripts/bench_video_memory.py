@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data"
+sys.path.insert(0, str(REPO_ROOT))
+from tests.support.data import DATA as DEFAULT_DATA  # noqa: E402  (DCSAM_TEST_DATA, else ../shared/data)
 
 
 def _status_kb(field: str) -> int:
@@ -45,7 +46,6 @@ def run_one(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(REPO_ROOT))
     from dcsam import InContextSegmenter
     from dcsam.io import read_mask
     from dcsam.video import CallableSource, VideoSegmenter
