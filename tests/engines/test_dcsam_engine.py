@@ -6,16 +6,7 @@ import torch
 
 from dcsam import CheckpointError, InContextSegmenter
 from dcsam.engines.dcsam_engine import prompts_from_priors, save_prompt_generator
-
-# DC-SAM at its smallest: the tiny SAM 2 with random weights and small inputs (trains on the CPU)
-TINY = dict(
-    engine="dcsam",
-    sam="sam2.1_hiera_t",
-    random_sam_weights=True,
-    image_size=128,
-    backbone_input_size=256,
-    sam_image_size=256,
-)
+from tests.support.models import TINY_DCSAM
 
 
 def synthetic_pair(seed: int):
@@ -86,7 +77,7 @@ def test_trained_prompt_generator_round_trip(tmp_path, segmenter):
 def test_finetune_trains_only_the_prompt_generator():
     from dcsam.engines.base import Episode, LabelledImage
 
-    seg = InContextSegmenter.from_config(**TINY)
+    seg = InContextSegmenter.from_config(**TINY_DCSAM)
     engine = seg.engine
     items = [LabelledImage(*synthetic_pair(i)) for i in range(3)]
     engine.load_trainable_state_dict(engine.model.generator.state_dict())  # a "trained" generator to start from

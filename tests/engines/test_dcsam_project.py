@@ -10,19 +10,11 @@ from dcsam.data.synthetic import SyntheticEpisodes
 from dcsam.engines.base import Episode, LabelledImage
 from dcsam.masks import iou
 from dcsam.training.project import augmented_views, schedule_steps
+from tests.support.models import TINY_DCSAM
 
-# DC-SAM at its smallest: the tiny SAM 2 with random weights and small inputs (trains on the CPU)
 # The slow test below measured held-out mIoU 0.591 (cold start) -> 0.809 (trained), +21.8 points (2-core CPU,
 # torch seed 0, 150 steps); its assertion keeps headroom below that.
 MARGIN = 0.15
-TINY = dict(
-    engine="dcsam",
-    sam="sam2.1_hiera_t",
-    random_sam_weights=True,
-    image_size=128,
-    backbone_input_size=256,
-    sam_image_size=256,
-)
 
 
 def scenes(classes, indices, seed=0):
@@ -45,7 +37,7 @@ def held_out_miou(seg, train, test, shots):
 @pytest.fixture(scope="module")
 def seg():
     torch.manual_seed(0)
-    return InContextSegmenter.from_config(**TINY, options={"project_views": 2, "project_batch": 2})
+    return InContextSegmenter.from_config(**TINY_DCSAM, options={"project_views": 2, "project_batch": 2})
 
 
 def test_an_untrained_prompter_is_the_cold_start_exactly(seg):
@@ -127,7 +119,7 @@ def test_training_on_a_20_image_project_beats_the_cold_start_on_held_out_images(
     annotated images; 10 more images per label held out. 1-shot, as the examples the engine serves."""
     torch.manual_seed(0)  # the random SAM weights
     seg = InContextSegmenter.from_config(
-        **TINY, options={"project_steps": 150, "project_views": 2, "project_batch": 2, "seed": 0}
+        **TINY_DCSAM, options={"project_steps": 150, "project_views": 2, "project_batch": 2, "seed": 0}
     )
     train, test = scenes([0, 1], range(10)), scenes([0, 1], range(1000, 1010))
     before = held_out_miou(seg, train, test, shots=1)

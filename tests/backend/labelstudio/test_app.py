@@ -123,16 +123,7 @@ def test_predictions_carry_the_version_of_the_weights_that_made_them(harness_fac
     monkeypatch.setattr(h.service.predictor, "version_for", lambda project_id: "read-before-a-promotion")
     [pred] = h.predict(1, BRUSH_CONFIG, tasks[:1]).json["results"]
     assert pred["result"] and pred["model_version"] == served
-    H, W = gt.shape
-    keypoint = {
-        "id": "k1",
-        "from_name": "kp",
-        "to_name": "image",
-        "type": "keypointlabels",
-        "original_width": W,
-        "original_height": H,
-        "value": {"x": x / W * 100, "y": y / H * 100, "width": 0.5, "keypointlabels": ["cat"]},
-    }
+    keypoint = _keypoint(gt, x, y)
     [pred] = h.predict(1, INTERACTIVE_CONFIG, tasks[:1], context={"result": [keypoint]}).json["results"]
     assert pred["result"] and pred["model_version"] == served
 
@@ -422,6 +413,20 @@ def _inside_point(mask: np.ndarray) -> tuple[float, float]:
     return float(x), float(y)
 
 
+def _keypoint(gt: np.ndarray, x: float, y: float) -> dict:
+    """A positive smart-keypoint region at pixel (x, y) of an image shaped like ``gt``."""
+    H, W = gt.shape
+    return {
+        "id": "k1",
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "original_width": W,
+        "original_height": H,
+        "value": {"x": x / W * 100, "y": y / H * 100, "width": 0.5, "keypointlabels": ["cat"]},
+    }
+
+
 def _click_on_a_cat(harness_factory, fake_ls, perseg):
     """The cat project, a backend, cat_01's ground truth and a point well inside it."""
     tasks = _cat_project(fake_ls, perseg)
@@ -432,15 +437,7 @@ def _click_on_a_cat(harness_factory, fake_ls, perseg):
 def test_interactive_keypoint_and_box_return_one_region_for_the_mask_control(harness_factory, fake_ls, perseg):
     tasks, h, gt, (x, y) = _click_on_a_cat(harness_factory, fake_ls, perseg)
     H, W = gt.shape
-    keypoint = {
-        "id": "k1",
-        "from_name": "kp",
-        "to_name": "image",
-        "type": "keypointlabels",
-        "original_width": W,
-        "original_height": H,
-        "value": {"x": x / W * 100, "y": y / H * 100, "width": 0.5, "keypointlabels": ["cat"]},
-    }
+    keypoint = _keypoint(gt, x, y)
     r = h.predict(1, INTERACTIVE_CONFIG, tasks[:1], context={"result": [keypoint]})  # is_positive missing: positive
     [pred] = r.json["results"]
     [region] = pred["result"]

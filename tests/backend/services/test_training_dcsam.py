@@ -12,19 +12,12 @@ from dcsam.data.synthetic import SyntheticEpisodes
 from tests.support.configs import BRUSH_CONFIG
 from tests.support.fakes import image_bytes
 from tests.support.harness import BackendHarness
+from tests.support.models import TINY_DCSAM
 from tests.support.regions import annotated_task, brush_region
 
 PROJECT = 31
 # the real architectures at their smallest (random-weight SAM 2.1 tiny, small inputs), a short schedule
-TINY = dict(
-    engine="dcsam",
-    sam="sam2.1_hiera_t",
-    random_sam_weights=True,
-    image_size=128,
-    backbone_input_size=256,
-    sam_image_size=256,
-    options={"project_steps": 20, "project_views": 2, "project_batch": 2},
-)
+TINY = dict(TINY_DCSAM, options={"project_steps": 20, "project_views": 2, "project_batch": 2})
 
 
 @pytest.fixture(scope="module")
