@@ -6,7 +6,7 @@ import torch
 
 from dcsam import InContextSegmenter, InputError, LabelledImage
 from dcsam.video.tubes import MaskTube, TubeForward, finetune_prompt_generator_on_tubes, tube_loss
-from tests.engines.test_dcsam_engine import TINY
+from tests.support.models import TINY_DCSAM
 
 
 def synthetic(seed, shift=0):
@@ -21,7 +21,7 @@ def synthetic(seed, shift=0):
 @pytest.fixture(scope="module")
 def engine():
     torch.manual_seed(0)
-    return InContextSegmenter.from_config(**TINY).engine
+    return InContextSegmenter.from_config(**TINY_DCSAM).engine
 
 
 @pytest.mark.slow
