@@ -245,6 +245,29 @@ class BackendSettings:
     jobs_keep_days: float = setting(
         30.0, "DCSAM_JOBS_KEEP_DAYS", minimum=0, doc="finished job rows of the last this many days are all kept"
     )
+    # past one machine
+    database_url: str | None = setting(
+        None,
+        "DCSAM_DATABASE_URL",
+        doc="postgresql://user:pass@host/db: every table in PostgreSQL, shared by backend replicas (unset: the "
+        "SQLite file under MODEL_DIR)",
+    )
+    job_lease_s: float = setting(
+        60.0,
+        "DCSAM_JOB_LEASE_S",
+        minimum=5,
+        doc="a running job's lease, renewed by its live replica; after it lapses another replica takes the job",
+    )
+    ray_address: str | None = setting(
+        None,
+        "DCSAM_RAY_ADDRESS",
+        "RAY_ADDRESS",
+        doc="run pre-annotation jobs on Ray: a cluster address (ray://host:10001, host:6379) or 'local' for a "
+        "Ray started on demand (alias RAY_ADDRESS; unset: in this process)",
+    )
+    ray_actors: int = setting(
+        0, "DCSAM_RAY_ACTORS", minimum=0, doc="inference actors on Ray (0: one per GPU of the cluster, else 2 CPU ones)"
+    )
     # video
     video_key: str = setting("video", "DCSAM_VIDEO_KEY", doc="task data key of a frame-sequence task's video id")
     frame_key: str = setting("frame", "DCSAM_FRAME_KEY", doc="task data key of a frame-sequence task's frame number")
