@@ -21,6 +21,11 @@ import, and ``done`` with the new cursor in one transaction after it. A retry, o
 ``pending`` rows, first asks Label Studio which of those tasks already hold a prediction of the version and
 imports only the others. The cursor only moves past tasks whose fate is final (imported, already there,
 or failed: those are counted, listed in the figures and left for a later run).
+
+Where pages are downloaded and predicted is a :class:`PageModel`: :class:`LocalPages` (this process: a thread
+pool and the shared engine under the inference lock) or, with ``DCSAM_RAY_ADDRESS`` / ``RAY_ADDRESS`` set or the
+job's ``ray`` param, :class:`backend.services.preannotate_ray.RayPages` (CPU tasks and a pool of inference
+actors on Ray). Listing, skipping, the ledger, imports, progress and figures are this module's, for both.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
+from ..labelstudio.labelconfig import LabelConfig
 from ..labelstudio.media import LabelStudioAccess
 from .deps import JobDeps
 from .jobs import JobContext, JobError
+from .predictor import TaskOutcome
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +129,87 @@ def import_predictions(access: LabelStudioAccess, project_id: int, predictions: 
     sdk.projects.import_predictions(id=project_id, request=predictions, request_options=options)
 
 
+# -- where pages are downloaded and predicted --------------------------------------------------------------
+class PageModel(Protocol):
+    """Downloads and predicts a job's pages. ``load`` runs in the listing thread while ``predict`` works on the
+    previous page; neither writes to Label Studio or the ledger (the job does, once per page)."""
+
+    def start(self, version: str, planned: tuple) -> None:
+        """Before the first page of a model_version: ``planned`` is ``Predictor.plan``'s (examples, plan)."""
+
+    def load(self, todo: list[dict], value_keys: list[str]) -> Any:
+        """Start fetching the media of ``todo`` (the tasks to predict); what ``predict`` gets back."""
+
+    def predict(self, todo: list[dict], loaded: Any) -> list[TaskOutcome]:
+        """One outcome per task of ``todo``, in order."""
+
+    def close(self) -> None:
+        """Release what the pages used (threads, actors)."""
+
+
+class LocalPages:
+    """Pages in this process: downloads in a thread pool, the shared engine under the inference lock."""
+
+    def __init__(
+        self, deps: JobDeps, project_id: int, cfg: LabelConfig, access: LabelStudioAccess, pool: ThreadPoolExecutor
+    ):
+        self.deps, self.project_id, self.cfg, self.access = deps, project_id, cfg, access
+        self.pool = pool  # the job's I/O pool (not owned)
+        self.planned: tuple | None = None
+
+    def start(self, version: str, planned: tuple) -> None:
+        self.planned = planned
+
+    def load(self, todo: list[dict], value_keys: list[str]) -> Any:
+        return self.deps.predictor.load_many(todo, value_keys, self.access, self.pool)
+
+    def predict(self, todo: list[dict], loaded: Any) -> list[TaskOutcome]:
+        if not todo:
+            return []
+        return self.deps.predictor.predict_outcomes(
+            self.project_id, todo, self.cfg, self.access, preloaded=loaded, planned=self.planned
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def page_model(
+    deps: JobDeps,
+    ctx: JobContext,
+    project_id: int,
+    cfg: LabelConfig,
+    access: LabelStudioAccess,
+    pool: ThreadPoolExecutor,
+) -> PageModel:
+    """Ray when the job's ``ray`` param or ``DCSAM_RAY_ADDRESS`` asks for it, else this process."""
+    address = ray_address(ctx.params.get("ray"), deps.settings.ray_address)
+    if address is None:
+        return LocalPages(deps, project_id, cfg, access, pool)
+    from .preannotate_ray import RayPages  # imports ray: only jobs that use it pay for it
+
+    return RayPages(deps, ctx, project_id, cfg, access, pool, address)
+
+
+def ray_address(asked: object, configured: str | None) -> str | None:
+    """The Ray address a job runs on (None: this process). ``asked`` is the job's ``ray`` param: absent or
+    False (the backend's ``DCSAM_RAY_ADDRESS``), True or ``"auto"`` (that address, else a local Ray),
+    ``"local"`` (a Ray started here on demand), or a cluster address, which must be the configured one: the
+    cluster gets the Label Studio token, so a request may not send it elsewhere."""
+    if asked is None or asked is False or asked == "":
+        return configured or None
+    if asked is True or asked == "auto":
+        return configured or "local"
+    if not isinstance(asked, str):
+        raise JobError(f"job param ray={asked!r}: expected true, 'auto', 'local' or a Ray address")
+    if asked == "local" or asked == configured:
+        return asked
+    raise JobError(
+        f"Ray address {asked!r} is not this backend's DCSAM_RAY_ADDRESS ({configured!r}): a job may only use the "
+        "configured cluster (it receives the Label Studio token) or 'local'"
+    )
+
+
 # -- the job --------------------------------------------------------------------------------------------
 def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
     project_id, access = deps.project_access(ctx, "pre-annotation")
@@ -131,10 +219,17 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
     params = dict(ctx.params)
     page_size = int(params.get("page_size") or s.preannotate_chunk)
     skip_annotated = bool(params.get("skip_annotated"))  # survives the reset of params below
+    ray = params.get("ray")  # so does the Ray address asked for
     t_start = time.monotonic()
     processed_now = 0
     io_pool = ThreadPoolExecutor(max_workers=s.preannotate_io_threads, thread_name_prefix="dcsam-dl")
     lister = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcsam-list")
+    try:
+        pages = page_model(deps, ctx, project_id, cfg, access, io_pool)
+    except BaseException:
+        lister.shutdown()
+        io_pool.shutdown()
+        raise
     try:
         while True:  # restarts from the first task when the model_version changes mid-job
             version = deps.version_for(project_id)
@@ -158,6 +253,8 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                     "skip_annotated": skip_annotated,
                     "annotated": 0,
                 }
+                if ray is not None:
+                    params["ray"] = ray
                 ctx.report(params=params)
             pe, plan = deps.predictor.plan(project_id, cfg, access)
             error = getattr(pe, "error", None)
@@ -170,6 +267,7 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                     "annotate (and submit) at least one task first"
                 )
             value_keys = sorted({cfg.images[name].value_key for name in plan if name in cfg.images})  # not videos
+            pages.start(version, (pe, plan))
             # a restart may have left an import whose bookkeeping did not happen: ask Label Studio
             pending = ledger.pending(project_id, version)
             if pending:
@@ -192,7 +290,7 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                 existing = tasks_with_version(access, maybe, version, io_pool) if maybe else set()
                 annotated = {t["id"] for t in tasks if skip_annotated and _has_accepted_annotation(t)}
                 todo = [t for t in tasks if t["id"] not in done | existing | annotated]
-                images = deps.predictor.load_many(todo, value_keys, access, io_pool)
+                images = pages.load(todo, value_keys)
                 return tasks, remaining, done | existing, existing, annotated - done - existing, todo, images
 
             cursor = int(params["cursor"])
@@ -209,11 +307,7 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
                 future = lister.submit(fetch, last_id)  # the next page downloads while the model runs
                 if existing:
                     ledger.mark(project_id, version, sorted(existing), "done", ctx.id)
-                outcomes = (
-                    deps.predictor.predict_outcomes(project_id, todo, cfg, access, preloaded=images, planned=(pe, plan))
-                    if todo
-                    else []
-                )
+                outcomes = pages.predict(todo, images)
                 ok = [(t["id"], o.prediction) for t, o in zip(todo, outcomes) if o.error is None]
                 failed = [t["id"] for t, o in zip(todo, outcomes) if o.error is not None]
                 if ok:
@@ -257,6 +351,7 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
         return "done", msg, figures
     finally:
         lister.shutdown(wait=True, cancel_futures=True)
+        pages.close()
         io_pool.shutdown(wait=True, cancel_futures=True)
 
 
