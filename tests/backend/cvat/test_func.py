@@ -1,0 +1,193 @@
+"""The detection function through cvat-sdk's own driver (``annotate_task``) against a loopback CVAT.
+
+IoU floors were measured first (lite engine, this 2-core CPU) and sit a few points below the figures
+(see the README's CVAT section); they catch a broken mapping, encoding or model, not noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dcsam.errors import InputError
+from dcsam.io import read_mask
+from dcsam.masks import iou
+from tests.support.cvat_server import FakeCvat, task_from_files, uploaded_masks
+
+OBJECTS = ("cat", "colorful_sneaker", "duck_toy")
+
+
+def perseg_queries(data_dir: Path) -> list[Path]:
+    return [data_dir / "perseg-mini" / f"{name}_{i:02d}.jpg" for name in OBJECTS for i in (1, 2)]
+
+
+def object_of(frame_name: str) -> str:
+    return frame_name.rsplit("_", 1)[0]
+
+
+# -- fast -------------------------------------------------------------------------------------------------------
+def test_shapes_round_trip_through_cvat_encodings():
+    from cvat_sdk.masks import decode_mask
+
+    from backend.cvat.shapes import mask_points, nuclio_mask, polygons, shape_mask
+
+    mask = np.zeros((40, 60), bool)
+    mask[5:20, 10:30] = True
+    mask[30:38, 45:58] = True  # a second part
+    points = mask_points(mask)
+    assert np.array_equal(decode_mask([int(p) for p in points], image_width=60, image_height=40), mask)
+    polys = polygons(mask)
+    assert len(polys) == 2 and len(polys[0]) > len(polys[1]) - 100  # two parts, the larger first
+    filled = shape_mask("polygon", polys[0], 60, 40) | shape_mask("polygon", polys[1], 60, 40)
+    assert iou(filled, mask) > 0.9
+    bits = nuclio_mask(mask)
+    x1, y1, x2, y2 = bits[-4:]
+    assert (x1, y1, x2, y2) == (10, 5, 57, 37)
+    crop = np.asarray(bits[:-4], bool).reshape(y2 - y1 + 1, x2 - x1 + 1)
+    assert np.array_equal(crop, mask[y1 : y2 + 1, x1 : x2 + 1])
+    with pytest.raises(InputError, match="'rectangle' shape has no mask"):
+        shape_mask("rectangle", [0, 0, 5, 5], 60, 40)
+
+
+def test_an_examples_folder_without_masks_is_refused_with_its_layout(tmp_path: Path, data_dir: Path):
+    from backend.cvat.examples import folder_examples
+    from backend.cvat.func import create
+
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "cat_00.jpg").symlink_to(data_dir / "perseg-mini" / "cat_00.jpg")
+    with pytest.raises(InputError, match="holds no image with a mask"):
+        folder_examples(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        folder_examples(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="unknown parameter"):
+        create(example=str(tmp_path))
+    with pytest.raises(InputError, match="no examples"):
+        create(engine="lite")
+
+
+def test_the_fss_layout_and_mask_suffixes_are_read(tmp_path: Path, data_dir: Path):
+    from backend.cvat.examples import folder_examples
+
+    for sub in ("images", "masks"):
+        (tmp_path / "fss" / sub / "apple").mkdir(parents=True)
+    (tmp_path / "fss" / "images" / "apple" / "1.jpg").symlink_to(data_dir / "fss-mini/images/apple/1.jpg")
+    (tmp_path / "fss" / "masks" / "apple" / "1.png").symlink_to(data_dir / "fss-mini/masks/apple/1.png")
+    (tmp_path / "fss" / "images" / "apple" / "2.jpg").symlink_to(data_dir / "fss-mini/images/apple/2.jpg")
+    [ex] = folder_examples(tmp_path / "fss")
+    assert (ex.label, Path(ex.image).name, Path(ex.mask).name) == ("apple", "1.jpg", "1.png")
+    (tmp_path / "flat" / "duck").mkdir(parents=True)
+    (tmp_path / "flat" / "duck" / "a.png").symlink_to(data_dir / "perseg-mini/duck_toy_00.jpg")
+    (tmp_path / "flat" / "duck" / "a_mask.png").symlink_to(data_dir / "perseg-mini/duck_toy_00.png")
+    [ex] = folder_examples(tmp_path / "flat")
+    assert (ex.label, Path(ex.image).name, Path(ex.mask).name) == ("duck", "a.png", "a_mask.png")
+
+
+def test_spec_declares_the_examples_labels_as_masks(perseg_detector):
+    spec = perseg_detector.spec
+    assert [(label.name, label.id, label.type) for label in spec.labels] == [
+        (name, i, "mask") for i, name in enumerate(OBJECTS)
+    ]
+
+
+# -- through the SDK's driver ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_annotate_task_masks_every_frame_with_labels_mapped_by_name(perseg_detector, cvat: FakeCvat, client, data_dir):
+    from cvat_sdk.auto_annotation import annotate_task
+
+    queries = perseg_queries(data_dir)
+    # the task's labels in another order than the function's, with one more the function does not know
+    task = task_from_files(cvat, "perseg", ["person", "duck_toy", "cat", "colorful_sneaker"], queries)
+    annotate_task(client, task.id, perseg_detector)
+    assert ("PATCH", f"/api/tasks/{task.id}/annotations") in cvat.requests
+    assert {s["type"] for s in task.shapes} == {"mask"} and {s["source"] for s in task.shapes} == {"auto"}
+    masks = uploaded_masks(cvat, task)
+    scores = {}
+    for frame, path in enumerate(queries):
+        name = object_of(path.stem)
+        assert (frame, name) in masks, f"no {name} mask on {path.name}"
+        scores[path.stem] = iou(masks[(frame, name)], read_mask(path.with_suffix(".png")))
+    print("perseg IoU per frame:", {k: round(v, 3) for k, v in scores.items()})
+    assert min(scores.values()) > 0.80
+    assert np.mean(list(scores.values())) > 0.88
+    assert not any(label == "person" for _, label in masks)
+
+
+@pytest.mark.slow
+def test_polygons_when_asked_and_the_threshold_honoured(perseg_detector, cvat: FakeCvat, client, data_dir):
+    from cvat_sdk.auto_annotation import annotate_task
+
+    queries = perseg_queries(data_dir)[:2]  # the cat
+    task = task_from_files(cvat, "cat", ["cat"], queries)
+    annotate_task(client, task.id, perseg_detector, conv_mask_to_poly=True, allow_unmatched_labels=True)
+    assert task.shapes and {s["type"] for s in task.shapes} == {"polygon"}
+    masks = uploaded_masks(cvat, task)
+    for frame, path in enumerate(queries):
+        score = iou(masks[(frame, "cat")], read_mask(path.with_suffix(".png")))
+        print(f"polygon IoU {path.name}: {score:.3f}")
+        assert score > 0.80
+    # a threshold above every score leaves the task as it was
+    before = len(task.shapes)
+    annotate_task(client, task.id, perseg_detector, conf_threshold=1.0, allow_unmatched_labels=True)
+    assert len(task.shapes) == before
+
+
+@pytest.mark.slow
+def test_labels_the_task_lacks_are_named_or_skipped(perseg_detector, cvat: FakeCvat, client, data_dir):
+    from cvat_sdk.auto_annotation import BadFunctionError, annotate_task
+
+    queries = perseg_queries(data_dir)[:2]
+    task = task_from_files(cvat, "cat only", ["cat"], queries)
+    with pytest.raises(BadFunctionError, match="colorful_sneaker"):
+        annotate_task(client, task.id, perseg_detector)
+    assert not task.shapes
+    annotate_task(client, task.id, perseg_detector, allow_unmatched_labels=True)
+    assert {cvat.label_name(task, s["label_id"]) for s in task.shapes} == {"cat"}
+    assert {s["frame"] for s in task.shapes} == {0, 1}
+
+
+@pytest.mark.slow
+def test_examples_from_the_task_itself_leave_its_example_frames_untouched(
+    cvat: FakeCvat, client, data_dir, monkeypatch
+):
+    from cvat_sdk.auto_annotation import annotate_task
+
+    from backend.cvat.func import create
+    from backend.cvat.shapes import mask_points
+
+    paths = [data_dir / "perseg-mini" / f"cat_{i:02d}.jpg" for i in range(3)]
+    task = task_from_files(cvat, "cat", ["cat"], paths)
+    user_mask = read_mask(paths[0].with_suffix(".png"))
+    cvat.add_shape(task, 0, "cat", "mask", mask_points(user_mask))  # the user's label on frame 0
+    monkeypatch.setenv("CVAT_HOST", cvat.url)
+    monkeypatch.setenv("CVAT_USER", cvat.user)
+    monkeypatch.setenv("CVAT_PASSWORD", cvat.password)
+    function = create(example_task=task.id, example_frames="0", engine="lite")
+    assert function.labels == ["cat"]
+    annotate_task(client, task.id, function)
+    manual = [s for s in task.shapes if s["source"] == "manual"]
+    assert len(manual) == 1 and manual[0]["frame"] == 0
+    auto = uploaded_masks(cvat, task)
+    assert sorted(auto) == [(1, "cat"), (2, "cat")], "the example frame got a duplicate"
+    assert function.skipped == ["cat_00.jpg"]
+    for frame in (1, 2):
+        assert iou(auto[(frame, "cat")], read_mask(paths[frame].with_suffix(".png"))) > 0.85
+
+
+@pytest.mark.slow
+def test_a_frame_the_model_cannot_use_gets_nothing_and_the_rest_are_annotated(
+    perseg_detector, cvat: FakeCvat, client, data_dir, monkeypatch
+):
+    from cvat_sdk.auto_annotation import annotate_task
+
+    queries = [data_dir / "perseg-mini" / "cat_01.jpg", data_dir / "perseg-mini" / "colorful_sneaker_01.jpg"]
+    task = task_from_files(cvat, "cat", ["cat"], queries)
+    # frame 1 (2048 x 2048) is over this run's pixel limit; frame 0 (1277 x 1277) is not
+    monkeypatch.setattr(perseg_detector.settings, "max_image_pixels", 2_000_000)
+    perseg_detector.failed.clear()
+    annotate_task(client, task.id, perseg_detector, allow_unmatched_labels=True)
+    print(perseg_detector.failed)
+    assert {s["frame"] for s in task.shapes} == {0}
+    assert list(perseg_detector.failed) == [queries[1].name]
+    assert "DCSAM_MAX_IMAGE_PIXELS" in perseg_detector.failed[queries[1].name]
