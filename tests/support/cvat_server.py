@@ -312,24 +312,28 @@ def task_from_files(cvat: FakeCvat, name: str, labels: list[str], paths: list[Pa
     return cvat.add_task(name, labels, [p.read_bytes() for p in paths], [p.name for p in paths], sizes)
 
 
-def uploaded_masks(cvat: FakeCvat, task: FakeTask, source: str | None = "auto") -> dict[tuple[int, str], np.ndarray]:
-    """The union mask per (frame, label) of the task's shapes (of ``source``), decoded independently of the
-    code under test: cvat-sdk's ``decode_mask`` and OpenCV's polygon fill."""
+def decode_shape(shape: dict, width: int, height: int) -> np.ndarray | None:
+    """The mask of a ``mask`` or ``polygon`` shape, decoded independently of the code under test (cvat-sdk's
+    ``decode_mask`` and OpenCV's polygon fill); None for other types."""
     from cvat_sdk.masks import decode_mask
 
+    if shape["type"] == "mask":
+        return np.asarray(decode_mask([int(v) for v in shape["points"]], image_width=width, image_height=height))
+    if shape["type"] == "polygon":
+        canvas = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(canvas, [np.round(np.asarray(shape["points"]).reshape(-1, 2)).astype(np.int32)], 1)
+        return canvas > 0
+    return None
+
+
+def uploaded_masks(cvat: FakeCvat, task: FakeTask, source: str | None = "auto") -> dict[tuple[int, str], np.ndarray]:
+    """The union mask per (frame, label) of the task's shapes of ``source`` (None: every shape)."""
     out: dict[tuple[int, str], np.ndarray] = {}
     for shape in task.shapes:
         if source is not None and shape["source"] != source:
             continue
-        width, height = task.sizes[shape["frame"]]
-        if shape["type"] == "mask":
-            m = np.asarray(decode_mask([int(v) for v in shape["points"]], image_width=width, image_height=height))
-        elif shape["type"] == "polygon":
-            canvas = np.zeros((height, width), np.uint8)
-            pts = np.round(np.asarray(shape["points"]).reshape(-1, 2)).astype(np.int32)
-            cv2.fillPoly(canvas, [pts], 1)
-            m = canvas > 0
-        else:
+        m = decode_shape(shape, *task.sizes[shape["frame"]])
+        if m is None:
             continue
         key = (shape["frame"], cvat.label_name(task, shape["label_id"]))
         out[key] = out[key] | m if key in out else m
