@@ -191,3 +191,30 @@ def test_a_frame_the_model_cannot_use_gets_nothing_and_the_rest_are_annotated(
     assert {s["frame"] for s in task.shapes} == {0}
     assert list(perseg_detector.failed) == [queries[1].name]
     assert "DCSAM_MAX_IMAGE_PIXELS" in perseg_detector.failed[queries[1].name]
+
+
+@pytest.mark.slow
+def test_cli_task_auto_annotate_on_a_davis_sequence(cvat: FakeCvat, data_dir: Path, tmp_path: Path):
+    """``cvat-cli task auto-annotate`` in its own process: frame 0 of car-shadow is the example."""
+    import os
+    import subprocess
+    import sys
+
+    images = data_dir / "davis16-dev" / "JPEGImages" / "car-shadow"
+    truth = data_dir / "davis16-dev" / "Annotations" / "car-shadow"
+    (tmp_path / "examples" / "car").mkdir(parents=True)
+    (tmp_path / "examples" / "car" / "00000.jpg").symlink_to(images / "00000.jpg")
+    (tmp_path / "examples" / "car" / "00000.png").symlink_to(truth / "00000.png")
+    frames = list(range(5, 40, 5))
+    task = task_from_files(cvat, "car-shadow", ["car"], [images / f"{i:05d}.jpg" for i in frames])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "cvat_cli", "--server-host", cvat.url, "--auth", f"{cvat.user}:{cvat.password}"]
+    cmd += ["task", "auto-annotate", str(task.id), "--function-module", "backend.cvat.func"]
+    cmd += ["-p", f"examples=str:{tmp_path / 'examples'}", "-p", "engine=str:lite"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    masks = uploaded_masks(cvat, task)
+    scores = [iou(masks[(k, "car")], read_mask(truth / f"{i:05d}.png")) for k, i in enumerate(frames)]
+    print("car-shadow IoU per frame:", [round(s, 3) for s in scores], "mean", round(float(np.mean(scores)), 3))
+    assert min(scores) > 0.70
+    assert np.mean(scores) > 0.80
