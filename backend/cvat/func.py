@@ -42,8 +42,6 @@ class InContextDetector:
     """A cvat-sdk ``DetectionFunction``: ``spec`` lists the examples' labels, ``detect`` segments a frame."""
 
     def __init__(self, examples: Sequence[Example], params: dict[str, Any] | None = None) -> None:
-        import cvat_sdk.auto_annotation as cvataa
-
         params = dict(params or {})
         self.settings = function_settings(params)
         self.segmenter, self.version = load_segmenter(self.settings)
@@ -53,14 +51,21 @@ class InContextDetector:
         self.skip_frames = (
             {ex.frame_name for ex in examples if ex.frame_name} if params.get("skip_example_frames", True) else set()
         )
-        self.spec = cvataa.DetectionFunctionSpec(
-            labels=[cvataa.label_spec(name, i, type="mask") for i, name in enumerate(self.labels)]
-        )
         self.skipped: list[str] = []  # frames left alone (examples), for the log and the tests
         self.failed: dict[str, str] = {}  # frame name -> why it got nothing
         log.info("CVAT function ready: %s, labels %s, %d example(s)", self.version, self.labels, len(examples))
 
     # -- the DetectionFunction protocol ------------------------------------------------------------------
+    @property
+    def spec(self) -> Any:
+        """The labels, by name (CVAT maps them to the task's); built on use, so the Nuclio handler runs
+        without cvat-sdk."""
+        import cvat_sdk.auto_annotation as cvataa
+
+        return cvataa.DetectionFunctionSpec(
+            labels=[cvataa.label_spec(name, i, type="mask") for i, name in enumerate(self.labels)]
+        )
+
     def detect(self, context: Any, image: Image.Image) -> list[Any]:
         """Shapes for one frame; a frame that cannot be used gets none (logged), never failing the task."""
         name = str(getattr(context, "frame_name", ""))
