@@ -9,6 +9,11 @@
 * A restart (crash, SIGKILL, redeploy) leaves ``running`` rows whose owner process is gone. When a runner
   starts, and every ``recheck_s`` while idle, it re-queues interrupted jobs of resumable kinds (they
   resume from their saved cursor, or simply run again) and marks the others ``interrupted``.
+* Replicas sharing a PostgreSQL database (``DCSAM_DATABASE_URL``) claim jobs with row locks, so each job
+  runs on one replica. A claimed job has a lease (``DCSAM_JOB_LEASE_S``) that a heartbeat thread
+  (``dcsam-jobs-lease``) renews every third of it; an owner on another machine cannot be judged by its pid,
+  so its job is recovered once the lease lapses. A runner that finds its lease taken over stops the job at
+  its next check point (:class:`JobLost`) and records nothing: the job is the new owner's.
 * Cancelling a queued job is immediate; a running job stops at its next check point.
 * The lanes survive their own bookkeeping failing (disk full, a locked database): a write that records a
   job's outcome is retried with backoff until it lands, and a resumable job whose handler hit such a
@@ -20,21 +25,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..store import JobStore
+from ..store import JobStore, is_transient
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_S = 60.0  # the longest wait between two tries of a failing database write
-# SQLite result codes of a database that should work again by itself: busy, locked, read-only, I/O error,
-# full, cannot open. Others ("no such column") are bugs: the job fails.
-TRANSIENT_SQLITE_CODES = frozenset({5, 6, 8, 10, 13, 14})
 
 # Lane threads of this process by owner name: an owner of this process whose thread is gone is stale.
 _LANE_THREADS: dict[str, threading.Thread] = {}
@@ -42,6 +43,10 @@ _LANE_THREADS: dict[str, threading.Thread] = {}
 
 class JobCancelled(Exception):
     """Raised inside a job when someone asked to cancel it."""
+
+
+class JobLost(JobCancelled):
+    """Raised inside a job whose lease another replica took over: it stops, and records nothing."""
 
 
 class JobError(Exception):
@@ -65,8 +70,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def _database_trouble(exc: BaseException) -> bool:
-    code = getattr(exc, "sqlite_errorcode", 0)
-    return isinstance(exc, sqlite3.OperationalError) and (code & 0xFF) in TRANSIENT_SQLITE_CODES
+    """Our own database failed in a way that passes (locked, full, disconnected): not the job's fault."""
+    return is_transient(exc)
 
 
 @dataclass
@@ -77,6 +82,8 @@ class JobContext:
     store: JobStore
     _last_write: float = 0.0
     _last_cancel_check: float = 0.0
+    # set by the runner's heartbeat when another replica took the job over (its lease lapsed)
+    lost: threading.Event = field(default_factory=threading.Event)
 
     @property
     def id(self) -> int:
@@ -111,6 +118,10 @@ class JobContext:
         self.store.update(self.id, done=done, total=total, figures=figures, params=params, message=message)
 
     def check_cancel(self) -> None:
+        """Raise :class:`JobCancelled` when someone asked to cancel the job, :class:`JobLost` when another
+        replica took it over."""
+        if self.lost.is_set():
+            raise JobLost(f"job {self.id} was taken over by another replica (its lease lapsed)")
         now = time.monotonic()
         if now - self._last_cancel_check < 0.2:
             return
@@ -142,8 +153,10 @@ class JobRunner:
         poll_s: float = 0.5,
         recheck_s: float = 5.0,
         retry_s: float = 1.0,
+        lease_s: float | None = None,
     ):
         self.store = store
+        self.lease_s = lease_s  # a claimed job's lease; None: the store's (DCSAM_JOB_LEASE_S)
         self.kinds = kinds
         self.poll_s = poll_s
         self.recheck_s = recheck_s  # how often an idle runner looks for jobs orphaned by a dead process
@@ -160,8 +173,11 @@ class JobRunner:
         self.owner: str | None = None
         self.current: dict[str, int | None] = dict.fromkeys(self.lanes)
         self._db_failures: dict[int, int] = {}  # job id -> consecutive database failures, for its backoff
+        self._contexts: dict[str, JobContext] = {}  # lane -> the job it runs, for the heartbeat
+        self._heartbeat: threading.Thread | None = None
 
-    def _is_stale(self, owner: str | None) -> bool:
+    def _is_stale(self, owner: str | None) -> bool | None:
+        """True when ``owner`` is gone, False while it runs, None when only its lease can tell (another host)."""
         if not owner:
             return True
         try:
@@ -170,7 +186,7 @@ class JobRunner:
         except ValueError:
             return True
         if host != socket.gethostname():
-            return False  # another machine's job: it cannot be judged from here
+            return None  # another machine's job: its pid means nothing here, its lease decides
         if pid_n == os.getpid():  # this process: stale once the lane thread that claimed it is gone
             thread = _LANE_THREADS.get(owner)
             return thread is None or not thread.is_alive()
@@ -210,6 +226,27 @@ class JobRunner:
             self._threads[lane] = thread
             _LANE_THREADS[self._lane_owner(lane)] = thread
             thread.start()
+        if self._heartbeat is None or not self._heartbeat.is_alive() or not ours:
+            self._heartbeat = threading.Thread(target=self._renew_leases, name="dcsam-jobs-lease", daemon=True)
+            self._heartbeat.start()
+
+    @property
+    def lease(self) -> float:
+        """Seconds a claimed job's lease lasts."""
+        return self.store.lease_s if self.lease_s is None else self.lease_s
+
+    def _renew_leases(self) -> None:
+        """The heartbeat: renew the lease of each job this runner runs, every third of the lease; a job whose
+        lease another replica took over is flagged lost (it stops at its next check point)."""
+        while not self._stop.wait(self.lease / 3):
+            for lane, ctx in list(self._contexts.items()):
+                try:
+                    if not self.store.renew(ctx.id, self._lane_owner(lane), self.lease) and not ctx.lost.is_set():
+                        if self._contexts.get(lane) is ctx:  # not finished meanwhile
+                            log.error("job %s: another replica took it over (its lease lapsed); stopping it", ctx.id)
+                            ctx.lost.set()
+                except Exception:  # the database is down: the lease may lapse, and the job be taken over
+                    log.exception("job %s: renewing its lease failed", ctx.id)
 
     def _lane_owner(self, lane: str) -> str:
         return f"{self.owner}-{lane}"
@@ -231,6 +268,8 @@ class JobRunner:
             event.set()
         for thread in self._threads.values():
             thread.join(timeout)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout)
 
     def join(self, timeout: float, lane: str | None = None) -> bool:
         """Wait for a lane's thread (or every lane's) to end, after :meth:`stop` or a job that killed it;
@@ -252,7 +291,7 @@ class JobRunner:
         failures = 0  # consecutive failed claims: the wait grows so a broken database is not hammered
         while not self._stop.is_set():
             try:
-                job = self.store.claim(self._lane_owner(lane), kinds)
+                job = self.store.claim(self._lane_owner(lane), kinds, self.lease)
                 failures = 0
             except Exception:
                 failures += 1
@@ -280,6 +319,8 @@ class JobRunner:
 
     def _run(self, lane: str, job: dict) -> None:
         ctx = JobContext(job, self.store)
+        owner = self._lane_owner(lane)
+        self._contexts[lane] = ctx
         self.current[lane] = job["id"]
         log.info(
             "job %s (%s, project %s) started%s",
@@ -294,6 +335,8 @@ class JobRunner:
             try:
                 out = self.kinds[kind].handler(ctx)
                 outcome = out if out else ("done", "", None)
+            except JobLost as exc:  # another replica runs it now: nothing of ours to record
+                log.warning("job %s (%s) stopped here: %s", job_id, kind, exc)
             except JobCancelled as exc:
                 outcome = ("cancelled", str(exc), None)
             except JobError as exc:
@@ -301,19 +344,26 @@ class JobRunner:
                 outcome = ("failed", str(exc), None)
             except Exception as exc:  # a job failure is recorded, never fatal to the server
                 if _database_trouble(exc):  # our own database (disk full, locked): not the job's fault
-                    outcome = self._database_failed(job, exc)
+                    outcome = self._database_failed(job, exc, owner)
                 else:
                     log.exception("job %s (%s, project %s) failed", job_id, kind, job["project_id"])
                     outcome = ("failed", f"{type(exc).__name__}: {exc}", None)
             if outcome is not None:
                 status, message, figures = outcome
-                self._persist(job_id, lambda: self.store.finish(job_id, status, message, figures))
+                written: list[bool] = []
+                self._persist(
+                    job_id, lambda: written.append(self.store.finish(job_id, status, message, figures, owner=owner))
+                )
                 self._db_failures.pop(job_id, None)
-                log.info("job %s (%s) %s: %s", job_id, kind, status, message)
+                if written and not written[-1]:
+                    log.warning("job %s (%s) %s here, but another replica took it over meanwhile", job_id, kind, status)
+                else:
+                    log.info("job %s (%s) %s: %s", job_id, kind, status, message)
         finally:
             self.current[lane] = None
+            self._contexts.pop(lane, None)
 
-    def _database_failed(self, job: dict, exc: Exception) -> tuple[str, str, None] | None:
+    def _database_failed(self, job: dict, exc: Exception, owner: str) -> tuple[str, str, None] | None:
         """A resumable job goes back to the queue, to resume after a backoff (None); another kind fails."""
         job_id = job["id"]
         reason = f"the backend's database failed ({exc})"
@@ -324,7 +374,7 @@ class JobRunner:
         delay = self._backoff(n)
         log.error("job %s (%s): %s; it resumes from its last saved point in %.1f s", job_id, job["kind"], reason, delay)
         message = f"paused: {reason}; resuming"
-        self._persist(job_id, lambda: self.store.requeue(job_id, time.time() + delay, message))
+        self._persist(job_id, lambda: self.store.requeue(job_id, time.time() + delay, message, owner=owner))
         return None
 
     def _persist(self, job_id: int, write: Callable[[], None]) -> None:

@@ -2,8 +2,12 @@
 
 * A project with no fine-tuned version serves the base weights, announced as the base ``model_version``.
 * A promoted fine-tune writes ``MODEL_DIR/<project>/<version>.pt`` atomically (``dcsam.checkpoints``),
-  then records it and makes it active in one SQLite transaction; a crash in between leaves at most an
+  then records it and makes it active in one database transaction; a crash in between leaves at most an
   unreferenced file, never a half-written active checkpoint.
+* Replicas sharing a PostgreSQL database (``DCSAM_DATABASE_URL``) and one ``MODEL_DIR`` (a shared
+  filesystem) serve each other's promotions: :meth:`VersionRegistry.active` reads the active version from
+  the database at every request, and a version the engine does not hold is loaded from its checkpoint
+  before the next model call (``Service.prepare``).
 * Rolling back is :meth:`VersionRegistry.activate` with an earlier version (or the base one).
 * A lost database (an empty file beside checkpoints) is rebuilt from the checkpoints, which carry their
   version, parent and project: :meth:`VersionRegistry.rebuild_from_checkpoints`.
@@ -154,7 +158,7 @@ class VersionRegistry:
             "the backend database %s was empty while %d fine-tuned checkpoint(s) exist: it was lost or replaced. "
             "Rebuilt their versions from the checkpoints; each project now serves its newest one %s (check with "
             "GET /versions?project=ID and roll back with POST /versions/<version>/activate)",
-            self.rows.db.path,
+            self.rows.db.path,  # the SQLite file, or the PostgreSQL URL without its password
             len(found),
             active,
         )

@@ -16,8 +16,9 @@ class ExampleStore:
         with self.db.transaction() as con:
             con.execute("DELETE FROM examples WHERE project_id=?", (project_id,))
             con.executemany(
-                "INSERT OR REPLACE INTO examples(project_id, control, label, annotation_id, task_id, updated_at) "
-                "VALUES(?, ?, ?, ?, ?, ?)",
+                "INSERT INTO examples(project_id, control, label, annotation_id, task_id, updated_at) "
+                "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(project_id, control, label, annotation_id) DO UPDATE SET "
+                "task_id=excluded.task_id, updated_at=excluded.updated_at",
                 [(project_id, *r) for r in rows],
             )
 

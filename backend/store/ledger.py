@@ -6,10 +6,9 @@ transaction that saves the job's resume point (see :mod:`backend.services.preann
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
-from .database import Database
+from .database import Connection, Database
 from .jobs import JobStore
 
 
@@ -62,7 +61,7 @@ class PredictionLedger:
 
 
 def _upsert(
-    con: sqlite3.Connection,
+    con: Connection,
     project_id: int,
     version: str,
     task_ids: list[int],

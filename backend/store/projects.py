@@ -26,7 +26,9 @@ class ProjectStore:
         now = time.time()
         extra = json.dumps(extra_params) if extra_params is not None else None
         with self.db.transaction() as con:
-            con.execute("INSERT OR IGNORE INTO projects(id, updated_at) VALUES(?, ?)", (project_id, now))
+            con.execute(
+                "INSERT INTO projects(id, updated_at) VALUES(?, ?) ON CONFLICT(id) DO NOTHING", (project_id, now)
+            )
             con.execute(
                 "UPDATE projects SET label_config=COALESCE(?, label_config), hostname=COALESCE(?, hostname), "
                 "access_token=COALESCE(?, access_token), extra_params=COALESCE(?, extra_params), updated_at=? "
@@ -62,7 +64,9 @@ class ProjectStore:
         """Mark the project's examples stale (a webhook said its annotations changed)."""
         now = time.time()
         with self.db.transaction() as con:
-            con.execute("INSERT OR IGNORE INTO projects(id, updated_at) VALUES(?, ?)", (project_id, now))
+            con.execute(
+                "INSERT INTO projects(id, updated_at) VALUES(?, ?) ON CONFLICT(id) DO NOTHING", (project_id, now)
+            )
             con.execute(
                 "UPDATE projects SET examples_rev = examples_rev + 1, updated_at=? WHERE id=?", (now, project_id)
             )

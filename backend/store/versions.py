@@ -73,7 +73,9 @@ class VersionStore:
         marks = ", ".join("?" * len(MODEL_VERSION_COLUMNS))
         with self.db.transaction() as con:
             con.executemany(
-                f"INSERT OR IGNORE INTO model_versions({', '.join(MODEL_VERSION_COLUMNS)}) VALUES({marks})", rows
+                f"INSERT INTO model_versions({', '.join(MODEL_VERSION_COLUMNS)}) VALUES({marks}) "
+                "ON CONFLICT(version) DO NOTHING",
+                rows,
             )
             for project_id, version in active.items():
                 _set_active(con, project_id, version, now)
