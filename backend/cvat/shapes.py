@@ -26,7 +26,10 @@ def mask_points(mask: np.ndarray) -> list[float]:
     """CVAT ``mask`` shape points of a non-empty bool mask (the SDK's encoder)."""
     from cvat_sdk.masks import encode_mask
 
-    return [float(v) for v in encode_mask(np.asarray(mask, dtype=bool))]
+    mask = np.asarray(mask, dtype=bool)
+    x1, y1, x2, y2 = box(mask)
+    # The box is given: cvat-sdk 2.23's encoder requires it (exclusive end), later ones accept it.
+    return [float(v) for v in encode_mask(mask, [x1, y1, x2 + 1, y2 + 1])]
 
 
 def polygons(mask: np.ndarray) -> list[list[float]]:
