@@ -218,3 +218,36 @@ def test_cli_task_auto_annotate_on_a_davis_sequence(cvat: FakeCvat, data_dir: Pa
     print("car-shadow IoU per frame:", [round(s, 3) for s in scores], "mean", round(float(np.mean(scores)), 3))
     assert min(scores) > 0.70
     assert np.mean(scores) > 0.80
+
+
+@pytest.mark.slow
+def test_agent_mode_registers_the_labels_and_annotates_a_task(cvat: FakeCvat, perseg_examples: Path, data_dir: Path):
+    """``cvat-cli function create-native`` + ``run-agent --burst`` (CVAT Online / Enterprise's agents)."""
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "cvat_cli", "--server-host", cvat.url, "--auth", f"{cvat.user}:{cvat.password}"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=600, check=False)
+
+    function = ["--function-module", "backend.cvat.func", "-p", f"examples=str:{perseg_examples}"]
+    function += ["-p", "engine=str:lite"]
+    made = cli("function", "create-native", "dcsam", *function)
+    assert made.returncode == 0, made.stderr[-3000:]
+    function_id = int(made.stdout.split()[-1])
+    assert [label["name"] for label in cvat.functions[function_id]["labels_v2"]] == list(OBJECTS)
+    queries = perseg_queries(data_dir)[:2]
+    task = task_from_files(cvat, "cat", ["cat"], queries)
+    params = {"type": "annotate_task", "task": task.id, "mapping": {"cat": {"name": "cat"}}}
+    cvat.enqueue("whole-task", {**params, "threshold": None, "conv_mask_to_poly": False})
+    run = cli("function", "run-agent", str(function_id), *function, "--burst")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not cvat.failed, cvat.failed
+    shapes = cvat.completed["whole-task"]["annotations"]["shapes"]
+    assert {s["type"] for s in shapes} == {"mask"} and {s["label_id"] for s in shapes} == {task.labels[0]["id"]}
+    task.shapes = shapes  # what CVAT stores from the agent's answer
+    masks = uploaded_masks(cvat, task)
+    for frame, path in enumerate(queries):
+        assert iou(masks[(frame, "cat")], read_mask(path.with_suffix(".png"))) > 0.85
