@@ -1,4 +1,7 @@
-"""Background jobs (backend/services: jobs, preannotate, training, sync, versions) against the fake Label Studio."""
+"""Background jobs (backend/services: jobs, preannotate, training, sync, versions) against the fake Label Studio.
+
+Every test runs on both databases (``database_url``): the SQLite file and a real PostgreSQL server.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import pytest
 from tests.support.configs import BRUSH_CONFIG
 from tests.support.fakes import image_bytes
 from tests.support.harness import BackendHarness
+from tests.support.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.support.projects import brush_project
 from tests.support.regions import annotated_task, brush_region
 
@@ -28,9 +32,15 @@ JOB_DEFAULTS = {
 
 
 @pytest.fixture()
-def jobs_harness(ls_backend_factory):
+def jobs_harness(ls_backend_factory, database_url, monkeypatch):  # noqa: F811
+    """``make(**env)``: a backend on the test's database (every backend of a test shares it)."""
+    # the Store reads DCSAM_DATABASE_URL from the environment when the service does not pass it
+    monkeypatch.setenv("DCSAM_DATABASE_URL", database_url)
+
     def make(**env: str) -> BackendHarness:
-        return ls_backend_factory(JOB_DEFAULTS, **env)
+        h = ls_backend_factory(JOB_DEFAULTS, DCSAM_DATABASE_URL=database_url, **env)
+        assert h.service.store.db.dialect.name == ("postgresql" if database_url else "sqlite")
+        return h
 
     return make
 
