@@ -6,7 +6,7 @@ Folder layouts (one label per sub-folder; the label is the sub-folder's name):
   PNG takes ``<name>_mask.png``), or ``<name>_mask.png`` next to any image;
 * ``DIR/images/<label>/<name>.*`` with ``DIR/masks/<label>/<name>.png`` (the FSS-1000 layout).
 
-A CVAT task: the ``mask`` and ``polygon`` shapes of the chosen frames (every annotated frame by default),
+A CVAT task or job: the ``mask`` and ``polygon`` shapes of the chosen frames (every annotated frame by default),
 united per label and frame. The function opens its own client from the environment (see :func:`cvat_client`).
 """
 
@@ -132,12 +132,20 @@ def parse_frames(text: str | None) -> list[int] | None:
         raise InputError(f"example_frames={text!r}: give frame numbers like 0,12") from exc
 
 
-def task_examples(client: Any, task_id: int, frames: Iterable[int] | None = None) -> list[Example]:
-    """Examples from the ``mask`` / ``polygon`` shapes of a CVAT task's frames (united per label)."""
+def task_examples(
+    client: Any, task_id: int | None, frames: Iterable[int] | None = None, job_id: int | None = None
+) -> list[Example]:
+    """Examples from the ``mask`` / ``polygon`` shapes of a CVAT task's frames, or of one of its jobs (frame
+    numbers are the task's in both), united per label and frame."""
+    job = client.jobs.retrieve(job_id) if job_id is not None else None
+    if job is not None:
+        task_id = job.task_id
+    if task_id is None:
+        raise InputError("give example_task or example_job")
     task = client.tasks.retrieve(task_id)
     names = {label.id: label.name for label in task.get_labels()}
     meta = task.get_meta()
-    annotations = task.get_annotations()
+    annotations = (job or task).get_annotations()
     wanted = set(frames) if frames is not None else None
     by_frame: dict[int, list[Any]] = {}
     for shape in annotations.shapes:
@@ -165,5 +173,6 @@ def task_examples(client: Any, task_id: int, frames: Iterable[int] | None = None
             masks[label] = masks[label] | m if label in masks else m
         examples += [Example(lab, image, m, frame_name=info.name) for lab, m in masks.items() if m.any()]
     if not examples:
-        raise InputError(f"task {task_id} has no frame with a mask or polygon shape to learn from")
+        where = f"job {job_id}" if job_id is not None else f"task {task_id}"
+        raise InputError(f"{where} has no frame with a mask or polygon shape to learn from")
     return examples

@@ -8,8 +8,9 @@
 ``cvat-cli function create-native NAME --function-module backend.cvat.func -p ...`` then ``run-agent``.)
 
 Parameters (``-p name=type:value``): ``examples`` (a folder, see :mod:`backend.cvat.examples`) and/or
-``example_task`` + ``example_frames`` (frames of a CVAT task carrying mask or polygon shapes; the client comes
-from ``CVAT_HOST`` and ``CVAT_ACCESS_TOKEN`` or ``CVAT_USER`` / ``CVAT_PASSWORD``, or ``cvat_host``);
+``example_task`` or ``example_job``, with ``example_frames`` (frames of a CVAT task or job carrying mask or
+polygon shapes; the client comes from ``CVAT_HOST`` and ``CVAT_ACCESS_TOKEN`` or ``CVAT_USER`` /
+``CVAT_PASSWORD``, or ``cvat_host``);
 ``skip_example_frames`` (default true: frames named like an example frame get nothing, so annotating the
 example task itself never duplicates the user's shapes); ``engine``, ``sam``, ``sam_checkpoint``,
 ``prompt_generator``, ``device``, ``precision``, ``min_score`` (the backend's ``DCSAM_*`` settings).
@@ -35,7 +36,10 @@ from .shapes import mask_points, polygons
 
 log = logging.getLogger(__name__)
 
-PARAMS = {"examples", "example_task", "example_frames", "skip_example_frames", "cvat_host", *SETTING_PARAMS}
+PARAMS = {
+    *("examples", "example_task", "example_job", "example_frames", "skip_example_frames", "cvat_host"),
+    *SETTING_PARAMS,
+}
 
 
 class InContextDetector:
@@ -121,11 +125,15 @@ def load_examples(params: dict[str, Any]) -> list[Example]:
     examples: list[Example] = []
     if params.get("examples"):
         examples += folder_examples(params["examples"])
-    if params.get("example_task") is not None:
+    task, job = params.get("example_task"), params.get("example_job")
+    if task is not None or job is not None:
         client = cvat_client(params.get("cvat_host"))
-        examples += task_examples(client, int(params["example_task"]), parse_frames(params.get("example_frames")))
+        frames = parse_frames(params.get("example_frames"))
+        examples += task_examples(
+            client, None if task is None else int(task), frames, job_id=None if job is None else int(job)
+        )
     if not examples:
-        raise InputError("no examples: pass -p examples=str:DIR and/or -p example_task=int:ID")
+        raise InputError("no examples: pass -p examples=str:DIR and/or -p example_task=int:ID (or example_job)")
     return examples
 
 

@@ -32,6 +32,8 @@ DATE = "2026-01-01T00:00:00.000000Z"
 
 @dataclass
 class FakeTask:
+    """A task with one job, whose id is the task's."""
+
     id: int
     name: str
     labels: list[dict]  # {"id", "name", "type"}
@@ -250,6 +252,38 @@ class FakeCvat:
                     return jsonify({"detail": "only action=create is implemented"}), 400
                 task.shapes += [self._stored(s) for s in (request.get_json(force=True).get("shapes") or [])]
             return jsonify({"version": 0, "tags": [], "shapes": task.shapes, "tracks": []})
+
+        @app.get("/api/jobs/<int:job_id>")
+        def job(job_id: int):
+            task = self.tasks[job_id]  # one job per task, with the task's id
+            return jsonify(
+                {
+                    "url": f"{self.url}/api/jobs/{job_id}",
+                    "id": job_id,
+                    "task_id": task.id,
+                    "project_id": None,
+                    "stage": "annotation",
+                    "state": "new",
+                    "type": "annotation",
+                    "start_frame": 0,
+                    "stop_frame": len(task.frames) - 1,
+                    "frame_count": len(task.frames),
+                    "data_chunk_size": task.chunk_size,
+                    "data_compressed_chunk_type": "imageset",
+                    "data_original_chunk_type": "imageset",
+                    "mode": "annotation",
+                    "dimension": "2d",
+                    "status": "annotation",
+                    "created_date": DATE,
+                    "updated_date": DATE,
+                    "issues": {"count": 0, "url": f"{self.url}/api/issues?job_id={job_id}"},
+                    "labels": {"url": f"{self.url}/api/labels?job_id={job_id}"},
+                }
+            )
+
+        @app.get("/api/jobs/<int:job_id>/annotations")
+        def job_annotations(job_id: int):
+            return jsonify({"version": 0, "tags": [], "shapes": self.tasks[job_id].shapes, "tracks": []})
 
         # -- functions and agents ------------------------------------------------------------------
         @app.post("/api/functions")

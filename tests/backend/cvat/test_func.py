@@ -165,6 +165,9 @@ def test_examples_from_the_task_itself_leave_its_example_frames_untouched(
     monkeypatch.setenv("CVAT_PASSWORD", cvat.password)
     function = create(example_task=task.id, example_frames="0", engine="lite")
     assert function.labels == ["cat"]
+    assert create(example_job=task.id, engine="lite").labels == ["cat"]  # the same frame, through its job
+    with pytest.raises(InputError, match="has no frame with a mask or polygon"):
+        create(example_task=task.id, example_frames="1,2", engine="lite")
     annotate_task(client, task.id, function)
     manual = [s for s in task.shapes if s["source"] == "manual"]
     assert len(manual) == 1 and manual[0]["frame"] == 0
