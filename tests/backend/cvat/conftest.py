@@ -8,8 +8,6 @@ import pytest
 
 from tests.support.cvat_server import FakeCvat
 
-pytest.importorskip("cvat_sdk", reason="the cvat extra is not installed: pip install -e '.[cvat]'")
-
 PERSEG_OBJECTS = ("cat", "colorful_sneaker", "duck_toy")  # perseg-mini objects; image 00 is the example
 
 

@@ -16,6 +16,8 @@ from dcsam.io import read_mask
 from dcsam.masks import iou
 from tests.support.cvat_server import FakeCvat, task_from_files, uploaded_masks
 
+pytest.importorskip("cvat_sdk", reason="the cvat extra is not installed: pip install -e '.[cvat]'")
+
 OBJECTS = ("cat", "colorful_sneaker", "duck_toy")
 
 

@@ -17,6 +17,8 @@ from dcsam.io import read_mask
 from dcsam.masks import iou
 from tests.support.cvat_server import FakeCvat, task_from_files, uploaded_masks
 
+pytest.importorskip("cvat_sdk", reason="the cvat extra is not installed: pip install -e '.[cvat]'")
+
 ROOT = Path(__file__).resolve().parents[3]
 OLDEST = "2.23.0"
 OLD_VENV = Path(os.environ.get("DCSAM_CVAT_OLD_VENV") or ROOT / ".venv-cvat-2.23")

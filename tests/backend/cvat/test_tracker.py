@@ -15,6 +15,8 @@ from dcsam.io import read_mask
 from dcsam.masks import iou
 from tests.support.cvat_server import FakeCvat, decode_shape, task_from_files
 
+pytest.importorskip("cvat_sdk", reason="the cvat extra is not installed: pip install -e '.[cvat]'")
+
 FRAMES = 20  # tracked frames after the labelled one
 SEQUENCE = "car-shadow"
 
