@@ -3,6 +3,12 @@ follow it with a progress bar.
 
 The job runs inside the backend (one writer to the accelerator, resumable across restarts); this command
 only starts it and watches ``GET /jobs/<id>``. Leaving it (Ctrl-C) leaves the job running.
+
+``--ray [ADDRESS]`` asks the backend to run the job's downloads and inference on Ray (see
+:mod:`backend.services.preannotate_ray`): without an address on the backend's ``DCSAM_RAY_ADDRESS`` or, when
+that is unset, on a Ray the backend starts on its own machine; ``local`` always the latter; an address must
+be the backend's ``DCSAM_RAY_ADDRESS`` (the cluster receives the Label Studio token, so a request cannot
+choose another one).
 """
 
 from __future__ import annotations
@@ -37,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--password", default=os.environ.get("BASIC_AUTH_PASS"), help="basic auth password (default $BASIC_AUTH_PASS)"
     )
     p.add_argument("--page-size", type=int, default=None, help="tasks per page / per import (default: the backend's)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="run the job on Ray: the backend's DCSAM_RAY_ADDRESS, else a local Ray started by the backend; "
+        "'local', or the configured address itself (default: as the backend is configured)",
+    )
     p.add_argument("--no-wait", action="store_true", help="start the job, print its id, exit")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between progress checks (default 1)")
     return p
@@ -65,9 +80,13 @@ def run(args: argparse.Namespace) -> int:
     auth = (args.user, args.password) if args.user and args.password else None
     session = requests.Session()
     session.auth = auth
-    body = {"project": args.project}
+    body: dict[str, object] = {"project": args.project}
     if args.page_size:
         body["page_size"] = args.page_size
+    if args.ray is not None:
+        if not args.ray.strip() or len(args.ray) > 300:
+            return _fail("--ray ADDRESS must be a Ray address (at most 300 characters), 'local' or nothing")
+        body["ray"] = args.ray
     try:
         r = session.post(f"{base}/jobs/preannotate", json=body, timeout=30)
     except requests.RequestException as exc:
@@ -78,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"POST {base}/jobs/preannotate: HTTP {r.status_code}: {r.text[:300]}")
     job = r.json()
     print(f"pre-annotation job {job['id']} for project {args.project} ({job['status']})", file=sys.stderr)
+    if args.ray is not None and (job.get("params") or {}).get("ray") != args.ray:
+        print(
+            f"dcsam preannotate: warning: job {job['id']} does not carry --ray {args.ray} (a job already queued or "
+            "running for this project, or a backend that does not take it): it runs as the backend is configured "
+            "(DCSAM_RAY_ADDRESS)",
+            file=sys.stderr,
+        )
     if args.no_wait:
         print(job["id"])
         return 0
