@@ -106,6 +106,35 @@ def test_fetch_tasks_get_the_media_settings_and_no_secret():
     assert shipped.basic_auth_pass is None and shipped.label_studio_api_key is None
 
 
+@pytest.mark.parametrize(
+    ("argv", "sent", "warned"),
+    [(["--ray"], "auto", False), (["--ray", "local"], "local", False), (["--ray", "head:6379"], "head:6379", True)],
+)
+def test_cli_ray_flag_asks_the_backend(argv, sent, warned, capsys):
+    from flask import Flask, jsonify, request
+
+    from backend.cli_preannotate import main
+    from tests.support.fakes import LoopbackServer
+
+    bodies = []
+    app = Flask("fake-backend")
+
+    @app.post("/jobs/preannotate")
+    def start():
+        body = request.get_json()
+        bodies.append(body)
+        params = {"ray": body["ray"]} if body["ray"] != "head:6379" else {}  # as if the job did not take it
+        return jsonify({"id": 7, "status": "queued", "params": params}), 202
+
+    server = LoopbackServer(app)
+    try:
+        assert main(["--project", "3", "--backend", server.url, "--no-wait", *argv]) == 0
+    finally:
+        server.close()
+    assert bodies == [{"project": 3, "ray": sent}]
+    assert ("does not carry --ray" in capsys.readouterr().err) is warned
+
+
 @pytest.mark.slow
 def test_ray_gives_the_same_predictions_as_one_process(local_ray, ls_backend_factory, fake_ls):
     n = 9
