@@ -136,7 +136,9 @@ def test_polygons_when_asked_and_the_threshold_honoured(perseg_detector, cvat: F
 
 
 @pytest.mark.slow
-def test_labels_the_task_lacks_are_named_or_skipped(perseg_detector, cvat: FakeCvat, client, data_dir):
+def test_labels_the_task_lacks_are_named_or_skipped(perseg_detector, cvat: FakeCvat, client, data_dir, caplog):
+    import logging
+
     from cvat_sdk.auto_annotation import BadFunctionError, annotate_task
 
     queries = perseg_queries(data_dir)[:2]
@@ -144,7 +146,11 @@ def test_labels_the_task_lacks_are_named_or_skipped(perseg_detector, cvat: FakeC
     with pytest.raises(BadFunctionError, match="colorful_sneaker"):
         annotate_task(client, task.id, perseg_detector)
     assert not task.shapes
-    annotate_task(client, task.id, perseg_detector, allow_unmatched_labels=True)
+    client.logger.propagate = True  # the SDK's report of each skipped label, for caplog
+    with caplog.at_level(logging.INFO):
+        annotate_task(client, task.id, perseg_detector, allow_unmatched_labels=True)
+    reported = caplog.text
+    assert "'colorful_sneaker' is not in dataset" in reported and "'duck_toy' is not in dataset" in reported
     assert {cvat.label_name(task, s["label_id"]) for s in task.shapes} == {"cat"}
     assert {s["frame"] for s in task.shapes} == {0, 1}
 
