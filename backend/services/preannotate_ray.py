@@ -16,6 +16,10 @@ Label Studio's state: listing pages, skipping tasks, the ledger, imports, progre
 * **brush RLE** (or the control's other region format, :func:`backend.labelstudio.outputs.mask_regions`) is
   encoded in the actor after inference, on its CPU side, and only the regions travel back.
 
+The snapshot is taken when the job starts (and again if the project's model_version changes mid-job): the
+whole job predicts with the same examples, where the in-process job follows example changes between batches.
+Annotations submitted during a job reach the next one.
+
 Frame-sequence tasks and projects with a ``<Video>`` are predicted in the driver as before (their propagation
 reads whole videos in order; splitting them over actors would change the result).
 
