@@ -241,7 +241,7 @@ class JobRunner:
         while not self._stop.wait(self.lease / 3):
             for lane, ctx in list(self._contexts.items()):
                 try:
-                    if not self.store.renew(ctx.id, self._lane_owner(lane), self.lease) and not ctx.lost.is_set():
+                    if not self.store.renew(ctx.id, ctx.job["owner"], self.lease) and not ctx.lost.is_set():
                         if self._contexts.get(lane) is ctx:  # not finished meanwhile
                             log.error("job %s: another replica took it over (its lease lapsed); stopping it", ctx.id)
                             ctx.lost.set()
@@ -256,7 +256,8 @@ class JobRunner:
         recovered = self.store.recover(self._is_stale, self._resumable)
         if recovered:
             log.warning(
-                "jobs %s were interrupted (their process is gone): %s resume, other kinds are marked interrupted",
+                "jobs %s were interrupted (their process is gone, or its lease lapsed): %s resume, other kinds are "
+                "marked interrupted",
                 recovered,
                 sorted(self._resumable),
             )
@@ -319,7 +320,9 @@ class JobRunner:
 
     def _run(self, lane: str, job: dict) -> None:
         ctx = JobContext(job, self.store)
-        owner = self._lane_owner(lane)
+        # the owner name it was claimed under (a revived lane renames the runner's owners, not this job's row)
+        owner = job["owner"] or self._lane_owner(lane)
+        job["owner"] = owner
         self._contexts[lane] = ctx
         self.current[lane] = job["id"]
         log.info(

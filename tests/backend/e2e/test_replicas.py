@@ -149,7 +149,7 @@ def test_a_killed_replicas_job_is_finished_by_the_other_after_its_lease(
         assert 0 < len(seen) < 80, len(seen)
         taken = survivor.wait_job(job_id, 120, until=lambda j: j["owner"] and not j["owner"].startswith(owner))
         takeover_s = time.monotonic() - killed_at
-        assert taken["restarts"] == 1 and "stopped renewing its lease" in taken["message"] or taken["status"] == "done"
+        assert taken["restarts"] == 1, taken  # recovered once, by its lapsed lease, and claimed by the survivor
         job = survivor.wait_job(job_id, 900)
         assert job["status"] == "done", job
         assert job["restarts"] == 1 and job["progress_done"] == job["progress_total"] == 80, job

@@ -459,3 +459,50 @@ def test_queued_syncs_left_by_a_crash_run_after_restart(jobs_harness, fake_ls):
     assert left[running]["status"] == "done" and left[running]["restarts"] == 1
     assert left[queued]["status"] == "done"
     assert [e["task_id"] for e in h2.service.store.examples.of_project(22)] == [22001]
+
+
+# -- leases: the heartbeat renews them; a runner whose job was taken over stops and records nothing ----------
+def test_the_heartbeat_renews_a_running_jobs_lease_and_a_lost_job_records_nothing(tmp_path, database_url):  # noqa: F811
+    import threading
+
+    from backend.services.jobs import JobKind, JobRunner
+    from backend.store import Store
+
+    store = Store(tmp_path / "model", database_url)
+    started, seen_lost = threading.Event(), threading.Event()
+
+    def work(ctx):
+        started.set()
+        for _ in range(2400):  # bounded: about 2 minutes of check points
+            try:
+                ctx.check_cancel()
+            except Exception:
+                seen_lost.set()
+                raise
+            time.sleep(0.05)
+        return ("done", "finished here", None)
+
+    runner = JobRunner(store.jobs, {"work": JobKind(work, resumable=True)}, poll_s=0.05, lease_s=1.5)
+    job_id = store.jobs.add("work", 7, {})
+    runner.start()
+    try:
+        assert started.wait(60)
+        first = store.jobs.get(job_id)
+        assert first["status"] == "running" and first["lease_until"] is not None
+        deadline = time.monotonic() + 60
+        while store.jobs.get(job_id)["lease_until"] <= first["lease_until"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.jobs.get(job_id)["lease_until"] > first["lease_until"]  # renewed by the heartbeat
+        # what another replica does after this one stalled past its lease: recover the job and claim it
+        store.jobs.requeue(job_id, 0, "taken over", owner=first["owner"])
+        assert store.jobs.claim("another-host.example:1:cafe", ("work",), lease_s=600)["id"] == job_id
+        assert seen_lost.wait(60)  # the heartbeat saw it, the job stopped at its next check point
+        assert runner.wait_idle(0.1) is False  # still running: the other replica's now
+        deadline = time.monotonic() + 10
+        while runner.current["model"] is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job = store.jobs.get(job_id)
+        assert job["status"] == "running" and job["owner"] == "another-host.example:1:cafe", job
+        assert job["message"] == "taken over" and job["restarts"] == 1
+    finally:
+        runner.stop()
