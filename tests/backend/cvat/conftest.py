@@ -45,9 +45,6 @@ def perseg_examples(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def perseg_detector(perseg_examples: Path):
     """The detection function on the three PerSeg objects, lite engine (its examples encoded once)."""
-    import torch
-
-    torch.set_num_threads(1)
     from backend.cvat.func import create
 
     return create(examples=str(perseg_examples), engine="lite")

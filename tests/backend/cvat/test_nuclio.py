@@ -23,9 +23,6 @@ FUNCTION_DIR = ROOT / "serverless" / "dcsam" / "nuclio"
 @pytest.fixture(scope="module")
 def function(perseg_examples: Path):
     """main.py loaded as Nuclio loads it (``handler: main:handler``), initialised once."""
-    import torch
-
-    torch.set_num_threads(1)
     patch = pytest.MonkeyPatch()
     patch.setenv("DCSAM_CVAT_EXAMPLES", str(perseg_examples))
     patch.setenv("DCSAM_ENGINE", "lite")

@@ -30,9 +30,6 @@ def cli(cvat: FakeCvat, *args: str, timeout: float = 600) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def tracker():
-    import torch
-
-    torch.set_num_threads(1)
     from backend.cvat.tracker import create
 
     return create(engine="lite")
