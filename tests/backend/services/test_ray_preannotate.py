@@ -86,17 +86,23 @@ def test_ray_address_rules():
 
 
 def test_actor_shape_leaves_room_for_the_fetch_tasks():
+    pytest.importorskip("ray")
     from backend.services.preannotate_ray import FETCH_CPUS, actor_shape
 
-    two = actor_shape(0, {"CPU": 2.0})
+    two = actor_shape(0, {"CPU": 2.0}, 2.0)
     assert two.count == 2 and two.num_gpus == 0 and two.count * two.num_cpus + FETCH_CPUS <= 2.0
-    assert actor_shape(1, {"CPU": 2.0}).torch_threads == 2
-    gpus = actor_shape(0, {"CPU": 16.0, "GPU": 4.0})
+    assert two.torch_threads == 1
+    one = actor_shape(1, {"CPU": 2.0}, 2.0)
+    assert one.num_cpus == 1.5 and one.torch_threads == 1
+    spread = actor_shape(2, {"CPU": 32.0}, 8.0)  # 4 nodes of 8: an actor must fit on one
+    assert spread.num_cpus == 7.5 and spread.torch_threads == 7
+    gpus = actor_shape(0, {"CPU": 16.0, "GPU": 4.0}, 16.0)
     assert gpus.count == 4 and gpus.num_gpus == 1.0
-    assert actor_shape(8, {"CPU": 16.0, "GPU": 4.0}).num_gpus == 0.5
+    assert actor_shape(8, {"CPU": 16.0, "GPU": 4.0}, 16.0).num_gpus == 0.5
 
 
 def test_fetch_tasks_get_the_media_settings_and_no_secret():
+    pytest.importorskip("ray")
     from backend.services.preannotate_ray import media_settings
     from backend.settings import BackendSettings
 
