@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -14,22 +15,15 @@ from ..settings import BackendSettings
 
 log = logging.getLogger(__name__)
 
-# Function parameters (``-p name=type:value``) that stand for a backend setting.
-SETTING_PARAMS = {
-    "engine": "DCSAM_ENGINE",
-    "sam": "DCSAM_SAM",
-    "sam_checkpoint": "DCSAM_SAM_CHECKPOINT",
-    "prompt_generator": "DCSAM_PROMPT_GENERATOR",
-    "device": "DCSAM_DEVICE",
-    "precision": "DCSAM_PRECISION",
-    "min_score": "DCSAM_MIN_SCORE",
-}
+# Function parameters (``-p name=type:value``) that stand for the backend setting of the same name.
+SETTING_PARAMS = ("engine", "sam", "sam_checkpoint", "prompt_generator", "device", "precision", "min_score")
+_ENV_NAMES = {f.name: f.metadata["env"][0] for f in dataclasses.fields(BackendSettings)}
 
 
 def function_settings(params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> BackendSettings:
     """The backend's settings from the environment, overridden by the function's parameters."""
     merged = dict(os.environ if env is None else env)
-    merged.update({SETTING_PARAMS[k]: str(v) for k, v in params.items() if k in SETTING_PARAMS and v is not None})
+    merged.update({_ENV_NAMES[k]: str(v) for k, v in params.items() if k in SETTING_PARAMS and v is not None})
     return BackendSettings.from_env(merged)
 
 
