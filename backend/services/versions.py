@@ -72,13 +72,22 @@ class VersionRegistry:
         info = self.info(version)
         if info is None:
             raise VersionError(f"unknown model version {version!r}")
-        obj = load_checkpoint(info["path"], CHECKPOINT_KIND)
+        obj = load_checkpoint(self.checkpoint_path(info), CHECKPOINT_KIND)
         state = obj["state_dict"]
         with self._lock:
             self._cache[version] = state
             while len(self._cache) > 4:
                 self._cache.popitem(last=False)
         return state
+
+    def checkpoint_path(self, info: dict) -> Path:
+        """Where a version's checkpoint is: its recorded path, or the same file under this replica's MODEL_DIR
+        (replicas sharing a database may mount the shared MODEL_DIR at different paths)."""
+        recorded = Path(info["path"])
+        if recorded.is_file():
+            return recorded
+        here = self.dir / str(int(info["project_id"])) / recorded.name
+        return here if here.is_file() else recorded
 
     # -- changes ------------------------------------------------------------------------------------
     def next_version(self, project_id: int) -> str:
@@ -122,7 +131,7 @@ class VersionRegistry:
             if project_id is not None and info["project_id"] != project_id:
                 raise VersionError(f"{version} belongs to project {info['project_id']}, not {project_id}")
             project_id = info["project_id"]
-            if not Path(info["path"]).is_file():
+            if not self.checkpoint_path(info).is_file():
                 raise VersionError(f"{version}: its checkpoint {info['path']} is missing")
             self.trainable_state(version)  # readable before it becomes active
         self.rows.set_active(project_id, version)

@@ -280,6 +280,7 @@ class Database:
         if self.url is not None:
             import psycopg
 
+            # a connection inherited through a fork is left alone: psycopg never closes one in a child process.
             # autocommit: a read is its own transaction; writes open one explicitly (transaction())
             con = _PgConnection(psycopg.connect(self.url, autocommit=True, connect_timeout=30))
         else:

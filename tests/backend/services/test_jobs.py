@@ -446,6 +446,8 @@ def test_queued_syncs_left_by_a_crash_run_after_restart(jobs_harness, fake_ls):
     brush_project(fake_ls, 22, 3)
     h = jobs_harness()
     h.setup(22, BRUSH_CONFIG)
+    assert h.service.runner.wait_idle(120)  # the sync /setup queued has run: this process is then "killed"
+    h.service.runner.stop()
     store = h.service.store.jobs
     # what a killed process leaves: a sync it was running and one queued behind it
     running = store.add("sync_examples", 22, {})

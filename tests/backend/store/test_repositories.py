@@ -247,3 +247,40 @@ def test_a_lost_connection_is_transient_and_replaced(store, database_url):  # no
         store.jobs.get(1)
     assert is_transient(caught.value)
     assert store.jobs.get(1)["kind"] == "preannotate"  # the next call opens a new connection
+
+
+def test_a_forked_process_opens_its_own_connection_and_leaves_the_parents(store):
+    """gunicorn forks workers after the app (and its store) is made: each worker opens its own connection."""
+    import gc
+    import os
+
+    job = store.jobs.add("preannotate", 3, {})
+    before = store.db.connection()
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection; freeing the inherited one must not end the parent's session
+        ok = store.jobs.get(job) is not None and store.db.connection() is not before
+        gc.collect()
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.db.connection() is before and store.jobs.get(job)["kind"] == "preannotate"
+
+
+def test_a_replica_mounting_the_model_dir_elsewhere_finds_the_checkpoints(store, tmp_path):
+    """The database records a checkpoint's path as the promoting replica saw it; another replica that mounts the
+    shared MODEL_DIR at another path finds the same file under its own."""
+    import shutil
+
+    import torch
+
+    from backend.services.versions import VersionRegistry
+
+    here, there = tmp_path / "mounted-here", tmp_path / "mounted-there"
+    promoting = VersionRegistry(store.versions, here, "base-1", "lite")
+    version = promoting.promote(3, {"w": torch.ones(2)}, {"val": 0.5}, parent="base-1")
+    there.mkdir()
+    shutil.move(here / "3", there / "3")  # the same files, seen under another path
+    serving = VersionRegistry(store.versions, there, "base-1", "lite")
+    assert serving.active(3) == version
+    assert torch.equal(serving.trainable_state(version)["w"], torch.ones(2))
+    assert serving.activate(3, version) == (3, version)
