@@ -256,9 +256,13 @@ class InferenceActor:
         self.device = self.config.resolved_device()
         self.snapshots: dict[str, ModelSnapshot] = {}  # the snapshot's object id -> it, fetched once
         self.loaded: str | None = None  # the object id of the snapshot whose weights the engine holds
+        self.fetches = 0  # snapshots fetched by this process (one per model_version)
 
     def pid(self) -> int:
         return os.getpid()
+
+    def snapshot_fetches(self) -> int:
+        return self.fetches
 
     def predict(self, images: dict, snapshot: list[ray.ObjectRef], count: int) -> list[TaskAnswer]:
         """Regions for ``count`` tasks whose images :func:`fetch_images` fetched. ``snapshot`` is a one-element
@@ -267,6 +271,7 @@ class InferenceActor:
         key = ref.hex()
         if key not in self.snapshots:
             self.snapshots = {key: move_tensors(ray.get(ref), self.device)}
+            self.fetches += 1
         snap = self.snapshots[key]
         if self.loaded != key:
             self.engine.load_trainable_state_dict(snap.weights)
@@ -314,11 +319,15 @@ class ActorPool:
         running: dict[ray.ObjectRef, tuple[int, Any]] = {}
         busy: dict[int, int] = {id(a): 0 for a in self.actors}
         while todo or running:
-            for actor in self.actors:
-                while todo and busy[id(actor)] < IN_FLIGHT_PER_ACTOR:
-                    i = todo.popleft()
-                    running[calls[i](actor)] = (i, actor)
-                    busy[id(actor)] += 1
+            sent = True
+            while todo and sent:  # round robin: a page of two batches goes to two actors
+                sent = False
+                for actor in self.actors:
+                    if todo and busy[id(actor)] < IN_FLIGHT_PER_ACTOR:
+                        i = todo.popleft()
+                        running[calls[i](actor)] = (i, actor)
+                        busy[id(actor)] += 1
+                        sent = True
             if not running:
                 raise JobError("every Ray inference actor died (restarts used up); run the job again to resume")
             ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_S)

@@ -198,6 +198,8 @@ def test_an_actor_killed_mid_batch_loses_and_duplicates_nothing(
             calls = [submit_then_kill, *calls[1:]]
         if seen["pages"] == 3:
             seen["actors_left"] = len(pool.actors)
+            # the examples and weights went to each live actor once, not with every batch
+            seen["fetches"] = local_ray.get([a.snapshot_fetches.remote() for a in pool.actors])
             if death == "sigkill":
                 seen["new_pid"] = local_ray.get(seen["actor"].pid.remote())
         return run(pool, calls)
@@ -207,6 +209,7 @@ def test_an_actor_killed_mid_batch_loses_and_duplicates_nothing(
     job = _run(h, 5)
     assert job["status"] == "done", job
     assert seen["pages"] == 3 and seen["killed"]
+    assert seen["fetches"] == [1] * seen["actors_left"]
     if death == "sigkill":
         assert seen["new_pid"] != seen["pid"]  # restarted by Ray, in a new process, and kept in the pool
         assert seen["actors_left"] == 2
