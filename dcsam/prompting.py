@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from .engines.base import Prompts
 from .io import ImageSource, read_image
 from .masks import resize_mask
 
@@ -75,12 +76,13 @@ def refine_mask(
         )
     engine = getattr(segmenter, "engine", None)
     examples = list(segmenter.encoded_examples(label)) if known else []
+    given = Prompts(points, box, examples, label)
 
     def judged(out: np.ndarray, fallback: float) -> float:
         """The score of the returned mask: the engine's estimate for it, else ``fallback``."""
         if not out.any():
             return 0.0
-        own = engine.score_mask(img, out, examples, points, box, label=label) if engine is not None else None
+        own = engine.score_mask(img, out, given) if engine is not None else None
         return float(own) if own is not None else fallback
 
     if mask is not None and mask.any():
@@ -90,9 +92,7 @@ def refine_mask(
         if box is None and inside >= 0.95 and kept.any() and all(_at(kept, x, y) == pos for x, y, pos in points):
             return kept, judged(kept, score)
 
-    prompted = (
-        engine.prompt(img, points, box, examples=examples, start=mask, label=label) if engine is not None else None
-    )
+    prompted = engine.prompt(img, given, start=mask) if engine is not None else None
     if prompted is not None:  # a promptable model (SAM, the lite box matching) answers the prompts itself
         out = prompted.mask if box is None else prompted.mask & _box_mask(box, height, width)
         obeyed = [_at(out, x, y) == pos for x, y, pos in points]

@@ -37,6 +37,19 @@ class SegmentResult:
 
 
 ProgressFn = Callable[[int, int, dict], None]  # (step, total, figures)
+Click = tuple[float, float, bool]  # (x, y, positive) in native pixels
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in native pixels
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """What a person gave for one image: clicks and a box, with the label's name and its encoded
+    ``examples`` (hints an engine may use to segment or to judge a mask)."""
+
+    points: Sequence[Click] = ()
+    box: Box | None = None
+    examples: Sequence[Any] = ()
+    label: str | None = None
 
 
 class Engine(ABC):
@@ -63,34 +76,16 @@ class Engine(ABC):
     def version(self) -> str:
         """A short, stable description of the weights in use (goes into ``model_version``)."""
 
-    def prompt(
-        self,
-        image: np.ndarray,
-        points: Sequence[tuple[float, float, bool]],
-        box: tuple[float, float, float, float] | None,
-        *,
-        examples: Sequence[Any] = (),
-        start: np.ndarray | None = None,
-        label: str | None = None,
-    ) -> SegmentResult | None:
-        """Segment ``image`` from clicks ``(x, y, positive)`` and/or a box ``(x0, y0, x1, y1)`` in native
-        pixels with the engine's own promptable model; None when it has none (the caller then refines
-        by colour, see :mod:`dcsam.prompting`). ``examples`` (the label's encoded examples) and
-        ``start`` (bool (H, W), the mask being refined) are hints an engine may use. The score
-        estimates the returned mask's quality."""
+    def prompt(self, image: np.ndarray, prompts: Prompts, start: np.ndarray | None = None) -> SegmentResult | None:
+        """Segment ``image`` from the clicks and/or box of ``prompts`` with the engine's own promptable
+        model; None when it has none (the caller then refines by colour, see :mod:`dcsam.prompting`).
+        ``start`` (bool (H, W), the mask being refined) and the examples are hints an engine may use.
+        The score estimates the returned mask's quality."""
         return None
 
-    def score_mask(
-        self,
-        image: np.ndarray,
-        mask: np.ndarray,
-        examples: Sequence[Any],
-        points: Sequence[tuple[float, float, bool]] = (),
-        box: tuple[float, float, float, float] | None = None,
-        label: str | None = None,
-    ) -> float | None:
+    def score_mask(self, image: np.ndarray, mask: np.ndarray, prompts: Prompts) -> float | None:
         """The engine's quality estimate in [0, 1] of any bool (H, W) ``mask`` of ``image`` (e.g. one a
-        refinement produced), given the label's encoded ``examples`` and the prompts; None when the
+        refinement produced), given the label's encoded examples and the prompts; None when the
         engine has no way to judge one."""
         return None
 

@@ -25,13 +25,15 @@ from ..modeling.project_prompter import token_types
 from ..training.loop import finetune_figures, optimise
 from ..training.losses import bce_dice_loss, soft_bce_dice_loss
 from ..training.project import augmented_views, cosine_lr, schedule_steps
-from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
+from .base import Engine, Episode, LabelledImage, ProgressFn, Prompts, SegmentResult
 
 log = logging.getLogger(__name__)
 
 PROMPT_GENERATOR_KIND = "dcsam-prompt-generator"
 # Settings a prompt-generator checkpoint must agree with (they change its architecture or inputs).
 ARCH_SETTINGS = ("sam", "backbone", "variant")
+
+Results = list[dict[str, SegmentResult]]  # per query image: label -> its result
 
 
 def save_prompt_generator(path, model: DCSAM, config: SegmenterConfig, **extra: Any) -> str:
@@ -333,19 +335,11 @@ class DCSAMEngine(Engine):
         return results
 
     @torch.no_grad()
-    def prompt(
-        self,
-        image: np.ndarray,
-        points: Sequence[tuple[float, float, bool]],
-        box: tuple[float, float, float, float] | None,
-        *,
-        examples: Sequence[Any] = (),
-        start: np.ndarray | None = None,
-        label: str | None = None,
-    ) -> SegmentResult | None:
+    def prompt(self, image: np.ndarray, prompts: Prompts, start: np.ndarray | None = None) -> SegmentResult | None:
         """SAM's own point / box prompting (the multi-mask output with the best predicted IoU, which
         is the score: SAM's estimate of the returned mask's IoU). The box goes to SAM's prompt
-        encoder as a box; ``examples``, ``start`` and ``label`` are not used (SAM answers the prompts)."""
+        encoder as a box; the examples, ``start`` and the label are not used (SAM answers the prompts)."""
+        points, box = prompts.points, prompts.box
         if not points and box is None:
             return None
         size = self.model.sam.image_size
@@ -370,12 +364,7 @@ class DCSAMEngine(Engine):
         )
 
     def predict_trained(
-        self,
-        images: Sequence[np.ndarray],
-        query: QueryFeatures,
-        support: SupportFeatures,
-        label: str,
-        results: list[dict[str, SegmentResult]],
+        self, images: Sequence[np.ndarray], query: QueryFeatures, support: SupportFeatures, label: str, results: Results
     ) -> None:
         """Decode with the trained prompt generator: ``results[i][label]`` for every image.
 
@@ -390,12 +379,7 @@ class DCSAMEngine(Engine):
             results[i][label] = SegmentResult(mask, score)
 
     def predict_cold_start(
-        self,
-        images: Sequence[np.ndarray],
-        query: QueryFeatures,
-        support: SupportFeatures,
-        label: str,
-        results: list[dict[str, SegmentResult]],
+        self, images: Sequence[np.ndarray], query: QueryFeatures, support: SupportFeatures, label: str, results: Results
     ) -> None:
         """Decode training-free: SAM prompted with points and a box read off DC-SAM's priors (plus the
         project prompter's residual once fine-tuned, :meth:`prompted_logits`); the same inputs and

@@ -41,7 +41,7 @@ from ..lite.quality import calibrated_score, mask_signals
 from ..masks import resize_mask
 from ..training.loop import finetune_figures, optimise
 from ..training.losses import soft_bce_dice_loss
-from .base import Engine, Episode, LabelledImage, ProgressFn, SegmentResult
+from .base import Engine, Episode, LabelledImage, ProgressFn, Prompts, SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -434,32 +434,24 @@ class LiteEngine(Engine):
     # -- prompts ---------------------------------------------------------------------------------------
     # The lite engine has no promptable model of its own (``prompt`` stays None): dcsam.prompting answers
     # clicks and boxes by GrabCut seeded with the in-context mask; this engine judges the result.
-    def score_mask(
-        self,
-        image: np.ndarray,
-        mask: np.ndarray,
-        examples: Sequence[Any],
-        points: Sequence[tuple[float, float, bool]] = (),
-        box: tuple[float, float, float, float] | None = None,
-        label: str | None = None,
-    ) -> float | None:
+    def score_mask(self, image: np.ndarray, mask: np.ndarray, prompts: Prompts) -> float | None:
         """The calibrated score (estimated IoU) of any bool (H, W) ``mask`` of ``image``: the signals of
         :mod:`dcsam.lite.quality` against the label's matching evidence, in which the prompts count
         as certain (clicked discs, the outside of a box). None without examples (no evidence)."""
-        if not examples:
+        if not prompts.examples:
             return None
-        bank, colour, single = self._prepare(label, examples)
+        bank, colour, single = self._prepare(prompts.label, prompts.examples)
         q = self._query(image)
         prob, refined, _ = self._work_maps(q, self.grid_logit(q, bank), colour, self._image_colour_weight())
         prob, refined = prob.copy(), refined.copy()
         wh, ww = q.work_image.shape[:2]
         h, w = image.shape[:2]
         sx, sy = ww / w, wh / h
-        if box is not None:
-            outside = ~_box_cells(box, (wh, ww), sx, sy)
+        if prompts.box is not None:
+            outside = ~_box_cells(prompts.box, (wh, ww), sx, sy)
             prob[outside] = refined[outside] = 0.0
         radius = max(2, round(0.012 * max(wh, ww)))  # the click disc of dcsam.prompting
-        for x, y, positive in points:
+        for x, y, positive in prompts.points:
             disc = np.zeros((wh, ww), np.uint8)
             cv2.circle(disc, (round(x * sx), round(y * sy)), radius, 1, -1)
             prob[disc > 0] = refined[disc > 0] = 1.0 if positive else 0.0

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dcsam import CheckpointError, InContextSegmenter
+from dcsam.engines.base import Prompts
 from dcsam.engines.dcsam_engine import prompts_from_priors, save_prompt_generator
 from tests.support.models import TINY_DCSAM
 
@@ -112,7 +113,7 @@ def test_clicks_and_box_go_to_sams_own_prompting(segmenter, monkeypatch):
 
     monkeypatch.setattr(engine.model.sam, "decode_prompts", spy)
     img, _ = synthetic_pair(3)  # 240 x 200
-    out = engine.prompt(img, [(120.0, 100.0, True), (24.0, 180.0, False)], (60.0, 50.0, 180.0, 150.0))
+    out = engine.prompt(img, Prompts([(120.0, 100.0, True), (24.0, 180.0, False)], (60.0, 50.0, 180.0, 150.0)))
     assert out.mask.shape == (200, 240) and 0.0 <= out.score <= 1.0
     coords, labels = seen["points"]
     # SAM's input is the image stretched to size x size: pixel coordinates scale per axis
@@ -122,13 +123,13 @@ def test_clicks_and_box_go_to_sams_own_prompting(segmenter, monkeypatch):
     # refinement with an unknown label (no in-context start) uses it, clipped to the box
     mask, score = segmenter.refine(img, None, points=[(120.0, 100.0, True)], box=(60.0, 50.0, 180.0, 150.0))
     assert seen["boxes"] is not None and mask.shape == (200, 240) and not mask[:50].any() and not mask[:, :60].any()
-    assert engine.prompt(img, [], None) is None
+    assert engine.prompt(img, Prompts()) is None
 
 
 def test_the_lite_engine_has_no_promptable_model():
     seg = InContextSegmenter.from_config(engine="lite")
     img, _ = synthetic_pair(4)
-    assert seg.engine.prompt(img, [(10.0, 10.0, True)], None) is None
+    assert seg.engine.prompt(img, Prompts([(10.0, 10.0, True)])) is None
 
 
 def test_a_box_goes_to_sam_even_when_the_mask_lies_inside_it(segmenter, monkeypatch):

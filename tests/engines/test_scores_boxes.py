@@ -8,6 +8,7 @@ import torch
 
 from dcsam.api import InContextSegmenter
 from dcsam.config import SegmenterConfig
+from dcsam.engines.base import Prompts
 from dcsam.engines.lite import LiteEngine
 from dcsam.lite.quality import MaskSignals, calibrated_score, mask_signals
 from dcsam.masks import iou
@@ -75,7 +76,7 @@ def test_the_score_of_a_worse_mask_is_lower(segmenter):
     good = pred.masks["disc"]
     assert iou(good, gt) > 0.8
     ex = segmenter.encoded_examples("disc")
-    s_good = segmenter.engine.score_mask(img, good, ex)
+    s_good = segmenter.engine.score_mask(img, good, Prompts(examples=ex))
     assert s_good == pytest.approx(pred.scores["disc"], abs=0.02)  # the same signals as the prediction's
     leak = good.copy()
     leak[10:60, 130:190] = True  # plus a patch of background
@@ -83,7 +84,7 @@ def test_the_score_of_a_worse_mask_is_lower(segmenter):
     half[90:] = False  # half of the object
     for worse in (leak, half):
         assert iou(worse, gt) < iou(good, gt)
-        assert segmenter.engine.score_mask(img, worse, ex) < s_good
+        assert segmenter.engine.score_mask(img, worse, Prompts(examples=ex)) < s_good
 
 
 def test_a_second_lookalike_lowers_the_score(segmenter):
@@ -109,7 +110,10 @@ def test_a_refinement_that_changes_the_mask_changes_its_score(segmenter):
     assert (cut != start).any() and not cut[80, 100]
     assert s_cut < start_score  # the object lost a piece: a worse mask
     assert s_cut == pytest.approx(
-        segmenter.engine.score_mask(img, cut, segmenter.encoded_examples("disc"), [(100.0, 80.0, False)]), abs=1e-6
+        segmenter.engine.score_mask(
+            img, cut, Prompts([(100.0, 80.0, False)], examples=segmenter.encoded_examples("disc"))
+        ),
+        abs=1e-6,
     )
 
 
@@ -137,7 +141,7 @@ def test_box_refinement_with_examples_is_scored_by_the_engine(segmenter):
     box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
     mask, score = segmenter.refine(img, None, box=box, label="disc")
     ex = segmenter.encoded_examples("disc")
-    assert score == pytest.approx(segmenter.engine.score_mask(img, mask, ex, [], box), abs=1e-6)
+    assert score == pytest.approx(segmenter.engine.score_mask(img, mask, Prompts(box=box, examples=ex)), abs=1e-6)
     # a box somewhere else holds none of the object: what it returns scores lower
     far, s_far = segmenter.refine(img, None, box=(2.0, 2.0, 40.0, 40.0), label="disc")
     assert not far.any() or s_far < score - 0.2
