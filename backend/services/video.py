@@ -453,25 +453,6 @@ class VideoPredictor:
         return masks
 
     # -- 2. <Video> tasks ---------------------------------------------------------------------------
-    def predict_video_task(
-        self,
-        project_id: int,
-        task: dict,
-        cfg: LabelConfig,
-        video_name: str,
-        controls: list[ControlTag],
-        access: LabelStudioAccess | None,
-        pe,
-        *,
-        version: str = "",
-        wait_s: float | None = None,
-    ) -> FrameOutcome:
-        """One task's VideoRectangle tracks (one region per label that is seen); after ``wait_s`` seconds
-        (None: no limit) an outcome with the :data:`PENDING` error while the track goes on in the background."""
-        run = self.start_video_task(project_id, task, cfg, video_name, controls, access, pe, version)
-        got = run.wait(wait_s)
-        return got if got is not None else FrameOutcome([], PENDING)
-
     def start_video_task(
         self,
         project_id: int,

@@ -7,7 +7,7 @@ each image's features once; ``forward_features`` runs only the trainable part an
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -19,40 +19,36 @@ from .prompt_generator import PromptGenerator
 from .sam_adapter import SamAdapter, SamFeatures
 
 
-def _cat_fields(cls: Any, items: list) -> Any:
-    """A ``cls`` whose every field is the items' fields concatenated along dim 0 (tensors, or values
-    with their own ``cat``)."""
-    parts = []
-    for field in fields(cls):
-        values = [getattr(item, field.name) for item in items]
-        parts.append(torch.cat(values) if torch.is_tensor(values[0]) else type(values[0]).cat(values))
-    return cls(*parts)
+class FeatureBatch:
+    """A dataclass of features batched along dim 0; each field is a tensor or a value with its own
+    ``cat`` and ``select`` (e.g. :class:`SamFeatures`)."""
 
+    @classmethod
+    def cat(cls, items: list[Self]) -> Self:
+        """Every field of the items concatenated along dim 0."""
+        parts = []
+        for field in fields(cls):  # type: ignore[arg-type]
+            values = [getattr(item, field.name) for item in items]
+            parts.append(torch.cat(values) if torch.is_tensor(values[0]) else type(values[0]).cat(values))
+        return cls(*parts)
 
-def _select_fields(obj: Any, index) -> Any:
-    """The same dataclass with every field indexed along dim 0 (tensors, or values with their own ``select``)."""
-    values = [getattr(obj, field.name) for field in fields(obj)]
-    return type(obj)(*[v[index] if torch.is_tensor(v) else v.select(index) for v in values])
+    def select(self, index) -> Self:
+        """The same batch with every field indexed along dim 0."""
+        values = [getattr(self, field.name) for field in fields(self)]  # type: ignore[arg-type]
+        return type(self)(*[v[index] if torch.is_tensor(v) else v.select(index) for v in values])
 
 
 @dataclass
-class QueryFeatures:
+class QueryFeatures(FeatureBatch):
     """Frozen features of query images. mid (B, Cmid, g, g); high (B, C4, h4, w4)."""
 
     mid: torch.Tensor
     high: torch.Tensor
     sam: SamFeatures
 
-    @staticmethod
-    def cat(items: list[QueryFeatures]) -> QueryFeatures:
-        return _cat_fields(QueryFeatures, items)
-
-    def select(self, index) -> QueryFeatures:
-        return _select_fields(self, index)
-
 
 @dataclass
-class SupportFeatures:
+class SupportFeatures(FeatureBatch):
     """Frozen features of K support shots per item, flattened to B*K along dim 0.
 
     mid (B*K, Cmid, g, g); mask (B*K, 1, g, g) in {0, 1}; high_pos / high_neg: layer4 of the
@@ -64,13 +60,6 @@ class SupportFeatures:
     high_pos: torch.Tensor
     high_neg: torch.Tensor
     sam: SamFeatures
-
-    @staticmethod
-    def cat(items: list[SupportFeatures]) -> SupportFeatures:
-        return _cat_fields(SupportFeatures, items)
-
-    def select(self, index) -> SupportFeatures:
-        return _select_fields(self, index)
 
     def repeat(self, times: int) -> SupportFeatures:
         """The same K shots for ``times`` queries (K shots stay contiguous per query)."""
