@@ -299,6 +299,36 @@ class Service:
             return "", f"its label config in Label Studio cannot be served: {exc}"
         return FOUND, ""
 
+    def _webhook_doubt(self, action: str, project_id: int, verified: bool, label_config: object) -> str | None:
+        """Why an event is not acted on (None: it is). An unverified event only counts once Label Studio
+        confirms it (a re-read stores the project's label config); a verified one is believed."""
+        if action == "PROJECT_DELETED":
+            if verified:
+                return None
+            if not self.store.projects.get(project_id):
+                return f"project {project_id} is not known here"
+            state, why = self.reread_project(project_id)
+            if state == GONE:
+                return None
+            return (
+                f"project {project_id} is forgotten only once Label Studio answers 404 for it "
+                f"({why or 'it still exists'}), or on a verified webhook (DCSAM_WEBHOOK_SECRET)"
+            )
+        if action == "PROJECT_UPDATED":
+            if verified and isinstance(label_config, str):
+                return None
+            state, why = self.reread_project(project_id)
+            return None if state == FOUND else f"project {project_id}: cannot re-read it from Label Studio: {why}"
+        if verified or self.knows_project(project_id):
+            return None
+        state, why = self.reread_project(project_id)
+        if state == FOUND:
+            return None
+        return (
+            f"project {project_id} is not set up on this backend and Label Studio does not confirm it "
+            f"({why}); connect the model to it in Label Studio, or set DCSAM_WEBHOOK_SECRET"
+        )
+
     def webhook(
         self, action: str, project_id: int, *, verified: bool, label_config: object = None, accepted: bool = False
     ) -> dict:
@@ -306,36 +336,17 @@ class Service:
         basic auth) is believed; any other only makes the backend re-read the truth from Label Studio, for
         projects set up here or that Label Studio lists, and stores nothing from its payload."""
         out: dict = {"status": "ok", "action": action}
+        doubt = self._webhook_doubt(action, project_id, verified, label_config)
+        if doubt is not None:
+            return _ignored(action, doubt)
         if action == "PROJECT_DELETED":
-            if not verified:
-                if not self.store.projects.get(project_id):
-                    return _ignored(action, f"project {project_id} is not known here")
-                state, why = self.reread_project(project_id)
-                if state != GONE:
-                    return _ignored(
-                        action,
-                        f"project {project_id} is forgotten only once Label Studio answers 404 for it "
-                        f"({why or 'it still exists'}), or on a verified webhook (DCSAM_WEBHOOK_SECRET)",
-                    )
             self.forget_project(project_id)
             return out
         if action == "PROJECT_UPDATED":
             if verified and isinstance(label_config, str):
                 self.label_studio.label_config(project_id, label_config)  # validated (LabelConfigError) or kept
-            else:
-                state, why = self.reread_project(project_id)
-                if state != FOUND:
-                    return _ignored(action, f"project {project_id}: cannot re-read it from Label Studio: {why}")
             self.store.projects.bump_examples_rev(project_id)
             return out
-        if not verified and not self.knows_project(project_id):
-            state, why = self.reread_project(project_id)
-            if state != FOUND:
-                return _ignored(
-                    action,
-                    f"project {project_id} is not set up on this backend and Label Studio does not confirm it "
-                    f"({why}); connect the model to it in Label Studio, or set DCSAM_WEBHOOK_SECRET",
-                )
         if action == "START_TRAINING":
             self.store.projects.bump_examples_rev(project_id)
             refusal = self.training_refusal(project_id)

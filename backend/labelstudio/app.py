@@ -76,6 +76,10 @@ KNOWN_EVENTS = ANNOTATION_EVENTS | {"PROJECT_UPDATED", "PROJECT_DELETED", "START
 _NOT_IN_REASON = re.compile(r"[^\x20-\x7e]+")  # an HTTP reason phrase: printable ASCII only
 
 
+class NotFoundError(Exception):
+    """A thing named in the path (a job) does not exist: answered 404 with this message."""
+
+
 def _refused(out: dict) -> Response:
     """A refused START_TRAINING: 422, its reason in the status line's reason phrase too.
 
@@ -167,6 +171,10 @@ def create_app(
     @app.errorhandler(413)
     def _too_large(exc):
         return jsonify({"status": 413, "detail": "request body too large"}), 413
+
+    @app.errorhandler(NotFoundError)
+    def _no_such(exc):
+        return jsonify({"status": 404, "detail": str(exc)}), 404
 
     @app.errorhandler(404)
     def _not_found(exc):
@@ -285,23 +293,23 @@ def create_app(
             {"jobs": service.store.jobs.list(limit=q.limit, project_id=q.project, status=q.status, kind=q.kind)}
         )
 
-    @app.get("/jobs/<job_id>")
-    def get_job(job_id: str):
-        job_id = parse_id(job_id, "a job id")
+    def _job(raw_id: str) -> dict:
+        job_id = parse_id(raw_id, "a job id")
         job = service.store.jobs.get(job_id)
         if job is None:
-            return jsonify({"status": 404, "detail": f"no job {job_id}"}), 404
-        return jsonify(job)
+            raise NotFoundError(f"no job {job_id}")
+        return job
+
+    @app.get("/jobs/<job_id>")
+    def get_job(job_id: str):
+        return jsonify(_job(job_id))
 
     @app.post("/jobs/<job_id>/cancel")
     def cancel_job(job_id: str):
-        job_id = parse_id(job_id, "a job id")
-        job = service.store.jobs.get(job_id)
-        if job is None:
-            return jsonify({"status": 404, "detail": f"no job {job_id}"}), 404
+        job = _job(job_id)
         if job["status"] in FINAL:
-            return jsonify({**job, "detail": f"job {job_id} is already {job['status']}"}), 409
-        return jsonify(service.cancel_job(job_id))
+            return jsonify({**job, "detail": f"job {job['id']} is already {job['status']}"}), 409
+        return jsonify(service.cancel_job(job["id"]))
 
     @app.post("/jobs/preannotate")
     def start_preannotate():

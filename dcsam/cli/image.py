@@ -159,11 +159,11 @@ def _eval_benchmark(args: argparse.Namespace) -> int:
     summary = evaluate_fewshot(
         model,
         dataset,
+        progress=True,
         episodes=args.num_episodes,
         seed=args.seed,
         batch_size=args.batch_size,
         device=device,
-        progress=True,
     )
     report = {
         "benchmark": args.benchmark,
