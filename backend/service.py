@@ -302,28 +302,24 @@ class Service:
     def _webhook_doubt(self, action: str, project_id: int, verified: bool, label_config: object) -> str | None:
         """Why an event is not acted on (None: it is). An unverified event only counts once Label Studio
         confirms it (a re-read stores the project's label config); a verified one is believed."""
+        if verified and (action != "PROJECT_UPDATED" or isinstance(label_config, str)):
+            return None
+        if action == "PROJECT_DELETED" and not self.store.projects.get(project_id):
+            return f"project {project_id} is not known here"
+        if action not in ("PROJECT_DELETED", "PROJECT_UPDATED") and self.knows_project(project_id):
+            return None
+        state, why = self.reread_project(project_id)
         if action == "PROJECT_DELETED":
-            if verified:
-                return None
-            if not self.store.projects.get(project_id):
-                return f"project {project_id} is not known here"
-            state, why = self.reread_project(project_id)
             if state == GONE:
                 return None
             return (
                 f"project {project_id} is forgotten only once Label Studio answers 404 for it "
                 f"({why or 'it still exists'}), or on a verified webhook (DCSAM_WEBHOOK_SECRET)"
             )
-        if action == "PROJECT_UPDATED":
-            if verified and isinstance(label_config, str):
-                return None
-            state, why = self.reread_project(project_id)
-            return None if state == FOUND else f"project {project_id}: cannot re-read it from Label Studio: {why}"
-        if verified or self.knows_project(project_id):
-            return None
-        state, why = self.reread_project(project_id)
         if state == FOUND:
             return None
+        if action == "PROJECT_UPDATED":
+            return f"project {project_id}: cannot re-read it from Label Studio: {why}"
         return (
             f"project {project_id} is not set up on this backend and Label Studio does not confirm it "
             f"({why}); connect the model to it in Label Studio, or set DCSAM_WEBHOOK_SECRET"
