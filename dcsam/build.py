@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -14,25 +16,22 @@ from .sam_models import build_sam_model, get_spec
 def build_dcsam(config: SegmenterConfig, *, meta: bool = False) -> DCSAM:
     """Build DC-SAM with frozen backbone and SAM. ``meta=True``: shapes only (parameter counts)."""
     spec = get_spec(config.sam)
+    # where both models' weights come from, and whether they may be downloaded
+    fetch: dict[str, Any] = {"cache_dir": config.resolved_cache_dir(), "allow_download": config.allow_download}
     if meta:
         with torch.device("meta"):
             backbone = BACKBONES[config.backbone][0]().freeze()
     else:
         backbone = create_backbone(
-            config.backbone,
-            weights=config.backbone_weights,
-            random_weights=config.random_backbone_weights,
-            cache_dir=config.resolved_cache_dir(),
-            allow_download=config.allow_download,
+            config.backbone, weights=config.backbone_weights, random_weights=config.random_backbone_weights, **fetch
         )
     sam = build_sam_model(
         config.sam,
         checkpoint=config.sam_checkpoint,
         random_weights=config.random_sam_weights,
-        cache_dir=config.resolved_cache_dir(),
-        allow_download=config.allow_download,
         meta=meta,
         image_size=config.sam_image_size,
+        **fetch,
     )
     if config.backbone_input_size:
         backbone.input_size = config.backbone_input_size

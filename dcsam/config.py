@@ -16,6 +16,26 @@ DEFAULT_SAM = "sam2.1_hiera_t"
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
+OFF_WORDS = ("0", "false", "no", "off", "none")
+
+
+def coerce_options(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with every value whose default is a bool, int or float converted to that type: engine
+    options come typed or as strings (``--option size=640``, a JSON setting). The words of
+    :data:`OFF_WORDS` are False, anything else True."""
+    out = dict(options)
+    for key, default in defaults.items():
+        if key not in out:
+            continue
+        if isinstance(default, bool):
+            out[key] = str(out[key]).lower() not in OFF_WORDS
+        elif isinstance(default, int):
+            out[key] = int(out[key])
+        elif isinstance(default, float):
+            out[key] = float(out[key])
+    return out
+
+
 def default_cache_dir() -> Path:
     """Where downloaded weights go: ``$DCSAM_CACHE_DIR`` or ``~/.cache/dcsam``."""
     return Path(os.environ.get("DCSAM_CACHE_DIR") or Path.home() / ".cache" / "dcsam")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from ..labelstudio.labelconfig import LabelConfigError, parse_label_config
@@ -68,25 +69,17 @@ def _score(figures: dict, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+@dataclass
 class StatusReader:
     """Builds :meth:`snapshot`; constructed once by the service."""
 
-    def __init__(
-        self,
-        store: Store,
-        examples: ExampleManager,
-        versions: VersionRegistry,
-        *,
-        engine: str,
-        engine_reason: str,
-        base_version: str,
-    ):
-        self.store = store
-        self.examples = examples
-        self.versions = versions
-        self.engine = engine
-        self.engine_reason = engine_reason
-        self.base_version = base_version
+    store: Store
+    examples: ExampleManager
+    versions: VersionRegistry
+    _: KW_ONLY
+    engine: str  # the engine's name, why it was chosen, and the version it serves before any fine-tune
+    engine_reason: str
+    base_version: str
 
     def training_runs(self, project_id: int, jobs: list[dict]) -> list[dict]:
         """The project's cross-validated fine-tunes, oldest first: promoted ones from its versions (kept for

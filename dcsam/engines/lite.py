@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import SegmenterConfig
+from ..config import SegmenterConfig, coerce_options
 from ..errors import CheckpointError, InputError
 from ..lite import postprocess
 from ..lite.backbone import lite_backbone
@@ -130,24 +130,9 @@ def _box_cells(box: tuple[float, float, float, float], shape: tuple[int, int], s
 
 def _normalise_options(o: dict[str, Any]) -> dict[str, Any]:
     """Accept options as typed values or as strings (e.g. from ``--option layers=2,4,6``)."""
-    o = dict(o)
+    o = coerce_options(o, DEFAULTS)
     o["layers"] = _int_list(o["layers"]) or list(DEFAULTS["layers"])
     o["query_sizes"] = _int_list(o["query_sizes"])
-    for key in ("memory", "single_instance"):
-        o[key] = str(o[key]).lower() not in ("0", "false", "no", "off", "none")
-    for key in ("output_stride", "size", "k", "guided_radius", "grabcut_iters", "hidden", "steps", "batch", "seed"):
-        o[key] = int(o[key])
-    for key in (
-        "temperature",
-        "colour",
-        "image_colour",
-        "colour_finetuned",
-        "guided_eps",
-        "keep_ratio",
-        "threshold",
-        "lr",
-    ):
-        o[key] = float(o[key])
     for key, allowed in (
         ("match", ("knn", "max", "prototype")),
         ("refine", ("bilinear", "guided", "grabcut")),

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import coerce_options
 from ..engines.base import LabelledImage, SegmentResult
 from ..engines.lite import LiteEngine, LiteExample
 from ..lite import postprocess
@@ -103,30 +104,7 @@ def normalise_video_options(options: Mapping[str, Any] | None) -> dict[str, Any]
     unknown = sorted(set(opts) - set(LITE_VIDEO_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown lite video option(s) {unknown}; known: {sorted(LITE_VIDEO_DEFAULTS)}")
-    for key in (
-        "memory_frames",
-        "memory_every",
-        "memory_bg",
-        "gate_min",
-        "band_min",
-        "readout_radius",
-        "readout_topk",
-        "readout_long",
-    ):
-        opts[key] = int(opts[key])
-    for key in (
-        "memory_min_score",
-        "memory_weight",
-        "prior_weight",
-        "band",
-        "gate_radius",
-        "gate_penalty",
-        "match_weight",
-        "readout_weight",
-        "readout_temperature",
-    ):
-        opts[key] = float(opts[key])
-    opts["flow"] = str(opts["flow"]).lower() not in ("0", "false", "no", "off", "none")
+    opts = coerce_options(opts, LITE_VIDEO_DEFAULTS)
     _flow_preset(str(opts["flow_preset"]))
     return opts
 
