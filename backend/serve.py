@@ -195,13 +195,12 @@ def run(args: argparse.Namespace) -> int:
     from prometheus_client import multiprocess
 
     def post_worker_init(worker) -> None:
-        if os.environ.get("DCSAM_WARMUP", "1") not in ("0", "false", "False", "no"):
-            backend = worker.wsgi.extensions.get("dcsam_service") if hasattr(worker.wsgi, "extensions") else None
-            if backend is not None:
-                backend.runtime.start_warmup()
-        backend = worker.wsgi.extensions.get("dcsam_service") if hasattr(worker.wsgi, "extensions") else None
-        if backend is not None:
-            backend.runner.start()  # resumes jobs a killed process left behind, without waiting for a request
+        service = worker.wsgi.extensions.get("dcsam_service") if hasattr(worker.wsgi, "extensions") else None
+        if service is None:
+            return
+        if service.settings.warmup:
+            service.runtime.start_warmup()
+        service.runner.start()  # resumes jobs a killed process left behind, without waiting for a request
 
     def child_exit(server, worker) -> None:
         multiprocess.mark_process_dead(worker.pid)  # drops its live* gauges; its counts stay in the sums

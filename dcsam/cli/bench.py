@@ -51,16 +51,17 @@ def _counts(text: str) -> tuple[int, ...]:
     return values
 
 
+BENCH_DOC = (
+    "Measure end-to-end pre-annotation throughput (encoded image in, a platform's regions out, e.g. Label Studio "
+    "brush RLE), a per-stage breakdown, and SAM's raw image encoder at the same batch size and precision. Prints "
+    "JSON. The engine is DC-SAM."
+)
+
+
 def add_parsers(sub) -> None:
     from ..bench import output_names
 
-    p = sub.add_parser(
-        "bench",
-        help="measure pre-annotation throughput on this device (JSON)",
-        description="Measure end-to-end pre-annotation throughput (encoded image in, a platform's regions out, "
-        "e.g. Label Studio brush RLE), a per-stage breakdown, and SAM's raw image encoder at the same "
-        "batch size and precision. Prints JSON. The engine is DC-SAM.",
-    )
+    p = sub.add_parser("bench", help="measure pre-annotation throughput on this device (JSON)", description=BENCH_DOC)
     add_model_args(p, engine=False)
     p.add_argument(
         "--decoder",
@@ -100,19 +101,9 @@ def add_parsers(sub) -> None:
     v = p.add_argument_group("video", "our SAM 2 propagation against upstream SAM2VideoPredictor (SAM 2 models)")
     v.add_argument("--no-video", action="store_true", help="skip the video measurement")
     v.add_argument("--video-frames", type=_at_least_two, default=64, help="frames of the synthetic clip (default 64)")
+    v.add_argument("--video-size", type=_size, default=(854, 480), metavar="WxH", help="frame size (default 854x480)")
     v.add_argument(
-        "--video-size",
-        type=_size,
-        default=(854, 480),
-        metavar="WxH",
-        help="size of the synthetic clip's frames (default 854x480, 480p)",
-    )
-    v.add_argument(
-        "--video-objects",
-        type=_counts,
-        default=(1, 3),
-        metavar="N[,N...]",
-        help="object counts to measure, one run each (default 1,3)",
+        "--video-objects", type=_counts, default=(1, 3), metavar="N,...", help="objects per run (default 1,3)"
     )
     v.add_argument(
         "--video-warmup-frames",

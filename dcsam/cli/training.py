@@ -10,10 +10,10 @@ from ..errors import DcsamError
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("train", help="train a DC-SAM prompt generator (run under torchrun for several GPUs)")
-    p.add_argument("--config", help="JSON or YAML training configuration")
+    p.add_argument("--config", metavar="FILE", help="JSON or YAML training configuration")
     p.add_argument("--preset", help="named configuration, e.g. pascal5i-fold0-r50-sam or tiny-synthetic-cpu")
-    p.add_argument("--data-root", help="dataset root (sets dataset.root)")
-    p.add_argument("--out", help="run folder (sets out_dir)")
+    p.add_argument("--data-root", metavar="DIR", help="dataset root (sets dataset.root)")
+    p.add_argument("--out", metavar="DIR", help="run folder (sets out_dir)")
     p.add_argument(
         "--set",
         action="append",

@@ -31,12 +31,16 @@ def add_parsers(sub) -> None:
         "--resolution", default="480p", help="official DAVIS layout: which resolution folder to read (default 480p)"
     )
     p.add_argument("--sequences", help="comma-separated sequence names (default: all)")
-    p.add_argument("--icvos-root", help="IC-VOS folder: <video>/JPEGImages/, <video>/Annotations/<class_id>/")
+    p.add_argument(
+        "--icvos-root", metavar="DIR", help="IC-VOS folder: <video>/JPEGImages/, <video>/Annotations/<class_id>/"
+    )
     p.add_argument("--videos", help="IC-VOS: comma-separated video ids (default: all)")
     p.add_argument("--classes", help="IC-VOS: comma-separated class ids (default: all)")
-    p.add_argument("--support-dir", help="IC-VOS: per-class supports <class_id>.jpg + <class_id>.png")
-    p.add_argument("--support-image", help="in-context protocol: example image (from another image or video)")
-    p.add_argument("--support-mask", help="mask of --support-image")
+    p.add_argument("--support-dir", metavar="DIR", help="IC-VOS: per-class supports <class_id>.jpg + <class_id>.png")
+    p.add_argument(
+        "--support-image", metavar="FILE", help="in-context protocol: example image (from another image or video)"
+    )
+    p.add_argument("--support-mask", metavar="FILE", help="mask of --support-image")
     p.add_argument(
         "--propagation",
         choices=["auto", "sam2", "lite"],
