@@ -101,10 +101,9 @@ def test_finetune_trains_only_the_prompt_generator():
     assert not engine.trained and engine.version.endswith("-coldstart-random")
 
 
-def test_clicks_and_box_go_to_sams_own_prompting(segmenter, monkeypatch):
-    engine = segmenter.engine
-    size = engine.model.sam.image_size
-    seen = {}
+def _spy_on_sam_prompts(engine, monkeypatch) -> dict:
+    """What the engine's SAM decoder is given: ``seen["points"]`` and ``seen["boxes"]`` of the last call."""
+    seen: dict = {}
     orig = engine.model.sam.decode_prompts
 
     def spy(feats, points=None, boxes=None, **kw):
@@ -112,6 +111,13 @@ def test_clicks_and_box_go_to_sams_own_prompting(segmenter, monkeypatch):
         return orig(feats, points=points, boxes=boxes, **kw)
 
     monkeypatch.setattr(engine.model.sam, "decode_prompts", spy)
+    return seen
+
+
+def test_clicks_and_box_go_to_sams_own_prompting(segmenter, monkeypatch):
+    engine = segmenter.engine
+    size = engine.model.sam.image_size
+    seen = _spy_on_sam_prompts(engine, monkeypatch)
     img, _ = synthetic_pair(3)  # 240 x 200
     out = engine.prompt(img, Prompts([(120.0, 100.0, True), (24.0, 180.0, False)], (60.0, 50.0, 180.0, 150.0)))
     assert out.mask.shape == (200, 240) and 0.0 <= out.score <= 1.0
@@ -137,14 +143,7 @@ def test_a_box_goes_to_sam_even_when_the_mask_lies_inside_it(segmenter, monkeypa
     # stops short of it (the sneaker without its sole) is not returned unchanged, SAM answers the box
     engine = segmenter.engine
     size = engine.model.sam.image_size
-    seen = {}
-    orig = engine.model.sam.decode_prompts
-
-    def spy(feats, points=None, boxes=None, **kw):
-        seen["boxes"] = boxes
-        return orig(feats, points=points, boxes=boxes, **kw)
-
-    monkeypatch.setattr(engine.model.sam, "decode_prompts", spy)
+    seen = _spy_on_sam_prompts(engine, monkeypatch)
     img, _ = synthetic_pair(5)  # 240 x 200
     start = np.zeros((200, 240), bool)
     start[60:120, 70:170] = True  # inside the box, short of its bottom

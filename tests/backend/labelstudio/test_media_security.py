@@ -206,23 +206,26 @@ def test_every_redirect_hop_is_checked(names, hosts):
         fetch(f"http://images.test:{h.port}/img.png", ALLOW)
 
 
+def _redirecting_label_studio(names, hosts, path: str, host: str, target: str):
+    """Label Studio at ls.test whose ``path`` redirects to ``target`` on another loopback server called
+    ``host``: (Label Studio's server, the other server, an access holding Label Studio's token)."""
+    other = hosts({target.split("?")[0]: ok})
+    names["ls.test"] = names[host] = ["127.0.0.1"]
+    ls = hosts({path: redirect(f"http://{host}:{other.port}{target}")})
+    return ls, other, LegacyTokenAccess(f"http://ls.test:{ls.port}", "secret-token", max_download_bytes=1 << 20)
+
+
 def test_a_redirect_from_label_studio_to_a_private_host_is_refused_when_private_is_off(names, hosts):
-    other = hosts({"/img.png": ok})
-    names["ls.test"] = ["127.0.0.1"]
-    names["intranet.test"] = ["127.0.0.1"]
-    ls = hosts({"/media/img.png": redirect(f"http://intranet.test:{other.port}/img.png")})
-    access = LegacyTokenAccess(f"http://ls.test:{ls.port}", "secret-token", max_download_bytes=1 << 20)
+    ls, other, access = _redirecting_label_studio(names, hosts, "/media/img.png", "intranet.test", "/img.png")
     with pytest.raises(MediaError, match="intranet.test is 127.0.0.1"):
         fetch(f"http://ls.test:{ls.port}/media/img.png", DENY, access)
     assert ls.paths() == ["/media/img.png"] and other.requests == []
 
 
 def test_the_token_is_not_sent_to_the_host_a_redirect_leads_to(names, hosts):
-    other = hosts({"/bucket/img.png": ok})
-    names["ls.test"] = ["127.0.0.1"]
-    names["bucket.test"] = ["127.0.0.1"]
-    ls = hosts({"/data/upload/1/img.png": redirect(f"http://bucket.test:{other.port}/bucket/img.png?sig=1")})
-    access = LegacyTokenAccess(f"http://ls.test:{ls.port}", "secret-token", max_download_bytes=1 << 20)
+    ls, other, access = _redirecting_label_studio(
+        names, hosts, "/data/upload/1/img.png", "bucket.test", "/bucket/img.png?sig=1"
+    )
     assert fetch("/data/upload/1/img.png", ALLOW, access) == BODY
     assert ls.requests[0][1]["authorization"] == "Token secret-token"
     assert "authorization" not in other.requests[0][1]

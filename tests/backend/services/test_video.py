@@ -30,6 +30,14 @@ def _metric(h, name: str, **labels) -> float:
 
 
 # -- label config ---------------------------------------------------------------------------------
+def _annotated_example_video(fake_ls, data_dir, tmp_path, long_side: int) -> None:
+    """Task 1: a 3-frame car-roundabout <Video> whose first frame carries an accepted box keyframe."""
+    example = davis_frames(data_dir, "car-roundabout", 3, long_side=long_side)
+    fake_ls.files["/data/upload/1/ex.mp4"] = mp4_bytes(tmp_path / "ex.mp4", example)
+    region = keyframe_region(example[0][1], 1)
+    fake_ls.tasks.append(annotated_task(1, 1, "/data/upload/1/ex.mp4", [region], key="video", annotation_id=11))
+
+
 def test_video_config_has_tracks_with_labels_and_framerate():
     cfg = parse_label_config(VIDEO_CONFIG)
     assert [c.name for c in cfg.track_controls] == ["box"]
@@ -221,13 +229,7 @@ def test_video_task_tracks_from_its_own_keyframe(harness_factory, fake_ls, data_
 
 
 def test_video_task_from_another_videos_keyframe_example_and_broken_video(harness_factory, fake_ls, data_dir, tmp_path):
-    example = davis_frames(data_dir, "car-roundabout", 3, long_side=854)
-    fake_ls.files["/data/upload/1/ex.mp4"] = mp4_bytes(tmp_path / "ex.mp4", example)
-    fake_ls.tasks.append(
-        annotated_task(
-            1, 1, "/data/upload/1/ex.mp4", [keyframe_region(example[0][1], 1)], key="video", annotation_id=11
-        )
-    )
+    _annotated_example_video(fake_ls, data_dir, tmp_path, long_side=854)
     frames = davis_frames(data_dir, "car-shadow", 6, long_side=854)
     fake_ls.files["/data/upload/1/q.mp4"] = mp4_bytes(tmp_path / "q.mp4", frames)
     fake_ls.files["/data/upload/1/bad.mp4"] = b"\x00\x00\x00 not a video"
@@ -345,13 +347,7 @@ def test_video_tasks_are_tracked_in_the_background_and_then_served_from_the_cach
     """Issue 14 item 9: /predict never holds Label Studio's request for a whole propagation. A request
     starts every <Video> task's track and answers, after DCSAM_VIDEO_TASK_WAIT_S, with no prediction ([])
     for the unfinished ones; the next request, and a pre-annotation job, get the cached tracks."""
-    example = davis_frames(data_dir, "car-roundabout", 3, long_side=426)
-    fake_ls.files["/data/upload/1/ex.mp4"] = mp4_bytes(tmp_path / "ex.mp4", example)
-    fake_ls.tasks.append(
-        annotated_task(
-            1, 1, "/data/upload/1/ex.mp4", [keyframe_region(example[0][1], 1)], key="video", annotation_id=11
-        )
-    )
+    _annotated_example_video(fake_ls, data_dir, tmp_path, long_side=426)
     clips = {name: davis_frames(data_dir, name, 4, long_side=426) for name in ("car-shadow", "car-roundabout")}
     tasks = []
     for task_id, (name, frames) in enumerate(clips.items(), start=2):
@@ -387,13 +383,7 @@ def test_video_tasks_are_tracked_in_the_background_and_then_served_from_the_cach
 
 def test_a_failed_track_is_not_cached(harness_factory, fake_ls, data_dir, tmp_path):
     """A transient failure (the video was not there yet) must not stick: the next request tracks again."""
-    example = davis_frames(data_dir, "car-roundabout", 3, long_side=426)
-    fake_ls.files["/data/upload/1/ex.mp4"] = mp4_bytes(tmp_path / "ex.mp4", example)
-    fake_ls.tasks.append(
-        annotated_task(
-            1, 1, "/data/upload/1/ex.mp4", [keyframe_region(example[0][1], 1)], key="video", annotation_id=11
-        )
-    )
+    _annotated_example_video(fake_ls, data_dir, tmp_path, long_side=426)
     task = {"id": 2, "project": 1, "data": {"video": "/data/upload/1/late.mp4"}, "annotations": []}
     h = harness_factory(
         LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_VIDEO_TASK_WAIT_S=WAIT_FOR_TRACKS
