@@ -69,7 +69,9 @@ def get_local_path(url: str, **kwargs: Any) -> str:
     return sdk_io.get_local_path(url, **kwargs)
 
 
-class _TrackedHTTPConnection(HTTPConnection):
+class _TrackedConnection:
+    """Connection mixin: tells the active download session (if any) which peer each new socket reached."""
+
     def connect(self) -> None:
         super().connect()
         session = _active.get()
@@ -77,12 +79,12 @@ class _TrackedHTTPConnection(HTTPConnection):
             session.connected(self.host, self.port, self.sock, proxied=bool(self.proxy))
 
 
-class _TrackedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        session = _active.get()
-        if session is not None:
-            session.connected(self.host, self.port, self.sock, proxied=bool(self.proxy))
+class _TrackedHTTPConnection(_TrackedConnection, HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_TrackedConnection, HTTPSConnection):
+    pass
 
 
 class _TrackedHTTPPool(HTTPConnectionPool):

@@ -45,6 +45,9 @@ from .base import Engine, Episode, LabelledImage, ProgressFn, Prompts, SegmentRe
 
 log = logging.getLogger(__name__)
 
+# (foreground probability, refined probability, guided-filter coefficients or None) at the working size
+WorkMaps = tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]
+
 DEFAULTS: dict[str, Any] = {
     "output_stride": 16,  # 16 = last blocks dilated (finer deep features, default); 32 = plain, 8 = slowest
     "size": 512,  # working long side (features, priors, refinement); full resolution only at the end
@@ -278,17 +281,13 @@ class LiteEngine(Engine):
         return str(self.opts["components"])
 
     def _work_maps(
-        self,
-        q: LiteQuery,
-        logit: torch.Tensor,
-        colour: postprocess.ColourModel | None,
-        colour_weight: float | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        self, q: LiteQuery, logit: torch.Tensor, colour: postprocess.ColourModel | None, weight: float | None = None
+    ) -> WorkMaps:
         """(foreground probability, refined probability, guided coefficients or None), each (wh, ww)
-        at the working size, of a logit of ``q`` (any size, upsampled bilinearly). ``colour_weight``:
-        the colour model's weight (None: the ``colour`` option, or ``colour_finetuned``)."""
+        at the working size, of a logit of ``q`` (any size, upsampled bilinearly). ``weight``: the
+        colour model's weight (None: the ``colour`` option, or ``colour_finetuned``)."""
         o = self.opts
-        cw = self._colour_weight() if colour_weight is None else float(colour_weight)
+        cw = self._colour_weight() if weight is None else float(weight)
         wh, ww = q.work_image.shape[:2]
         z = (
             F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]

@@ -18,26 +18,13 @@ from dcsam.errors import InputError
 from dcsam.lite import postprocess
 from dcsam.masks import iou
 from tests.support.data import DATA
+from tests.support.scenes import striped_disc_scene
 
 
 # -- synthetic scenes --------------------------------------------------------------------------
 def _scene(seed: int, size: int = 160, centre=(80, 80), radius: int = 34):
     """A textured background with an orange striped disc; returns (image uint8, mask bool)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    bg = np.stack(
-        [
-            90 + 40 * np.sin(xx / 7.0 + seed),
-            130 + 30 * np.cos(yy / 5.0),
-            160 + 20 * np.sin((xx + yy) / 11.0),
-        ],
-        -1,
-    )
-    img = bg + rng.normal(0, 8, bg.shape)
-    mask = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
-    disc = np.stack([230 + 0 * xx, 120 + 50 * ((xx // 6) % 2), 30 + 0 * xx], -1)
-    img[mask] = disc[mask] + rng.normal(0, 8, (int(mask.sum()), 3))
-    return np.clip(img, 0, 255).astype(np.uint8), mask
+    return striped_disc_scene(seed, size, radius, centre)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from dcsam.training.crossval import (
     tubes,
     validation_ious,
 )
+from tests.support.scenes import striped_disc_scene
 from tests.support.spies import spy_on_tube_finetuning
 
 # a small working size keeps each fine-tune run to seconds on a CPU
@@ -117,17 +118,7 @@ def test_step_names():
 # -- cross-validation with the lite engine ---------------------------------------------------------
 def _scene(seed: int, size: int = 96):
     """A textured background with an orange striped disc whose place varies; returns (image, mask)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    bg = np.stack(
-        [90 + 40 * np.sin(xx / 7.0 + seed), 130 + 30 * np.cos(yy / 5.0), 160 + 20 * np.sin((xx + yy) / 11.0)], -1
-    )
-    img = bg + rng.normal(0, 8, bg.shape)
-    cy, cx = rng.integers(30, size - 30, 2)
-    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= 20**2
-    disc = np.stack([230 + 0 * xx, 120 + 50 * ((xx // 6) % 2), 30 + 0 * xx], -1)
-    img[mask] = disc[mask] + rng.normal(0, 8, (int(mask.sum()), 3))
-    return np.clip(img, 0, 255).astype(np.uint8), mask
+    return striped_disc_scene(seed, size, 20)
 
 
 @pytest.fixture(scope="module")
