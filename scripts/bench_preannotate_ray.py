@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = sorted((DAVIS / "JPEGImages").glob("*/*.jpg"))
     first = frames.index(DAVIS / "JPEGImages" / "blackswan" / "00000.jpg")
     frames = [frames[(first + i) % len(frames)] for i in range(args.tasks)]
-    work = Path(tempfile.mkdtemp(prefix="dcsam-bench-ray-"))
+    work = Path(tempfile.mkdtemp(prefix="dcsam-ray-bench-"))  # short: Ray's socket paths live under it
     ls = FakeLabelStudio().start()
     lite = InContextSegmenter.from_config(engine="lite")  # the single-process run's engine, loaded before it
     env = {
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     include_dashboard=False,
                     object_store_memory=256 * 1024**2,
                     namespace="dcsam",
-                    _temp_dir=tempfile.mkdtemp(prefix="dcsam-ray-b"),
+                    _temp_dir=str(work / "ray"),
                     log_to_driver=False,
                 )
                 ray = ray_module
