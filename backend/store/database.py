@@ -165,7 +165,6 @@ class Dialect:
 
     name: str
     skip_locked: str  # appended to a claim's SELECT: lock the row, skip those another replica holds
-    shared: bool  # several processes on several machines may use the database
 
     def ddl(self, text: str) -> str:
         """The schema text (written for SQLite) in this dialect: 64-bit ids, double-precision times, identity."""
@@ -176,8 +175,8 @@ class Dialect:
         return re.sub(r"\bREAL\b", "DOUBLE PRECISION", text)  # REAL is 4 bytes in PostgreSQL: no epoch seconds
 
 
-SQLITE = Dialect("sqlite", "", shared=False)
-POSTGRESQL = Dialect("postgresql", " FOR UPDATE SKIP LOCKED", shared=True)
+SQLITE = Dialect("sqlite", "")
+POSTGRESQL = Dialect("postgresql", " FOR UPDATE SKIP LOCKED")
 
 
 class _PgConnection:
