@@ -222,3 +222,41 @@ def test_an_actor_killed_mid_batch_loses_and_duplicates_nothing(
     monkeypatch.setattr(preannotate_ray.ActorPool, "run", run)
     assert _run(h, 6)["status"] == "done"
     _same(_by_task(fake_ls, 5), _by_task(fake_ls, 6))
+
+
+@pytest.mark.slow
+def test_frame_sequences_stay_in_the_backend_and_plain_images_go_to_the_actors(
+    local_ray, ls_backend_factory, fake_ls, data_dir, monkeypatch
+):
+    """A project with a frame-sequence video and two plain images: the video propagates in the backend (its
+    frames in order), the plain images go to the actors; the same predictions as the single-process job."""
+    from backend.services import preannotate_ray
+    from tests.support.configs import SEQUENCE_CONFIG
+    from tests.support.fakes import image_bytes
+    from tests.support.video import davis_frames, sequence_project
+
+    frames = davis_frames(data_dir, "car-shadow", 7)
+    for project in (7, 8):
+        fake_ls.label_configs[project] = SEQUENCE_CONFIG
+        sequence_project(fake_ls, frames[:5], "car-shadow", project * 1000 + 1, project=project)
+        for i in (5, 6):  # no video or frame key: plain image tasks
+            ref = f"/data/upload/{project}/plain_{i}.jpg"
+            fake_ls.files[ref] = image_bytes(frames[i][0])
+            task = {"id": project * 1000 + 1 + i, "project": project, "data": {"image": ref}, "annotations": []}
+            fake_ls.tasks.append(task)
+    sent: list[int] = []
+    run = preannotate_ray.ActorPool.run
+
+    def counting(pool, calls):
+        sent.append(len(calls))
+        return run(pool, calls)
+
+    monkeypatch.setattr(preannotate_ray.ActorPool, "run", counting)
+    local = ls_backend_factory(JOB_ENV)
+    assert _run(local, 7)["status"] == "done"
+    on_ray = ls_backend_factory(JOB_ENV, **RAY_ENV)
+    job = _run(on_ray, 8)
+    assert job["status"] == "done" and job["figures"]["imported"] == 7 and job["figures"]["failed"] == 0, job
+    assert on_ray.service.metrics.value("dcsam_video_propagations_total", kind="sequence") == 1
+    assert sum(sent) == 2  # the two plain images, a batch each (2 actors); no frame reaches an actor
+    _same(_by_task(fake_ls, 8), _by_task(fake_ls, 7))
