@@ -87,7 +87,8 @@ class Service:
         self.choice = choice or _choice_from_env() or choose_engine(settings, try_download=False)
         self.config = segmenter_config(settings, self.choice)
         self.version = model_version(settings, self.choice)
-        self.store = Store(settings.model_dir)
+        # SQLite under MODEL_DIR, or PostgreSQL shared by replicas (DCSAM_DATABASE_URL); "" = SQLite, never the env
+        self.store = Store(settings.model_dir, settings.database_url or "", job_lease_s=settings.job_lease_s)
         self.store.jobs.keep_per_project = settings.jobs_keep_per_project
         self.store.jobs.keep_days = settings.jobs_keep_days
         self.store.versions.record_base(

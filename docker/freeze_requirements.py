@@ -2,7 +2,7 @@
 
     .venv/bin/python docker/freeze_requirements.py > docker/requirements.txt
 
-Walks dcsam's requirements (pyproject.toml, no extras) through the installed distributions' metadata,
+Walks dcsam's requirements (pyproject.toml, and psycopg of the extras) through the installed distributions' metadata,
 following extras, so the image gets exactly the versions CI tests. sam2 is installed by its own
 Dockerfile step (an sdist that builds against the installed torch) and is listed apart at the end.
 """
@@ -16,6 +16,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 SEPARATE = {"sam2"}
+# packages of the extras that the image carries too: psycopg, for replicas sharing PostgreSQL (Ray is left out:
+# a Ray cluster runs its own image with dcsam installed)
+IMAGE_EXTRAS = {"psycopg"}
 
 
 def _root_requirements() -> list[str]:
@@ -24,7 +27,13 @@ def _root_requirements() -> list[str]:
     from pathlib import Path
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
-    return list(project["dependencies"])
+    extras = [
+        req
+        for reqs in project.get("optional-dependencies", {}).values()
+        for req in reqs
+        if canonicalize_name(Requirement(req).name) in IMAGE_EXTRAS
+    ]
+    return list(project["dependencies"]) + extras
 
 
 def closure(requirements: list[str]) -> dict[str, str]:

@@ -28,15 +28,13 @@ import cv2  # noqa: E402
 
 from dcsam.io import read_image, read_mask  # noqa: E402
 from dcsam.masks import resize_mask  # noqa: E402
+from tests.support.configs import brush_config  # noqa: E402
 from tests.support.data import DATA  # noqa: E402
 from tests.support.label_studio import LEGACY_TOKEN, Backend, LabelStudio  # noqa: E402
 from tests.support.regions import brush_result  # noqa: E402
 
 DAVIS = DATA / "davis16-dev"
-CONFIG = (
-    '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
-    '<Label value="blackswan"/></BrushLabels></View>'
-)
+CONFIG = brush_config("blackswan")
 
 
 def main(argv: list[str] | None = None) -> int:

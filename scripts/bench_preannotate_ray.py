@@ -34,16 +34,14 @@ sys.path.insert(0, str(REPO))
 from dcsam.api import InContextSegmenter  # noqa: E402
 from dcsam.io import read_image, read_mask  # noqa: E402
 from dcsam.masks import resize_mask  # noqa: E402
+from tests.support.configs import brush_config  # noqa: E402
 from tests.support.data import DATA  # noqa: E402
 from tests.support.fakes import FakeLabelStudio  # noqa: E402
 from tests.support.harness import BackendHarness  # noqa: E402
 from tests.support.regions import annotated_task, brush_region  # noqa: E402
 
 DAVIS = DATA / "davis16-dev"
-CONFIG = (
-    '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
-    '<Label value="blackswan"/></BrushLabels></View>'
-)
+CONFIG = brush_config("blackswan")
 
 
 def add_project(ls: FakeLabelStudio, project: int, frames: list[Path]) -> list[int]:

@@ -32,19 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dcsam.io import read_image, read_mask  # noqa: E402
+from tests.support.configs import brush_config  # noqa: E402
 from tests.support.data import DATA  # noqa: E402
 from tests.support.fakes import FakeLabelStudio, image_bytes  # noqa: E402
 from tests.support.regions import annotated_task, brush_region  # noqa: E402
 
 VIDEOS = ("blackswan", "car-roundabout", "car-shadow", "dog")
 EXTRA_ENV: dict[str, str] = {}  # backend settings from --set KEY=VALUE
-
-
-def config(labels: list[str]) -> str:
-    tags = "".join(f'<Label value="{label}"/>' for label in labels)
-    return (
-        f'<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">{tags}</BrushLabels></View>'
-    )
 
 
 def davis_frame(video: str, frame: int):
@@ -64,7 +58,7 @@ def add_project(ls: FakeLabelStudio, project: int, size: int) -> list[str]:
     else:
         raise SystemExit(f"no {size}-task project: use 3 or 20")
     labels = sorted({label for label, _, _ in items})
-    ls.label_configs[project] = config(labels)
+    ls.label_configs[project] = brush_config(*labels)
     for i, (label, img, mask) in enumerate(items):
         path = f"/data/upload/{project}/t{i}.jpg"
         ls.files[path] = image_bytes(img)
@@ -146,7 +140,7 @@ def bench_latency(requests: int, size: int) -> dict:
             try:
                 project = 200
                 labels = add_project(ls, project, size)
-                cfg = config(labels)
+                cfg = brush_config(*labels)
                 assert h.setup(project, cfg).status_code == 200
                 annotated = [t["data"]["image"] for t in ls.tasks if t["project"] == project]
                 # the annotated images again, as tasks nobody annotated: a real mask for each

@@ -315,7 +315,9 @@ def create_app(
     def start_preannotate():
         body, _ = _body(PreannotateBody)
         project_id = _project_arg(body)
-        params = {"page_size": body.page_size} if body.page_size is not None else {}
+        params: dict = {"page_size": body.page_size} if body.page_size is not None else {}
+        if body.ray is not None and body.ray is not False:
+            params["ray"] = body.ray  # the job refuses a cluster other than DCSAM_RAY_ADDRESS
         job = service.submit_preannotate(project_id, reason="POST /jobs/preannotate", params=params)
         return jsonify(service.store.jobs.get(job)), 202
 

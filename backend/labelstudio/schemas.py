@@ -181,6 +181,8 @@ class ProjectBody(Lenient):
 
 class PreannotateBody(ProjectBody):
     page_size: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+    # Ray: true / "auto", "local" or the configured address (checked by backend.services.preannotate.ray_address)
+    ray: StrictBool | Annotated[str, Field(min_length=1, max_length=300)] | None = None
 
 
 class JobsQuery(ProjectBody):

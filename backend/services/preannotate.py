@@ -174,21 +174,14 @@ class LocalPages:
         pass
 
 
-def page_model(
-    deps: JobDeps,
-    ctx: JobContext,
-    project_id: int,
-    cfg: LabelConfig,
-    access: LabelStudioAccess,
-    pool: ThreadPoolExecutor,
-) -> PageModel:
-    """Ray when the job's ``ray`` param or ``DCSAM_RAY_ADDRESS`` asks for it, else this process."""
+def page_model(deps: JobDeps, ctx: JobContext, local: LocalPages) -> PageModel:
+    """Ray when the job's ``ray`` param or ``DCSAM_RAY_ADDRESS`` asks for it, else ``local`` (this process)."""
     address = ray_address(ctx.params.get("ray"), deps.settings.ray_address)
     if address is None:
-        return LocalPages(deps, project_id, cfg, access, pool)
+        return local
     from .preannotate_ray import RayPages  # imports ray: only jobs that use it pay for it
 
-    return RayPages(deps, ctx, project_id, cfg, access, pool, address)
+    return RayPages(local, ctx, address)
 
 
 def ray_address(asked: object, configured: str | None) -> str | None:
@@ -225,7 +218,7 @@ def run_preannotate(deps: JobDeps, ctx: JobContext) -> tuple[str, str, dict]:
     io_pool = ThreadPoolExecutor(max_workers=s.preannotate_io_threads, thread_name_prefix="dcsam-dl")
     lister = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcsam-list")
     try:
-        pages = page_model(deps, ctx, project_id, cfg, access, io_pool)
+        pages = page_model(deps, ctx, LocalPages(deps, project_id, cfg, access, io_pool))
     except BaseException:
         lister.shutdown()
         io_pool.shutdown()

@@ -65,7 +65,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -76,7 +76,7 @@ from dcsam.checkpoints import clone_state
 from dcsam.config import SegmenterConfig
 from dcsam.errors import DcsamError
 
-from ..labelstudio.labelconfig import ControlTag, LabelConfig
+from ..labelstudio.labelconfig import ControlTag
 from ..labelstudio.media import LabelStudioAccess, configure
 from ..labelstudio.outputs import mask_regions
 from ..settings import BackendSettings
@@ -84,6 +84,9 @@ from .deps import JobDeps
 from .jobs import JobContext, JobError
 from .predictor import Predictor, TaskOutcome, empty_prediction
 from .video import sequence_id
+
+if TYPE_CHECKING:
+    from .preannotate import LocalPages
 
 log = logging.getLogger(__name__)
 
@@ -383,25 +386,18 @@ def credentials(deps: JobDeps, project_id: int) -> tuple[str, str]:
 
 
 class RayPages:
-    """The pages of one job on Ray (see the module docstring)."""
+    """The pages of one job on Ray (see the module docstring); ``local`` gives the job's project, config,
+    Label Studio access and I/O pool (frame sequences are still predicted by it, in this process)."""
 
-    def __init__(
-        self,
-        deps: JobDeps,
-        ctx: JobContext,
-        project_id: int,
-        cfg: LabelConfig,
-        access: LabelStudioAccess,
-        pool: ThreadPoolExecutor,
-        address: str,
-    ):
+    def __init__(self, local: LocalPages, ctx: JobContext, address: str):
+        deps, project_id = local.deps, local.project_id
         self.deps, self.ctx, self.project_id, self.cfg, self.access, self.pool = (
             deps,
             ctx,
             project_id,
-            cfg,
-            access,
-            pool,
+            local.cfg,
+            local.access,
+            local.pool,
         )
         self.credentials = credentials(deps, project_id)
         try:

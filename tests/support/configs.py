@@ -15,3 +15,10 @@ SEQUENCE_CONFIG = """<View><Image name="image" value="$image"/>
 VIDEO_CONFIG = """<View><Video name="video" value="$video" framerate="25"/>
 <VideoRectangle name="box" toName="video"/>
 <Labels name="videoLabels" toName="video"><Label value="car"/><Label value="dog"/></Labels></View>"""
+
+
+def brush_config(*labels: str) -> str:
+    """One image ``$image`` with a BrushLabels control ``tag`` over ``labels``."""
+    tags = "".join(f'<Label value="{label}"/>' for label in labels)
+    brush = f'<BrushLabels name="tag" toName="image">{tags}</BrushLabels>'
+    return f'<View><Image name="image" value="$image"/>{brush}</View>'
