@@ -61,6 +61,10 @@ class FrameOutcome:
     error: str | None = None
 
 
+class ModelChanged(Exception):
+    """The project's model version changed during a propagation (a promotion or a rollback landed)."""
+
+
 PENDING = "its track is still being computed in the background (DCSAM_VIDEO_TASK_WAIT_S); ask again later"
 
 
@@ -241,10 +245,17 @@ class VideoPredictor:
             self.sam2_model = vs.sam2_model
         return vs
 
-    def _step(self, project_id: int, iterator):
-        """The next result of a propagation, computed under the inference lock with the project's weights."""
+    def _step(self, project_id: int, iterator, version: str):
+        """The next result of a propagation, computed under the inference lock with the project's weights.
+        Raises :class:`ModelChanged` once they are no longer ``version``'s (a promotion or a rollback landed):
+        the rest of the propagation would mix two models under one label."""
         with self.model.inference_lock:
-            self.prepare(project_id)
+            served = self.prepare(project_id)
+            if served != version:
+                raise ModelChanged(
+                    f"the model changed from {version} to {served} during the propagation; "
+                    "it is computed again with the new one"
+                )
             return next(iterator, None)
 
     # -- 1. frame-sequence image tasks -------------------------------------------------------------
@@ -404,7 +415,7 @@ class VideoPredictor:
                         SubFrames(source, lo, hi), masks=masks, frame_index=anchor - lo, labels=labels
                     )
                     while not run.cancelled:
-                        res = self._step(project_id, iterator)
+                        res = self._step(project_id, iterator, run.key[0])
                         if res is None:
                             break
                         task = frames[lo + res.index]
@@ -416,8 +427,9 @@ class VideoPredictor:
                         )
                         run.put(task["id"], FrameOutcome(regions))
                         self.count("dcsam_video_frames_total", kind="sequence")
-                except (DcsamError, MediaError, LabelStudioError) as exc:
+                except (DcsamError, MediaError, LabelStudioError, ModelChanged) as exc:
                     log.error("project %s, video %r, frames %d..%d: %s", project_id, video, lo, hi - 1, exc)
+                    run.cancelled = run.cancelled or isinstance(exc, ModelChanged)
                     for t in frames[lo:hi]:
                         if t["id"] not in run.outcomes:
                             run.put(t["id"], FrameOutcome([], f"video {video!r}: {exc}"))
@@ -498,7 +510,7 @@ class VideoPredictor:
 
     def _run_track(self, run: TrackRun, *args) -> None:
         try:
-            outcome = self._track(*args)
+            outcome = self._track(run.key[0], *args)
         except Exception as exc:  # a bug must not leave requests waiting
             log.exception("task %s: track failed", args[1].get("id"))
             outcome = FrameOutcome([], f"{type(exc).__name__}: {exc}")
@@ -506,6 +518,7 @@ class VideoPredictor:
 
     def _track(
         self,
+        version: str,
         project_id: int,
         task: dict,
         tag: VideoTag,
@@ -539,7 +552,7 @@ class VideoPredictor:
                 iterator = vs.segment(source, masks=masks, frame_index=anchor, labels=labels)
                 n = 0
                 while True:
-                    res = self._step(project_id, iterator)
+                    res = self._step(project_id, iterator, version)
                     if res is None:
                         break
                     n = max(n, res.index + 1)
@@ -550,7 +563,7 @@ class VideoPredictor:
                             if boxes[k][res.index] is not None:
                                 scores[k].append(float(res.scores.get(k, 0.0)))
                     self.count("dcsam_video_frames_total", kind="video")
-        except (DcsamError, MediaError, LabelStudioError) as exc:
+        except (DcsamError, MediaError, LabelStudioError, ModelChanged) as exc:
             return FrameOutcome([], f"task {task.get('id')}: {exc}")
         self.count("dcsam_video_propagations_total", kind="video")
         regions = []

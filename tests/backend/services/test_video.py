@@ -395,6 +395,37 @@ def test_a_failed_track_is_not_cached(harness_factory, fake_ls, data_dir, tmp_pa
     assert pred["result"][0]["type"] == "videorectangle"
 
 
+def test_a_track_the_model_changes_under_is_not_served_and_is_tracked_again(
+    harness_factory, fake_ls, data_dir, tmp_path, monkeypatch, caplog
+):
+    """A promotion (or rollback) landing mid-track must not give one track two models' frames under one
+    model_version: the track stops with no prediction, and the next request tracks with the new model."""
+    _annotated_example_video(fake_ls, data_dir, tmp_path, long_side=426)
+    frames = davis_frames(data_dir, "car-shadow", 4, long_side=426)
+    fake_ls.files["/data/upload/1/q.mp4"] = mp4_bytes(tmp_path / "q.mp4", frames)
+    task = {"id": 2, "project": 1, "data": {"video": "/data/upload/1/q.mp4"}, "annotations": []}
+    h = harness_factory(
+        LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=fake_ls.api_key, DCSAM_VIDEO_TASK_WAIT_S=WAIT_FOR_TRACKS
+    )
+    video = h.service.predictor.video
+    prepare, steps = video.prepare, []
+
+    def promoted_after_two_frames(project_id):
+        steps.append(project_id)
+        served = prepare(project_id)
+        return served if len(steps) <= 2 else f"{served}-promoted"
+
+    monkeypatch.setattr(video, "prepare", promoted_after_two_frames)
+    with caplog.at_level("INFO"):
+        assert h.predict(1, VIDEO_CONFIG, [task]).json["results"] == [[]]
+    assert len(steps) == 3  # two frames, then the change is seen and the track stops
+    assert "the model changed from" in caplog.text
+    monkeypatch.setattr(video, "prepare", prepare)
+    [pred] = h.predict(1, VIDEO_CONFIG, [task]).json["results"]
+    [region] = pred["result"]
+    assert region["type"] == "videorectangle" and region["value"]["framesCount"] == 4
+
+
 def test_a_frame_sequence_request_answers_within_its_wait_and_a_job_waits_for_every_frame(
     harness_factory, fake_ls, data_dir
 ):
