@@ -156,10 +156,8 @@ def grabcut_prompts(
     gc[start] = cv2.GC_PR_FGD
     if sure_core > 0 and seeded:
         body = start.copy()
-        if negatives:  # a part of the start with a negative click in it may go entirely (a look-alike)
-            n, comp = cv2.connectedComponents(start.astype(np.uint8), connectivity=8)
-            hit = {comp[min(sh - 1, max(0, round(y))), min(sw - 1, max(0, round(x)))] for x, y in negatives} - {0}
-            body &= ~np.isin(comp, list(hit))
+        for x, y in negatives:
+            body &= ~released_by_negative_click(start, x, y)
         if body.any():
             ys, xs = np.nonzero(body)
             r = max(1, round(sure_core * min(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)))
@@ -218,7 +216,31 @@ def grabcut_prompts(
         out = np.where(changed, out, mask)
     if box is not None:
         out &= _box_mask(box, height, width)
+    elif mask is not None and seeded and not positives:
+        out &= mask  # negative clicks only take away: GrabCut's new colour models must not flood the rest
     return out
+
+
+def released_by_negative_click(start: np.ndarray, x: float, y: float) -> np.ndarray:
+    """bool mask of the part of ``start`` that a negative click at (x, y) takes its sure core from.
+
+    A click on the core of a part (within its innermost point's inscribed radius) rejects the whole part: a
+    look-alike. A click nearer the part's edge rejects the side of the part nearer the click than its
+    innermost point (the false region a person clicks on is a protrusion or an edge, not the body)."""
+    h, w = start.shape
+    cx, cy = min(w - 1, max(0, round(x))), min(h - 1, max(0, round(y)))
+    _, comp = cv2.connectedComponents(start.astype(np.uint8), connectivity=8)
+    label = comp[cy, cx]
+    if label == 0:
+        return np.zeros_like(start)
+    part = comp == label
+    dist = cv2.distanceTransform(np.pad(part.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    iy, ix = np.unravel_index(int(dist.argmax()), dist.shape)
+    if np.hypot(cx - ix, cy - iy) <= dist[iy, ix]:
+        return part
+    yy, xx = np.mgrid[:h, :w]
+    nearer_click = (xx - cx) ** 2 + (yy - cy) ** 2 < (xx - ix) ** 2 + (yy - iy) ** 2
+    return part & nearer_click
 
 
 def _box_mask(box: PixelBox, height: int, width: int) -> np.ndarray:

@@ -30,7 +30,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +39,7 @@ from dcsam.api import InContextSegmenter  # noqa: E402
 from dcsam.bench.ranking import spearman  # noqa: E402
 from dcsam.io import read_image, read_mask  # noqa: E402
 from dcsam.masks import iou  # noqa: E402
+from tests.support.clicks import corrective_click  # noqa: E402
 from tests.support.data import DATA as DEFAULT_DATA  # noqa: E402  (DCSAM_TEST_DATA, else ../shared/data)
 
 Item = tuple[Path, Path]  # image, mask
@@ -77,18 +77,6 @@ def tight_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     """The tight bounding box (x0, y0, x1, y1), pixel edges, of a non-empty mask."""
     ys, xs = np.nonzero(mask)
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
-
-
-def corrective_click(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, bool] | None:
-    """One simulated click: at the innermost pixel of the larger error (missed or false) region."""
-    fn, fp = gt & ~pred, pred & ~gt
-    if not fn.any() and not fp.any():
-        return None
-    positive = int(fn.sum()) >= int(fp.sum())
-    err = (fn if positive else fp).astype(np.uint8)
-    dist = cv2.distanceTransform(np.pad(err, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(dist.argmax()), dist.shape)
-    return float(x), float(y), positive
 
 
 def _segmenter(engine: str, device: str) -> InContextSegmenter:
