@@ -35,13 +35,12 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
-from ..labelstudio.labelconfig import LabelConfig
 from ..labelstudio.media import LabelStudioAccess
 from .deps import JobDeps
 from .jobs import JobContext, JobError
-from .predictor import TaskOutcome
+from .pages import LocalPages, PageModel
 
 log = logging.getLogger(__name__)
 
@@ -127,51 +126,6 @@ def import_predictions(access: LabelStudioAccess, project_id: int, predictions: 
     sdk = access.sdk()
     options: RequestOptions = {"timeout_in_seconds": int(max(1, timeout_s)), "max_retries": 0}
     sdk.projects.import_predictions(id=project_id, request=predictions, request_options=options)
-
-
-# -- where pages are downloaded and predicted --------------------------------------------------------------
-class PageModel(Protocol):
-    """Downloads and predicts a job's pages. ``load`` runs in the listing thread while ``predict`` works on the
-    previous page; neither writes to Label Studio or the ledger (the job does, once per page)."""
-
-    def start(self, version: str, planned: tuple) -> None:
-        """Before the first page of a model_version: ``planned`` is ``Predictor.plan``'s (examples, plan)."""
-
-    def load(self, todo: list[dict], value_keys: list[str]) -> Any:
-        """Start fetching the media of ``todo`` (the tasks to predict); what ``predict`` gets back."""
-
-    def predict(self, todo: list[dict], loaded: Any) -> list[TaskOutcome]:
-        """One outcome per task of ``todo``, in order."""
-
-    def close(self) -> None:
-        """Release what the pages used (threads, actors)."""
-
-
-class LocalPages:
-    """Pages in this process: downloads in a thread pool, the shared engine under the inference lock."""
-
-    def __init__(
-        self, deps: JobDeps, project_id: int, cfg: LabelConfig, access: LabelStudioAccess, pool: ThreadPoolExecutor
-    ):
-        self.deps, self.project_id, self.cfg, self.access = deps, project_id, cfg, access
-        self.pool = pool  # the job's I/O pool (not owned)
-        self.planned: tuple | None = None
-
-    def start(self, version: str, planned: tuple) -> None:
-        self.planned = planned
-
-    def load(self, todo: list[dict], value_keys: list[str]) -> Any:
-        return self.deps.predictor.load_many(todo, value_keys, self.access, self.pool)
-
-    def predict(self, todo: list[dict], loaded: Any) -> list[TaskOutcome]:
-        if not todo:
-            return []
-        return self.deps.predictor.predict_outcomes(
-            self.project_id, todo, self.cfg, self.access, preloaded=loaded, planned=self.planned
-        )
-
-    def close(self) -> None:
-        pass
 
 
 def page_model(deps: JobDeps, ctx: JobContext, local: LocalPages) -> PageModel:

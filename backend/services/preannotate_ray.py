@@ -1,4 +1,4 @@
-"""Whole-project pre-annotation on Ray: the :class:`~backend.services.preannotate.PageModel` of a job run with
+"""Whole-project pre-annotation on Ray: the :class:`~backend.services.pages.PageModel` of a job run with
 ``DCSAM_RAY_ADDRESS`` / ``RAY_ADDRESS`` set (or the job's ``ray`` param, ``dcsam preannotate --ray``).
 
 The job itself does not change: the backend process is the Ray *driver* and keeps everything that talks to
@@ -65,7 +65,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import ray
@@ -82,11 +82,9 @@ from ..labelstudio.outputs import mask_regions
 from ..settings import BackendSettings
 from .deps import JobDeps
 from .jobs import JobContext, JobError
+from .pages import LocalPages
 from .predictor import Predictor, TaskOutcome, empty_prediction
 from .video import sequence_id
-
-if TYPE_CHECKING:
-    from .preannotate import LocalPages
 
 log = logging.getLogger(__name__)
 
