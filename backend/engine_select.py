@@ -3,6 +3,8 @@
 ``auto`` picks ``dcsam`` only when a SAM checkpoint is configured (``DCSAM_SAM_CHECKPOINT``), is
 already in the weights cache, or -- in ``dcsam serve`` only, before the workers start -- can be
 downloaded. Otherwise it picks the bundled ``lite`` engine and says so with a loud WARNING.
+SAM with random weights (``DCSAM_RANDOM_SAM_WEIGHTS``, end-to-end tests on a CPU) is never a fallback: it
+needs ``DCSAM_ENGINE=dcsam`` and no checkpoint, is logged as a warning and named in the version.
 
 The version is computed from the settings alone (no model load), so ``/setup`` answers instantly and
 says the same as every prediction: ``<engine>-<model>-<digest of the settings that change outputs>``.
@@ -47,6 +49,12 @@ def choose_engine(settings: BackendSettings, *, try_download: bool = False) -> E
     """Resolve ``settings.engine``; downloads only when ``try_download`` (``dcsam serve`` start-up)."""
     if settings.engine == "lite":
         return EngineChoice("lite", None, "DCSAM_ENGINE=lite")
+    if settings.random_sam_weights:
+        if settings.engine != "dcsam" or settings.sam_checkpoint:
+            raise ValueError("DCSAM_RANDOM_SAM_WEIGHTS=1 needs DCSAM_ENGINE=dcsam and no DCSAM_SAM_CHECKPOINT")
+        _sam_spec(settings)
+        log.warning("DCSAM_RANDOM_SAM_WEIGHTS=1: %s with RANDOM weights (tests / smoke runs only)", settings.sam)
+        return EngineChoice("dcsam", None, f"DCSAM_RANDOM_SAM_WEIGHTS=1: {settings.sam} with random weights")
     if settings.sam_checkpoint:
         path = Path(settings.sam_checkpoint).expanduser()
         if not path.is_file():
@@ -94,6 +102,10 @@ def segmenter_config(settings: BackendSettings, choice: EngineChoice) -> Segment
         precision=settings.precision,
         batch_size=settings.batch_size,
         options=dict(settings.engine_options),
+        random_sam_weights=settings.random_sam_weights,
+        sam_image_size=settings.sam_image_size,
+        image_size=settings.image_size,
+        backbone_input_size=settings.backbone_input_size,
     )
 
 
@@ -114,6 +126,7 @@ def model_version(settings: BackendSettings, choice: EngineChoice) -> str:
         facts = {"options": settings.engine_options}
     else:
         name = f"dcsam-{settings.sam}-" + ("pg" if settings.prompt_generator else "coldstart")
+        name += "-random" if settings.random_sam_weights else ""
         facts = {
             "backbone": settings.backbone,
             "sam_checkpoint": _file_identity(choice.sam_checkpoint),
@@ -121,6 +134,9 @@ def model_version(settings: BackendSettings, choice: EngineChoice) -> str:
             "precision": settings.precision,
             "options": settings.engine_options,
         }
+        sizes = [settings.sam_image_size, settings.image_size, settings.backbone_input_size]
+        if sizes != [None, SegmenterConfig.image_size, None]:  # only when set: default versions stay as they were
+            facts["sizes"] = sizes
     facts["min_score"] = settings.min_score
     facts["k"] = settings.examples_per_label
     digest = hashlib.sha1(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:8]

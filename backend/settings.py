@@ -92,6 +92,29 @@ class BackendSettings:
         None, "DCSAM_PROMPT_GENERATOR", doc="trained DC-SAM prompt-generator checkpoint (unset: cold start)"
     )
     backbone: str = setting(DEFAULT_BACKBONE, "DCSAM_BACKBONE", doc="DC-SAM prior backbone")
+    # smoke runs: DC-SAM small enough to train on a CPU in minutes (outputs are meaningless with random weights)
+    random_sam_weights: bool = setting(
+        False,
+        "DCSAM_RANDOM_SAM_WEIGHTS",
+        doc="1/0: build SAM with RANDOM weights (end-to-end tests and smoke runs only; needs DCSAM_ENGINE=dcsam "
+        "and no DCSAM_SAM_CHECKPOINT; logged as a warning, model_version says -random)",
+    )
+    sam_image_size: int | None = setting(
+        None,
+        "DCSAM_SAM_IMAGE_SIZE",
+        kind="int",
+        minimum=64,
+        doc="SAM 2's input size in pixels, a multiple of 32 (unset: 1024, what the released weights expect; "
+        "smaller, e.g. 256, only for CPU smoke runs)",
+    )
+    image_size: int = setting(512, "DCSAM_IMAGE_SIZE", minimum=32, doc="DC-SAM's working resolution in pixels")
+    backbone_input_size: int | None = setting(
+        None,
+        "DCSAM_BACKBONE_INPUT_SIZE",
+        kind="int",
+        minimum=32,
+        doc="input size of DC-SAM's prior backbone in pixels (unset: the backbone's own, 1024 for efficientnet_lite0)",
+    )
     allow_download: bool = setting(
         True, "DCSAM_ALLOW_DOWNLOAD", doc="1/0: may `dcsam serve` download the SAM checkpoint at start"
     )
