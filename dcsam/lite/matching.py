@@ -8,11 +8,19 @@ Priors (DC-SAM spec section 2.2, made symmetric): for every query position, the 
 highest cosine similarities to the example's foreground positions (positive prior) and to its
 background positions (negative prior). Their difference over a temperature is the foreground
 logit; ``match="prototype"`` uses the mean foreground / background features instead.
+
+Matching against several examples at once needs only each example's own top k: the k highest
+similarities over the union of banks are among the banks' own k highest. So each bank remembers the
+top-k rows of the query grids it has matched (:class:`TopkMemo`, held weakly by the query tensor) and
+any combination of banks (an example plus a label's memory, every fold of a cross-validation) is a
+merge of remembered rows, not a new product with every bank row.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -62,12 +70,52 @@ def mask_fraction(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return small.astype(np.float32) * (1.0 / 255.0)
 
 
-@dataclass
+class TopkMemo:
+    """Values computed from a query tensor, kept while that tensor lives (keyed by its identity)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[int, str, int], tuple[weakref.ref, torch.Tensor]] = {}
+
+    def get(self, query: torch.Tensor, part: str, k: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = (id(query), part, k)
+        hit = self._rows.get(key)
+        if hit is not None and hit[0]() is query:
+            return hit[1]
+        value = compute()
+        rows = self._rows
+
+        def forget(_: weakref.ref, key: tuple[int, str, int] = key) -> None:
+            rows.pop(key, None)
+
+        rows[key] = (weakref.ref(query, forget), value)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __reduce__(self) -> tuple:
+        # a copy or a pickled bank (a training twin, a Ray actor) starts empty: its queries are elsewhere
+        return (TopkMemo, ())
+
+
+@dataclass(eq=False)
 class MatchBank:
     """Foreground and background features of one or more examples (rows are unit vectors)."""
 
     fg: torch.Tensor  # (Nf, C)
     bg: torch.Tensor  # (Nb, C)
+    # top-k similarity rows of the query grids matched against this bank (see the module doc)
+    topk_memo: TopkMemo = field(default_factory=TopkMemo, repr=False)
+
+    def topk(self, query: torch.Tensor, part: str, k: int) -> torch.Tensor:
+        """(h*w, min(k, rows)) highest cosine similarities of each position of the (C, h, w) ``query``
+        to this bank's ``part`` ("fg" or "bg") rows, in decreasing order; remembered per query tensor."""
+        rows = self.fg if part == "fg" else self.bg
+
+        def compute() -> torch.Tensor:
+            return _topk(query.reshape(query.shape[0], -1).T, rows, k)
+
+        return self.topk_memo.get(query, part, k, compute)
 
     @staticmethod
     def from_example(
@@ -105,27 +153,41 @@ class MatchBank:
         return MatchBank(fg=torch.cat([b.fg for b in banks]), bg=torch.cat([b.bg for b in banks]))
 
 
-def _topk_mean(q: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+def _topk(q: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """(N, min(k, M)) highest similarities of the N rows of ``q`` to the M rows of ``bank``."""
     k = max(1, min(k, bank.shape[0]))
     out = []
     for s in range(0, q.shape[0], chunk):
         sim = q[s : s + chunk] @ bank.T
-        out.append(sim.topk(k, dim=1).values.mean(1) if k > 1 else sim.max(1).values)
+        out.append(sim.topk(k, dim=1).values if k > 1 else sim.max(1, keepdim=True).values)
     return torch.cat(out)
 
 
+def _merged_topk_mean(rows: list[torch.Tensor], k: int) -> torch.Tensor:
+    """Mean of the k highest values per position over several banks' top-k rows (each (N, <= k))."""
+    merged = rows[0] if len(rows) == 1 else torch.cat(rows, 1)
+    if merged.shape[1] > k:
+        merged = merged.topk(k, dim=1).values
+    return merged.mean(1)
+
+
 @torch.no_grad()
-def priors(query: torch.Tensor, bank: MatchBank, match: str = "knn", k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positive and negative priors (each (h, w)) of query features ``(C, h, w)``."""
+def priors(
+    query: torch.Tensor, banks: MatchBank | Sequence[MatchBank], match: str = "knn", k: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive and negative priors (each (h, w)) of query features ``(C, h, w)`` against the union of
+    ``banks`` (one bank, or several: the examples of a label and its memory)."""
     c, h, w = query.shape
-    q = query.reshape(c, -1).T
-    if match == "knn":
-        pos, neg = _topk_mean(q, bank.fg, k), _topk_mean(q, bank.bg, k)
+    bank_list = [banks] if isinstance(banks, MatchBank) else list(banks)
+    if match in ("knn", "max"):  # "max" is DC-SAM's prior: the highest cosine similarity
+        kk = 1 if match == "max" else max(1, k)
+        pos = _merged_topk_mean([b.topk(query, "fg", kk) for b in bank_list], kk)
+        neg = _merged_topk_mean([b.topk(query, "bg", kk) for b in bank_list], kk)
     elif match == "prototype":
+        bank = MatchBank.concat(bank_list)
+        q = query.reshape(c, -1).T
         pos = q @ F.normalize(bank.fg.mean(0), dim=0)
         neg = q @ F.normalize(bank.bg.mean(0), dim=0)
-    elif match == "max":  # DC-SAM's prior: max cosine similarity
-        pos, neg = _topk_mean(q, bank.fg, 1), _topk_mean(q, bank.bg, 1)
     else:
         raise ValueError(f"unknown match {match!r}; use knn, prototype or max")
     return pos.reshape(h, w), neg.reshape(h, w)

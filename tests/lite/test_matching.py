@@ -1,0 +1,65 @@
+"""k-NN priors over several banks: the merge of each bank's remembered top-k equals matching their union."""
+
+import copy
+import gc
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcsam.lite.matching import MatchBank, priors
+
+
+def _unit(*shape: int) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape), dim=-1)
+
+
+def _reference(query: torch.Tensor, bank: MatchBank, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Priors by brute force over one bank: the mean of the k highest cosine similarities."""
+    c, h, w = query.shape
+    q = query.reshape(c, -1).T
+
+    def top(rows: torch.Tensor) -> torch.Tensor:
+        return (q @ rows.T).topk(min(k, rows.shape[0]), dim=1).values.mean(1).reshape(h, w)
+
+    return top(bank.fg), top(bank.bg)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_priors_over_several_banks_equal_priors_over_their_union(k: int) -> None:
+    torch.manual_seed(0)
+    query = F.normalize(torch.randn(16, 6, 7), dim=0)
+    # banks with fewer rows than k, too: the union's top k mixes banks unevenly
+    banks = [MatchBank(_unit(n, 16), _unit(m, 16)) for n, m in [(2, 40), (30, 3), (1, 1), (9, 12)]]
+    for chosen in ([0], [0, 1], [1, 2, 3], [0, 1, 2, 3]):
+        subset = [banks[i] for i in chosen]
+        pos, neg = priors(query, subset, "knn", k)
+        want_pos, want_neg = _reference(query, MatchBank.concat(subset), k)
+        assert torch.allclose(pos, want_pos, atol=1e-6) and torch.allclose(neg, want_neg, atol=1e-6), chosen
+    max_pos, _ = priors(query, banks, "max")
+    assert torch.allclose(max_pos, _reference(query, MatchBank.concat(banks), 1)[0], atol=1e-6)
+
+
+def test_a_bank_remembers_each_query_it_matched_while_the_query_lives() -> None:
+    torch.manual_seed(1)
+    bank = MatchBank(_unit(5, 8), _unit(50, 8))
+    query = F.normalize(torch.randn(8, 4, 4), dim=0)
+    first = priors(query, [bank])
+    assert len(bank.topk_memo) == 2  # its foreground and background rows
+    bank.fg.mul_(0)  # a remembered query is not matched again (features are frozen)...
+    again = priors(query, [bank])
+    assert torch.equal(first[0], again[0])
+    other = F.normalize(torch.randn(8, 4, 4), dim=0)
+    assert float(priors(other, [bank])[0].abs().max()) == 0.0  # ...a new one is
+    del query, other
+    gc.collect()
+    assert len(bank.topk_memo) == 0  # the memo never keeps a query's rows beyond the query
+
+
+def test_a_copied_or_pickled_bank_starts_with_an_empty_memo() -> None:
+    bank = MatchBank(_unit(3, 8), _unit(6, 8))
+    query = F.normalize(torch.randn(8, 2, 2), dim=0)
+    priors(query, bank)
+    for clone in (copy.deepcopy(bank), pickle.loads(pickle.dumps(bank))):
+        assert len(clone.topk_memo) == 0 and torch.equal(clone.fg, bank.fg) and torch.equal(clone.bg, bank.bg)
