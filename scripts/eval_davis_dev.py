@@ -2,7 +2,8 @@
 """The fixed evaluation of an engine on the whole davis16-dev set: every video, every protocol.
 
     python scripts/eval_davis_dev.py [--protocol video|image|cross|all] [--data DIR]
-                                     [--engine lite] [--option KEY=VALUE ...] [--json]
+                                     [--engine lite] [--option KEY=VALUE ...]
+                                     [--video-option KEY=VALUE ...] [--json]
 
 Protocols (all scored by the library's own evaluation: ``dcsam.video.vos_evaluation`` for J and
 F, ``dcsam.episode_evaluation`` for IoU; nothing is re-implemented here):
@@ -127,7 +128,9 @@ def run_image(root: Path, seqs: Sequence[str], cfg: Any) -> dict[str, Any]:
     }
 
 
-def run_video(root: Path, seqs: Sequence[str], cfg: Any, cross: bool, echo: bool) -> dict[str, Any]:
+def run_video(
+    root: Path, seqs: Sequence[str], cfg: Any, cross: bool, echo: bool, video_options: dict[str, str] | None = None
+) -> dict[str, Any]:
     from dcsam.api import InContextSegmenter
     from dcsam.video.api import VideoSegmenter
     from dcsam.video.vos_evaluation import davis_samples, evaluate_videos
@@ -146,7 +149,7 @@ def run_video(root: Path, seqs: Sequence[str], cfg: Any, cross: bool, echo: bool
     else:
         samples = davis_samples(root, seqs)
     base = InContextSegmenter.from_config(cfg)
-    shared = VideoSegmenter(base, propagation="auto")
+    shared = VideoSegmenter(base, propagation="auto", video_options=video_options)
 
     def factory() -> VideoSegmenter:
         base.clear_examples()
@@ -218,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--sequences", help="comma-separated subset (for iterating; report on all of them)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="engine option")
+    p.add_argument(
+        "--video-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="lite propagation option (video, cross)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object with every figure")
     args = p.parse_args(argv)
 
@@ -232,12 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{root}: no sequence(s) {missing}")
         seqs = wanted
     options = _key_values(args.option)
+    video_options = _key_values(args.video_option)
     cfg = SegmenterConfig(engine=args.engine, device=args.device, options=options)
     protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
     out: dict[str, Any] = {
         "data": str(root),
         "engine": args.engine,
         "options": options,
+        "video_options": video_options,
         "sequences": list(seqs),
         "load_average_start": _load(),
     }
@@ -246,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         if proto == "image":
             res = run_image(root, seqs, cfg)
         else:
-            res = run_video(root, seqs, cfg, cross=proto == "cross", echo=True)
+            res = run_video(root, seqs, cfg, cross=proto == "cross", echo=True, video_options=video_options)
         out[proto] = res
         if not args.json:
             print(format_result(res) + "\n", flush=True)

@@ -56,3 +56,14 @@ def test_image_and_cross_protocols_with_easy_and_hard_means(tmp_path):
     assert [r[0] for r in rows] == ["dog->libby", "libby->dog"]
     assert all(r[4] == "11" for r in rows)  # every frame scored
     assert any(line.startswith("mean hard") for line in lines)
+
+
+def test_video_options_reach_the_lite_propagation(tmp_path):
+    _davis(tmp_path / "davis", frames=5)
+    base = [sys.executable, str(SCRIPT), "--protocol", "video", "--data", str(tmp_path / "davis"), "--json"]
+    proc = subprocess.run([*base, "--video-option", "views=2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["video_options"] == {"views": "2"} and len(out["video"]["rows"]) == 2
+    proc = subprocess.run([*base, "--video-option", "no_such_option=1"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "no_such_option" in proc.stderr
