@@ -36,6 +36,20 @@ def non_overlapping_masks(model: SAM2Base, mask_logits: torch.Tensor) -> torch.T
     return model._apply_non_overlapping_constraints(mask_logits)
 
 
+def autograd_rope_tables(model: SAM2Base) -> None:
+    """Make SAM 2's rotary tables usable by autograd.
+
+    ``RoPEAttention`` caches its rotation table (``freqs_cis``) when it first sees a feature size; a table
+    made under ``torch.inference_mode`` (the propagator's frames) is an inference tensor, which a training
+    step through memory attention cannot save for backward. Such tables are replaced by ordinary copies
+    (same values: a serving thread that reads them meanwhile sees no difference).
+    """
+    for module in model.modules():
+        table = getattr(module, "freqs_cis", None)
+        if isinstance(table, torch.Tensor) and table.is_inference():
+            module.freqs_cis = table.clone()
+
+
 def encode_memory(
     model: SAM2Base,
     feats: list[torch.Tensor],

@@ -14,6 +14,11 @@ U[-10, 10] degrees, horizontal flip, vertical flip, 5x5 Gaussian blur, shuffled)
   the other frames, and BCE + Dice over every frame of the tube flows back into the generator
   through memory attention and the memory encoder. SAM 2 itself stays frozen (the release also
   trains SAM 2's mask decoder; not done here).
+* The DC-SAM cold start on SAM 2 (no trained generator): :func:`finetune_project_prompter_on_tubes` trains its
+  project prompter the same way, through the path a frame-sequence project is served by: the prompter's
+  corrections prompt SAM on the tube's first frame, that mask conditions SAM 2 (a mask input, as
+  :class:`~dcsam.video.sam2_propagation.Sam2Propagator` does) and SAM 2 tracks the later frames from memory; the
+  loss over every frame flows back through memory attention, the memory encoder and the object pointer.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ import torch.nn.functional as F
 from ..engines.base import Episode, LabelledImage, ProgressFn
 from ..errors import InputError
 from ..masks import resize_mask
-from ..modeling.sam2_internals import encode_memory, flat_backbone_features, track_frame
+from ..modeling import SupportFeatures
+from ..modeling.sam2_internals import autograd_rope_tables, encode_memory, flat_backbone_features, track_frame
 from ..training.loop import finetune_figures, optimise
 from ..training.losses import soft_bce_dice_loss
+from ..training.project import cosine_lr, schedule_steps
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +163,7 @@ class TubeForward:
         self.model = model
         self.sam2 = model.sam.model
         self.size = int(self.sam2.image_size)
+        autograd_rope_tables(self.sam2)  # the process may have propagated a video under inference_mode
 
     @torch.no_grad()
     def frame_features(self, image: torch.Tensor):
@@ -275,6 +283,171 @@ def finetune_prompt_generator_on_tubes(
     return finetune_figures(losses, int(steps), len(prepared), t0, last=5)
 
 
+# -- the cold start's project prompter through SAM 2 memory ---------------------------------------------
+@dataclass
+class TubeFrames:
+    """One tube's frames encoded once (frozen networks): per frame the engine's query and support features
+    (:meth:`DCSAMEngine.encode_view`), SAM 2's flat features (:func:`flat_backbone_features`) and the target,
+    the share of each low-res cell (S/4 x S/4) inside the mask (1, 1, S/4, S/4)."""
+
+    label: str
+    views: list[tuple[Any, Any]]  # (QueryFeatures, SupportFeatures) per frame
+    features: list[tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]]
+    targets: list[torch.Tensor]
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """``hard``'s values with ``soft``'s gradient: SAM 2 sees the binary mask it sees when serving, and the
+    loss still reaches what made the mask."""
+    return hard + soft - soft.detach()
+
+
+class PrompterTubeForward:
+    """The DC-SAM cold start on a tube as a frame-sequence project is served, differentiable in the prompter.
+
+    Frame 0: the cold start's prompts plus the prompter's corrections, SAM's candidate picked as served
+    (:func:`~dcsam.engines.dcsam_engine.pick_candidate`); its mask (thresholded at 0) conditions SAM 2 as a mask
+    input and is encoded into memory, binarised, as :meth:`Sam2Propagator.start` does. Frames 1..: SAM 2
+    tracks from memory (:func:`track_frame`, as :meth:`Sam2Propagator.step`). The thresholds pass the
+    gradient of the sigmoid of frame 0's logits (:func:`straight_through`), so a loss on a later frame reaches
+    the prompter through memory attention, the memory encoder and the object pointer.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        if engine.model.sam.family != "sam2":
+            raise InputError("mask-tube training through memory needs a SAM 2 model")
+        self.engine = engine
+        self.sam2 = engine.model.sam.model
+        self.size = int(self.sam2.image_size)
+        autograd_rope_tables(self.sam2)  # the process may have propagated a video under inference_mode
+
+    @torch.no_grad()
+    def frame_features(self, image: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list]:
+        """SAM 2's flat features of one frame (1, 3, S, S) in [0, 1] (frozen)."""
+        out = self.sam2.forward_image(self.engine.model.sam.preprocess(image))
+        return flat_backbone_features(self.sam2, out)
+
+    def __call__(self, tube: TubeFrames, support: Any, prompter: Any) -> list[torch.Tensor] | None:
+        """Low-res logits (1, 1, S/4, S/4) of every frame of ``tube`` with ``support`` (the label's K shots,
+        SupportFeatures) as its examples; None when the cold start finds no foreground prior on frame 0."""
+        from ..engines.dcsam_engine import pick_candidate  # late: loads SAM's builders
+
+        engine, m, size = self.engine, self.sam2, self.size
+        query = tube.views[0][0]
+        pos, neg = engine.model.priors(query, support)
+        out = engine.prompted_logits(query.sam, pos, neg, support, prompter)
+        if out is None:
+            return None
+        logits, iou_pred, region = out
+        best, _, _ = pick_candidate(logits, iou_pred, region)
+        z0 = logits[:, best : best + 1].float()
+        soft = torch.sigmoid(F.interpolate(z0, size=(size, size), mode="bilinear", align_corners=False))
+        mask_in = straight_through((soft > 0.5).float(), soft)
+        feats0 = tube.features[0]
+        n = len(tube.features)
+        cond = track_frame(m, 0, feats0, ({}, {}), n, mask_inputs=mask_in, run_mem_encoder=False)
+        high = F.interpolate(cond["pred_masks"].float(), size=(size, size), mode="bilinear", align_corners=False)
+        mem_mask = straight_through((high > 0).float(), soft)  # memory of a prompted frame: binarised
+        feats, pos_enc = encode_memory(m, feats0[0], feats0[2], mem_mask, cond["object_score_logits"])
+        memory = {0: {**cond, "maskmem_features": feats, "maskmem_pos_enc": pos_enc}}
+        non_cond: dict[int, dict] = {}
+        outs = [z0]
+        for t in range(1, n):
+            cur = track_frame(m, t, tube.features[t], (memory, non_cond), n)
+            non_cond[t] = cur
+            outs.append(cur["pred_masks"])
+        return outs
+
+
+def encode_tubes(engine: Any, tubes: Sequence[MaskTube], max_frames: int, seed: int) -> list[TubeFrames]:
+    """Every frame of every tube encoded once (a one-frame tube: its pseudo-frames)."""
+    from ..engines.dcsam_engine import to_tensor  # late: loads SAM's builders
+
+    fwd = PrompterTubeForward(engine)
+    rng = np.random.default_rng(seed)
+    low = fwd.size // 4
+    out = []
+    for tube in tubes:
+        frames = _tube_frames(tube, max_frames, rng)
+        views, features, targets = [], [], []
+        for fr in frames:
+            query, support, _ = engine.encode_view(fr)
+            views.append((query, support))
+            with engine.autocast():
+                features.append(fwd.frame_features(to_tensor(fr.image, fwd.size, engine.device)))
+            small = cv2.resize(fr.mask.astype(np.float32), (low, low), interpolation=cv2.INTER_AREA)
+            targets.append(torch.from_numpy(small).to(engine.device)[None, None])
+        out.append(TubeFrames(tube.label, views, features, targets))
+    return out
+
+
+def finetune_project_prompter_on_tubes(
+    engine: Any,
+    tubes: Sequence[MaskTube],
+    *,
+    steps: int | None = None,
+    max_frames: int = 5,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train a DC-SAM cold start's project prompter on mask tubes through SAM 2's memory
+    (:class:`PrompterTubeForward`); SAM 2, the backbone and DC-SAM's prior stay frozen.
+
+    Each step draws one tube as the query and one frame of another tube of its label as the example (1-shot;
+    a label with one tube: one of the tube's later frames), drawing again (up to 4 times) where the cold start
+    finds no foreground prior on the tube's first frame; loss: BCE + Dice over all of the tube's frames
+    (:func:`tube_loss`). Starts from the engine's prompter if it has one, else from an untrained one (the cold
+    start exactly). Options (``config.options``): ``project_steps`` (default
+    :func:`~dcsam.training.project.schedule_steps` of the tube count), ``project_lr`` (2e-3, cosine decay),
+    ``seed`` (0). ``steps=0``: the weights as they are.
+    """
+    if engine.trained:
+        raise InputError("the engine serves a trained prompt generator: use finetune_prompt_generator_on_tubes")
+    t0 = time.perf_counter()
+    opts = engine.config.options
+    seed = int(opts.get("seed", 0))
+    total = int(steps if steps is not None else opts.get("project_steps") or schedule_steps(len(tubes)))
+    if not tubes:
+        raise InputError("no mask tubes to train on")
+    if total <= 0:  # 0 steps: the cold start (or the prompter it holds), as the cross-validation compares
+        return finetune_figures([], 0, len(tubes), t0)
+    fwd = PrompterTubeForward(engine)
+    encoded = encode_tubes(engine, tubes, max_frames, seed)
+    rng = np.random.default_rng(seed)
+    lr = float(opts.get("project_lr", 2e-3))
+    prompter = engine.prompter if engine.prompter is not None else engine.new_prompter(seed)
+    optimizer = torch.optim.AdamW(prompter.parameters(), lr=lr, weight_decay=1e-4)
+    skipped = 0
+
+    def example_for(q: int) -> Any:
+        others = [t for i, t in enumerate(encoded) if i != q and t.label == encoded[q].label]
+        if others:
+            tube = others[int(rng.integers(len(others)))]
+            return tube.views[int(rng.integers(len(tube.views)))][1]
+        views = encoded[q].views
+        return views[1 + int(rng.integers(len(views) - 1))][1] if len(views) > 1 else views[0][1]
+
+    def step_loss(step: int) -> torch.Tensor:
+        nonlocal skipped
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(lr, step, total)
+        for _ in range(4):  # a few draws: the prior check comes before SAM, so a miss costs little
+            q = int(rng.integers(len(encoded)))
+            with engine.autocast():
+                logits = fwd(encoded[q], SupportFeatures.cat([example_for(q)]), prompter)
+            if logits is not None:
+                return tube_loss(logits, encoded[q].targets)
+            skipped += 1  # no foreground prior on frame 0: the cold start answers empty, nothing to learn
+        return sum((p.sum() * 0.0 for p in prompter.parameters()), torch.zeros((), device=engine.device))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        losses = optimise(prompter, optimizer, step_loss, total, progress)
+    engine.load_trainable_state_dict({"project_prompter": prompter.state_dict(), "format": 1})
+    figures = finetune_figures(losses, total, len(tubes), t0)
+    figures.update(frames=sum(len(t.views) for t in encoded), skipped_queries=skipped, through_memory=True)
+    return figures
+
+
 def finetune_on_tubes(
     segmenter: Any,
     tubes: Sequence[MaskTube],
@@ -288,14 +461,17 @@ def finetune_on_tubes(
     lite: :func:`finetune_lite_on_tubes`. dcsam (SAM 2): :func:`finetune_prompt_generator_on_tubes`
     with each tube's first frame as the support and the rest as the query tube (a one-frame tube:
     the frame itself as support, its pseudo-frames as the query tube). The DC-SAM cold start (no trained
-    generator) trains its project prompter on the tubes' frames as image episodes instead.
+    generator) trains its project prompter: through SAM 2's memory (:func:`finetune_project_prompter_on_tubes`),
+    or on SAM 1 on the tubes' frames as image episodes.
     """
     seg = getattr(segmenter, "segmenter", segmenter)
     if seg.engine.name == "lite":
         return finetune_lite_on_tubes(seg, tubes, steps=steps, progress=progress, **kwargs)
+    if not seg.engine.trained and seg.engine.model.sam.family == "sam2":
+        figures = finetune_project_prompter_on_tubes(seg.engine, tubes, steps=steps, progress=progress, **kwargs)
+        return {**figures, "tubes": len(tubes)}
     if not seg.engine.trained:
-        # the cold start has no prompt generator to train through memory: its project prompter learns from
-        # the tubes' frames as images (each tube an episode), which prompts SAM 2 on the conditioning frame
+        # SAM 1 has no memory to train through: the project prompter learns from the tubes' frames as images
         episodes = lite_tube_episodes(tubes, int(kwargs.get("max_frames", 5)))
         figures = seg.engine.finetune(episodes, steps=steps, progress=progress)
         return {**figures, "tubes": len(tubes), "frames": sum(1 + len(e.query) for e in episodes)}

@@ -107,7 +107,9 @@ def test_mask_tubes_train_the_cold_starts_project_prompter(seg):
     frames = scenes([4], range(3))[4]  # stand-ins for three annotated frames of one video
     try:
         figures = finetune_on_tubes(seg, [MaskTube("four", frames)], steps=1)
+        # on SAM 2 the tube trains the prompter through SAM 2's memory (tests/video/test_tubes_sam2.py)
         assert figures["steps"] == 1 and figures["tubes"] == 1 and figures["frames"] == 3
+        assert figures["through_memory"]
         assert "-pp-" in seg.engine.version and not seg.engine.trained
     finally:
         seg.engine.load_trainable_state_dict({})
