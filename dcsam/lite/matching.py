@@ -106,6 +106,7 @@ class MatchBank:
     bg: torch.Tensor  # (Nb, C)
     # top-k similarity rows of the query grids matched against this bank (see the module doc)
     topk_memo: TopkMemo = field(default_factory=TopkMemo, repr=False)
+    _memory_forms: dict[int, MatchBank] = field(default_factory=dict, repr=False)
 
     def topk(self, query: torch.Tensor, part: str, k: int) -> torch.Tensor:
         """(h*w, min(k, rows)) highest cosine similarities of each position of the (C, h, w) ``query``
@@ -145,6 +146,14 @@ class MatchBank:
     def rounded_to_half(self) -> MatchBank:
         """The same bank at float16 precision (how it is saved), so saving changes nothing."""
         return MatchBank(fg=self.fg.half().float(), bg=self.bg.half().float())
+
+    def memory_form(self, max_bg: int) -> MatchBank:
+        """This bank as a label's matching memory keeps it: at most ``max_bg`` background rows, float16
+        precision. The same object on every call, so the matches it remembers serve every fine-tune
+        run that puts this example in the memory."""
+        if max_bg not in self._memory_forms:
+            self._memory_forms[max_bg] = self.subsample_bg(max_bg).rounded_to_half()
+        return self._memory_forms[max_bg]
 
     @staticmethod
     def concat(banks: list[MatchBank]) -> MatchBank:

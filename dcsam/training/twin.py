@@ -82,6 +82,11 @@ def _part(value: Any) -> tuple | None:
         return (_digest(value.image), _digest(value.mask))
     if isinstance(value, np.ndarray):
         return _digest(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return ("value", value)  # a setting passed along with the image (e.g. extra query sizes)
+    if isinstance(value, (tuple, list)):
+        parts = [_part(v) for v in value]
+        return None if any(p is None for p in parts) else ("seq", tuple(parts))
     return None
 
 

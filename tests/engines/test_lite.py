@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from PIL import Image
 from dcsam.api import InContextSegmenter
 from dcsam.config import SegmenterConfig
 from dcsam.engines.base import Episode, LabelledImage
-from dcsam.engines.lite import LiteEngine
+from dcsam.engines.lite import DEFAULTS, LiteEngine
 from dcsam.errors import InputError
 from dcsam.lite import postprocess
 from dcsam.masks import iou
@@ -273,6 +274,25 @@ def test_folded_batchnorm_backbone_computes_the_same_features():
     x = torch.rand(1, 3, 64, 96)
     for a, b in zip(net.forward_blocks(x), folded.forward_blocks(x)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+
+
+def test_finetune_runs_its_default_steps_up_to_the_epoch_cap(engine):
+    items = _tiny_episode()
+    two = Episode(support=items.support, query=items.query[:1], label="disc")  # 2 ordered pairs
+    engine.load_trainable_state_dict({})
+    try:
+        figures = engine.finetune([two])  # default steps: 30 passes over 2 pairs at batch 2
+        assert figures["pairs"] == 2 and figures["steps"] == engine.opts["epochs"] < engine.opts["steps"]
+        engine.load_trainable_state_dict({})
+        nine = engine.finetune([items])  # 9 pairs at batch 4: 68 steps make 30 passes
+        assert nine["pairs"] == 9 and nine["steps"] == math.ceil(engine.opts["epochs"] * 9 / engine.opts["batch"])
+        engine.load_trainable_state_dict({})
+        engine.opts["epochs"] = 1000
+        assert engine.finetune([items])["steps"] == engine.opts["steps"]  # the step cap binds first
+        assert engine.finetune([two], steps=50)["steps"] == 50  # an explicit count is run as asked
+    finally:
+        engine.opts["epochs"] = DEFAULTS["epochs"]
+        engine.load_trainable_state_dict({})
 
 
 def test_finetune_needs_two_labelled_images(engine):

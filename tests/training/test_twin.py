@@ -86,3 +86,15 @@ def test_cached_features_key_on_content_and_keep_an_instance_patch(lite):
     assert len(calls) == 2
     twin.encode_query(img)
     assert len(calls) == 3  # the patch is back, uncached
+
+
+def test_cached_features_serve_the_queries_of_repeated_predictions(lite):
+    # cross-validation scores the same held-out images after every run: their features are encoded once
+    twin = training_twin(lite)
+    example = twin.encode_example(LabelledImage(*_scene(0)))
+    queries = [_scene(1)[0], _scene(2)[0]]
+    with cached_features(twin) as counts:
+        first = twin.predict(queries, {"box": [example]})
+        again = twin.predict(queries, {"box": [example]})
+    assert counts == {"hits": 2, "misses": 2}
+    assert all(np.array_equal(a["box"].mask, b["box"].mask) for a, b in zip(first, again, strict=True))
