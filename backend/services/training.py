@@ -22,8 +22,8 @@ by ``POST /jobs/train``, and after ``DCSAM_TRAIN_EVERY`` new accepted annotation
    In a project of frame-sequence tasks (every annotated task is a frame of a video, see
    :mod:`backend.services.video`), the fine-tuning data are mask tubes instead: each video's annotated frames of
    a label, in frame order (``dcsam.video.tubes``; DC-SAM trains its prompt generator through SAM 2's
-   memory on them, its cold start's project prompter on the frames as images; the lite engine pairs frames
-   within a tube).
+   memory on them, and so does its cold start's project prompter on SAM 2; the lite engine pairs frames
+   within a tube). Held-out frames are scored as images.
 4. Only a better pooled score (by more than ``DCSAM_TRAIN_MIN_GAIN``, default 0) is promoted: the engine
    is fine-tuned once more on every annotation with the best step count and written as a new checkpoint
    with a new ``model_version``. The figures are kept in the job record either way.
