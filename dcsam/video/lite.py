@@ -4,14 +4,19 @@
    and its given mask (scale +-25 % about the object, shift +-10 %, rotation +-10 degrees, mirror,
    brightness; :mod:`dcsam.video.lite_online`) join the label's examples: the object at sizes and
    places the one frame does not show. ``colour`` sets the colour model's weight on video frames
-   (auto: the engine's). Both off by default. ``views=4 colour=0.5`` on all 10 davis16-dev videos:
+   (auto: the engine's). Both off by default. ``views=4`` (colour 0) on all 10 davis16-dev videos,
+   training-free: mean J&F 0.704 -> 0.718, every video better (easy 0.926 -> 0.936, hard 0.556 ->
+   0.573; blackswan 0.950, car-roundabout 0.951, car-shadow 0.935, dog 0.906, bmx-trees 0.566,
+   breakdance 0.568, horsejump-high 0.777, kite-surf 0.443, libby 0.707, paragliding-launch 0.378);
+   but with a tube-fine-tuned engine (its colour cue on) car-shadow frames 10-38 fell from 0.919
+   (views, untrained) to 0.904, where without views fine-tuning does not lose: not the default yet.
+   ``views=4 colour=0.5``:
    mean J&F 0.704 -> 0.736, hard 0.556 -> 0.620 (bmx-trees 0.558 -> 0.594, breakdance 0.522 ->
    0.559, horsejump-high 0.764 -> 0.840, kite-surf 0.428 -> 0.548, libby 0.696 -> 0.771,
    paragliding-launch 0.367 -> 0.408: none below 0.40), but easy 0.926 -> 0.910 (blackswan 0.940
    -> 0.940, car-roundabout 0.946 -> 0.940, car-shadow 0.920 -> 0.899, dog 0.898 -> 0.861), so not
-   the default. The colour cue is what costs the easy videos: ``views=4`` alone (colour 0) gives
-   car-shadow 0.935 and dog 0.906 (better than without views); its figures on the other 8 videos
-   are still to be measured. Cost: 4 more example encodings per video.
+   the default: the colour cue is what costs the easy videos. Cost: 4 more example encodings per
+   video, and a larger bank to match each frame against.
    ``online`` also fine-tunes the head on them (OSVOS-style), on a twin of
    the engine, so the served engine's weights never change. Off: on davis16-dev (60 steps, 4 views,
    first 4 videos before it was stopped) bmx-trees 0.558 -> 0.455, breakdance 0.522 -> 0.520,
