@@ -48,12 +48,22 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @torch.no_grad()
 def dense_features(
-    backbone, image: np.ndarray, size: tuple[int, int], layers: tuple[int, ...], device: torch.device
+    backbone,
+    image: np.ndarray,
+    size: tuple[int, int],
+    layers: tuple[int, ...],
+    device: torch.device,
+    low_precision: bool = False,
 ) -> torch.Tensor:
-    """(C, h/8, w/8) unit-norm features of uint8 RGB ``image`` resized to ``size``."""
+    """(C, h/8, w/8) unit-norm features of uint8 RGB ``image`` resized to ``size``; ``low_precision``
+    runs the backbone in bfloat16 where that pays (see :func:`_bf16_pays`)."""
     img = resize_image(image, size)
     x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
-    blocks = backbone.forward_blocks(x)
+    if low_precision and _bf16_pays(device):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            blocks = backbone.forward_blocks(x)
+    else:
+        blocks = backbone.forward_blocks(x)
     grid = (size[0] // GRID_STRIDE, size[1] // GRID_STRIDE)
     parts = []
     for i in layers:
@@ -107,14 +117,20 @@ class MatchBank:
     # top-k similarity rows of the query grids matched against this bank (see the module doc)
     topk_memo: TopkMemo = field(default_factory=TopkMemo, repr=False)
     _memory_forms: dict[int, MatchBank] = field(default_factory=dict, repr=False)
+    _bf16_rows: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def topk(self, query: torch.Tensor, part: str, k: int) -> torch.Tensor:
         """(h*w, min(k, rows)) highest cosine similarities of each position of the (C, h, w) ``query``
         to this bank's ``part`` ("fg" or "bg") rows, in decreasing order; remembered per query tensor."""
         rows = self.fg if part == "fg" else self.bg
 
+        def low() -> torch.Tensor:  # made once: a video matches every frame against the same bank
+            if part not in self._bf16_rows:
+                self._bf16_rows[part] = rows.bfloat16()
+            return self._bf16_rows[part]
+
         def compute() -> torch.Tensor:
-            return _topk(query.reshape(query.shape[0], -1).T, rows, k)
+            return topk_similarities(query.reshape(query.shape[0], -1).T, rows, k, low_rows=low)
 
         return self.topk_memo.get(query, part, k, compute)
 
@@ -162,13 +178,60 @@ class MatchBank:
         return MatchBank(fg=torch.cat([b.fg for b in banks]), bg=torch.cat([b.bg for b in banks]))
 
 
-def _topk(q: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
-    """(N, min(k, M)) highest similarities of the N rows of ``q`` to the M rows of ``bank``."""
+_BF16_PAYS: dict[str, bool] = {}
+
+
+def _bf16_pays(device: torch.device) -> bool:
+    """Whether a bfloat16 matrix product is clearly faster than a float32 one on ``device`` (timed once
+    per device type: CPUs with bfloat16 instructions run it about twice as fast, others emulate it and
+    are slower)."""
+    if device.type not in _BF16_PAYS:
+        import time
+
+        a, b = torch.randn(1024, 512, device=device), torch.randn(512, 2048, device=device)
+
+        def best(x: torch.Tensor, y: torch.Tensor) -> float:
+            times = []
+            for _ in range(4):
+                t0 = time.perf_counter()
+                (x @ y).sum().item()
+                times.append(time.perf_counter() - t0)
+            return min(times[1:])
+
+        _BF16_PAYS[device.type] = best(a.bfloat16(), b.bfloat16()) < 0.7 * best(a, b)
+    return _BF16_PAYS[device.type]
+
+
+def topk_similarities(
+    q: torch.Tensor,
+    bank: torch.Tensor,
+    k: int,
+    *,
+    low_precision: bool | None = None,
+    low_rows: Callable[[], torch.Tensor] | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """(N, min(k, M)) highest similarities of the N rows of ``q`` to the M rows of ``bank``.
+
+    On a large bank where bfloat16 pays, the product that picks the k rows runs in bfloat16 and the k
+    picked are rescored in float32: each value is exact, and a row that bfloat16's rounding (about 1e-3
+    on a cosine) swapped in for another is within that of the row it replaced. ``low_precision``: None
+    decides by :func:`_bf16_pays`; ``low_rows`` gives the bank in bfloat16 (else it is converted
+    here)."""
     k = max(1, min(k, bank.shape[0]))
+    large = bank.shape[0] > 8 * k and q.shape[0] * bank.shape[0] >= 1 << 20
+    low = large and (_bf16_pays(q.device) if low_precision is None else low_precision)
+    rows = (low_rows() if low_rows is not None else bank.bfloat16()) if low else bank
     out = []
     for s in range(0, q.shape[0], chunk):
-        sim = q[s : s + chunk] @ bank.T
-        out.append(sim.topk(k, dim=1).values if k > 1 else sim.max(1, keepdim=True).values)
+        part = q[s : s + chunk]
+        sim = (part.bfloat16() if low else part) @ rows.T
+        if low:
+            idx = sim.topk(k, dim=1).indices
+            exact = torch.einsum("nc,nkc->nk", part, bank[idx])  # gathers (rows, k, C): chunk bounds it
+            out.append(exact.sort(dim=1, descending=True).values)
+        else:
+            out.append(sim.topk(k, dim=1).values if k > 1 else sim.max(1, keepdim=True).values)
     return torch.cat(out)
 
 

@@ -18,6 +18,28 @@ def _box(x: np.ndarray, r: int) -> np.ndarray:
     return cv2.boxFilter(x, -1, (2 * r + 1, 2 * r + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
 
 
+def _solve_symmetric3(s: dict[tuple[int, int], np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Per pixel, x with S x = y for the symmetric 3x3 S (upper entries ``s[a, c]``, each (h, w)) and
+    y (h, w, 3), by the adjugate: the same answer as a batched LU solve, several times faster here."""
+    s00, s01, s02, s11, s12, s22 = s[0, 0], s[0, 1], s[0, 2], s[1, 1], s[1, 2], s[2, 2]
+    c00 = s11 * s22 - s12 * s12
+    c01 = s02 * s12 - s01 * s22
+    c02 = s01 * s12 - s02 * s11
+    c11 = s00 * s22 - s02 * s02
+    c12 = s01 * s02 - s00 * s12
+    c22 = s00 * s11 - s01 * s01
+    inv_det = 1.0 / (s00 * c00 + s01 * c01 + s02 * c02)
+    y0, y1, y2 = y[..., 0], y[..., 1], y[..., 2]
+    return np.stack(
+        [
+            (c00 * y0 + c01 * y1 + c02 * y2) * inv_det,
+            (c01 * y0 + c11 * y1 + c12 * y2) * inv_det,
+            (c02 * y0 + c12 * y1 + c22 * y2) * inv_det,
+        ],
+        axis=-1,
+    ).astype(np.float32)
+
+
 def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """Box-averaged coefficients (A: (h, w, 3), b: (h, w)) of the colour guided filter.
 
@@ -30,14 +52,12 @@ def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int, eps: floa
     mean_i = _box(guide, radius)  # (h, w, 3)
     mean_p = _box(p, radius)
     cov_ip = _box(guide * p[..., None], radius) - mean_i * mean_p[..., None]
-    sigma = np.empty((h, w, 3, 3), np.float32)
+    var = {}
     for a in range(3):
         for c in range(a, 3):
             v = _box(guide[..., a] * guide[..., c], radius) - mean_i[..., a] * mean_i[..., c]
-            sigma[..., a, c] = v
-            sigma[..., c, a] = v
-    sigma += eps * np.eye(3, dtype=np.float32)
-    a_coef = np.linalg.solve(sigma.reshape(-1, 3, 3), cov_ip.reshape(-1, 3, 1)).reshape(h, w, 3)
+            var[a, c] = v + eps if a == c else v
+    a_coef = _solve_symmetric3(var, cov_ip)
     b_coef = mean_p - np.einsum("hwc,hwc->hw", a_coef, mean_i)
     return _box(a_coef, radius), _box(b_coef, radius)
 

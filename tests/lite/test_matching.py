@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcsam.lite.matching import MatchBank, priors
+from dcsam.lite.matching import MatchBank, priors, topk_similarities
 
 
 def _unit(*shape: int) -> torch.Tensor:
@@ -63,3 +63,23 @@ def test_a_copied_or_pickled_bank_starts_with_an_empty_memo() -> None:
     priors(query, bank)
     for clone in (copy.deepcopy(bank), pickle.loads(pickle.dumps(bank))):
         assert len(clone.topk_memo) == 0 and torch.equal(clone.fg, bank.fg) and torch.equal(clone.bg, bank.bg)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_large_banks_pick_in_bfloat16_and_return_float32_values(bf16: bool) -> None:
+    """In bfloat16 the k rows are picked in bfloat16 and rescored in float32: every value is the
+    float32 cosine of a bank row, and each is within bfloat16's rounding of the exact k-th best."""
+    torch.manual_seed(0)
+    q, rows = _unit(1100, 64), _unit(1200, 64)  # past the size where the bfloat16 path starts
+    got = topk_similarities(q, rows, 5, low_precision=bf16)
+    sims = q @ rows.T
+    want = sims.topk(5, dim=1).values
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.all(got[:, :-1] >= got[:, 1:])  # in decreasing order
+    assert (got - want).abs().max() < 5e-3
+    if bf16:  # rescored: each value is an exact cosine of some row, not a bfloat16 one
+        exact = (sims[:, :, None] - got[:, None, :]).abs().min(1).values
+        assert exact.max() < 1e-6
+        assert not torch.equal(got, want)  # near ties were resolved in bfloat16 somewhere
+    else:
+        assert torch.equal(got, want)
