@@ -1,29 +1,35 @@
 """Video propagation with the SAM-free lite engine: per-frame matching plus temporal smoothing.
 
-0. Optional, before the first frame: ``views`` randomly transformed copies of the conditioning frame
+0. Frames are seen at their own working size (``size``, default 768: the long side at which they
+   are encoded, matched and refined; the engine's ``size``, 512, serves images and training). At
+   512 a stride-8 cell of an 854x480 DAVIS frame is 13 pixels across, so a limb, a small dog or a
+   kite-surfer is a cell or two wide: most of its cells are part background, the matching gives
+   them to the background, and the masks come out too small (frame 1 of kite-surf: 1.5 % of the
+   frame against 2.4 %, IoU 0.57 on a frame that barely moved). On all 10 davis16-dev videos
+   (DAVIS protocol) mean J&F: 512 0.704 (easy 0.926, hard 0.556), 640 0.730 (0.924, 0.601), 768
+   0.749 (0.928, 0.629): every hard video better (bmx-trees 0.558 -> 0.626, breakdance 0.522 ->
+   0.596, horsejump-high 0.764 -> 0.826, kite-surf 0.428 -> 0.506, libby 0.696 -> 0.824,
+   paragliding-launch 0.367 -> 0.403: none below 0.40), the easy ones within 0.02 (blackswan 0.940
+   -> 0.960, car-roundabout 0.946 -> 0.935, car-shadow 0.920 -> 0.912, dog 0.898 -> 0.905). The
+   matching grows with the square of the cells, so frames run the backbone in bfloat16 and pick
+   their k-NN rows in bfloat16 where the CPU has bfloat16 instructions (values rescored in float32;
+   J&F unchanged at three decimals): 0.45-0.49 s per frame on 2 idle cores (0.29 at 640).
+0b. Optional, before the first frame: ``views`` randomly transformed copies of the conditioning frame
    and its given mask (scale +-25 % about the object, shift +-10 %, rotation +-10 degrees, mirror,
-   brightness; :mod:`dcsam.video.lite_online`) join the label's examples: the object at sizes and
-   places the one frame does not show. ``colour`` sets the colour model's weight on video frames
-   (auto: the engine's). Both off by default. ``views=4`` (colour 0) on all 10 davis16-dev videos,
-   training-free: mean J&F 0.704 -> 0.718, every video better (easy 0.926 -> 0.936, hard 0.556 ->
-   0.573; blackswan 0.950, car-roundabout 0.951, car-shadow 0.935, dog 0.906, bmx-trees 0.566,
-   breakdance 0.568, horsejump-high 0.777, kite-surf 0.443, libby 0.707, paragliding-launch 0.378);
-   but with a tube-fine-tuned engine (its colour cue on) car-shadow frames 10-38 fell from 0.919
-   (views, untrained) to 0.904, where without views fine-tuning does not lose: not the default yet.
-   ``views=4 colour=0.5``:
-   mean J&F 0.704 -> 0.736, hard 0.556 -> 0.620 (bmx-trees 0.558 -> 0.594, breakdance 0.522 ->
-   0.559, horsejump-high 0.764 -> 0.840, kite-surf 0.428 -> 0.548, libby 0.696 -> 0.771,
-   paragliding-launch 0.367 -> 0.408: none below 0.40), but easy 0.926 -> 0.910 (blackswan 0.940
-   -> 0.940, car-roundabout 0.946 -> 0.940, car-shadow 0.920 -> 0.899, dog 0.898 -> 0.861), so not
-   the default: the colour cue is what costs the easy videos. Cost: 4 more example encodings per
-   video, and a larger bank to match each frame against.
-   ``online`` also fine-tunes the head on them (OSVOS-style), on a twin of
-   the engine, so the served engine's weights never change. Off: on davis16-dev (60 steps, 4 views,
-   first 4 videos before it was stopped) bmx-trees 0.558 -> 0.455, breakdance 0.522 -> 0.520,
-   blackswan 0.940 -> 0.956, car-roundabout 0.946 -> 0.942; the same twin with 0 steps (views in its
-   memory, colour 0.5) bmx-trees 0.594, so the head trained on one frame's views is what loses it
-   (over-fitting, likely). It costs 15-25 s per video on this loaded 2-core machine (the fine-tune
-   encodes every view twice).
+   brightness; :mod:`dcsam.video.lite_online`) join the label's examples for matching (not its
+   colour model: their colours are made up), with at most ``memory_bg`` background rows each (the
+   conditioning frame has the scene already): the object at sizes and places the one frame does not
+   show. At size 640: mean J&F 0.730 -> 0.747 (hard 0.601 -> 0.632, breakdance 0.554 -> 0.613,
+   kite-surf 0.458 -> 0.531) but dog 0.892 -> 0.881; with every background row of the views 0.742
+   (hard 0.612, easy 0.936) at 0.7 s per frame. Off by default: at 768 the size alone does as well
+   (0.749) and the views would take a frame past 0.5 s. ``colour`` sets the colour model's weight
+   on video frames (auto: the engine's); at size 512, ``views=4 colour=0.5`` lifted the hard videos
+   (0.556 -> 0.620) and cost the easy ones (0.926 -> 0.910).
+   ``online`` also fine-tunes the head on them (OSVOS-style), on a twin of the engine, so the
+   served engine's weights never change. Off: on davis16-dev (size 512, 60 steps, 4 views, first 4
+   videos before it was stopped) bmx-trees 0.558 -> 0.455, breakdance 0.522 -> 0.520, blackswan
+   0.940 -> 0.956, car-roundabout 0.946 -> 0.942; the same twin with 0 steps bmx-trees 0.594, so
+   the head trained on one frame's views is what loses it (over-fitting, likely).
 
 For every frame and label (features computed once per frame, shared by every label):
 
@@ -36,7 +42,10 @@ For every frame and label (features computed once per frame, shared by every lab
    (blackswan, car-roundabout, car-shadow, dog): the conditioning frame alone 0.907 J&F; every
    frame as memory, all cells, as plain extra examples 0.745 (near-duplicate frames out-vote the
    true example and copy their own errors forward); 2 sparse frames, sure cells, mixed half and
-   half 0.925 (the default).
+   half 0.925 (the default). On all 10 videos (size 512): no memory 0.699, a memory frame every 2nd
+   frame and 4 of them 0.685, the default 0.704. Leaving out the memory's background near the
+   predicted mask (where a prediction's misses lie; at size 640) lifted the hard videos 0.601 ->
+   0.616 and sank the easy ones 0.924 -> 0.827 (shadows next to the car joined it): not kept.
 2b. Space-time memory readout (:mod:`dcsam.video.lite_memory`, off unless ``readout_weight`` > 0):
    each grid cell reads the soft labels (mask fractions) of its ``readout_topk`` most similar
    cells in the anchor (the conditioning frame, read everywhere) and in the previous frame plus
@@ -115,6 +124,7 @@ LITE_VIDEO_DEFAULTS: dict[str, Any] = {
     "colour": "auto",  # weight of the colour model on video frames; auto: the engine's (see 0.)
     "online": False,  # fine-tune a twin of the engine on the conditioning frame and its views (see 0.)
     "online_steps": 60,  # its head's training steps
+    "size": 768,  # working long side of the frames (see 0.); auto: the engine's ``size`` (images')
 }
 
 
@@ -134,10 +144,18 @@ def normalise_video_options(options: Mapping[str, Any] | None) -> dict[str, Any]
     unknown = sorted(set(opts) - set(LITE_VIDEO_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown lite video option(s) {unknown}; known: {sorted(LITE_VIDEO_DEFAULTS)}")
-    opts = coerce_options(opts, LITE_VIDEO_DEFAULTS)
+    # size: a number or "auto", checked below
+    opts = coerce_options(opts, {k: v for k, v in LITE_VIDEO_DEFAULTS.items() if k != "size"})
     _flow_preset(str(opts["flow_preset"]))
-    if str(opts["colour"]) != "auto":
-        float(opts["colour"])  # a number or auto (ValueError otherwise)
+    for key, least in (("colour", 0.0), ("size", 64.0)):
+        if str(opts[key]) == "auto":
+            continue
+        try:
+            ok = float(opts[key]) >= least
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"lite video option {key}={opts[key]!r}: auto or a number >= {least:g}")
     return opts
 
 
@@ -174,6 +192,9 @@ class LitePropagator:
         self.opts = normalise_video_options(options)
         colour = str(self.opts["colour"])
         self._colour_weight = None if colour == "auto" else float(colour)  # None: the engine's choice
+        size = str(self.opts["size"])
+        self._size = None if size == "auto" else int(float(size))  # None: the engine's
+        self._long_side: int | None = None  # this video's (see start)
         self._dis = cv2.DISOpticalFlow.create(_flow_preset(str(self.opts["flow_preset"])))
         self.tracks: dict[str, _Track] = {}
         self._prev_grey: np.ndarray | None = None
@@ -232,6 +253,21 @@ class LitePropagator:
         frac = torch.from_numpy(mask_fraction(mask, q.grid)).to(feats.device)
         return MemoryFrame.from_grid(feats, frac)
 
+    def _view_example(self, view: LabelledImage) -> LiteExample:
+        """An augmented view as a matching example: at most ``memory_bg`` background rows (the
+        conditioning frame has the scene already). The label's colour model does not take it: its
+        colours are made up (brightness), so that model learns from real pixels alone."""
+        e = self.engine.encode_example(view, long_side=self._long_side, low_precision=True)
+        return LiteExample(e.bank.subsample_bg(int(self.opts["memory_bg"])), e.colour, e.signature)
+
+    def _video_long_side(self, shape: tuple[int, int]) -> int | None:
+        """The frames' working long side: ``size``, but no more than their own long side (more pixels
+        would add no detail) unless that is below the engine's size (small frames are enlarged as
+        images are). None: the engine's."""
+        if self._size is None:
+            return None
+        return min(self._size, max(max(shape), int(self.served.opts["size"])))
+
     def _components(self, label: str) -> str:
         mode = str(self.opts["components"])
         # the served engine's choice: an online twin learns "one object" from views of one frame, which
@@ -256,13 +292,13 @@ class LitePropagator:
         eng = self.engine
         examples = dict(examples or {})
         self.tracks = {}
-        q = eng.encode_query(frame)
+        self._long_side = self._video_long_side(frame.shape[:2])
+        q = eng.encode_query(frame, long_side=self._long_side, low_precision=True)
         wh, ww = q.work_image.shape[:2]
         out = {}
         for label, mask in masks.items():
             exs = [eng.check_example(e) for e in examples.get(label, [])] + eng.memory.get(label, [])
-            exs += [eng.encode_example(v) for v in views.get(label, [])]
-            track = _Track(examples=exs)
+            track = _Track(examples=exs + [self._view_example(v) for v in views.get(label, [])])
             if mask is not None and np.any(mask):
                 mask = np.asarray(mask, bool)
                 track.cond = self._encode_predicted(q, mask, frame)
@@ -298,7 +334,7 @@ class LitePropagator:
         bank = MatchBank.from_example(q.feats[q.base], frac)
         small = resize_mask(mask, *q.work_image.shape[:2])
         colour = postprocess.ColourModel().add(q.work_image, small)
-        return LiteExample(bank=bank, colour=colour, signature=self.engine.signature())
+        return LiteExample(bank=bank, colour=colour, signature=self.engine.signature(self._long_side))
 
     @staticmethod
     def _work_prob(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -349,7 +385,7 @@ class LitePropagator:
     def step(self, frame: np.ndarray) -> dict[str, SegmentResult]:
         """Segment the next frame (in whichever direction the caller walks) for every label."""
         eng = self.engine
-        q = eng.encode_query(frame)
+        q = eng.encode_query(frame, long_side=self._long_side, low_precision=True)
         wh, ww = q.work_image.shape[:2]
         grey = cv2.cvtColor(q.work_image, cv2.COLOR_RGB2GRAY)
         labels = list(self.tracks)

@@ -61,3 +61,29 @@ def test_views_join_the_examples_the_same_every_time(small_engine):
     assert len(augmented_views(frames[0], masks[0], 5, np.random.default_rng(1))) == 5
     with pytest.raises(ValueError):
         LitePropagator(small_engine, {"colour": "bright"})
+
+
+def test_frames_and_views_are_encoded_at_the_video_working_size(small_engine):
+    """``size`` sets the frames' working long side apart from the engine's (its images keep theirs), up
+    to the frames' own long side, or the engine's size when that is larger."""
+    frames, masks = _leave_and_return_clip()  # 256 x 160
+    cells = {}
+    for size in ("auto", 128, 200, 512):
+        prop = LitePropagator(small_engine, {"size": size, "views": 1})
+        prop.start(frames[0], {"obj": masks[0]})
+        cond, view = prop.tracks["obj"].cond, prop.tracks["obj"].examples[0]
+        assert cond is not None and cond.signature == view.signature
+        assert view.bank.bg.shape[0] <= prop.opts["memory_bg"]
+        cells[size] = cond.bank.fg.shape[0] + cond.bank.bg.shape[0]
+        res = prop.step(frames[1])["obj"]
+        assert res.mask.shape == masks[1].shape and iou(res.mask, masks[1]) > 0.7
+    # stride-8 grids of 256 x 160 (the engine's 256; 512 is capped at the frame's 256), 128 x 64 and
+    # 192 x 128 (multiples of 32)
+    assert cells == {"auto": 32 * 20, 128: 16 * 8, 200: 24 * 16, 512: 32 * 20}
+    big = LitePropagator(small_engine, {"size": 512})
+    big.start(np.repeat(np.repeat(frames[0], 3, 0), 3, 1), {"obj": np.repeat(np.repeat(masks[0], 3, 0), 3, 1)})
+    assert big.tracks["obj"].cond.bank.fg.shape[0] + big.tracks["obj"].cond.bank.bg.shape[0] == 64 * 40
+    assert small_engine.opts["size"] == 256
+    for bad in ("huge", 16):
+        with pytest.raises(ValueError, match="size"):
+            LitePropagator(small_engine, {"size": bad})

@@ -38,14 +38,15 @@ def test_davis_quality_two_hard_sequences(lite, data_dir):
     """DAVIS protocol, first 25 frames of two hard videos (scored: 1..23): bmx-trees (a rider
     passing behind trees) and libby (a small dog running). Floors: the measured J&F minus 0.05.
 
-    Measured with the default options: bmx-trees 0.603, libby 0.781. With the old default, the
-    warped previous mask as a trimap prior and the gate (prior_weight=3, gate_penalty=6): 0.521
-    and 0.583 (libby's mask shrinks to nothing by frame 17 and is found again two frames later).
+    Measured with the default options (frames at a long side of 768): bmx-trees 0.666, libby 0.877.
+    At 512 (the default before): 0.603 and 0.781. With the older default, the warped previous mask as
+    a trimap prior and the gate (prior_weight=3, gate_penalty=6): 0.521 and 0.583 (libby's mask
+    shrinks to nothing by frame 17 and is found again two frames later).
     """
     samples = davis_samples(data_dir / "davis16-dev", ["bmx-trees", "libby"], max_frames=25)
     report = evaluate_videos(lambda: VideoSegmenter(lite, propagation="lite"), samples, progress=False)
     scores = {r["name"]: r["J&F"] for r in report["sequences"]}
-    assert scores["bmx-trees"] >= 0.55 and scores["libby"] >= 0.73, scores
+    assert scores["bmx-trees"] >= 0.61 and scores["libby"] >= 0.82, scores
 
 
 def test_streaming_api_several_labels(lite, data_dir):
