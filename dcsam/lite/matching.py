@@ -182,23 +182,22 @@ _BF16_PAYS: dict[str, bool] = {}
 
 
 def _bf16_pays(device: torch.device) -> bool:
-    """Whether a bfloat16 matrix product is clearly faster than a float32 one on ``device`` (timed once
-    per device type: CPUs with bfloat16 instructions run it about twice as fast, others emulate it and
-    are slower)."""
+    """Whether bfloat16 products run natively on ``device``: a GPU that supports them, or a CPU with
+    bfloat16 instructions (AVX512-BF16 or AMX: about twice as fast as float32 there; elsewhere it is
+    emulated and slower). Decided from the hardware, never by timing, so every process on a machine
+    makes the same choice and gives the same answers."""
     if device.type not in _BF16_PAYS:
-        import time
-
-        a, b = torch.randn(1024, 512, device=device), torch.randn(512, 2048, device=device)
-
-        def best(x: torch.Tensor, y: torch.Tensor) -> float:
-            times = []
-            for _ in range(4):
-                t0 = time.perf_counter()
-                (x @ y).sum().item()
-                times.append(time.perf_counter() - t0)
-            return min(times[1:])
-
-        _BF16_PAYS[device.type] = best(a.bfloat16(), b.bfloat16()) < 0.7 * best(a, b)
+        if device.type == "cuda":
+            _BF16_PAYS[device.type] = bool(torch.cuda.is_bf16_supported())
+        elif device.type == "cpu":
+            try:
+                with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                    flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            except OSError:
+                flags = []
+            _BF16_PAYS[device.type] = "avx512_bf16" in flags or "amx_bf16" in flags
+        else:
+            _BF16_PAYS[device.type] = False
     return _BF16_PAYS[device.type]
 
 
