@@ -5,7 +5,8 @@
 
 The example (DAVIS ``dog`` frame 0 and its mask, from the shared data, read by path) is encoded
 once; each timed call is ``InContextSegmenter.predict`` on a query (``dog`` frame 20, upscaled in
-memory to the benchmark size): query features, matching, refinement and the full-resolution mask.
+memory to the benchmark size, one pixel changed per call so that no call finds the previous one's
+features cached): query features, matching, refinement and the full-resolution mask.
 One warm-up call, then the median of ``--runs`` calls. Prints one JSON object with the figures and
 the machine's load average at the start and the end: on a shared machine, only trust a figure
 taken while the load average stays below the number of cores.
@@ -76,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prediction failed: {pred.error}", file=sys.stderr)
         return 1
     times = []
-    for _ in range(max(1, args.runs)):
+    for run in range(max(1, args.runs)):
+        # a new image each call (one pixel differs): the engine remembers its last query's features
+        # for interactive refinement, and a repeated image would time matching and refinement alone
+        query = query.copy()
+        query[0, 0, 0] = (int(query[0, 0, 0]) + 1 + run) % 256
         t0 = time.perf_counter()
         [pred] = seg.predict([query], labels=["object"])
         times.append(time.perf_counter() - t0)

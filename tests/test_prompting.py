@@ -17,7 +17,7 @@ def lite() -> InContextSegmenter:
     return InContextSegmenter.from_config(engine="lite")
 
 
-@pytest.mark.parametrize("video, frame", [("car-shadow", 20), ("car-roundabout", 40)])
+@pytest.mark.parametrize("video, frame", [("car-shadow", 20), ("car-roundabout", 30)])
 def test_a_negative_click_only_takes_away(lite, data_dir, video, frame):
     """A negative click on a false part of a prediction removes, it never adds: GrabCut refits its colour
     models to the new background seed and, unconstrained, flooded the road (IoU 0.91 -> 0.48 here)."""
@@ -33,7 +33,7 @@ def test_a_negative_click_only_takes_away(lite, data_dir, video, frame):
     out, score = refine_mask(lite, img, [click], label=video, mask=start, mask_score=pred.scores[video])
     x, y = round(click[0]), round(click[1])
     assert not out[y, x] and not (out & ~start).any()
-    assert iou(out, gt) > 0.85 and out.sum() > 0.8 * start.sum()  # measured 0.894 / 0.905: the body stays
+    assert iou(out, gt) > 0.85 and out.sum() > 0.8 * start.sum()  # measured 0.919 / 0.906: the body stays
     assert 0.0 <= score <= 1.0
 
 

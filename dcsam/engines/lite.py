@@ -3,8 +3,9 @@ edge-aware refinement, and an optional small head fine-tuned from a few labelled
 
 Pipeline for one query and one label (all switches live in ``config.options``, see ``DEFAULTS``):
 
-1. Dense features of the query at a bounded working resolution (long side ``size``; and
-   optionally more sizes, ``query_sizes``, averaged), stride-8 grid, layers ``layers``.
+1. Dense features of the query at a bounded working resolution (long side ``size`` once a head is
+   trained; before, the image's own long side up to ``detail_size``, and the examples' features at
+   theirs; optionally more sizes, ``query_sizes``, averaged), stride-8 grid, layers ``layers``.
 2. Positive / negative priors: mean of the ``k`` best cosine similarities to the examples'
    foreground / background features (``match``); logit = (pos - neg) / ``temperature``.
 3. Optional trained head: a residual on that logit (zero until fine-tuned).
@@ -52,6 +53,11 @@ WorkMaps = tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]
 DEFAULTS: dict[str, Any] = {
     "output_stride": 16,  # 16 = last blocks dilated (finer deep features, default); 32 = plain, 8 = slowest
     "size": 512,  # working long side (features, priors, refinement); full resolution only at the end
+    # the working long side of a training-free image query and of its examples' matching features: the
+    # image's own long side up to this (more pixels add no detail, and cost), never below ``size`` (the
+    # trained head and fine-tuning keep ``size``). At 512 a stride-8 cell of an 854x480 frame is 13 px
+    # across: a limb or a small animal is a cell or two wide and its mixed cells go to the background
+    "detail_size": 768,
     # extra test-time sizes of a training-free image query: its priors are averaged over them and
     # `size` (video frames and fine-tuning use `size` alone); None = [size]. [640] measured on
     # davis16-dev image one-shot: 0.718 -> 0.720 (hard videos 0.609 -> 0.607), not worth its time
@@ -162,10 +168,14 @@ def _normalise_options(o: dict[str, Any]) -> dict[str, Any]:
 class LiteExample:
     """What :meth:`LiteEngine.encode_example` caches: matchable features and colour statistics."""
 
-    bank: MatchBank
+    bank: MatchBank  # at the engine's ``size``: what fine-tuning and a trained head match against
     colour: postprocess.ColourModel
     signature: tuple
     single_object: bool = True  # the example's mask is one object (the region score counts extra blobs)
+    # the image and mask at the example's detail side (see the ``detail_size`` option) until the first
+    # training-free query encodes them into ``detail`` (a training-only example never pays for it)
+    detail_source: tuple[np.ndarray, np.ndarray] | None = None
+    detail: MatchBank | None = None
 
 
 @dataclass
@@ -218,7 +228,14 @@ class LiteEngine(Engine):
         ``long_side``: a working size other than the ``size`` option (see :meth:`encode_query`)."""
         o = self.opts
         size = int(o["size"]) if long_side is None else int(long_side)
-        return (self.config.backbone, int(o["output_stride"]), size, tuple(o["layers"]))
+        return (self.config.backbone, int(o["output_stride"]), size, tuple(o["layers"]), int(o["detail_size"]))
+
+    def working_side(self, shape: tuple[int, int], cap: int | None = None) -> int:
+        """The working long side of a training-free image of ``shape`` (h, w): ``cap`` (default: the
+        ``detail_size`` option), but no more than the image's own long side unless that is below the
+        ``size`` option (small images are enlarged to it, as for training)."""
+        cap = int(self.opts["detail_size"]) if cap is None else int(cap)
+        return min(cap, max(max(shape), int(self.opts["size"])))
 
     def _features(
         self, image: np.ndarray, long_side: int, low_precision: bool = False
@@ -231,7 +248,8 @@ class LiteEngine(Engine):
         self, example: LabelledImage, *, long_side: int | None = None, low_precision: bool = False
     ) -> LiteExample:
         """An example's matchable features and colour statistics at the working long side ``size`` (or
-        ``long_side``); ``low_precision``: see :meth:`encode_query`."""
+        ``long_side``); ``low_precision``: see :meth:`encode_query`. Without ``long_side``, an image whose
+        detail side (:meth:`working_side`) differs also keeps what :meth:`example_bank` needs."""
         image, mask = example.image, example.mask
         if mask.shape != image.shape[:2]:
             raise InputError(
@@ -239,15 +257,36 @@ class LiteEngine(Engine):
             )
         if not mask.any():
             raise InputError("the example mask is empty: an example needs at least one foreground pixel")
+        explicit_side = long_side
         long_side = int(self.opts["size"]) if long_side is None else int(long_side)
         feats, size = self._features(image, long_side, low_precision)
         frac = mask_fraction(mask, (feats.shape[-2], feats.shape[-1]))
         bank = MatchBank.from_example(feats, frac)
         small_mask = resize_mask(mask, *size)
         colour = postprocess.ColourModel().add(resize_image(image, size), small_mask)
+        detail_source = None
+        if explicit_side is None and (side := self.working_side(image.shape[:2])) != long_side:
+            detail_size = working_size(image.shape[0], image.shape[1], side)
+            detail_source = (resize_image(image, detail_size), resize_mask(mask, *detail_size))
         return LiteExample(
-            bank=bank, colour=colour, signature=self.signature(long_side), single_object=_is_single_object(mask)
+            bank=bank,
+            colour=colour,
+            signature=self.signature(long_side),
+            single_object=_is_single_object(mask),
+            detail_source=detail_source,
         )
+
+    def example_bank(self, ex: LiteExample) -> MatchBank:
+        """The features a query is matched against: once trained, the example's bank at ``size`` (what the
+        head learnt on); before, its bank at its detail side (see ``detail_size``; encoded on first use)."""
+        if self.trained or (ex.detail is None and ex.detail_source is None):
+            return ex.bank
+        if ex.detail is None and ex.detail_source is not None:
+            image, mask = ex.detail_source
+            feats = dense_features(self.backbone, image, image.shape[:2], tuple(self.opts["layers"]), self.device)
+            ex.detail = MatchBank.from_example(feats, mask_fraction(mask, (feats.shape[-2], feats.shape[-1])))
+            ex.detail_source = None  # the bank replaces the pixels
+        return ex.detail if ex.detail is not None else ex.bank
 
     def encode_query(
         self,
@@ -412,19 +451,22 @@ class LiteEngine(Engine):
             raise InputError(f"no examples for label {label!r}")
         exs = exs + (self.memory.get(label, []) if label is not None else [])
         colour = exs[0].colour.merged([e.colour for e in exs[1:]]) if self._image_colour_weight() else None
-        return [e.bank for e in exs], colour, all(e.single_object for e in exs)
+        return [self.example_bank(e) for e in exs], colour, all(e.single_object for e in exs)
 
     def _query(self, image: np.ndarray) -> LiteQuery:
         """:meth:`encode_query`, remembering the last image: an interactive refinement predicts,
         prompts and scores the same image, and encoding it is most of the cost."""
         image = np.ascontiguousarray(image)
-        # a fine-tuned head was trained on single-size priors: it gets those
+        # a fine-tuned head was trained on single-size priors at ``size``: it gets those
         sizes = () if self.trained else tuple(self.opts["query_sizes"] or ())
-        key = (image.shape, sizes, hashlib.blake2b(image.data, digest_size=16).digest())
+        side = int(self.opts["size"]) if self.trained else self.working_side((image.shape[0], image.shape[1]))
+        key = (image.shape, sizes, side, hashlib.blake2b(image.data, digest_size=16).digest())
         if self._last_query is not None and self._last_query[0] == key:
             return self._last_query[1]
-        # without extra sizes, the very call that training's warm-up makes: one cached encoding per image
-        q = self.encode_query(image, sizes) if sizes else self.encode_query(image)
+        if sizes or side != int(self.opts["size"]):
+            q = self.encode_query(image, sizes, long_side=side)
+        else:  # the very call that training's warm-up makes: one cached encoding per image
+            q = self.encode_query(image)
         self._last_query = (key, q)
         return q
 

@@ -1,7 +1,8 @@
 """Video propagation with the SAM-free lite engine: per-frame matching plus temporal smoothing.
 
 0. Frames are seen at their own working size (``size``, default 768: the long side at which they
-   are encoded, matched and refined; the engine's ``size``, 512, serves images and training). At
+   are encoded, matched and refined; the engine's ``size``, 512, serves training and a trained head,
+   and an untrained engine's examples are matched at their own detail side, 768 too). At
    512 a stride-8 cell of an 854x480 DAVIS frame is 13 pixels across, so a limb, a small dog or a
    kite-surfer is a cell or two wide: most of its cells are part background, the matching gives
    them to the background, and the masks come out too small (frame 1 of kite-surf: 1.5 % of the
@@ -163,7 +164,7 @@ def normalise_video_options(options: Mapping[str, Any] | None) -> dict[str, Any]
 class _Track:
     """What is remembered about one label between frames."""
 
-    examples: list[LiteExample]  # in-context examples (may be empty in the DAVIS protocol)
+    examples: list[MatchBank]  # the in-context examples' banks (may be none in the DAVIS protocol)
     cond: LiteExample | None = None  # the conditioning frame (given / first predicted mask)
     memory: deque = field(default_factory=deque)  # MatchBank of recent predicted frames
     prev_prob: np.ndarray | None = None  # previous mask at working size, float32 [0, 1]
@@ -171,7 +172,7 @@ class _Track:
     stm: SpaceTimeMemory | None = None  # anchor + recent frames with their masks as soft labels
 
     def bank(self, with_memory: bool = False) -> MatchBank | None:
-        banks = [e.bank for e in self.examples]
+        banks = list(self.examples)
         if self.cond is not None:
             banks.append(self.cond.bank)
         if with_memory:
@@ -228,7 +229,7 @@ class LitePropagator:
             total += size(self._anchor_state[0]) + sum(size(p) for p in self._anchor_state[1].values())
         for t in self.tracks.values():
             total += size(t.prev_prob) + sum(size(m) for m in t.memory)
-            total += sum(size(e.bank) for e in t.examples) + (size(t.cond.bank) if t.cond is not None else 0)
+            total += sum(size(b) for b in t.examples) + (size(t.cond.bank) if t.cond is not None else 0)
             if t.stm is not None:
                 total += sum(size(f) for f in [t.stm.anchor, *t.stm.recent()] if f is not None)
         return total
@@ -253,20 +254,19 @@ class LitePropagator:
         frac = torch.from_numpy(mask_fraction(mask, q.grid)).to(feats.device)
         return MemoryFrame.from_grid(feats, frac)
 
-    def _view_example(self, view: LabelledImage) -> LiteExample:
-        """An augmented view as a matching example: at most ``memory_bg`` background rows (the
+    def _view_bank(self, view: LabelledImage) -> MatchBank:
+        """An augmented view's features for matching: at most ``memory_bg`` background rows (the
         conditioning frame has the scene already). The label's colour model does not take it: its
         colours are made up (brightness), so that model learns from real pixels alone."""
-        e = self.engine.encode_example(view, long_side=self._long_side, low_precision=True)
-        return LiteExample(e.bank.subsample_bg(int(self.opts["memory_bg"])), e.colour, e.signature)
+        side = self._long_side if self._long_side is not None else int(self.engine.opts["size"])
+        e = self.engine.encode_example(view, long_side=side, low_precision=True)
+        return e.bank.subsample_bg(int(self.opts["memory_bg"]))
 
     def _video_long_side(self, shape: tuple[int, int]) -> int | None:
         """The frames' working long side: ``size``, but no more than their own long side (more pixels
         would add no detail) unless that is below the engine's size (small frames are enlarged as
         images are). None: the engine's."""
-        if self._size is None:
-            return None
-        return min(self._size, max(max(shape), int(self.served.opts["size"])))
+        return None if self._size is None else self.served.working_side(shape, self._size)
 
     def _components(self, label: str) -> str:
         mode = str(self.opts["components"])
@@ -298,7 +298,9 @@ class LitePropagator:
         out = {}
         for label, mask in masks.items():
             exs = [eng.check_example(e) for e in examples.get(label, [])] + eng.memory.get(label, [])
-            track = _Track(examples=exs + [self._view_example(v) for v in views.get(label, [])])
+            # an untrained engine matches examples at their detail side, near the frames' own
+            banks = [eng.example_bank(e) for e in exs] + [self._view_bank(v) for v in views.get(label, [])]
+            track = _Track(examples=banks)
             if mask is not None and np.any(mask):
                 mask = np.asarray(mask, bool)
                 track.cond = self._encode_predicted(q, mask, frame)

@@ -146,6 +146,44 @@ def test_image_query_options_leave_video_frames_alone():
     assert with_colour.extra["confidence"] != pytest.approx(no_colour.extra["confidence"])
 
 
+def test_training_free_images_are_matched_at_their_detail_side():
+    """A training-free query and its examples are encoded at their own long side up to `detail_size`
+    (small ones at `size`); a trained engine keeps `size`, what its head learnt on."""
+    eng = LiteEngine(SegmenterConfig(engine="lite", device="cpu", options={"detail_size": 384}))
+    assert eng.opts["size"] == 512 and DEFAULTS["detail_size"] == 768
+    assert eng.working_side((900, 900)) == 384  # capped (here below `size`: the cap wins)
+    default = LiteEngine(SegmenterConfig(engine="lite", device="cpu"))
+    assert [default.working_side(s) for s in ((480, 854), (1080, 1920), (224, 224), (600, 700))] == [768, 768, 512, 700]
+    assert default.working_side((480, 854), cap=640) == 640
+
+    ex_img, ex_mask = _scene(21, size=200, centre=(100, 90), radius=40)
+    q_img, q_mask = _scene(22, size=200, centre=(80, 120), radius=36)
+    small = LiteEngine(SegmenterConfig(engine="lite", device="cpu", options={"size": 128, "detail_size": 192}))
+    ex = small.encode_example(LabelledImage(ex_img, ex_mask))
+    assert ex.bank.fg.shape[0] + ex.bank.bg.shape[0] == 16 * 16  # `size` 128: a 16 x 16 grid
+    detail = small.example_bank(ex)
+    assert detail.fg.shape[0] + detail.bg.shape[0] == 24 * 24  # its own 200, capped at 192
+    assert small.example_bank(ex) is detail and ex.detail_source is None  # encoded once, pixels dropped
+    [out] = small.predict([q_img], {"disc": [ex]})
+    q = small.encode_query(q_img, long_side=192)
+    by_hand = small.decode_logit(q, small.grid_logit(q, detail), None, single_object=True, calibrated=True)
+    np.testing.assert_array_equal(out["disc"].mask, by_hand.mask)
+    assert iou(out["disc"].mask, q_mask) > 0.8
+    # an example no larger than `size` has nothing finer to keep
+    tiny = small.encode_example(LabelledImage(ex_img[:120, :120], ex_mask[:120, :120]))
+    assert tiny.detail_source is None and small.example_bank(tiny) is tiny.bank
+
+    # trained (here: a zero head loaded): queries and examples at `size`, as in fine-tuning
+    small.load_trainable_state_dict({"head": small.head.state_dict()})
+    assert small.trained and small.example_bank(ex) is ex.bank
+    [trained] = small.predict([q_img], {"disc": [ex]})
+    q = small.encode_query(q_img)
+    by_hand = small.decode_logit(
+        q, small.grid_logit(q, ex.bank), ex.colour, small.components_mode("disc"), single_object=True
+    )
+    np.testing.assert_array_equal(trained["disc"].mask, by_hand.mask)
+
+
 def test_lite_backbone_variants():
     from dcsam.lite.backbone import lite_backbone
 

@@ -53,11 +53,11 @@ def test_views_join_the_examples_the_same_every_time(small_engine):
     prop = LitePropagator(small_engine, {"views": 3, "colour": 0.5})
     prop.start(frames[0], {"obj": masks[0]})
     assert len(prop.tracks["obj"].examples) == 3 and prop.engine is small_engine
-    first = [e.bank.fg.clone() for e in prop.tracks["obj"].examples]
+    first = [b.fg.clone() for b in prop.tracks["obj"].examples]
     ious = [iou(prop.step(frames[i])["obj"].mask, masks[i]) for i in range(1, 6)]
     assert min(ious) > 0.7, ious
     prop.start(frames[0], {"obj": masks[0]})
-    assert all(a.equal(e.bank.fg) for a, e in zip(first, prop.tracks["obj"].examples, strict=True))
+    assert all(a.equal(b.fg) for a, b in zip(first, prop.tracks["obj"].examples, strict=True))
     assert len(augmented_views(frames[0], masks[0], 5, np.random.default_rng(1))) == 5
     with pytest.raises(ValueError):
         LitePropagator(small_engine, {"colour": "bright"})
@@ -72,9 +72,12 @@ def test_frames_and_views_are_encoded_at_the_video_working_size(small_engine):
         prop = LitePropagator(small_engine, {"size": size, "views": 1})
         prop.start(frames[0], {"obj": masks[0]})
         cond, view = prop.tracks["obj"].cond, prop.tracks["obj"].examples[0]
-        assert cond is not None and cond.signature == view.signature
-        assert view.bank.bg.shape[0] <= prop.opts["memory_bg"]
+        assert cond is not None and view.fg.shape[1] == cond.bank.fg.shape[1]
+        assert view.bg.shape[0] <= prop.opts["memory_bg"]
         cells[size] = cond.bank.fg.shape[0] + cond.bank.bg.shape[0]
+        # the view at the frames' working size: its foreground cells are the frame's, give or take the
+        # augmentation's scale (+-25 %, so +-56 % in area)
+        assert 0.4 < view.fg.shape[0] / cond.bank.fg.shape[0] < 1.7
         res = prop.step(frames[1])["obj"]
         assert res.mask.shape == masks[1].shape and iou(res.mask, masks[1]) > 0.7
     # stride-8 grids of 256 x 160 (the engine's 256; 512 is capped at the frame's 256), 128 x 64 and
