@@ -46,3 +46,26 @@ def test_a_click_near_an_edge_releases_that_side_and_one_in_the_core_the_whole_p
     assert side[30, 85] and not side[30, 20] and side.sum() < start.sum() / 2
     assert (released_by_negative_click(start, 30, 30) == start).all()  # its core: a look-alike, all of it
     assert not released_by_negative_click(start, 95, 5).any()  # outside the mask: nothing
+
+
+def test_a_click_changes_the_mask_only_near_itself(monkeypatch):
+    """A positive click on a missed part adds that part; a look-alike region joined to it far from the
+    click (a road as grey as the car) stays out, though GrabCut's colour models take all of it."""
+    import dcsam.prompting as prompting
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((160, 320, 3), np.float64)
+    img[:] = (40, 60, 200)
+    img[30:100, 40:110] = 128  # the object: grey
+    img[100:118, 60:90] = 128  # its part the start missed
+    img[118:130, :] = 128  # a grey road touching it, across the whole image
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    start = np.zeros((160, 320), bool)
+    start[30:100, 40:110] = True
+    click = (75.0, 109.0, True)
+    out = prompting.grabcut_prompts(img, start, [click], sure_core=prompting.SURE_CORE)
+    assert out[30:100, 40:110].all() and out[102:116, 64:86].all()  # the body stays, the part is added
+    assert not out[118:130, 200:].any()  # the road far from the click stays out
+    monkeypatch.setattr(prompting, "CLICK_REACH", 10.0)  # unbounded: the road floods in
+    flooded = prompting.grabcut_prompts(img, start, [click], sure_core=prompting.SURE_CORE)
+    assert flooded[118:130, 200:].mean() > 0.5
