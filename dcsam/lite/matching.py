@@ -126,7 +126,7 @@ class MatchBank:
 
         def low() -> torch.Tensor:  # made once: a video matches every frame against the same bank
             if part not in self._bf16_rows:
-                self._bf16_rows[part] = rows.bfloat16()
+                self._bf16_rows[part] = bf16_rows(rows)
             return self._bf16_rows[part]
 
         def compute() -> torch.Tensor:
@@ -201,6 +201,21 @@ def _bf16_pays(device: torch.device) -> bool:
     return _BF16_PAYS[device.type]
 
 
+ROW_BUCKET = 512
+
+
+def bf16_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` (M, C) in bfloat16 with zero rows appended up to a multiple of ``ROW_BUCKET``: oneDNN
+    builds and keeps a kernel per shape of a bfloat16 product (about 3 MB each on a 2-core Xeon), and a
+    video's banks change their number of rows every frame, so unpadded products grew a process by about
+    1 MB per frame (1,000 frames: 1.0 -> 1.9 GB); padded, a handful of shapes serve every frame and
+    every image."""
+    m = rows.shape[0]
+    padded = rows.new_zeros((-(-m // ROW_BUCKET) * ROW_BUCKET, rows.shape[1]), dtype=torch.bfloat16)
+    padded[:m] = rows
+    return padded
+
+
 def topk_similarities(
     q: torch.Tensor,
     bank: torch.Tensor,
@@ -215,21 +230,23 @@ def topk_similarities(
     On a large bank where bfloat16 pays, the product that picks the k rows runs in bfloat16 and the k
     picked are rescored in float32: each value is exact, and a row that bfloat16's rounding (about 1e-3
     on a cosine) swapped in for another is within that of the row it replaced. ``low_precision``: None
-    decides by :func:`_bf16_pays`; ``low_rows`` gives the bank in bfloat16 (else it is converted
-    here)."""
-    k = max(1, min(k, bank.shape[0]))
-    large = bank.shape[0] > 8 * k and q.shape[0] * bank.shape[0] >= 1 << 20
+    decides by :func:`_bf16_pays`; ``low_rows`` gives the bank as :func:`bf16_rows` makes it (else it
+    is made here)."""
+    m = bank.shape[0]
+    k = max(1, min(k, m))
+    large = m > 8 * k and q.shape[0] * m >= 1 << 20
     low = large and (_bf16_pays(q.device) if low_precision is None else low_precision)
-    rows = (low_rows() if low_rows is not None else bank.bfloat16()) if low else bank
+    rows = (low_rows() if low_rows is not None else bf16_rows(bank)) if low else bank
     out = []
     for s in range(0, q.shape[0], chunk):
         part = q[s : s + chunk]
-        sim = (part.bfloat16() if low else part) @ rows.T
-        if low:
-            idx = sim.topk(k, dim=1).indices
+        if low:  # both sides padded (see bf16_rows): a query's last chunk comes in as many sizes as images
+            sim = bf16_rows(part) @ rows.T
+            idx = sim[: part.shape[0], :m].topk(k, dim=1).indices  # padding rows are neither's
             exact = torch.einsum("nc,nkc->nk", part, bank[idx])  # gathers (rows, k, C): chunk bounds it
             out.append(exact.sort(dim=1, descending=True).values)
         else:
+            sim = part @ rows.T
             out.append(sim.topk(k, dim=1).values if k > 1 else sim.max(1, keepdim=True).values)
     return torch.cat(out)
 

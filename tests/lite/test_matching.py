@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcsam.lite.matching import MatchBank, priors, topk_similarities
+from dcsam.lite.matching import ROW_BUCKET, MatchBank, bf16_rows, priors, topk_similarities
 
 
 def _unit(*shape: int) -> torch.Tensor:
@@ -83,3 +83,20 @@ def test_large_banks_pick_in_bfloat16_and_return_float32_values(bf16: bool) -> N
         assert not torch.equal(got, want)  # near ties were resolved in bfloat16 somewhere
     else:
         assert torch.equal(got, want)
+
+
+def test_bfloat16_banks_come_in_few_shapes_and_their_padding_is_never_picked() -> None:
+    """Bank rows in bfloat16 are padded with zero rows to a multiple of ROW_BUCKET (one kernel per
+    shape is kept by oneDNN: a new shape per video frame grew the process without bound). A padding
+    row's similarity, 0, beats every real row's here, and still no padding row is returned."""
+    torch.manual_seed(0)
+    shapes = {bf16_rows(_unit(n, 16)).shape for n in range(1200, 1500, 7)}
+    assert shapes <= {(1536, 16), (1024, 16)} and (1536, 16) in shapes
+    q = _unit(1100, 16).abs()
+    rows = F.normalize(-_unit(1300, 16).abs() - 0.01, dim=1)  # every cosine below 0 against the queries
+    padded = bf16_rows(rows)
+    assert padded.shape[0] == 3 * ROW_BUCKET and not padded[1300:].any()
+    assert torch.equal(padded[:1300], rows.bfloat16())
+    got = topk_similarities(q, rows, 5, low_precision=True)
+    want = (q @ rows.T).topk(5, dim=1).values
+    assert got.max() < 0 and (got - want).abs().max() < 5e-3
