@@ -54,9 +54,10 @@ DEFAULTS: dict[str, Any] = {
     "output_stride": 16,  # 16 = last blocks dilated (finer deep features, default); 32 = plain, 8 = slowest
     "size": 512,  # working long side (features, priors, refinement); full resolution only at the end
     # the working long side of a training-free image query and of its examples' matching features: the
-    # image's own long side up to this (more pixels add no detail, and cost), never below ``size`` (the
-    # trained head and fine-tuning keep ``size``). At 512 a stride-8 cell of an 854x480 frame is 13 px
-    # across: a limb or a small animal is a cell or two wide and its mixed cells go to the background
+    # image's own long side up to this (more pixels add no detail, and cost); an image smaller than
+    # ``size`` is enlarged to it (the trained head and fine-tuning keep ``size``). At 512 a stride-8
+    # cell of an 854x480 frame is 13 px across: a limb or a small animal is a cell or two wide and its
+    # mixed cells go to the background
     "detail_size": 768,
     # extra test-time sizes of a training-free image query: its priors are averaged over them and
     # `size` (video frames and fine-tuning use `size` alone); None = [size]. [640] measured on
