@@ -280,14 +280,15 @@ class LiteEngine(Engine):
     def example_bank(self, ex: LiteExample) -> MatchBank:
         """The features a query is matched against: once trained, the example's bank at ``size`` (what the
         head learnt on); before, its bank at its detail side (see ``detail_size``; encoded on first use)."""
-        if self.trained or (ex.detail is None and ex.detail_source is None):
+        detail, source = ex.detail, ex.detail_source  # read once: a concurrent query may encode it meanwhile
+        if self.trained or (detail is None and source is None):
             return ex.bank
-        if ex.detail is None and ex.detail_source is not None:
-            image, mask = ex.detail_source
+        if detail is None and source is not None:
+            image, mask = source
             feats = dense_features(self.backbone, image, image.shape[:2], tuple(self.opts["layers"]), self.device)
-            ex.detail = MatchBank.from_example(feats, mask_fraction(mask, (feats.shape[-2], feats.shape[-1])))
-            ex.detail_source = None  # the bank replaces the pixels
-        return ex.detail if ex.detail is not None else ex.bank
+            detail = MatchBank.from_example(feats, mask_fraction(mask, (feats.shape[-2], feats.shape[-1])))
+            ex.detail, ex.detail_source = detail, None  # the bank replaces the pixels
+        return detail if detail is not None else ex.bank
 
     def encode_query(
         self,
