@@ -67,3 +67,21 @@ def test_video_options_reach_the_lite_propagation(tmp_path):
     assert out["video_options"] == {"views": "2"} and len(out["video"]["rows"]) == 2
     proc = subprocess.run([*base, "--video-option", "no_such_option=1"], capture_output=True, text=True)
     assert proc.returncode != 0 and "no_such_option" in proc.stderr
+
+
+def test_the_decoding_ceiling_decodes_each_frames_ground_truth_cells(tmp_path):
+    _davis(tmp_path / "davis", frames=6)
+    base = [sys.executable, str(SCRIPT), "--protocol", "ceiling", "--data", str(tmp_path / "davis"), "--json"]
+    proc = subprocess.run(base, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)["ceiling"]["rows"]}
+    assert set(rows) == {"dog", "libby"}
+    assert all(r["frames"] == 4 for r in rows.values())  # the video protocol's frames: not the first, not the last
+    # a 28-pixel square on a 128-pixel frame spans whole cells of the grid: decoding its cells gives it back
+    assert all(r["J"] > 0.9 and r["F"] > 0.9 for r in rows.values())
+    proc = subprocess.run([*base, "--ceiling-stride", "4", "--sequences", "dog"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    finer = json.loads(proc.stdout)["ceiling"]
+    assert finer["stride"] == 4 and [r["name"] for r in finer["rows"]] == ["dog"] and finer["rows"][0]["J"] > 0.9
+    proc = subprocess.run([*base, "--engine", "dcsam"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "lite engine" in proc.stderr
