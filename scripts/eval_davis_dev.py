@@ -195,14 +195,14 @@ def run_ceiling(
     from dcsam.engines.lite import LiteEngine
     from dcsam.io import read_image, read_mask
     from dcsam.lite.matching import mask_fraction
-    from dcsam.video.lite import normalise_video_options
+    from dcsam.video.lite import LitePropagator
     from dcsam.video.metrics import SequenceScores, scored_frames
 
     if cfg.engine != "lite":  # checked first: another engine may need weights it would fetch
         raise SystemExit("--protocol ceiling measures the lite engine's decoding: use --engine lite")
     engine = create_engine(cfg)
     assert isinstance(engine, LiteEngine)
-    size = normalise_video_options(video_options)["size"]
+    propagator = LitePropagator(engine, video_options)  # for the working side of its frames
     certain = 10.0  # the logit of a sure cell: its probability saturates, as a perfect classifier's would
     rows = []
     for seq in seqs:
@@ -212,8 +212,7 @@ def run_ceiling(
         for i in scored_frames(len(frames)):
             image = read_image(str(frames[i]))
             truth = read_mask(str(root / "Annotations" / seq / f"{frames[i].stem}.png"))
-            side = None if str(size) == "auto" else engine.working_side(truth.shape, int(float(size)))
-            q = engine.encode_query(image, long_side=side, low_precision=True)
+            q = engine.encode_query(image, long_side=propagator.working_side(truth.shape), low_precision=True)
             wh, ww = q.work_image.shape[:2]
             cells = torch.from_numpy(mask_fraction(truth, (wh // stride, ww // stride)) >= 0.5)
             logit = torch.where(cells, certain, -certain)

@@ -262,7 +262,7 @@ class LitePropagator:
         e = self.engine.encode_example(view, long_side=side, low_precision=True)
         return e.bank.subsample_bg(int(self.opts["memory_bg"]))
 
-    def _video_long_side(self, shape: tuple[int, int]) -> int | None:
+    def working_side(self, shape: tuple[int, int]) -> int | None:
         """The frames' working long side: ``size``, but no more than their own long side (more pixels
         would add no detail) unless that is below the engine's size (small frames are enlarged as
         images are). None: the engine's."""
@@ -292,7 +292,7 @@ class LitePropagator:
         eng = self.engine
         examples = dict(examples or {})
         self.tracks = {}
-        self._long_side = self._video_long_side(frame.shape[:2])
+        self._long_side = self.working_side(frame.shape[:2])
         q = eng.encode_query(frame, long_side=self._long_side, low_precision=True)
         wh, ww = q.work_image.shape[:2]
         out = {}
