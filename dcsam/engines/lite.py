@@ -681,10 +681,7 @@ class LiteEngine(Engine):
         for label, banks in dict(state.get("memory") or {}).items():
             memory[label] = []
             for b in banks:
-                fg, bg = (
-                    torch.as_tensor(b["fg"]).float().to(self.device),
-                    torch.as_tensor(b["bg"]).float().to(self.device),
-                )
+                fg, bg = torch.as_tensor(b["fg"]).to(self.device), torch.as_tensor(b["bg"]).to(self.device)
                 if (
                     fg.ndim != 2
                     or fg.shape[1] != self.feat_channels

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcsam.lite.matching import ROW_BUCKET, MatchBank, bf16_rows, priors, topk_similarities
+from dcsam.lite.matching import ROW_BUCKET, ROW_DTYPE, MatchBank, bf16_rows, priors, topk_similarities
 
 
 def _unit(*shape: int) -> torch.Tensor:
@@ -21,7 +21,7 @@ def _reference(query: torch.Tensor, bank: MatchBank, k: int) -> tuple[torch.Tens
     q = query.reshape(c, -1).T
 
     def top(rows: torch.Tensor) -> torch.Tensor:
-        return (q @ rows.T).topk(min(k, rows.shape[0]), dim=1).values.mean(1).reshape(h, w)
+        return (q @ rows.float().T).topk(min(k, rows.shape[0]), dim=1).values.mean(1).reshape(h, w)
 
     return top(bank.fg), top(bank.bg)
 
@@ -100,3 +100,26 @@ def test_bfloat16_banks_come_in_few_shapes_and_their_padding_is_never_picked() -
     got = topk_similarities(q, rows, 5, low_precision=True)
     want = (q @ rows.T).topk(5, dim=1).values
     assert got.max() < 0 and (got - want).abs().max() < 5e-3
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_a_bank_holds_half_precision_rows_and_matches_them_in_float32(bf16: bool) -> None:
+    """Banks keep their rows in float16 (half the memory of an example) whatever they are given in;
+    matching them gives float32 values, those of the float16 rows in float32 exactly."""
+    torch.manual_seed(2)
+    fg, bg = _unit(40, 32), _unit(1300, 32)
+    bank = MatchBank(fg, bg)
+    assert bank.fg.dtype == bank.bg.dtype == ROW_DTYPE == torch.float16
+    assert MatchBank.concat([bank, MatchBank(fg[:3], bg[:5])]).bg.dtype == torch.float16
+    query = F.normalize(torch.randn(32, 30, 30), dim=0)  # large enough for the bfloat16 path
+    q = query.reshape(32, -1).T
+    got = topk_similarities(q, bank.bg, 5, low_precision=bf16)
+    assert got.dtype == torch.float32
+    rounded = q @ bg.half().float().T
+    if bf16:  # rescored: every value an exact float32 cosine of a float16 row
+        assert (rounded[:, :, None] - got[:, None, :]).abs().min(1).values.max() < 1e-6
+    else:
+        assert torch.equal(got, rounded.topk(5, dim=1).values)
+    pos, neg = priors(query, bank, "prototype")
+    assert pos.dtype == neg.dtype == torch.float32
+    assert torch.allclose(pos.reshape(-1), q @ F.normalize(fg.half().float().mean(0), dim=0), atol=1e-6)
