@@ -63,10 +63,10 @@ def dense_features(
     low_precision: bool = False,
 ) -> torch.Tensor:
     """(C, h/8, w/8) unit-norm features of uint8 RGB ``image`` resized to ``size``; ``low_precision``
-    runs the backbone in bfloat16 where that pays (see :func:`_bf16_pays`)."""
+    runs the backbone in bfloat16 where that pays (see :func:`bf16_pays`)."""
     img = resize_image(image, size)
     x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
-    if low_precision and _bf16_pays(device):
+    if low_precision and bf16_pays(device):
         with torch.autocast(device.type, dtype=torch.bfloat16):
             blocks = backbone.forward_blocks(x)
     else:
@@ -189,7 +189,7 @@ class MatchBank:
 _BF16_PAYS: dict[str, bool] = {}
 
 
-def _bf16_pays(device: torch.device) -> bool:
+def bf16_pays(device: torch.device) -> bool:
     """Whether bfloat16 products run natively on ``device``: a GPU that supports them, or a CPU with
     bfloat16 instructions (AVX512-BF16 or AMX: about twice as fast as float32 there; elsewhere it is
     emulated and slower). Decided from the hardware, never by timing, so every process on a machine
@@ -238,12 +238,12 @@ def topk_similarities(
     On a large bank where bfloat16 pays, the product that picks the k rows runs in bfloat16 and the k
     picked are rescored in float32: each value is exact, and a row that bfloat16's rounding (about 1e-3
     on a cosine) swapped in for another is within that of the row it replaced. ``low_precision``: None
-    decides by :func:`_bf16_pays`; ``low_rows`` gives the bank as :func:`bf16_rows` makes it (else it
+    decides by :func:`bf16_pays`; ``low_rows`` gives the bank as :func:`bf16_rows` makes it (else it
     is made here). A bank held at lower precision (:data:`ROW_DTYPE`) is matched in ``q``'s."""
     m = bank.shape[0]
     k = max(1, min(k, m))
     large = m > 8 * k and q.shape[0] * m >= 1 << 20
-    low = large and (_bf16_pays(q.device) if low_precision is None else low_precision)
+    low = large and (bf16_pays(q.device) if low_precision is None else low_precision)
     rows = (low_rows() if low_rows is not None else bf16_rows(bank)) if low else bank.to(q.dtype)
     out = []
     for s in range(0, q.shape[0], chunk):

@@ -265,7 +265,7 @@ class VideoSegmenter:
             prop = self._propagator()
             if self.propagation == "lite":
                 examples = {lab: list(getattr(self.segmenter, "_examples", {}).get(lab, [])) for lab in wanted}
-                first = prop.start(anchor, cond_masks, examples)
+                first = prop.start(anchor, cond_masks, examples, predicted=[lab for lab in wanted if lab not in given])
             else:
                 first = prop.start(anchor, cond_masks, index=frame_index, num_frames=n)
             del anchor

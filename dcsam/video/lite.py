@@ -54,6 +54,19 @@ For every frame and label (features computed once per frame, shared by every lab
    nearby frames an object moves little, so a growing or moving object keeps its label and a
    look-alike elsewhere cannot take it). ``readout_weight`` x logit(readout) is added to the
    matching logit. While the object is lost only the anchor is read (re-detection).
+2c. Cycle-consistent cut (:mod:`dcsam.video.lite_cycle`, ``cycle``, on): the logit's threshold
+   suits the conditioning frame; where the object takes a pose or crosses a background that frame
+   does not show, its cells score a little below it and the mask shrinks. Each candidate bias
+   (-1 to +2 in steps of 0.5) cuts this frame; the conditioning frame is predicted back from that
+   labelling (k-NN in reverse) and scored against its given mask; the best reconstruction, less
+   ``cycle_penalty`` per unit of bias, sets the frame's bias, and a bias may at most
+   ``cycle_growth``-fold the mask. Only a mask a person gave judges (a predicted first frame would
+   calibrate every frame to its own errors: across videos 0.684 -> 0.617 when it did). On all 10
+   davis16-dev videos: 0.750 -> 0.772 (hard 0.632 -> 0.659, easy 0.928 -> 0.942; breakdance 0.600
+   -> 0.744, car-shadow +0.027, dog +0.027, kite-surf +0.028; bmx-trees -0.004, libby -0.010), for
+   about 0.05 s a frame. Without the growth limit and the penalty bmx-trees fell to 0.545: hidden
+   behind the trees, its rider explains the conditioning frame poorly under every cut, and the
+   largest cut, trees included, won.
 3. Temporal prior: the previous frame's mask, warped onto this frame with dense optical flow
    (OpenCV DIS), as a signed-distance trimap: ``+prior_weight`` deep inside, ``-prior_weight``
    well outside, neutral within a band around its edge (so thin parts missed once are not locked
@@ -80,7 +93,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +108,7 @@ from ..engines.lite import LiteEngine, LiteExample
 from ..lite import postprocess
 from ..lite.matching import MatchBank, mask_fraction
 from ..masks import resize_mask
+from .lite_cycle import CycleAnchor, cycle_bias
 from .lite_memory import MemoryFrame, SpaceTimeMemory
 from .lite_online import augmented_views, online_engine
 
@@ -125,6 +139,9 @@ LITE_VIDEO_DEFAULTS: dict[str, Any] = {
     "colour": "auto",  # weight of the colour model on video frames; auto: the engine's (see 0.)
     "online": False,  # fine-tune a twin of the engine on the conditioning frame and its views (see 0.)
     "online_steps": 60,  # its head's training steps
+    "cycle": True,  # pick each frame's threshold by predicting the conditioning frame back (see 2c.)
+    "cycle_penalty": 0.02,  # reconstruction IoU a unit of bias must win
+    "cycle_growth": 2.0,  # a lowered threshold may at most grow the mask this many times
     "size": 768,  # working long side of the frames (see 0.); auto: the engine's ``size`` (images')
 }
 
@@ -170,6 +187,7 @@ class _Track:
     prev_prob: np.ndarray | None = None  # previous mask at working size, float32 [0, 1]
     colour: Any = None
     stm: SpaceTimeMemory | None = None  # anchor + recent frames with their masks as soft labels
+    judge: CycleAnchor | None = None  # the conditioning frame, judging each frame's cut (see 2c.)
 
     def bank(self, with_memory: bool = False) -> MatchBank | None:
         banks = list(self.examples)
@@ -232,6 +250,7 @@ class LitePropagator:
             total += sum(size(b) for b in t.examples) + (size(t.cond.bank) if t.cond is not None else 0)
             if t.stm is not None:
                 total += sum(size(f) for f in [t.stm.anchor, *t.stm.recent()] if f is not None)
+            total += t.judge.nbytes() if t.judge is not None else 0
         return total
 
     def _new_memory(self, q, mask: np.ndarray) -> SpaceTimeMemory | None:
@@ -247,6 +266,12 @@ class LitePropagator:
         )
         stm.set_anchor(self._memory_frame(q, mask))
         return stm
+
+    def _new_judge(self, q, mask: np.ndarray) -> CycleAnchor | None:
+        """The conditioning frame as the judge of each frame's cut (None when ``cycle`` is off)."""
+        if not self.opts["cycle"]:
+            return None
+        return CycleAnchor.from_grid(q.feats[q.base], mask_fraction(mask, q.grid))
 
     @staticmethod
     def _memory_frame(q, mask: np.ndarray) -> MemoryFrame:
@@ -275,12 +300,17 @@ class LitePropagator:
         return self.served.components_mode(label) if mode == "auto" else mode
 
     def start(
-        self, frame: np.ndarray, masks: Mapping[str, np.ndarray | None], examples: Mapping[str, list[Any]] | None = None
+        self,
+        frame: np.ndarray,
+        masks: Mapping[str, np.ndarray | None],
+        examples: Mapping[str, list[Any]] | None = None,
+        predicted: Collection[str] = (),
     ) -> dict[str, SegmentResult]:
         """Begin at the conditioning frame with a mask per label (None/empty: not visible yet).
 
         ``examples``: in-context examples per label (encoded by the lite engine), kept in the bank.
-        Returns the conditioning frame's results (the given masks).
+        ``predicted``: labels whose masks here were predicted, not given by a person (they do not
+        judge the frames' cuts, see 2c.). Returns the conditioning frame's results (the masks).
         """
         given = {lab: np.asarray(m, bool) for lab, m in masks.items() if m is not None and np.any(m)}
         rng = np.random.default_rng(0)  # the same views every time: results repeat
@@ -306,6 +336,7 @@ class LitePropagator:
                 track.cond = self._encode_predicted(q, mask, frame)
                 track.prev_prob = self._work_prob(mask, (wh, ww))
                 track.stm = self._new_memory(q, mask)
+                track.judge = None if label in predicted else self._new_judge(q, mask)
             colours = [e.colour for e in exs] + ([track.cond.colour] if track.cond is not None else [])
             track.colour = colours[0].merged(colours[1:]) if colours else None
             self.tracks[label] = track
@@ -415,6 +446,17 @@ class LitePropagator:
                 # lost: the anchor alone, read everywhere, finds the object again
                 read = read.clamp(0.02, 0.98)
                 logit = logit + float(self.opts["readout_weight"]) * torch.log(read / (1 - read))
+            bias = None
+            if tracked and t.judge is not None:
+                bias, _ = cycle_bias(
+                    t.judge,
+                    q.feats[q.base],
+                    logit,
+                    int(eng.opts["k"]),
+                    penalty=float(self.opts["cycle_penalty"]),
+                    growth=float(self.opts["cycle_growth"]),
+                )
+                logit = logit + bias
             z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]
             if tracked and use_prior:
                 z = z + torch.from_numpy(self._temporal_logit(prior)).to(z.device)
@@ -422,6 +464,8 @@ class LitePropagator:
                 q, z, t.colour, self._components(label), calibrated=True, colour_weight=self._colour_weight
             )
             res.extra["tracked"] = tracked
+            if bias is not None:
+                res.extra["cycle_bias"] = bias
             out[label] = res
             if res.mask.any():
                 t.prev_prob = self._work_prob(res.mask, (wh, ww))
