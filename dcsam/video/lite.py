@@ -423,6 +423,8 @@ class LitePropagator:
         grey = cv2.cvtColor(q.work_image, cv2.COLOR_RGB2GRAY)
         labels = list(self.tracks)
         use_prior = self.opts["prior_weight"] > 0 or self.opts["gate_penalty"] > 0
+        threshold = min(max(float(eng.opts["threshold"]), 1e-3), 1.0 - 1e-3)
+        cut = float(np.log(threshold / (1.0 - threshold)))  # the decoder's threshold as a logit
         previous = [
             p if (p := self.tracks[lab].prev_prob) is not None else np.zeros((wh, ww), np.float32) for lab in labels
         ]
@@ -455,6 +457,7 @@ class LitePropagator:
                     int(eng.opts["k"]),
                     penalty=float(self.opts["cycle_penalty"]),
                     growth=float(self.opts["cycle_growth"]),
+                    cut=cut,
                 )
                 logit = logit + bias
             z = F.interpolate(logit[None, None].float(), size=(wh, ww), mode="bilinear", align_corners=False)[0, 0]

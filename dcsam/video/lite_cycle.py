@@ -1,10 +1,11 @@
 """Cycle-consistent threshold for lite video propagation: the labelled frame judges each frame's cut.
 
-The k-NN matching's logit is cut at 0, a threshold that suits the conditioning frame. In frames
+The k-NN matching's logit is cut at one threshold (the engine's, logit 0 by default), a threshold
+that suits the conditioning frame. In frames
 where the object takes poses or overlaps backgrounds the conditioning frame does not show, its
 cells score a little below that and the mask shrinks (on breakdance the prediction held about half
 of the dancer for tens of frames). The one labelled frame can judge candidate cuts of this frame:
-label this frame's cells with a candidate (logit + bias > 0), predict the conditioning frame back
+label this frame's cells with a candidate (logit + bias > cut), predict the conditioning frame back
 from them with the same k-NN priors in reverse, and compare that with the conditioning frame's own
 mask. A cut that drops object cells leaves the conditioning frame's object finding background; a
 cut that takes background makes the conditioning frame's background find "object". The bias whose
@@ -16,7 +17,7 @@ would then reward claiming look-alikes around it.
 Cost: one product of the anchor's rows with the frame's grid (the anchor keeps all its object
 cells and at most ``max_background`` background cells, weighted so that the IoU is estimated for
 the whole frame), in bfloat16 where that pays, and one top-k; each candidate is a pass over
-(anchor rows, ``TOPK``) labels. About 0.04 s a frame at the 768 working side on this 2-core CPU.
+(anchor rows, ``TOPK``) labels. About 0.05 s a frame at the 768 working side on this 2-core CPU.
 """
 
 from __future__ import annotations
@@ -76,25 +77,26 @@ def cycle_bias(
     *,
     penalty: float = 0.02,
     growth: float = 2.0,
+    cut: float = 0.0,
     biases: Sequence[float] = BIASES,
 ) -> tuple[float, float]:
     """(bias, reconstruction IoU): the bias to add to ``logit`` (h, w) of the frame with features
-    ``feats`` (C, h, w), chosen by how well the cut ``logit + bias > 0`` predicts the anchor back
-    (k-NN priors with ``k`` neighbours, the matching's own rule)."""
+    ``feats`` (C, h, w), chosen by how well the cut ``logit + bias > cut`` (the decoder's threshold
+    as a logit) predicts the anchor back (k-NN priors with ``k`` neighbours, the matching's own rule)."""
     c = feats.shape[0]
     n = anchor.foreground.numel()
     sims = (anchor.rows @ feats.reshape(c, -1).to(anchor.rows.dtype))[:n]  # (N, cells)
     vals, idx = sims.topk(min(TOPK, sims.shape[1]), dim=1)
     vals = vals.float()
     flat = logit.reshape(-1).float()
-    base_area = float((flat > 0).float().mean())
+    base_area = float((flat > cut).float().mean())
     best: tuple[float, float, float] | None = None  # (score, -|bias|, bias)
     best_iou = 0.0
     for b in biases:
-        cut = flat + b > 0
-        if b > 0 and float(cut.float().mean()) > growth * base_area:
+        inside = flat + b > cut
+        if b > 0 and float(inside.float().mean()) > growth * base_area:
             continue
-        labels = cut[idx]  # (N, TOPK): each anchor row's nearest frame cells, nearest first, as object?
+        labels = inside[idx]  # (N, TOPK): each anchor row's nearest frame cells, nearest first, as object?
         pos, neg = _k_mean(vals, labels, k), _k_mean(vals, ~labels, k)
         pred = pos > neg
         inter = float((anchor.weight * (pred & anchor.foreground)).sum())

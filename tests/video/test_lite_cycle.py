@@ -47,6 +47,14 @@ def test_a_right_cut_is_kept(anchor):
     assert iou == pytest.approx(1.0)
 
 
+def test_the_cut_is_the_decoders_threshold(anchor):
+    # a decoder that thresholds at logit 2: the same scene shifted by 2 is cut right as it is
+    z = _logit(3.0, -4.0) + 2.0
+    z[6:8, 3:8] = 1.3  # object cells just below that threshold
+    bias, _ = cycle_bias(anchor, _feats(_scene(), seed=1), z, k=3, cut=2.0)
+    assert bias == 1.0
+
+
 def test_object_cells_just_below_the_cut_are_taken_back(anchor):
     z = _logit(3.0, -4.0)
     z[6:8, 3:8] = -0.7  # the lower part of the object scores just below the cut
