@@ -1,8 +1,8 @@
 """Video propagation with the SAM-free lite engine: per-frame matching plus temporal smoothing.
 
 0. Frames are seen at their own working size (``size``, default 768: the long side at which they
-   are encoded, res.mask and refined; the engine's ``size``, 512, serves training and a trained head,
-   and an untrained engine's examples are res.mask at their own detail side, 768 too). At
+   are encoded, matched and refined; the engine's ``size``, 512, serves training and a trained head,
+   and an untrained engine's examples are matched at their own detail side, 768 too). At
    512 a stride-8 cell of an 854x480 DAVIS frame is 13 pixels across, so a limb, a small dog or a
    kite-surfer is a cell or two wide: most of its cells are part background, the matching gives
    them to the background, and the masks come out too small (frame 1 of kite-surf: 1.5 % of the
