@@ -227,12 +227,15 @@ class ColourModel:
         q = (image.astype(np.int32) * self.bins) >> 8
         return (q[..., 0] * self.bins + q[..., 1]) * self.bins + q[..., 2]
 
-    def add(self, image: np.ndarray, mask: np.ndarray) -> ColourModel:
+    def add(self, image: np.ndarray, mask: np.ndarray, background: np.ndarray | None = None) -> ColourModel:
+        """Count ``image``'s colours under ``mask`` as foreground and under ``background`` (default:
+        everything else) as background."""
         idx = self._index(image).ravel()
         m = mask.ravel()
+        bg = ~m if background is None else background.ravel()
         n = self.bins**3
         self.fg += np.bincount(idx[m], minlength=n)
-        self.bg += np.bincount(idx[~m], minlength=n)
+        self.bg += np.bincount(idx[bg], minlength=n)
         return self
 
     def merged(self, others: list[ColourModel]) -> ColourModel:
@@ -253,8 +256,10 @@ class ColourModel:
             h = 0.25 * p[sl(0, 2)] + 0.5 * p[sl(1, 1)] + 0.25 * p[sl(2, 0)]
         return h.ravel()
 
-    def log_ratio_table(self, clip: float = 3.0) -> np.ndarray:
-        fg, bg = self._smoothed(self.fg), self._smoothed(self.bg)
+    def log_ratio_table(self, clip: float = 3.0, smooth: bool = True) -> np.ndarray:
+        """log P(colour | foreground) / P(colour | background) per bin; ``smooth``: the histograms
+        blurred across neighbouring bins first (for models with few pixels per bin)."""
+        fg, bg = (self._smoothed(self.fg), self._smoothed(self.bg)) if smooth else (self.fg, self.bg)
         pf = (fg + 1.0) / (fg.sum() + fg.size)
         pb = (bg + 1.0) / (bg.sum() + bg.size)
         return np.clip(np.log(pf / pb), -clip, clip).astype(np.float32)
