@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .postprocess import ColourModel
+from .postprocess import ColourModel, attached
 
 BAND = 0.45  # the band reaches this many cells beyond the mask's edge (about 4 pixels of a 854x480 frame)
 RING = 3.4  # the surroundings: within this many cells of the mask, beyond the band
@@ -56,11 +56,6 @@ def snap_to_colour(image: np.ndarray, mask: np.ndarray, cell: float) -> np.ndarr
     # colours an edge separates (a dark leg, its shadow)
     ratio = colours.log_ratio(pixels, colours.log_ratio_table(smooth=False))
     ratio = cv2.GaussianBlur(ratio, (5, 5), 0)  # one pixel's colour noise does not move the edge
-    candidate = inside | (reach & ~inside & (ratio > MARGIN))
-    count, parts = cv2.connectedComponents(candidate.astype(np.uint8), connectivity=8)
-    touching = np.zeros(count, bool)
-    touching[np.unique(parts[inside])] = True
-    touching[0] = False
     out = mask.copy()
-    out[top:bottom, left:right] = touching[parts]
+    out[top:bottom, left:right] = inside | attached(inside, reach & ~inside & (ratio > MARGIN))
     return out

@@ -5,6 +5,7 @@
   image ("fast guided filter"): memory and time stay bounded while edges follow the full image.
 * :func:`grabcut_refine` - an OpenCV GrabCut pass initialised from the probability.
 * :func:`filter_components` - drops weak connected components.
+* :func:`attached` - the candidate pixels that connect to a mask.
 * :class:`ColourModel` - foreground / background colour histograms and their log-likelihood ratio.
 """
 
@@ -213,6 +214,15 @@ def filter_components(
     else:
         raise ValueError(f"unknown component filter {mode!r}; use none, largest, weighted or confident")
     return keep[labels]
+
+
+def attached(mask: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """The ``candidates`` pixels outside ``mask`` that connect (8-neighbours, through candidates) to it."""
+    count, parts = cv2.connectedComponents((candidates | mask).astype(np.uint8), connectivity=8)
+    touching = np.zeros(count, bool)
+    touching[np.unique(parts[mask])] = True
+    touching[0] = False
+    return touching[parts] & candidates & ~mask
 
 
 class ColourModel:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..lite.postprocess import attached
 from ..masks import iou, resize_mask
 from .metrics import boundary_measure
 
@@ -72,15 +73,6 @@ def line_evidence(score: np.ndarray, segment: int, orientations: int = ORIENTATI
         back = cv2.warpAffine(mean, rot, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
         np.maximum(best, back, out=best)
     return best
-
-
-def _attached(mask: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """The ``candidates`` pixels outside ``mask`` that connect (8-neighbours, through candidates) to it."""
-    count, parts = cv2.connectedComponents((candidates | mask).astype(np.uint8), connectivity=8)
-    touching = np.zeros(count, bool)
-    touching[np.unique(parts[mask])] = True
-    touching[0] = False
-    return touching[parts] & candidates & ~mask
 
 
 def _shrink(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -130,7 +122,7 @@ class ThinParts:
         full_body = resize_mask(body, *mask.shape)
         baseline = _jf(full_body, mask)
         thresholds = np.quantile(evidence[background], QUANTILES)
-        scores = [_jf(resize_mask(body | _attached(body, evidence > t), *mask.shape), mask) for t in thresholds]
+        scores = [_jf(resize_mask(body | attached(body, evidence > t), *mask.shape), mask) for t in thresholds]
         best = max(scores)
         if best < baseline + MIN_GAIN:
             return None
@@ -149,7 +141,7 @@ class ThinParts:
         small_image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         small = resize_mask(mask, h, w)
         evidence = line_evidence(_residual(small_image) @ self.direction, self._segment(self.side))
-        added = _attached(small, evidence > self.threshold)
+        added = attached(small, evidence > self.threshold)
         if not added.any():
             return mask
         return mask | resize_mask(added, *mask.shape)
