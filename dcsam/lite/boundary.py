@@ -55,7 +55,10 @@ def snap_to_colour(image: np.ndarray, mask: np.ndarray, cell: float) -> np.ndarr
     # tens of thousands of pixels fill these histograms: blurring them would only mix the nearby
     # colours an edge separates (a dark leg, its shadow)
     ratio = colours.log_ratio(pixels, colours.log_ratio_table(smooth=False))
-    ratio = cv2.GaussianBlur(ratio, (5, 5), 0)  # one pixel's colour noise does not move the edge
+    # one pixel's colour noise does not move the edge; a median, unlike a blur, keeps a sharp edge's
+    # outermost pixels, whose 5x5 neighbourhood is mostly their own side (a blur mixed them with the
+    # background's and dropped them: a crisp disc's mask went from IoU 0.999 to 0.976)
+    ratio = cv2.medianBlur(ratio.astype(np.float32), 5)
     out = mask.copy()
     out[top:bottom, left:right] = inside | attached(inside, reach & ~inside & (ratio > MARGIN))
     return out

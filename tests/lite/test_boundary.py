@@ -31,14 +31,24 @@ def test_a_mask_short_of_its_object_grows_to_the_colour_change():
     for dy, dx in [(3, 0), (0, -3), (2, 3)]:  # a cell's edge a few pixels off: short on one side
         off = shifted(truth, dy, dx)
         snapped = snap_to_colour(img, off, CELL)
-        # the part it fell short of joins, but for at most the object's own outermost pixel there
-        # (the 5x5 smoothing of the evidence mixes it with the background's)
-        assert (truth & ~snapped).sum() <= 60 + 40, (dy, dx)
+        # the part it fell short of joins (but for a few pixels at the corners, see below)
+        assert (truth & ~snapped).sum() <= 16, (dy, dx)  # measured 9-10
         # beyond the object it only loses its outermost pixel: the inside is kept
         assert (off & ~truth).sum() - (snapped & ~truth).sum() <= 2 * 60 + 2 * 40
         assert not (snapped & ~off & ~truth).any()  # nothing of the background joins
     short = truth & shifted(truth, 3, 3) & shifted(truth, -3, -3)  # 3 pixels short all round
     assert iou(short, truth) < 0.82 and iou(snap_to_colour(img, short, CELL), truth) > 0.97  # measured 0.98
+
+
+def test_a_mask_on_a_sharp_edge_keeps_its_outermost_pixels():
+    """The evidence is smoothed by a median: an edge pixel's 5x5 neighbourhood is mostly its own side,
+    so it stays; only a corner's few pixels, whose neighbourhood is mostly background, may go. (A blur
+    mixed every edge pixel with the background beside it: 38 pixels lost, IoU 0.984.)"""
+    img, truth = scene((200, 60, 40), (40, 120, 60))
+    snapped = snap_to_colour(img, truth, CELL)
+    assert not (snapped & ~truth).any()
+    assert (truth & ~snapped).sum() <= 4 * 4  # measured 12
+    assert iou(snapped, truth) > 0.99
 
 
 def test_no_colour_difference_no_change_beyond_the_band():
