@@ -249,9 +249,10 @@ def _edits_near_clicks(
 def released_by_negative_click(start: np.ndarray, x: float, y: float) -> np.ndarray:
     """bool mask of the part of ``start`` that a negative click at (x, y) takes its sure core from.
 
-    A click on the core of a part (within its innermost point's inscribed radius) rejects the whole part: a
-    look-alike. A click nearer the part's edge rejects the side of the part nearer the click than its
-    innermost point (the false region a person clicks on is a protrusion or an edge, not the body)."""
+    A click on the core of a part (at least 3/4 as deep inside it as its innermost point) rejects the
+    whole part: a look-alike. A click nearer the part's edge rejects the side of the part nearer the
+    click than its innermost point, no deeper than twice the click's own depth (the false region a
+    person clicks on is a protrusion or a strip along the edge, not the body)."""
     h, w = start.shape
     cx, cy = min(w - 1, max(0, round(x))), min(h - 1, max(0, round(y)))
     _, comp = cv2.connectedComponents(start.astype(np.uint8), connectivity=8)
@@ -261,11 +262,14 @@ def released_by_negative_click(start: np.ndarray, x: float, y: float) -> np.ndar
     part = comp == label
     dist = cv2.distanceTransform(np.pad(part.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
     iy, ix = np.unravel_index(int(dist.argmax()), dist.shape)
-    if np.hypot(cx - ix, cy - iy) <= dist[iy, ix]:
+    depth = float(dist[cy, cx])
+    # depth, not the distance to the innermost point: a click a few pixels inside the edge can lie
+    # within the inscribed circle, and a click on the shadow strip under a car released the whole car
+    if depth >= 0.75 * dist[iy, ix]:
         return part
     yy, xx = np.mgrid[:h, :w]
     nearer_click = (xx - cx) ** 2 + (yy - cy) ** 2 < (xx - ix) ** 2 + (yy - iy) ** 2
-    return part & nearer_click
+    return part & nearer_click & (dist <= 2 * max(depth, 2.0))
 
 
 def _box_mask(box: PixelBox, height: int, width: int) -> np.ndarray:

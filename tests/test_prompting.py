@@ -17,7 +17,7 @@ def lite() -> InContextSegmenter:
     return InContextSegmenter.from_config(engine="lite")
 
 
-@pytest.mark.parametrize("video, frame", [("car-shadow", 20), ("car-roundabout", 30)])
+@pytest.mark.parametrize("video, frame", [("car-shadow", 20), ("car-roundabout", 20)])
 def test_a_negative_click_only_takes_away(lite, data_dir, video, frame):
     """A negative click on a false part of a prediction removes, it never adds: GrabCut refits its colour
     models to the new background seed and, unconstrained, flooded the road (IoU 0.91 -> 0.48 here)."""
@@ -33,7 +33,7 @@ def test_a_negative_click_only_takes_away(lite, data_dir, video, frame):
     out, score = refine_mask(lite, img, [click], label=video, mask=start, mask_score=pred.scores[video])
     x, y = round(click[0]), round(click[1])
     assert not out[y, x] and not (out & ~start).any()
-    assert iou(out, gt) > 0.85 and out.sum() > 0.8 * start.sum()  # measured 0.919 / 0.906: the body stays
+    assert iou(out, gt) > 0.85 and out.sum() > 0.8 * start.sum()  # measured 0.902 / 0.944: the body stays
     assert 0.0 <= score <= 1.0
 
 
@@ -46,6 +46,17 @@ def test_a_click_near_an_edge_releases_that_side_and_one_in_the_core_the_whole_p
     assert side[30, 85] and not side[30, 20] and side.sum() < start.sum() / 2
     assert (released_by_negative_click(start, 30, 30) == start).all()  # its core: a look-alike, all of it
     assert not released_by_negative_click(start, 95, 5).any()  # outside the mask: nothing
+
+
+def test_a_click_just_inside_a_large_part_releases_a_strip_not_the_part():
+    """A click a few pixels inside the edge lies within the part's inscribed circle, yet it is not on its
+    core: it rejects a strip along the edge on its side (a shadow under a car), not the whole car."""
+    yy, xx = np.mgrid[:120, :120]
+    start = (yy - 60) ** 2 + (xx - 60) ** 2 <= 40**2
+    strip = released_by_negative_click(start, 60, 97)  # 3 pixels inside the bottom edge
+    assert strip[99, 60] and strip[94, 60] and not strip[60, 60]
+    assert not strip[:79].any() and strip.sum() < 0.1 * start.sum()  # the side below the bisector, shallow
+    assert (released_by_negative_click(start, 60, 65) == start).all()  # near its centre: all of it
 
 
 def test_a_click_changes_the_mask_only_near_itself(monkeypatch):
