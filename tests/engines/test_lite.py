@@ -186,7 +186,7 @@ def test_training_free_images_are_matched_at_their_detail_side():
     np.testing.assert_array_equal(trained["disc"].mask, by_hand.mask)
 
 
-def test_image_boundary_option_and_the_trained_engine_leave_the_mask_as_decoded():
+def test_image_boundary_off_leaves_the_mask_as_decoded():
     ex_img, ex_mask = _scene(23, size=200, centre=(100, 90), radius=40)
     q_img, q_mask = _scene(24, size=200, centre=(80, 120), radius=36)
     off = LiteEngine(SegmenterConfig(engine="lite", device="cpu", options={"image_boundary": "false"}))
