@@ -201,6 +201,11 @@ class LiteQuery:
         h, w = self.feats[self.base].shape[-2:]
         return h, w
 
+    @property
+    def cell_side(self) -> float:
+        """The side of one cell of :attr:`grid` in the original image's pixels."""
+        return self.image.shape[0] / self.grid[0]
+
 
 class LiteEngine(Engine):
     """The lite engine. Besides the :class:`Engine` contract it exposes its stages, which video
@@ -510,7 +515,7 @@ class LiteEngine(Engine):
         """``result`` of a training-free image query grown to its colour edge (``image_boundary``)."""
         if self.trained or not self.opts["image_boundary"] or not result.mask.any():
             return result
-        result.mask = snap_to_colour(q.image, result.mask, q.image.shape[0] / q.grid[0])
+        result.mask = snap_to_colour(q.image, result.mask, q.cell_side)
         result.extra["area"] = float(result.mask.mean())
         return result
 

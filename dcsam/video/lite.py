@@ -593,7 +593,7 @@ class LitePropagator:
                 res.mask = t.thin.recover(frame, res.mask)
             if self.opts["boundary"] and not eng.trained and tracked and res.mask.any():
                 # to the answer only too, after the thin parts (it trims their lines to their colour)
-                res.mask = snap_to_colour(frame, res.mask, frame.shape[0] / q.grid[0])
+                res.mask = snap_to_colour(frame, res.mask, q.cell_side)
         if add_memory:
             self._frames_since_memory = 0
         self._prev_grey = grey
