@@ -94,6 +94,9 @@ class EfficientNetLite0(PriorBackbone):
             LITE_VARIANTS[self.variant][3], pretrained=False, num_classes=0, global_pool="", **extra
         )
         del self.net.conv_head, self.net.bn2  # unused 1280-channel head
+        # Depthwise and 1x1 convolutions run 1.5-2.5 times faster on CPU in channels-last layout
+        # (oneDNN's native one); the values are the same up to rounding.
+        self.net.to(memory_format=torch.channels_last)
 
     def load_bundled(self, path: Path | None = None) -> None:
         from ..weights import load_state_dict_file
@@ -103,10 +106,14 @@ class EfficientNetLite0(PriorBackbone):
         own = self.net.state_dict()
         self.net.load_state_dict(convert_bundled_state_dict(state, own), strict=True)
 
+    def _stem(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(images).contiguous(memory_format=torch.channels_last)
+        return self.net.bn1(self.net.conv_stem(x))
+
     @torch.no_grad()
     def forward_blocks(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Every block stage's output (strides 2, 4, 8, 16, 16, 32, 32)."""
-        x = self.net.bn1(self.net.conv_stem(self.normalize(images)))
+        x = self._stem(images)
         outs = []
         for block in self.net.blocks:
             x = block(x)
@@ -114,7 +121,7 @@ class EfficientNetLite0(PriorBackbone):
         return outs
 
     def forward_mid(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.net.bn1(self.net.conv_stem(self.normalize(images)))
+        x = self._stem(images)
         for block in self.net.blocks[:3]:
             x = block(x)
         l2 = x

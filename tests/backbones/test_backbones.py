@@ -1,5 +1,7 @@
 """Prior backbones: frozen, shapes, and real ImageNet weights for EfficientNet-Lite0."""
 
+import copy
+
 import cv2
 import numpy as np
 import pytest
@@ -72,6 +74,22 @@ def test_efficientnet_weights_are_real_imagenet(data_dir):
                 pred = F.interpolate(diff, size=gt.shape, mode="bilinear", align_corners=False)[0, 0].numpy() > 0
                 ious.append((pred & gt).sum() / (pred | gt).sum())
     assert np.mean(ious) >= 0.75, ious
+
+
+def test_efficientnet_runs_channels_last_with_the_standard_layouts_values():
+    """The weights stay channels-last once loaded (the layout oneDNN's convolutions are fast in),
+    and the blocks' outputs are those of the same network in the standard layout, to rounding."""
+    bb = create_backbone("efficientnet_lite0")
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in bb.parameters() if p.dim() == 4)
+    images = torch.rand(1, 3, 224, 320)
+    fast = bb.forward_blocks(images)
+    standard = copy.deepcopy(bb.net).to(memory_format=torch.contiguous_format)
+    assert all(p.is_contiguous() for p in standard.parameters())
+    with torch.no_grad():
+        x = standard.bn1(standard.conv_stem(bb.normalize(images)))
+        for block, out in zip(standard.blocks, fast):
+            x = block(x)
+            assert torch.allclose(out, x, atol=1e-4, rtol=1e-4)
 
 
 def test_registry_names():
