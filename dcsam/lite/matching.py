@@ -61,11 +61,17 @@ def dense_features(
     layers: tuple[int, ...],
     device: torch.device,
     low_precision: bool = False,
+    mirror: bool = False,
 ) -> torch.Tensor:
     """(C, h/8, w/8) unit-norm features of uint8 RGB ``image`` resized to ``size``; ``low_precision``
-    runs the backbone in bfloat16 where that pays (see :func:`bf16_pays`)."""
+    runs the backbone in bfloat16 where that pays (see :func:`bf16_pays`). ``mirror``: each cell's
+    features are the mean of its own and those of the same place in the mirrored image (one batch of
+    two): a network's features are not mirror-symmetric, what a thing is does not change in a
+    mirror, so the mean keeps what both views agree on."""
     img = resize_image(image, size)
     x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+    if mirror:
+        x = torch.cat([x, x.flip(-1)])
     if low_precision and bf16_pays(device):
         with torch.autocast(device.type, dtype=torch.bfloat16):
             blocks = backbone.forward_blocks(x)
@@ -77,6 +83,9 @@ def dense_features(
         f = blocks[i].float()
         if f.shape[-2:] != grid:
             f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
+        f = F.normalize(f, dim=1)
+        if mirror:
+            f = f[:1] + f[1:].flip(-1)
         parts.append(F.normalize(f, dim=1))
     return F.normalize(torch.cat(parts, 1), dim=1)[0]
 

@@ -14,7 +14,8 @@
    -> 0.960, car-roundabout 0.946 -> 0.935, car-shadow 0.920 -> 0.912, dog 0.898 -> 0.905). The
    matching grows with the square of the cells, so frames run the backbone in bfloat16 and pick
    their k-NN rows in bfloat16 where the CPU has bfloat16 instructions (values rescored in float32;
-   J&F unchanged at three decimals): 0.45-0.49 s per frame on 2 idle cores (0.29 at 640).
+   J&F unchanged at three decimals): 0.45-0.49 s per frame on 2 idle cores (0.29 at 640) then;
+   0.27-0.33 s since the backbone runs channels-last, with the engine's mirrored features.
 0b. Optional, before the first frame: ``views`` randomly transformed copies of the conditioning frame
    and its given mask (scale +-25 % about the object, shift +-10 %, rotation +-10 degrees, mirror,
    brightness; :mod:`dcsam.video.lite_online`) join the label's examples for matching (not its

@@ -200,26 +200,32 @@ def test_image_boundary_off_leaves_the_mask_as_decoded():
     assert iou(out["disc"].mask, q_mask) > 0.8
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "fss-mini").is_dir(), reason=f"fixture data not found at {DATA}")
 def test_image_boundary_lifts_training_free_queries_of_a_class():
-    """FSS-style: example 1 of each class, queries 2..10 (other objects of the class). Measured: mean
-    IoU 0.810 without the colour boundary, 0.821 with it (18 queries)."""
+    """FSS-style: each image of a class the example, the other nine (other objects of the class) its
+    queries: 180 queries. Mean IoU without -> with the colour boundary, measured: 0.710 -> 0.717;
+    the 18 queries of example 1 (the eval table's episodes) 0.808 -> 0.810, too few to tell."""
     from dcsam.io import read_image, read_mask
 
     root = DATA / "fss-mini"
     scores: dict[bool, list[float]] = {True: [], False: []}
+    first_example: list[float] = []
     for on in (True, False):
         eng = LiteEngine(SegmenterConfig(engine="lite", device="cpu", options={"image_boundary": on}))
         for cls in sorted(p.name for p in (root / "images").iterdir()):
-            ex = eng.encode_example(
-                LabelledImage(read_image(root / "images" / cls / "1.jpg"), read_mask(root / "masks" / cls / "1.png"))
-            )
-            for i in range(2, 11):
-                [out] = eng.predict([read_image(root / "images" / cls / f"{i}.jpg")], {cls: [ex]})
-                scores[on].append(iou(out[cls].mask, read_mask(root / "masks" / cls / f"{i}.png")))
-    assert len(scores[True]) == 18
-    assert np.mean(scores[True]) > np.mean(scores[False]) + 0.004, scores
-    assert np.mean(scores[True]) >= 0.80
+            images = {i: read_image(root / "images" / cls / f"{i}.jpg") for i in range(1, 11)}
+            masks = {i: read_mask(root / "masks" / cls / f"{i}.png") for i in range(1, 11)}
+            for e in images:
+                ex = eng.encode_example(LabelledImage(images[e], masks[e]))
+                for i in images.keys() - {e}:
+                    [out] = eng.predict([images[i]], {cls: [ex]})
+                    scores[on].append(iou(out[cls].mask, masks[i]))
+                    if on and e == 1:
+                        first_example.append(scores[on][-1])
+    assert len(scores[True]) == 180 and len(first_example) == 18
+    assert np.mean(scores[True]) > np.mean(scores[False]) + 0.004, (np.mean(scores[True]), np.mean(scores[False]))
+    assert np.mean(first_example) >= 0.80
 
 
 def test_lite_backbone_variants():

@@ -1,14 +1,27 @@
-"""k-NN priors over several banks: the merge of each bank's remembered top-k equals matching their union."""
+"""Matching: k-NN priors over several banks (the merge of each bank's remembered top-k equals matching
+their union), and the dense features matched."""
 
 import copy
 import gc
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dcsam.lite.matching import ROW_BUCKET, ROW_DTYPE, MatchBank, bf16_rows, priors, topk_similarities
+from dcsam.io import read_image
+from dcsam.lite.backbone import lite_backbone
+from dcsam.lite.matching import (
+    ROW_BUCKET,
+    ROW_DTYPE,
+    MatchBank,
+    bf16_rows,
+    dense_features,
+    priors,
+    resize_image,
+    topk_similarities,
+)
 
 
 def _unit(*shape: int) -> torch.Tensor:
@@ -123,3 +136,20 @@ def test_a_bank_holds_half_precision_rows_and_matches_them_in_float32(bf16: bool
     pos, neg = priors(query, bank, "prototype")
     assert pos.dtype == neg.dtype == torch.float32
     assert torch.allclose(pos.reshape(-1), q @ F.normalize(fg.half().float().mean(0), dim=0), atol=1e-6)
+
+
+def test_mirrored_features_are_those_of_the_mirrored_image_mirrored(data_dir) -> None:
+    """With ``mirror`` a cell's features average its own view and the mirrored image's, so mirroring
+    the image mirrors its features; the backbone alone does not (its features are not symmetric)."""
+    backbone = lite_backbone(16, None, False)
+    size = (192, 256)  # multiples of 32: the stride-8 grid mirrors onto itself
+    image = resize_image(read_image(data_dir / "perseg-mini" / "cat_00.jpg"), size)  # not resized again
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    args = (size, (2, 4, 6), torch.device("cpu"))
+    both = dense_features(backbone, image, *args, mirror=True)
+    both_flipped = dense_features(backbone, flipped, *args, mirror=True)
+    assert torch.allclose(both_flipped, both.flip(-1), atol=1e-4)
+    plain = dense_features(backbone, image, *args)
+    plain_flipped = dense_features(backbone, flipped, *args)
+    assert (plain_flipped * plain.flip(-1)).sum(0).mean() < 0.95  # unit features: cosine per cell
+    assert (both * plain).sum(0).mean() > 0.8  # the mean stays close to each view
